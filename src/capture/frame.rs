@@ -1,0 +1,32 @@
+use std::time::SystemTime;
+
+/// How the bytes of a [`Frame`] are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelFormat {
+    /// Packed 8-bit R, G, B; `width * height * 3` bytes.
+    Rgb24,
+    /// Packed 4:2:2 Y0 U Y1 V; `width * height * 2` bytes.
+    Yuyv,
+    /// Planar Y then interleaved UV at half resolution; `width * height * 3 / 2` bytes.
+    Nv12,
+    /// One JPEG image per frame (camera MJPEG stream).
+    Mjpeg,
+    /// A whole image file in any format the `image` crate decodes (JPEG, PNG, ...).
+    /// `width` and `height` are 0 until decoded.
+    Encoded,
+}
+
+/// One captured frame, handed from `capture` to `preprocess`.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub format: PixelFormat,
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+    /// Wall-clock time of capture (event timestamps).
+    pub captured_at: SystemTime,
+    /// Per-source frame counter, starting at 0; gaps mean dropped frames.
+    pub seq: u64,
+    /// Where the frame came from (file path, URL, device), for error messages and events.
+    pub origin: String,
+}

@@ -1,0 +1,1 @@
+//! Orchestration: camera threads, latest-frame slots, inference, publishing, signals, systemd.

@@ -1,0 +1,1 @@
+//! Logits to a [`Classification`]: softmax, top-k, thresholds, label mapping, publish policy.

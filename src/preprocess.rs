@@ -1,0 +1,1 @@
+//! Frames to normalized tensors, identical to torchvision's ImageNet eval transform.

@@ -1,0 +1,2 @@
+//! MQTT publishing: events, retained state, snapshots, availability, Home Assistant discovery,
+//! and the embedded broker.
