@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use edgeclass::commands;
 
 #[derive(Parser)]
-#[command(name = "edgeclass", version, about = "Classify camera frames on the edge and publish Top-3 events over MQTT")]
+#[command(
+    name = "edgeclass",
+    version,
+    about = "Classify camera frames on the edge and publish Top-3 events over MQTT"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,1 +1,3 @@
 //! ResNet-18 (torchvision layout) in candle: f32, and int8/4-bit quantized kernels.
+
+pub mod kernels;
