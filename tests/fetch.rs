@@ -1,0 +1,519 @@
+//! `model::fetch` against a real HTTP server on 127.0.0.1 serving a generated fixture.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use edgeclass::model::fetch::{data_dir, download, sha256_file, FetchError, WeightsSource};
+use sha2::{Digest, Sha256};
+
+const FIXTURE_LEN: usize = 300_000;
+const FILE_PATH: &str = "/timm/resnet18.tv_in1k/resolve/0123abcd/model.safetensors";
+
+/// Deterministic pseudo-random bytes (xorshift64), so a flipped byte cannot hide in a pattern.
+fn fixture() -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..FIXTURE_LEN)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn source_for(server: &FixtureServer) -> WeightsSource {
+    let fixture = fixture();
+    WeightsSource {
+        base_url: server.base_url(),
+        repo: "timm/resnet18.tv_in1k".to_owned(),
+        revision: "0123abcd".to_owned(),
+        file: "model.safetensors".to_owned(),
+        sha256: sha256_hex(&fixture),
+        size: Some(fixture.len() as u64),
+    }
+}
+
+/// What the server answers for one path.
+#[derive(Clone)]
+struct Reply {
+    status: &'static str,
+    headers: Vec<String>,
+    body: Vec<u8>,
+    /// `Content-Length` to announce; `None` announces none (the body ends at connection close).
+    content_length: Option<usize>,
+}
+
+impl Reply {
+    fn ok(body: Vec<u8>) -> Self {
+        Self {
+            status: "200 OK",
+            headers: Vec::new(),
+            content_length: Some(body.len()),
+            body,
+        }
+    }
+
+    fn redirect(location: String) -> Self {
+        Self {
+            status: "302 Found",
+            headers: vec![format!("Location: {location}")],
+            body: Vec::new(),
+            content_length: Some(0),
+        }
+    }
+}
+
+/// A one-request-per-connection HTTP/1.1 server on 127.0.0.1 that counts requests.
+struct FixtureServer {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FixtureServer {
+    /// `routes` gets the server's base URL, for absolute redirects.
+    fn start(routes: impl FnOnce(&str) -> HashMap<String, Reply>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("local addr");
+        let routes = routes(&format!("http://{addr}"));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (requests, stop) = (requests.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(stream) = stream {
+                        serve_one(stream, &routes, &requests);
+                    }
+                }
+            })
+        };
+        Self {
+            addr,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FixtureServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_one(stream: TcpStream, routes: &HashMap<String, Reply>, requests: &AtomicUsize) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(&stream);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() || request_line.is_empty() {
+        return; // the wake-up connection from Drop
+    }
+    // Consume the headers so closing the socket sends FIN, not RST.
+    let mut line = String::new();
+    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+        line.clear();
+    }
+    requests.fetch_add(1, Ordering::SeqCst);
+    let path = request_line.split_whitespace().nth(1).unwrap_or("");
+    let not_found = Reply {
+        status: "404 Not Found",
+        headers: Vec::new(),
+        body: b"Entry not found".to_vec(),
+        content_length: Some(15),
+    };
+    let reply = routes.get(path).unwrap_or(&not_found);
+    let mut head = format!("HTTP/1.1 {}\r\nConnection: close\r\n", reply.status);
+    for header in &reply.headers {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    if let Some(len) = reply.content_length {
+        head.push_str(&format!("Content-Length: {len}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stream = &stream;
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&reply.body);
+    let _ = stream.flush();
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn routes(pairs: Vec<(&str, Reply)>) -> HashMap<String, Reply> {
+    pairs
+        .into_iter()
+        .map(|(path, reply)| (path.to_owned(), reply))
+        .collect()
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read test dir")
+        .map(|entry| {
+            entry
+                .expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn exit_code(err: FetchError) -> i32 {
+    edgeclass::exit::code_of(&anyhow::Error::from(err))
+}
+
+#[test]
+fn good_file_is_downloaded_verified_and_no_temp_file_is_left() {
+    let server = FixtureServer::start(|_| routes(vec![(FILE_PATH, Reply::ok(fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A missing directory is created, as on the daemon's first start.
+    let dest = dir.path().join("models").join("model.safetensors");
+
+    let path = download(&source_for(&server), &dest, true).expect("download");
+
+    assert_eq!(path, dest);
+    assert_eq!(std::fs::read(&dest).expect("read dest"), fixture());
+    assert_eq!(
+        sha256_file(&dest).expect("hash"),
+        sha256_hex(&fixture()),
+        "sha256_file agrees with sha2 on the whole buffer"
+    );
+    assert_eq!(
+        dir_entries(&dir.path().join("models")),
+        ["model.safetensors"]
+    );
+    assert_eq!(server.requests(), 1);
+}
+
+#[test]
+fn corrupted_file_is_deleted_and_reported_as_a_checksum_error() {
+    let mut corrupted = fixture();
+    corrupted[FIXTURE_LEN / 2] ^= 0x01;
+    let actual_hash = sha256_hex(&corrupted);
+    let server = FixtureServer::start(|_| routes(vec![(FILE_PATH, Reply::ok(corrupted))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("model.safetensors");
+    let source = source_for(&server);
+
+    let err = download(&source, &dest, false).expect_err("a corrupted file must fail");
+
+    let message = err.to_string();
+    match &err {
+        FetchError::Checksum {
+            url,
+            expected,
+            actual,
+        } => {
+            assert_eq!(url, &source.url());
+            assert_eq!(expected, &source.sha256);
+            assert_eq!(actual, &actual_hash);
+        }
+        other => panic!("expected a checksum error, got {other:?}"),
+    }
+    assert!(message.contains("deleted"), "{message}");
+    assert!(message.contains(&source.url()), "{message}");
+    assert!(
+        dir_entries(dir.path()).is_empty(),
+        "{:?}",
+        dir_entries(dir.path())
+    );
+    assert_eq!(exit_code(err), 65);
+}
+
+#[test]
+fn truncated_body_fails_and_leaves_nothing_behind() {
+    let full = fixture();
+    let truncated = Reply {
+        content_length: Some(full.len()),
+        body: full[..FIXTURE_LEN / 3].to_vec(),
+        ..Reply::ok(Vec::new())
+    };
+    let server = FixtureServer::start(|_| routes(vec![(FILE_PATH, truncated)]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("model.safetensors");
+
+    let err = download(&source_for(&server), &dest, false).expect_err("truncated must fail");
+
+    match &err {
+        FetchError::Truncated {
+            expected_len, got, ..
+        } => {
+            assert_eq!(*expected_len, FIXTURE_LEN as u64);
+            assert!(*got < FIXTURE_LEN as u64, "got {got}");
+        }
+        other => panic!("expected a truncation error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("deleted"), "{err}");
+    assert!(
+        dir_entries(dir.path()).is_empty(),
+        "{:?}",
+        dir_entries(dir.path())
+    );
+    assert_eq!(exit_code(err), 65);
+}
+
+#[test]
+fn body_shorter_than_the_expected_size_without_content_length_is_truncated() {
+    let full = fixture();
+    let short = Reply {
+        content_length: None,
+        body: full[..FIXTURE_LEN - 1000].to_vec(),
+        ..Reply::ok(Vec::new())
+    };
+    let server = FixtureServer::start(|_| routes(vec![(FILE_PATH, short)]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("model.safetensors");
+
+    let err = download(&source_for(&server), &dest, false).expect_err("short must fail");
+
+    match err {
+        FetchError::Truncated {
+            expected_len, got, ..
+        } => assert_eq!(
+            (expected_len, got),
+            (FIXTURE_LEN as u64, FIXTURE_LEN as u64 - 1000)
+        ),
+        other => panic!("expected a truncation error, got {other:?}"),
+    }
+    assert!(
+        dir_entries(dir.path()).is_empty(),
+        "{:?}",
+        dir_entries(dir.path())
+    );
+}
+
+#[test]
+fn not_found_is_an_http_error_naming_url_and_status() {
+    let server = FixtureServer::start(|_| HashMap::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("model.safetensors");
+    let source = source_for(&server);
+
+    let err = download(&source, &dest, false).expect_err("404 must fail");
+
+    let message = err.to_string();
+    match &err {
+        FetchError::Http { url, status } => {
+            assert_eq!(url, &source.url());
+            assert_eq!(*status, 404);
+        }
+        other => panic!("expected an HTTP error, got {other:?}"),
+    }
+    assert!(
+        message.contains(&source.url()) && message.contains("404"),
+        "{message}"
+    );
+    assert!(
+        dir_entries(dir.path()).is_empty(),
+        "{:?}",
+        dir_entries(dir.path())
+    );
+    assert_eq!(exit_code(err), 69);
+}
+
+#[test]
+fn unreachable_server_is_a_network_error() {
+    // A port that was just free: nothing listens there any more.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("model.safetensors");
+    let source = WeightsSource {
+        base_url: format!("http://127.0.0.1:{port}"),
+        ..WeightsSource::default()
+    };
+
+    let err = download(&source, &dest, false).expect_err("connection refused must fail");
+
+    assert!(
+        matches!(&err, FetchError::Network { url, .. } if url == &source.url()),
+        "{err:?}"
+    );
+    assert!(
+        dir_entries(dir.path()).is_empty(),
+        "{:?}",
+        dir_entries(dir.path())
+    );
+    assert_eq!(exit_code(err), 69);
+}
+
+#[test]
+fn redirects_to_the_cdn_are_followed() {
+    let server = FixtureServer::start(|base| {
+        routes(vec![
+            // The hub answers with an absolute URL on its CDN; the CDN hop here is relative.
+            (FILE_PATH, Reply::redirect(format!("{base}/cdn/first"))),
+            ("/cdn/first", Reply::redirect("/cdn/blob".to_owned())),
+            ("/cdn/blob", Reply::ok(fixture())),
+        ])
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("model.safetensors");
+
+    download(&source_for(&server), &dest, false).expect("download through redirects");
+
+    assert_eq!(std::fs::read(&dest).expect("read dest"), fixture());
+    assert_eq!(server.requests(), 3);
+    assert_eq!(dir_entries(dir.path()), ["model.safetensors"]);
+}
+
+#[test]
+fn existing_valid_file_is_reused_without_a_request() {
+    let server = FixtureServer::start(|_| routes(vec![(FILE_PATH, Reply::ok(fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("model.safetensors");
+    std::fs::write(&dest, fixture()).expect("write dest");
+
+    let path = download(&source_for(&server), &dest, false).expect("reuse");
+
+    assert_eq!(path, dest);
+    assert_eq!(server.requests(), 0);
+}
+
+#[test]
+fn existing_corrupt_file_is_replaced() {
+    let server = FixtureServer::start(|_| routes(vec![(FILE_PATH, Reply::ok(fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("model.safetensors");
+    std::fs::write(&dest, b"not the weights").expect("write dest");
+
+    download(&source_for(&server), &dest, false).expect("download");
+
+    assert_eq!(server.requests(), 1);
+    assert_eq!(std::fs::read(&dest).expect("read dest"), fixture());
+    assert_eq!(dir_entries(dir.path()), ["model.safetensors"]);
+}
+
+#[test]
+fn stale_partial_downloads_are_removed_and_live_ones_kept() {
+    let server = FixtureServer::start(|_| routes(vec![(FILE_PATH, Reply::ok(fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("model.safetensors");
+    let stale = dir.path().join(".model.safetensors.dead01.part");
+    let live = dir.path().join(".model.safetensors.live01.part");
+    let unrelated = dir.path().join(".other.bin.old001.part");
+    for path in [&stale, &live, &unrelated] {
+        std::fs::write(path, b"partial").expect("write partial");
+    }
+    let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    for path in [&stale, &unrelated] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|file| file.set_modified(an_hour_ago))
+            .expect("age the partial");
+    }
+
+    download(&source_for(&server), &dest, false).expect("download");
+
+    assert_eq!(
+        dir_entries(dir.path()),
+        [
+            ".model.safetensors.live01.part",
+            ".other.bin.old001.part",
+            "model.safetensors"
+        ]
+    );
+}
+
+#[test]
+fn sha256_file_of_a_missing_file_names_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("absent.safetensors");
+
+    let err = sha256_file(&missing).expect_err("missing file");
+
+    assert!(
+        matches!(&err, FetchError::Io { path, .. } if path == &missing),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("absent.safetensors"), "{err}");
+    assert_eq!(exit_code(err), 74);
+}
+
+/// Runs `data_dir_in_child` in a child process of this test binary with `envs` set.
+fn data_dir_in_child(envs: &[(&str, &str)], remove: &[&str]) -> PathBuf {
+    let mut command = Command::new(std::env::current_exe().expect("test binary path"));
+    command.args([
+        "--exact",
+        "print_data_dir",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    for key in remove {
+        command.env_remove(key);
+    }
+    let output = command.output().expect("run child test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "child failed: {stdout}");
+    let line = stdout
+        .lines()
+        // libtest prints `test print_data_dir ... ` on the same line as the output.
+        .find_map(|line| line.split_once("DATA_DIR=").map(|(_, dir)| dir))
+        .unwrap_or_else(|| panic!("no DATA_DIR line in child output: {stdout}"));
+    PathBuf::from(line)
+}
+
+/// Env vars are process-global and tests run on parallel threads: each case runs in a child.
+#[test]
+fn data_dir_honours_state_directory_then_xdg() {
+    assert_eq!(
+        data_dir_in_child(
+            &[("STATE_DIRECTORY", "/var/lib/edgeclass:/var/lib/extra")],
+            &[]
+        ),
+        PathBuf::from("/var/lib/edgeclass")
+    );
+    assert_eq!(
+        data_dir_in_child(&[("XDG_DATA_HOME", "/tmp/xdg-data")], &["STATE_DIRECTORY"]),
+        PathBuf::from("/tmp/xdg-data/edgeclass")
+    );
+}
+
+#[test]
+#[ignore = "run in a child process by data_dir_honours_state_directory_then_xdg"]
+fn print_data_dir() {
+    println!("DATA_DIR={}", data_dir().display());
+}
