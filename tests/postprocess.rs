@@ -269,6 +269,13 @@ fn group_thresholds_and_threshold_key_errors() {
         err.contains("\"dgo\"") && err.contains("names no output label"),
         "{err}"
     );
+    let err = Postprocessor::new(&config(&[("dog", 0.5), ("Hund", 0.6)]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"dog\"") && err.contains("already has a threshold from key \"Hund\""),
+        "{err}"
+    );
     let err = Postprocessor::new(&config(&[("dog", 1.5)]))
         .unwrap_err()
         .to_string();
@@ -842,4 +849,42 @@ fn postprocessor_is_shareable_across_inference_threads() {
         .collect();
     let got: Vec<usize> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(got, [TABBY, BEAGLE]);
+}
+
+#[test]
+fn daemon_config_loader_reads_the_tables() {
+    // The daemon loads TOML through the `config` crate: keys (mixed case, Chinese) must survive.
+    #[derive(serde::Deserialize)]
+    struct Daemon {
+        postprocess: PostprocessConfig,
+        publish_policy: PolicyConfig,
+    }
+    let text = r#"
+        [postprocess]
+        groups = "/etc/edgeclass/labels/groups-home.toml"
+        [postprocess.thresholds]
+        "狗" = 0.4
+        Chihuahua = 0.7
+        [publish_policy]
+        mode = "every"
+        heartbeat_s = 30
+    "#;
+    let daemon: Daemon = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .unwrap();
+    assert_eq!(
+        daemon.postprocess.thresholds,
+        with_thresholds(&[("Chihuahua", 0.7), ("狗", 0.4)])
+    );
+    assert_eq!(daemon.postprocess.top_k, 3);
+    assert_eq!(daemon.publish_policy.mode, PublishMode::Every);
+    assert_eq!(
+        (
+            daemon.publish_policy.heartbeat_s,
+            daemon.publish_policy.hold
+        ),
+        (30, 3)
+    );
 }

@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use super::labels::{class_by_key, imagenet, load_groups, LabelMap};
+use super::labels::{class_by_key, imagenet, load_groups, Group, LabelMap};
 use super::topk::{softmax_in_place, top_k};
 use super::{PostprocessConfig, PostprocessError};
 
@@ -76,6 +76,36 @@ fn check_unit(key: impl FnOnce() -> String, value: f32) -> Result<(), Postproces
     }
 }
 
+/// The outputs a per-label threshold `key` applies to: those whose label is `key`, else the group
+/// named `key`, else the ungrouped class named by `key`. `Err` explains why none.
+fn threshold_targets(
+    key: &str,
+    outputs: &[Output],
+    groups: &[Group],
+    group_of_class: &[Option<usize>],
+    output_of_class: &[usize],
+) -> Result<Vec<usize>, String> {
+    let by_label: Vec<usize> = (0..outputs.len())
+        .filter(|&o| outputs[o].label == key)
+        .collect();
+    if !by_label.is_empty() {
+        return Ok(by_label);
+    }
+    if let Some(group) = groups.iter().find(|g| g.name == key) {
+        return Ok(vec![output_of_class[group.members[0]]]);
+    }
+    let class = class_by_key(key)
+        .map_err(|_| "names no output label, group or ImageNet class".to_string())?;
+    match group_of_class[class] {
+        Some(g) => Err(format!(
+            "class {class} ({}) is in group {}; set the group's threshold",
+            imagenet()[class].name,
+            groups[g].name
+        )),
+        None => Ok(vec![output_of_class[class]]),
+    }
+}
+
 impl Postprocessor {
     /// Validates `config` and loads its label map and groups files.
     pub fn new(config: &PostprocessConfig) -> Result<Self, PostprocessError> {
@@ -142,34 +172,28 @@ impl Postprocessor {
             output_of_class.push(output);
         }
 
+        // Which threshold key set each output, to reject two keys for one output.
+        let mut set_by: Vec<Option<&str>> = vec![None; outputs.len()];
         for (key, &threshold) in &config.thresholds {
             let config_key = || format!("postprocess.thresholds.{key:?}");
             check_unit(config_key, threshold)?;
-            let by_label: Vec<usize> = (0..outputs.len())
-                .filter(|&o| outputs[o].label == *key)
-                .collect();
-            let targets = if !by_label.is_empty() {
-                by_label
-            } else if let Some(g) = groups.iter().position(|g| g.name == *key) {
-                vec![output_of_class[groups[g].members[0]]]
-            } else {
-                let class = class_by_key(key).map_err(|_| PostprocessError::Config {
-                    key: config_key(),
-                    problem: "names no output label, group or ImageNet class".to_string(),
-                })?;
-                if let Some(g) = group_of_class[class] {
+            let targets =
+                threshold_targets(key, &outputs, &groups, &group_of_class, &output_of_class)
+                    .map_err(|problem| PostprocessError::Config {
+                        key: config_key(),
+                        problem,
+                    })?;
+            for output in targets {
+                if let Some(other) = set_by[output].replace(key) {
                     return Err(PostprocessError::Config {
                         key: config_key(),
                         problem: format!(
-                            "class {class} ({}) is in group {}; set the group's threshold",
-                            classes[class].name, groups[g].name
+                            "output {:?} already has a threshold from key {other:?}",
+                            outputs[output].label
                         ),
                     });
                 }
-                vec![output_of_class[class]]
-            };
-            for o in targets {
-                outputs[o].threshold = threshold;
+                outputs[output].threshold = threshold;
             }
         }
 

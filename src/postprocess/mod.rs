@@ -28,11 +28,10 @@
 //! label_map = "/etc/edgeclass/labels/zh.toml"        # optional
 //! groups = "/etc/edgeclass/labels/groups-home.toml"  # optional
 //! [postprocess.thresholds]        # optional per-output thresholds, 0.0..=1.0
-//! dog = 0.4                       # a group, ...
-//! "tabby" = 0.5                   # ... an ungrouped class (name, "281" or "n02123045") ...
-//! "狗" = 0.4                      # ... or a mapped output label
+//! dog = 0.4                       # a group (or its mapped label: "狗" = 0.4), ...
+//! mailbox = 0.5                   # ... or an ungrouped class (name, "637" or "n03710193")
 //!
-//! [publish_policy]                # see [`PolicyConfig`]
+//! [publish_policy]                # see [`PublishPolicy`] for the semantics
 //! mode = "on_change"              # every | on_change
 //! hold = 3
 //! min_interval_ms = 0
@@ -42,7 +41,7 @@
 //! A threshold key is resolved, in order, as: a mapped output label (applies to every output
 //! with that label), a group name, or an ImageNet class key (index, WordNet id, English name) of
 //! an ungrouped class. A key naming a grouped class is an error (set the group's threshold), as
-//! is a key naming nothing.
+//! are a key naming nothing and two keys naming the same output (`dog` and `狗`).
 //!
 //! # Class keys
 //!
@@ -56,10 +55,10 @@
 //! # Label map file
 //!
 //! ```toml
-//! [names]                 # class key -> output label
-//! "281" = "虎斑猫"
-//! n02123045 = "虎斑猫"      # (each class may be named once; this repeats 281 and is an error)
-//! "golden retriever" = "金毛寻回犬"
+//! [names]                 # class key -> output label; each class may be named once
+//! "281" = "虎斑猫"          # by index
+//! n02123394 = "波斯猫"      # by WordNet id
+//! "golden retriever" = "金毛寻回犬"   # by English name
 //! [groups]                # group name -> output label; ignored when no groups file is configured
 //! dog = "狗"
 //! ```

@@ -1,14 +1,4 @@
 //! [`PublishPolicy`]: which classifications of one camera become MQTT events.
-//!
-//! - `every`: every classification is published, at most one per `min_interval_ms`.
-//! - `on_change`: a classification is published when its label (top-1 or unknown label) differs
-//!   from the last published label and the same label was seen `hold` times in a row, so a
-//!   flickering top-1 publishes nothing. The first stable label after start is a change. A due
-//!   change waiting for `min_interval_ms` is published by the next classification that still
-//!   holds it.
-//! - In both modes, when nothing is published for `heartbeat_s` seconds (since the last publish,
-//!   heartbeat or, initially, the first classification), [`Decision::Heartbeat`] tells the caller
-//!   to re-send its state so consumers know the camera is alive. `heartbeat_s = 0` disables it.
 
 use std::time::{Duration, Instant};
 
@@ -76,6 +66,17 @@ pub enum Decision {
 }
 
 /// Publish state of one camera. Survives config reloads through [`PublishPolicy::reconfigure`].
+///
+/// - `every`: every classification is published, at most one per `min_interval_ms`.
+/// - `on_change`: a classification is published when its label (top-1 or unknown label) differs
+///   from the last published label and the same label was seen `hold` times in a row, so a
+///   flickering top-1 publishes nothing. The first stable label after start counts as a change.
+///   A due change held back by `min_interval_ms` is published by the next classification that
+///   still carries it.
+/// - In both modes, when nothing was published for `heartbeat_s` seconds (counted from the last
+///   publish or heartbeat, or initially from the first classification), [`Decision::Heartbeat`]
+///   tells the caller to re-send its current state so consumers know the camera is alive.
+///   `heartbeat_s = 0` disables heartbeats.
 #[derive(Debug, Clone)]
 pub struct PublishPolicy {
     config: PolicyConfig,
