@@ -76,40 +76,95 @@ fn check_unit(key: impl FnOnce() -> String, value: f32) -> Result<(), Postproces
     }
 }
 
-/// The outputs a per-label threshold `key` applies to: those whose label is `key`, else the group
-/// named `key`, else the ungrouped class named by `key`. `Err` explains why none.
-fn threshold_targets(
-    key: &str,
-    outputs: &[Output],
-    groups: &[Group],
-    group_of_class: &[Option<usize>],
-    output_of_class: &[usize],
-) -> Result<Vec<usize>, String> {
-    let by_label: Vec<usize> = (0..outputs.len())
-        .filter(|&o| outputs[o].label == key)
-        .collect();
-    if !by_label.is_empty() {
-        return Ok(by_label);
+/// How classes map onto outputs.
+struct OutputLayout {
+    outputs: Vec<Output>,
+    /// For each class, the output it contributes to.
+    output_of_class: Vec<usize>,
+    /// For each class, the group it belongs to.
+    group_of_class: Vec<Option<usize>>,
+}
+
+impl OutputLayout {
+    /// One output per group and per ungrouped class, labelled through `label_map`, all with the
+    /// global `threshold`. Outputs are ordered by their lowest class index, so top-k ties are
+    /// deterministic.
+    fn new(
+        groups: &[Group],
+        label_map: Option<&LabelMap>,
+        threshold: f32,
+    ) -> Result<Self, PostprocessError> {
+        let classes = imagenet();
+        let group_labels = match label_map {
+            Some(map) => map.group_labels(groups)?,
+            None => vec![None; groups.len()],
+        };
+        let mut group_of_class: Vec<Option<usize>> = vec![None; classes.len()];
+        for (g, group) in groups.iter().enumerate() {
+            for &member in &group.members {
+                group_of_class[member] = Some(g);
+            }
+        }
+        let mut output_of_group: Vec<Option<usize>> = vec![None; groups.len()];
+        let mut output_of_class = Vec::with_capacity(classes.len());
+        let mut outputs = Vec::new();
+        for class in classes {
+            let group = group_of_class[class.index];
+            if let Some(output) = group.and_then(|g| output_of_group[g]) {
+                output_of_class.push(output);
+                continue;
+            }
+            let label = match group {
+                Some(g) => group_labels[g].unwrap_or(&groups[g].name),
+                None => label_map
+                    .and_then(|map| map.class_label(class.index))
+                    .unwrap_or(&class.name),
+            };
+            outputs.push(Output {
+                label: label.to_string(),
+                threshold,
+            });
+            let output = outputs.len() - 1;
+            if let Some(g) = group {
+                output_of_group[g] = Some(output);
+            }
+            output_of_class.push(output);
+        }
+        Ok(Self {
+            outputs,
+            output_of_class,
+            group_of_class,
+        })
     }
-    if let Some(group) = groups.iter().find(|g| g.name == key) {
-        return Ok(vec![output_of_class[group.members[0]]]);
-    }
-    let class = class_by_key(key)
-        .map_err(|_| "names no output label, group or ImageNet class".to_string())?;
-    match group_of_class[class] {
-        Some(g) => Err(format!(
-            "class {class} ({}) is in group {}; set the group's threshold",
-            imagenet()[class].name,
-            groups[g].name
-        )),
-        None => Ok(vec![output_of_class[class]]),
+
+    /// The outputs a per-label threshold `key` applies to: those whose label is `key`, else the
+    /// group named `key`, else the ungrouped class named by `key`. `Err` explains why none.
+    fn threshold_targets(&self, key: &str, groups: &[Group]) -> Result<Vec<usize>, String> {
+        let by_label: Vec<usize> = (0..self.outputs.len())
+            .filter(|&o| self.outputs[o].label == key)
+            .collect();
+        if !by_label.is_empty() {
+            return Ok(by_label);
+        }
+        if let Some(group) = groups.iter().find(|g| g.name == key) {
+            return Ok(vec![self.output_of_class[group.members[0]]]);
+        }
+        let class = class_by_key(key)
+            .map_err(|_| "names no output label, group or ImageNet class".to_string())?;
+        match self.group_of_class[class] {
+            Some(g) => Err(format!(
+                "class {class} ({}) is in group {}; set the group's threshold",
+                imagenet()[class].name,
+                groups[g].name
+            )),
+            None => Ok(vec![self.output_of_class[class]]),
+        }
     }
 }
 
 impl Postprocessor {
     /// Validates `config` and loads its label map and groups files.
     pub fn new(config: &PostprocessConfig) -> Result<Self, PostprocessError> {
-        let classes = imagenet();
         if config.top_k == 0 {
             return Err(PostprocessError::Config {
                 key: "postprocess.top_k".to_string(),
@@ -132,76 +187,38 @@ impl Postprocessor {
             .as_deref()
             .map(LabelMap::load)
             .transpose()?;
-        let group_labels = match &label_map {
-            Some(map) => map.group_labels(&groups)?,
-            None => vec![None; groups.len()],
-        };
-
-        let mut group_of_class: Vec<Option<usize>> = vec![None; classes.len()];
-        for (g, group) in groups.iter().enumerate() {
-            for &member in &group.members {
-                group_of_class[member] = Some(g);
-            }
-        }
-        // Outputs in order of their lowest class index, so ties in the top-k are deterministic.
-        let mut output_of_group: Vec<Option<usize>> = vec![None; groups.len()];
-        let mut output_of_class = Vec::with_capacity(classes.len());
-        let mut outputs = Vec::new();
-        for class in classes {
-            let output = match group_of_class[class.index] {
-                Some(g) => *output_of_group[g].get_or_insert_with(|| {
-                    let label = group_labels[g].unwrap_or(&groups[g].name);
-                    outputs.push(Output {
-                        label: label.to_string(),
-                        threshold: config.threshold,
-                    });
-                    outputs.len() - 1
-                }),
-                None => {
-                    let label = label_map
-                        .as_ref()
-                        .and_then(|map| map.class_label(class.index))
-                        .unwrap_or(&class.name);
-                    outputs.push(Output {
-                        label: label.to_string(),
-                        threshold: config.threshold,
-                    });
-                    outputs.len() - 1
-                }
-            };
-            output_of_class.push(output);
-        }
+        let mut layout = OutputLayout::new(&groups, label_map.as_ref(), config.threshold)?;
 
         // Which threshold key set each output, to reject two keys for one output.
-        let mut set_by: Vec<Option<&str>> = vec![None; outputs.len()];
+        let mut set_by: Vec<Option<&str>> = vec![None; layout.outputs.len()];
         for (key, &threshold) in &config.thresholds {
             let config_key = || format!("postprocess.thresholds.{key:?}");
             check_unit(config_key, threshold)?;
-            let targets =
-                threshold_targets(key, &outputs, &groups, &group_of_class, &output_of_class)
-                    .map_err(|problem| PostprocessError::Config {
-                        key: config_key(),
-                        problem,
-                    })?;
+            let targets = layout.threshold_targets(key, &groups).map_err(|problem| {
+                PostprocessError::Config {
+                    key: config_key(),
+                    problem,
+                }
+            })?;
             for output in targets {
                 if let Some(other) = set_by[output].replace(key) {
                     return Err(PostprocessError::Config {
                         key: config_key(),
                         problem: format!(
                             "output {:?} already has a threshold from key {other:?}",
-                            outputs[output].label
+                            layout.outputs[output].label
                         ),
                     });
                 }
-                outputs[output].threshold = threshold;
+                layout.outputs[output].threshold = threshold;
             }
         }
 
         Ok(Self {
             top_k: config.top_k,
             unknown_label: config.unknown_label.clone(),
-            output_of_class,
-            outputs,
+            output_of_class: layout.output_of_class,
+            outputs: layout.outputs,
         })
     }
 
