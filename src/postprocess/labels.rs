@@ -174,7 +174,8 @@ pub(crate) struct LabelMap {
     path: PathBuf,
     /// Indexed by class; `None` keeps the English name.
     class_labels: Vec<Option<String>>,
-    /// `(group name, label, line)` in file order; checked against the groups in [`Self::group_labels`].
+    /// `(group name, label, line)` in file order; checked against the groups by
+    /// [`Self::group_labels`].
     group_labels: Vec<(String, String, usize)>,
 }
 
