@@ -98,9 +98,16 @@ fn below_global_threshold_is_unknown_but_top_is_still_reported() {
     assert!(close(c.score, 0.5));
     assert_eq!(c.top[0].label, "tabby");
     assert_eq!(c.top[1].label, "tiger cat");
-    // Exactly at the threshold passes.
-    let c = post.classify(&logits_for(&[(TABBY, 0.6)]));
-    assert!(!c.unknown, "{c:?}");
+    // A score exactly at the threshold passes.
+    let at = Postprocessor::new(&PostprocessConfig {
+        threshold: c.score,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(
+        !at.classify(&logits_for(&[(TABBY, 0.5), (TIGER_CAT, 0.3)]))
+            .unknown
+    );
 }
 
 #[test]
