@@ -22,16 +22,18 @@ pub trait ExitCode {
 
 /// The exit code for an error: the first error in the chain that knows its code decides.
 pub fn code_of(err: &anyhow::Error) -> i32 {
-    err.chain()
-        .find_map(|cause| {
-            // Each stage's error type registers here so `main` stays free of stage knowledge.
-            None::<i32>
-                .or_else(|| {
-                    cause
-                        .downcast_ref::<crate::model::fetch::FetchError>()
-                        .map(ExitCode::exit_code)
-                })
-                .or_else(|| cause.downcast_ref::<std::io::Error>().map(|_| IO_ERR))
-        })
-        .unwrap_or(1)
+    err.chain().find_map(known_code).unwrap_or(1)
+}
+
+/// Each stage's error type registers here, one line each, so `main` stays free of stage
+/// knowledge.
+fn known_code(cause: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    fn code<E: ExitCode + std::error::Error + 'static>(
+        cause: &(dyn std::error::Error + 'static),
+    ) -> Option<i32> {
+        cause.downcast_ref::<E>().map(ExitCode::exit_code)
+    }
+    code::<crate::model::fetch::FetchError>(cause)
+        .or_else(|| code::<crate::postprocess::PostprocessError>(cause))
+        .or_else(|| cause.downcast_ref::<std::io::Error>().map(|_| IO_ERR))
 }

@@ -1,4 +1,185 @@
-//! Logits to a [`Classification`]: softmax, top-k, thresholds, label mapping, publish policy.
+//! Logits to a [`Classification`]: softmax, top-k, thresholds, label mapping, groups, and the
+//! per-camera [`PublishPolicy`] that decides which classifications become MQTT events.
+//!
+//! # Pipeline
+//!
+//! 1. Softmax over the model's 1000 ImageNet-1k logits (non-finite logits count as "impossible",
+//!    so a broken tensor yields `unknown` instead of NaN scores).
+//! 2. **Groups** (optional file): the probabilities of a group's members are summed into one
+//!    output named after the group (`dog` = sum of the 118 dog breeds). A group competes with the
+//!    ungrouped classes in the top-k. Its [`Prediction`] carries the group's label and summed
+//!    score, and the `raw_label`, `index` and `wnid` of its most probable member.
+//! 3. **Label map** (optional file): friendly or translated names for classes and groups. It only
+//!    renames; it never merges (two classes mapped to the same name stay two outputs; use a group
+//!    to merge them).
+//! 4. **Top-k** (`top_k`, default 3) over the outputs, highest first.
+//! 5. **Thresholds**: the top-1 output must reach its threshold (per-label if configured, else the
+//!    global `threshold`, default 0.6; a score equal to the threshold passes), otherwise the
+//!    classification's `label` becomes `unknown_label` and `unknown` is set. `top` is reported
+//!    unchanged either way.
+//!
+//! # Configuration
+//!
+//! ```toml
+//! [postprocess]
+//! top_k = 3                       # 1..=1000 outputs reported in `top`
+//! threshold = 0.6                 # global threshold for the top-1, 0.0..=1.0
+//! unknown_label = "unknown"       # label published when the top-1 is below its threshold
+//! label_map = "/etc/edgeclass/labels/zh.toml"        # optional
+//! groups = "/etc/edgeclass/labels/groups-home.toml"  # optional
+//! [postprocess.thresholds]        # optional per-output thresholds, 0.0..=1.0
+//! dog = 0.4                       # a group (or its mapped label: "狗" = 0.4), ...
+//! mailbox = 0.5                   # ... or an ungrouped class (name, "637" or "n03710193")
+//!
+//! [publish_policy]                # see [`PublishPolicy`] for the semantics
+//! mode = "on_change"              # every | on_change
+//! hold = 3
+//! min_interval_ms = 0
+//! heartbeat_s = 60
+//! ```
+//!
+//! A threshold key is resolved, in order, as: a mapped output label (applies to every output
+//! with that label), a group name, or an ImageNet class key (index, WordNet id, English name) of
+//! an ungrouped class. A key naming a grouped class is an error (set the group's threshold), as
+//! are a key naming nothing and two keys naming the same output (`dog` and `狗`).
+//!
+//! # Class keys
+//!
+//! Label map and groups files name ImageNet classes (see `configs/labels/imagenet1k.tsv`) by:
+//! - index: `"281"` (0..=999, model output order);
+//! - WordNet id: `"n02123045"`;
+//! - English name (torchvision's): `"tabby"`; exact match first, then ASCII case-insensitive
+//!   (`"Cardigan"` the corgi is 264, `"cardigan"` the sweater is 474);
+//! - groups only: an inclusive index range `"151-268"`.
+//!
+//! # Label map file
+//!
+//! ```toml
+//! [names]                 # class key -> output label; each class may be named once
+//! "281" = "虎斑猫"          # by index
+//! n02123394 = "波斯猫"      # by WordNet id
+//! "golden retriever" = "金毛寻回犬"   # by English name
+//! [groups]                # group name -> output label; ignored when no groups file is configured
+//! dog = "狗"
+//! ```
+//!
+//! Unmapped classes keep their English name; unmapped groups keep their group name. Names given
+//! to classes that belong to a group are accepted but unused, because the group's label is
+//! published (`raw_label` stays the ImageNet name).
+//!
+//! # Groups file
+//!
+//! ```toml
+//! [groups.dog]
+//! members = ["151-268"]                       # ranges, indices, WordNet ids, English names
+//! [groups.package]
+//! members = ["carton", "crate", "n03291819"]
+//! ```
+//!
+//! A class may belong to at most one group and appear once in it; a group needs at least one
+//! member.
+//!
+//! # Errors
+//!
+//! Bad files give a [`PostprocessError`] naming the file, the line, the key or entry and the
+//! problem, e.g. `groups file /etc/edgeclass/labels/groups-home.toml, line 4, groups.dog.members
+//! "151-": bad index range (expected N or N-M with N <= M <= 999)`.
 
+mod classify;
 pub mod labels;
+mod policy;
 pub mod topk;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub use classify::{Classification, Postprocessor, Prediction};
+pub use policy::{Decision, PolicyConfig, PublishMode, PublishPolicy};
+
+/// The `[postprocess]` config table. See the module docs for semantics.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostprocessConfig {
+    /// How many outputs `Classification::top` reports.
+    pub top_k: usize,
+    /// Global threshold the top-1 score must reach to be reported as known.
+    pub threshold: f32,
+    /// Label reported when the top-1 score is below its threshold.
+    pub unknown_label: String,
+    /// Optional label map file (friendly or translated names).
+    pub label_map: Option<PathBuf>,
+    /// Optional groups file (classes whose probabilities are summed).
+    pub groups: Option<PathBuf>,
+    /// Per-output thresholds, keyed by output label, group name or ungrouped class key.
+    pub thresholds: BTreeMap<String, f32>,
+}
+
+impl Default for PostprocessConfig {
+    fn default() -> Self {
+        Self {
+            top_k: 3,
+            threshold: 0.6,
+            unknown_label: "unknown".to_string(),
+            label_map: None,
+            groups: None,
+            thresholds: BTreeMap::new(),
+        }
+    }
+}
+
+/// Which kind of file a [`PostprocessError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    LabelMap,
+    Groups,
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileKind::LabelMap => "label map",
+            FileKind::Groups => "groups",
+        })
+    }
+}
+
+/// Why a [`Postprocessor`] or [`PublishPolicy`] could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum PostprocessError {
+    #[error("reading {kind} file {}: {source}", path.display())]
+    Read {
+        kind: FileKind,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {kind} file {}, line {line}: {message}", path.display())]
+    Parse {
+        kind: FileKind,
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// An entry parsed but does not make sense (unknown class, bad range, duplicate, ...).
+    #[error("{kind} file {}, line {line}, {entry}: {problem}", path.display())]
+    Entry {
+        kind: FileKind,
+        path: PathBuf,
+        line: usize,
+        /// Where in the file, e.g. `names."n99999999"` or `groups.dog.members "151-"`.
+        entry: String,
+        problem: String,
+    },
+    /// A config value is out of range or names nothing, e.g. `postprocess.thresholds.dgo`.
+    #[error("config key {key}: {problem}")]
+    Config { key: String, problem: String },
+}
+
+impl crate::exit::ExitCode for PostprocessError {
+    fn exit_code(&self) -> i32 {
+        // Every variant is a configuration mistake (a missing label file is referenced from the
+        // config), so systemd should not restart-loop on it.
+        crate::exit::CONFIG
+    }
+}
