@@ -782,6 +782,26 @@ fn heartbeat_when_nothing_was_published_for_a_while() {
 }
 
 #[test]
+fn heartbeat_due_for_frames_that_were_not_classified() {
+    let mut policy = PublishPolicy::new(&PolicyConfig {
+        hold: 1,
+        heartbeat_s: 10,
+        ..Default::default()
+    })
+    .unwrap();
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    // Nothing classified yet: nothing to repeat.
+    assert!(!policy.heartbeat_due(t0 + s(100)));
+    assert_eq!(policy.decide(&classification("cat"), t0), Publish);
+    // A static scene: frames skipped by motion gating only ask for heartbeats.
+    assert!(!policy.heartbeat_due(t0 + s(9)));
+    assert!(policy.heartbeat_due(t0 + s(10)));
+    assert!(!policy.heartbeat_due(t0 + s(15)));
+    assert!(policy.heartbeat_due(t0 + s(20)));
+}
+
+#[test]
 fn reconfigure_keeps_history() {
     let mut policy = PublishPolicy::new(&PolicyConfig {
         heartbeat_s: 0,

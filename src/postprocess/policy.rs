@@ -133,7 +133,7 @@ impl PublishPolicy {
                 1
             }
         };
-        let sign_of_life = *self.last_sign_of_life.get_or_insert(now);
+        self.last_sign_of_life.get_or_insert(now);
 
         let wanted = match self.config.mode {
             PublishMode::Every => true,
@@ -153,14 +153,25 @@ impl PublishPolicy {
             self.last_sign_of_life = Some(now);
             return Decision::Publish;
         }
-        let heartbeat = self.config.heartbeat_s > 0
-            && now.saturating_duration_since(sign_of_life)
-                >= Duration::from_secs(self.config.heartbeat_s);
-        if heartbeat {
-            self.last_sign_of_life = Some(now);
+        if self.heartbeat_due(now) {
             Decision::Heartbeat
         } else {
             Decision::Skip
         }
+    }
+
+    /// Whether a heartbeat is due at `now` (and if so, starts the next heartbeat period). For
+    /// frames that were not classified at all, such as a static scene skipped by motion gating.
+    pub fn heartbeat_due(&mut self, now: Instant) -> bool {
+        let Some(sign_of_life) = self.last_sign_of_life else {
+            return false;
+        };
+        let due = self.config.heartbeat_s > 0
+            && now.saturating_duration_since(sign_of_life)
+                >= Duration::from_secs(self.config.heartbeat_s);
+        if due {
+            self.last_sign_of_life = Some(now);
+        }
+        due
     }
 }
