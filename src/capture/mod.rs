@@ -27,7 +27,6 @@ pub use error::CaptureError;
 pub use frame::{Frame, PixelFormat};
 #[cfg(not(feature = "camera"))]
 pub use modes::list_cameras;
-use modes::ModeRequest;
 pub use modes::{CameraInfo, CameraMode};
 pub use motion::MotionGate;
 pub use runner::{spawn, CameraEvent};
