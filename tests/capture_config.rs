@@ -196,12 +196,12 @@ fn validation_names_the_key() {
         (
             "id = \"a\"\nsource = \"v4l2:0\"\ninterval_ms = 0",
             "cameras[0].interval_ms",
-            "at least 1",
+            "outside 1..=86400000",
         ),
         (
             "id = \"a\"\nsource = \"http://x/y\"\ntimeout_ms = 0",
             "cameras[0].timeout_ms",
-            "at least 1",
+            "outside 1..=",
         ),
         (
             "id = \"a\"\nsource = \"file:x\"\nwidth = 640\nheight = 480",

@@ -416,8 +416,13 @@ fn http_timeout_is_reported_within_timeout_ms() {
         let held: Vec<TcpStream> = listener.incoming().flatten().collect();
         drop(held);
     });
+    let started = Instant::now();
     let running = Running::start(camera(&url, "timeout_ms = 300"));
     let reason = running.offline_reason();
+    println!(
+        "timeout reported after {:.2}x timeout_ms",
+        started.elapsed().as_secs_f64() / 0.3
+    );
     assert!(reason.contains(&url), "{reason}");
     assert!(reason.contains("timed out after 300 ms"), "{reason}");
     running.stop();
@@ -435,4 +440,20 @@ fn missing_v4l2_device_goes_offline_with_a_clear_error_without_panicking() {
         assert!(running.slot.take(Duration::from_millis(50)).is_none());
         running.stop();
     }
+}
+
+#[test]
+fn spawn_refuses_an_invalid_config_instead_of_panicking() {
+    let mut config = camera("file:x.jpg", "");
+    config.id = "bad\0id".into();
+    let (sender, _events) = mpsc::channel();
+    let result = spawn(
+        config,
+        Arc::new(FrameSlot::new()),
+        sender,
+        Arc::new(AtomicBool::new(false)),
+    );
+    let error = result.expect_err("an id with a NUL byte is refused");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("cameras[0].id"), "{error}");
 }

@@ -76,6 +76,12 @@ pub enum PixelFormatPreference {
     Yuyv,
 }
 
+/// One day: longer intervals are almost certainly a typo, and bounded values keep deadline
+/// arithmetic far from overflow.
+const MAX_INTERVAL_MS: u64 = 86_400_000;
+/// Ten minutes.
+const MAX_TIMEOUT_MS: u64 = 600_000;
+
 fn default_interval_ms() -> u64 {
     1000
 }
@@ -243,11 +249,13 @@ pub fn validate_cameras(cameras: &[CameraConfig]) -> Result<(), CaptureError> {
                 format!("{:?} is used by an earlier camera", camera.id),
             ));
         }
-        if camera.interval_ms == 0 {
-            return Err(error("interval_ms", "must be at least 1".into()));
-        }
-        if camera.timeout_ms == 0 {
-            return Err(error("timeout_ms", "must be at least 1".into()));
+        for (key, value, max) in [
+            ("interval_ms", camera.interval_ms, MAX_INTERVAL_MS),
+            ("timeout_ms", camera.timeout_ms, MAX_TIMEOUT_MS),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(error(key, format!("{value} is outside 1..={max}")));
+            }
         }
         let threshold = camera.motion.threshold;
         if !(0.0..=1.0).contains(&threshold) {
@@ -257,12 +265,6 @@ pub fn validate_cameras(cameras: &[CameraConfig]) -> Result<(), CaptureError> {
             ));
         }
         let is_v4l2 = matches!(camera.source, SourceSpec::V4l2(_));
-        if is_v4l2 && !cfg!(feature = "camera") {
-            return Err(error(
-                "source",
-                CaptureError::CameraSupportDisabled.to_string(),
-            ));
-        }
         let v4l2_only = [
             ("width", camera.width.is_some()),
             ("height", camera.height.is_some()),

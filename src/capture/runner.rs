@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::{CameraConfig, CaptureError, Frame, FrameSlot, SourceSpec};
+use super::{validate_cameras, CameraConfig, CaptureError, Frame, FrameSlot, SourceSpec};
 
 /// A camera's availability changed; sent once per transition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,13 +81,16 @@ impl Backoff {
 /// `interval_ms` into `slot`, reports [`CameraEvent`]s on `events` (a closed receiver is fine),
 /// retries failures with backoff, and ends when `stop` is set or `slot` is closed.
 ///
-/// `config` should have passed [`validate_cameras`](super::validate_cameras).
+/// Fails with `InvalidInput` if `config` does not pass [`validate_cameras`].
 pub fn spawn(
     config: CameraConfig,
     slot: Arc<FrameSlot>,
     events: Sender<CameraEvent>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
+    // Validated values keep the thread name and deadline arithmetic from panicking.
+    validate_cameras(std::slice::from_ref(&config))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let cancel = Cancel { stop, slot };
     thread::Builder::new()
         .name(format!("cam-{}", config.id))
@@ -108,7 +111,8 @@ fn open_source(config: &CameraConfig) -> Box<dyn FrameSource> {
     }
 }
 
-/// Stands in for V4L2 sources in builds without the `camera` feature: always offline.
+/// Stands in for V4L2 sources in builds without the `camera` feature: the camera stays offline
+/// with a reason saying so, like any other unavailable camera.
 #[cfg(not(feature = "camera"))]
 struct Unsupported;
 

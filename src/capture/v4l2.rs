@@ -14,16 +14,9 @@ use super::{
     V4l2Device,
 };
 
-/// Pixel formats a frame can be handed over in, in `auto` preference order.
-const USABLE_FORMATS: [FrameFormat; 4] = [
-    FrameFormat::MJPEG,
-    FrameFormat::YUYV,
-    FrameFormat::NV12,
-    FrameFormat::RAWRGB,
-];
-
-/// Every format nokhwa knows, so that opening for a listing never fails on format choice.
-const ALL_FORMATS: [FrameFormat; 6] = [
+/// Every format nokhwa knows: opening accepts any of them, so a camera without a usable format
+/// gets an error listing what it does offer rather than nokhwa's "Failed to Fufill".
+const KNOWN_FORMATS: [FrameFormat; 6] = [
     FrameFormat::MJPEG,
     FrameFormat::YUYV,
     FrameFormat::NV12,
@@ -109,7 +102,7 @@ pub fn list_cameras() -> Result<Vec<CameraInfo>, CaptureError> {
 }
 
 fn query_modes(index: CameraIndex) -> Result<Vec<CameraMode>, String> {
-    let request = RequestedFormat::with_formats(RequestedFormatType::None, &ALL_FORMATS);
+    let request = RequestedFormat::with_formats(RequestedFormatType::None, &KNOWN_FORMATS);
     let mut camera =
         Camera::with_backend(index, request, ApiBackend::Video4Linux).map_err(|e| e.to_string())?;
     let mut modes: Vec<CameraMode> = camera
@@ -163,7 +156,7 @@ impl V4l2Source {
 
     fn open(&self) -> Result<OpenCamera, CaptureError> {
         let index = device_index(&self.device)?;
-        let request = RequestedFormat::with_formats(RequestedFormatType::None, &USABLE_FORMATS);
+        let request = RequestedFormat::with_formats(RequestedFormatType::None, &KNOWN_FORMATS);
         let mut camera =
             Camera::with_backend(CameraIndex::Index(index), request, ApiBackend::Video4Linux)
                 .map_err(|e| self.error(format!("cannot open: {e}")))?;
