@@ -212,44 +212,45 @@ fn describe_modes(modes: &[CameraMode]) -> String {
 
 impl FrameSource for V4l2Source {
     fn next_frame(&mut self, due: Instant, cancel: &Cancel) -> Result<Option<Frame>, CaptureError> {
-        if self.camera.is_none() {
-            self.camera = Some(self.open()?);
-        }
-        loop {
-            if cancel.is_set() {
-                return Ok(None);
+        let mut open = match self.camera.take() {
+            Some(open) => open,
+            None => self.open()?,
+        };
+        match first_frame_after(&mut open.camera, due, cancel) {
+            Ok(data) => {
+                let frame = data.map(|data| Frame {
+                    format: open.format,
+                    width: open.width,
+                    height: open.height,
+                    data,
+                    captured_at: SystemTime::now(),
+                    seq: 0,
+                    origin: self.shown_device.clone(),
+                });
+                self.camera = Some(open);
+                Ok(frame)
             }
-            let Some(open) = self.camera.as_mut() else {
-                return Ok(None);
-            };
-            // Blocks for at most one frame period while the camera streams.
-            let frame = match open.camera.frame_raw() {
-                Ok(bytes) if Instant::now() >= due => Ok(Some(bytes.into_owned())),
-                Ok(_) => Ok(None),
-                Err(e) => Err(e.to_string()),
-            };
-            match frame {
-                Ok(Some(data)) => {
-                    return Ok(Some(Frame {
-                        format: open.format,
-                        width: open.width,
-                        height: open.height,
-                        data,
-                        captured_at: SystemTime::now(),
-                        seq: 0,
-                        origin: self.shown_device.clone(),
-                    }))
-                }
-                Ok(None) => continue,
-                Err(reason) => {
-                    // Dropping the camera closes the device; the next call reopens it, which
-                    // is how an unplugged and re-plugged camera recovers.
-                    self.camera = None;
-                    return Err(self.error(format!("cannot read frame: {reason}")));
-                }
-            }
+            // `open` is dropped here, closing the device; the next call reopens it, which is
+            // how an unplugged and re-plugged camera recovers.
+            Err(e) => Err(self.error(format!("cannot read frame: {e}"))),
         }
     }
+}
+
+/// Dequeues frames until one arrives at or after `due` and returns a copy of its bytes; `None`
+/// once cancelled. Each dequeue blocks for at most one frame period while the camera streams.
+fn first_frame_after(
+    camera: &mut Camera,
+    due: Instant,
+    cancel: &Cancel,
+) -> Result<Option<Vec<u8>>, nokhwa::NokhwaError> {
+    while !cancel.is_set() {
+        let bytes = camera.frame_raw()?;
+        if Instant::now() >= due {
+            return Ok(Some(bytes.into_owned()));
+        }
+    }
+    Ok(None)
 }
 
 /// Resolution used when the config names none: plenty for a 224x224 model input, cheap to decode.
