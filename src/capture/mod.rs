@@ -1,8 +1,35 @@
 //! Frame sources: V4L2 cameras (nokhwa), image files and folders, HTTP snapshot URLs.
 //!
-//! Each camera runs on its own OS thread and hands frames to the daemon through a
-//! latest-frame-wins slot.
+//! Each camera runs on its own OS thread ([`spawn`]), paced to at most one frame per
+//! `interval_ms`, and hands frames to the daemon through a latest-frame-wins [`FrameSlot`]. A
+//! failing camera reports [`CameraEvent::Offline`] once, is retried with backoff, and reports
+//! [`CameraEvent::Online`] when it delivers again. Frames are handed over undecoded; the daemon
+//! decodes them (preprocess) and asks a [`MotionGate`] whether the scene changed enough to
+//! classify.
 
+mod config;
+mod error;
+mod file;
 mod frame;
+mod http;
+mod modes;
+mod motion;
+mod runner;
+mod slot;
+#[cfg(feature = "camera")]
+mod v4l2;
 
+pub use config::{
+    validate_cameras, CameraConfig, MotionConfig, PixelFormatPreference, SourceSpec,
+    SourceSpecError, V4l2Device,
+};
+pub use error::CaptureError;
 pub use frame::{Frame, PixelFormat};
+#[cfg(not(feature = "camera"))]
+pub use modes::list_cameras;
+pub use modes::{CameraInfo, CameraMode};
+pub use motion::MotionGate;
+pub use runner::{spawn, CameraEvent};
+pub use slot::{FrameSlot, SlotStats};
+#[cfg(feature = "camera")]
+pub use v4l2::list_cameras;

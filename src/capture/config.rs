@@ -1,0 +1,296 @@
+use std::collections::HashSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::CaptureError;
+
+/// One `[[cameras]]` entry of the daemon's config.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Stable identifier used in MQTT topics and Home Assistant unique ids: `[A-Za-z0-9_-]+`.
+    pub id: String,
+    /// Display name for Home Assistant; defaults to `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where frames come from: `v4l2:/dev/video0`, `v4l2:0`, `file:PATH`, `http(s)://...`.
+    pub source: SourceSpec,
+    /// Deliver at most one frame per this many milliseconds.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// V4L2 only: wanted frame width; the closest mode the camera offers is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// V4L2 only: wanted frame height (set together with `width`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// V4L2 only: wanted camera frame rate; default is the lowest rate at or above 5 fps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<u32>,
+    /// V4L2 only: which pixel format to stream.
+    #[serde(default)]
+    pub pixel_format: PixelFormatPreference,
+    /// HTTP only: connect + whole-request timeout in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Skip inference while the scene does not change.
+    #[serde(default)]
+    pub motion: MotionConfig,
+}
+
+/// `[cameras.motion]`: skip inference while a downscaled grayscale frame stays close to the last
+/// classified one.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MotionConfig {
+    /// Off means every frame is classified.
+    pub enabled: bool,
+    /// Mean absolute difference of a 32x24 grayscale thumbnail, in [0, 1], at or above which the
+    /// frame counts as changed.
+    pub threshold: f32,
+    /// Classify anyway when nothing changed for this many seconds; 0 never forces.
+    pub max_skip_s: u64,
+}
+
+impl Default for MotionConfig {
+    fn default() -> Self {
+        MotionConfig {
+            enabled: true,
+            threshold: 0.02,
+            max_skip_s: 60,
+        }
+    }
+}
+
+/// V4L2 pixel format to ask the camera for. Frames are handed over undecoded either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFormatPreference {
+    /// MJPEG if offered (least USB bandwidth), else YUYV, NV12, RGB.
+    #[default]
+    Auto,
+    Mjpeg,
+    Yuyv,
+}
+
+/// One day: longer intervals are almost certainly a typo, and bounded values keep deadline
+/// arithmetic far from overflow.
+const MAX_INTERVAL_MS: u64 = 86_400_000;
+/// Ten minutes.
+const MAX_TIMEOUT_MS: u64 = 600_000;
+
+fn default_interval_ms() -> u64 {
+    1000
+}
+
+fn default_timeout_ms() -> u64 {
+    5000
+}
+
+/// A V4L2 device as written in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum V4l2Device {
+    /// `v4l2:0`: `/dev/video0`.
+    Index(u32),
+    /// `v4l2:/dev/video0` or a stable symlink such as `/dev/v4l/by-id/...-video-index0`.
+    Path(PathBuf),
+}
+
+/// Where a camera's frames come from; parsed from the `source` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    V4l2(V4l2Device),
+    /// One image, or a folder whose images are looped in name order.
+    File(PathBuf),
+    /// A JPEG snapshot URL, polled; may carry `user:password@` for basic auth.
+    Http(String),
+}
+
+const EXPECTED_FORMS: &str = "expected v4l2:/dev/videoN, v4l2:N, file:PATH or http(s)://HOST/PATH";
+
+/// Why a `source` string is not a valid [`SourceSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid camera source {input:?}: {reason}; {EXPECTED_FORMS}")]
+pub struct SourceSpecError {
+    input: String,
+    reason: String,
+}
+
+impl FromStr for SourceSpec {
+    type Err = SourceSpecError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: &str| SourceSpecError {
+            input: input.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = input.split_once(':').ok_or_else(|| invalid("no scheme"))?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "v4l2" => {
+                if rest.is_empty() {
+                    Err(invalid("no device"))
+                } else if let Ok(index) = rest.parse::<u32>() {
+                    Ok(SourceSpec::V4l2(V4l2Device::Index(index)))
+                } else if rest.starts_with('/') {
+                    Ok(SourceSpec::V4l2(V4l2Device::Path(PathBuf::from(rest))))
+                } else {
+                    Err(invalid("device must be an index or an absolute path"))
+                }
+            }
+            "file" => {
+                if rest.is_empty() {
+                    Err(invalid("no path"))
+                } else {
+                    Ok(SourceSpec::File(PathBuf::from(rest)))
+                }
+            }
+            "http" | "https" => {
+                let uri: ureq::http::Uri = input.parse().map_err(|_| invalid("malformed URL"))?;
+                match uri.host() {
+                    Some(host) if !host.is_empty() => Ok(SourceSpec::Http(input.to_owned())),
+                    _ => Err(invalid("URL has no host")),
+                }
+            }
+            "rtsp" | "rtsps" => Err(invalid(
+                "RTSP streams are not supported, use the camera's JPEG snapshot URL",
+            )),
+            _ => Err(invalid("unknown scheme")),
+        }
+    }
+}
+
+impl SourceSpec {
+    /// The source as written in the config, secrets included (for serialization only).
+    fn to_config_string(&self) -> String {
+        match self {
+            SourceSpec::V4l2(V4l2Device::Index(index)) => format!("v4l2:{index}"),
+            SourceSpec::V4l2(V4l2Device::Path(path)) => format!("v4l2:{}", path.display()),
+            SourceSpec::File(path) => format!("file:{}", path.display()),
+            SourceSpec::Http(url) => url.clone(),
+        }
+    }
+}
+
+/// Shows the source for logs and events: an HTTP password is replaced by `***`.
+impl fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceSpec::Http(url) => f.write_str(&redact_url(url)),
+            other => f.write_str(&other.to_config_string()),
+        }
+    }
+}
+
+/// `http://user:secret@host/x` -> `http://user:***@host/x`, so URLs can go into logs and events.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for SourceSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_config_string())
+    }
+}
+
+impl CameraConfig {
+    /// The name shown in Home Assistant: `name`, or `id` when unset.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// Checks what serde cannot: id syntax and uniqueness, value ranges, and keys that do not apply
+/// to the camera's kind of source. Errors name the key, e.g. `cameras[1].width`.
+pub fn validate_cameras(cameras: &[CameraConfig]) -> Result<(), CaptureError> {
+    let mut seen = HashSet::new();
+    for (index, camera) in cameras.iter().enumerate() {
+        let error = |key: &str, message: String| CaptureError::Config {
+            key: format!("cameras[{index}].{key}"),
+            message,
+        };
+        if camera.id.is_empty()
+            || !camera
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(error(
+                "id",
+                format!(
+                    "{:?} must be non-empty ASCII letters, digits, '_' or '-' (it goes into MQTT topics)",
+                    camera.id
+                ),
+            ));
+        }
+        if !seen.insert(camera.id.as_str()) {
+            return Err(error(
+                "id",
+                format!("{:?} is used by an earlier camera", camera.id),
+            ));
+        }
+        for (key, value, max) in [
+            ("interval_ms", camera.interval_ms, MAX_INTERVAL_MS),
+            ("timeout_ms", camera.timeout_ms, MAX_TIMEOUT_MS),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(error(key, format!("{value} is outside 1..={max}")));
+            }
+        }
+        let threshold = camera.motion.threshold;
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(error(
+                "motion.threshold",
+                format!("{threshold} is outside [0, 1]"),
+            ));
+        }
+        let is_v4l2 = matches!(camera.source, SourceSpec::V4l2(_));
+        let v4l2_only = [
+            ("width", camera.width.is_some()),
+            ("height", camera.height.is_some()),
+            ("fps", camera.fps.is_some()),
+            (
+                "pixel_format",
+                camera.pixel_format != PixelFormatPreference::Auto,
+            ),
+        ];
+        for (key, is_set) in v4l2_only {
+            if is_set && !is_v4l2 {
+                return Err(error(key, "applies only to v4l2: sources".into()));
+            }
+        }
+        if camera.width.is_some() != camera.height.is_some() {
+            return Err(error("width", "set width and height together".into()));
+        }
+        for (key, value) in [
+            ("width", camera.width),
+            ("height", camera.height),
+            ("fps", camera.fps),
+        ] {
+            if value == Some(0) {
+                return Err(error(key, "must be at least 1".into()));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+use std::path::PathBuf;
+
+use crate::exit;
+
+/// What went wrong while configuring or reading a frame source.
+///
+/// Every variant names the thing it failed on (config key, file, URL, device) so one line in the
+/// log is enough to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// A `[[cameras]]` entry is invalid; `key` is its path, e.g. `cameras[0].source`.
+    #[error("config {key}: {message}")]
+    Config { key: String, message: String },
+
+    /// An image file or folder could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A folder source holds no image files (by extension; dotfiles are ignored).
+    #[error("no image files (jpg, png, ...) in folder {}", path.display())]
+    NoImages { path: PathBuf },
+
+    /// A file or HTTP response had no bytes.
+    #[error("{origin}: empty image (0 bytes)")]
+    Empty { origin: String },
+
+    /// An HTTP snapshot request failed: connection, status, content type or body.
+    #[error("GET {url}: {reason}")]
+    Http { url: String, reason: String },
+
+    /// An HTTP snapshot request took longer than the camera's `timeout_ms`.
+    #[error("GET {url}: timed out after {timeout_ms} ms")]
+    HttpTimeout { url: String, timeout_ms: u64 },
+
+    /// A V4L2 device could not be opened, configured or read.
+    #[error("camera {device}: {reason}")]
+    Camera { device: String, reason: String },
+
+    /// This binary was built without the `camera` feature (no nokhwa/V4L2).
+    #[error("edgeclass was built without V4L2 camera support (cargo feature `camera`)")]
+    CameraSupportDisabled,
+}
+
+impl exit::ExitCode for CaptureError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            CaptureError::Config { .. } => exit::CONFIG,
+            CaptureError::Read { .. } | CaptureError::NoImages { .. } => exit::NO_INPUT,
+            CaptureError::Empty { .. } => exit::DATA_ERR,
+            CaptureError::Http { .. }
+            | CaptureError::HttpTimeout { .. }
+            | CaptureError::Camera { .. }
+            | CaptureError::CameraSupportDisabled => exit::UNAVAILABLE,
+        }
+    }
+}

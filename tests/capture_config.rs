@@ -1,0 +1,252 @@
+//! `[[cameras]]` parsing and validation: source specs, defaults, and errors that name the key.
+
+use std::path::PathBuf;
+
+use edgeclass::capture::{
+    validate_cameras, CameraConfig, CaptureError, MotionConfig, PixelFormatPreference, SourceSpec,
+    V4l2Device,
+};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+struct Root {
+    cameras: Vec<CameraConfig>,
+}
+
+fn parse(text: &str) -> Result<Vec<CameraConfig>, String> {
+    toml::from_str::<Root>(text)
+        .map(|root| root.cameras)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn source_specs_parse_into_their_kinds() {
+    let cases = [
+        (
+            "v4l2:/dev/video0",
+            SourceSpec::V4l2(V4l2Device::Path("/dev/video0".into())),
+        ),
+        ("v4l2:2", SourceSpec::V4l2(V4l2Device::Index(2))),
+        (
+            "file:/srv/demo",
+            SourceSpec::File(PathBuf::from("/srv/demo")),
+        ),
+        (
+            "file:images/cat.jpg",
+            SourceSpec::File(PathBuf::from("images/cat.jpg")),
+        ),
+        (
+            "http://10.0.0.5/snap.jpg",
+            SourceSpec::Http("http://10.0.0.5/snap.jpg".into()),
+        ),
+        (
+            "https://cam.local:8443/cgi-bin/snapshot?ch=1",
+            SourceSpec::Http("https://cam.local:8443/cgi-bin/snapshot?ch=1".into()),
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(text.parse::<SourceSpec>(), Ok(expected), "{text}");
+    }
+}
+
+#[test]
+fn bad_source_specs_say_what_is_expected() {
+    for text in [
+        "",
+        "/dev/video0",
+        "v4l2:",
+        "v4l2:video0",
+        "file:",
+        "ftp://x/y",
+        "http://",
+        "rtsp://cam/stream",
+    ] {
+        let error = text.parse::<SourceSpec>().unwrap_err().to_string();
+        assert!(error.contains(&format!("{text:?}")), "{error}");
+        assert!(
+            error.contains("v4l2:/dev/videoN, v4l2:N, file:PATH or http(s)://"),
+            "{error}"
+        );
+    }
+    let rtsp = "rtsp://cam/stream"
+        .parse::<SourceSpec>()
+        .unwrap_err()
+        .to_string();
+    assert!(rtsp.contains("snapshot URL"), "{rtsp}");
+}
+
+#[test]
+fn passwords_are_masked_in_display_but_kept_for_serialization() {
+    let spec: SourceSpec = "http://admin:hunter2@10.0.0.5/snap.jpg".parse().unwrap();
+    assert_eq!(spec.to_string(), "http://admin:***@10.0.0.5/snap.jpg");
+    let camera = CameraConfig {
+        source: spec,
+        ..parse("[[cameras]]\nid = \"a\"\nsource = \"file:x\"")
+            .unwrap()
+            .remove(0)
+    };
+    let text = toml::to_string(&camera).unwrap();
+    assert!(
+        text.contains("http://admin:hunter2@10.0.0.5/snap.jpg"),
+        "{text}"
+    );
+    assert_eq!(toml::from_str::<CameraConfig>(&text).unwrap(), camera);
+}
+
+#[test]
+fn minimal_camera_gets_documented_defaults() {
+    let cameras = parse("[[cameras]]\nid = \"door\"\nsource = \"v4l2:0\"\n").unwrap();
+    let camera = &cameras[0];
+    assert_eq!(camera.interval_ms, 1000);
+    assert_eq!(camera.timeout_ms, 5000);
+    assert_eq!(
+        (camera.width, camera.height, camera.fps),
+        (None, None, None)
+    );
+    assert_eq!(camera.pixel_format, PixelFormatPreference::Auto);
+    assert_eq!(camera.display_name(), "door");
+    assert_eq!(
+        camera.motion,
+        MotionConfig {
+            enabled: true,
+            threshold: 0.02,
+            max_skip_s: 60
+        }
+    );
+    validate_cameras(&cameras).unwrap();
+}
+
+#[test]
+fn full_camera_parses_every_key() {
+    let text = r#"
+[[cameras]]
+id = "garage"
+name = "Garage door"
+source = "v4l2:/dev/video2"
+interval_ms = 500
+width = 1280
+height = 720
+fps = 10
+pixel_format = "yuyv"
+
+[cameras.motion]
+enabled = false
+threshold = 0.05
+max_skip_s = 0
+
+[[cameras]]
+id = "porch"
+source = "https://cam.local/snap.jpg"
+timeout_ms = 2000
+"#;
+    let cameras = parse(text).unwrap();
+    assert_eq!(cameras.len(), 2);
+    let garage = &cameras[0];
+    assert_eq!(garage.display_name(), "Garage door");
+    assert_eq!(garage.interval_ms, 500);
+    assert_eq!(
+        (garage.width, garage.height, garage.fps),
+        (Some(1280), Some(720), Some(10))
+    );
+    assert_eq!(garage.pixel_format, PixelFormatPreference::Yuyv);
+    assert!(!garage.motion.enabled);
+    assert_eq!(garage.motion.max_skip_s, 0);
+    assert_eq!(cameras[1].timeout_ms, 2000);
+    validate_cameras(&cameras).unwrap();
+}
+
+#[test]
+fn serde_errors_name_the_problem() {
+    let unknown = parse("[[cameras]]\nid = \"a\"\nsource = \"v4l2:0\"\nfsp = 5\n").unwrap_err();
+    assert!(unknown.contains("fsp"), "{unknown}");
+    let motion =
+        parse("[[cameras]]\nid = \"a\"\nsource = \"v4l2:0\"\n[cameras.motion]\nthreshhold = 0.1\n")
+            .unwrap_err();
+    assert!(motion.contains("threshhold"), "{motion}");
+    let format = parse("[[cameras]]\nid = \"a\"\nsource = \"v4l2:0\"\npixel_format = \"h264\"\n")
+        .unwrap_err();
+    assert!(
+        format.contains("h264") && format.contains("mjpeg"),
+        "{format}"
+    );
+    let source = parse("[[cameras]]\nid = \"a\"\nsource = \"webcam\"\n").unwrap_err();
+    assert!(
+        source.contains("source") && source.contains("v4l2:N"),
+        "{source}"
+    );
+    let missing = parse("[[cameras]]\nid = \"a\"\n").unwrap_err();
+    assert!(missing.contains("source"), "{missing}");
+}
+
+fn config_error(text: &str) -> (String, String) {
+    match validate_cameras(&parse(text).unwrap()) {
+        Err(CaptureError::Config { key, message }) => (key, message),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn validation_names_the_key() {
+    let cases = [
+        (
+            "id = \"front door\"\nsource = \"v4l2:0\"",
+            "cameras[0].id",
+            "MQTT",
+        ),
+        (
+            "id = \"a\"\nsource = \"v4l2:0\"\ninterval_ms = 0",
+            "cameras[0].interval_ms",
+            "outside 1..=86400000",
+        ),
+        (
+            "id = \"a\"\nsource = \"http://x/y\"\ntimeout_ms = 0",
+            "cameras[0].timeout_ms",
+            "outside 1..=",
+        ),
+        (
+            "id = \"a\"\nsource = \"file:x\"\nwidth = 640\nheight = 480",
+            "cameras[0].width",
+            "only to v4l2",
+        ),
+        (
+            "id = \"a\"\nsource = \"http://x/y\"\npixel_format = \"mjpeg\"",
+            "cameras[0].pixel_format",
+            "only to v4l2",
+        ),
+        (
+            "id = \"a\"\nsource = \"v4l2:0\"\nwidth = 640",
+            "cameras[0].width",
+            "together",
+        ),
+        (
+            "id = \"a\"\nsource = \"v4l2:0\"\nfps = 0",
+            "cameras[0].fps",
+            "at least 1",
+        ),
+        (
+            "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.motion]\nthreshold = 1.5",
+            "cameras[0].motion.threshold",
+            "[0, 1]",
+        ),
+    ];
+    for (body, key, fragment) in cases {
+        let (got_key, message) = config_error(&format!("[[cameras]]\n{body}\n"));
+        assert_eq!(got_key, key, "{body}");
+        assert!(message.contains(fragment), "{body}: {message}");
+    }
+    let (key, message) = config_error(
+        "[[cameras]]\nid = \"a\"\nsource = \"v4l2:0\"\n[[cameras]]\nid = \"a\"\nsource = \"v4l2:1\"\n",
+    );
+    assert_eq!(key, "cameras[1].id");
+    assert!(message.contains("earlier camera"), "{message}");
+}
+
+#[test]
+fn config_errors_exit_with_the_config_code() {
+    let error = validate_cameras(&parse("[[cameras]]\nid = \"\"\nsource = \"v4l2:0\"\n").unwrap())
+        .unwrap_err();
+    assert_eq!(
+        edgeclass::exit::code_of(&anyhow::Error::new(error)),
+        edgeclass::exit::CONFIG
+    );
+}
