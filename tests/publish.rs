@@ -515,7 +515,7 @@ async fn queue_bound_drops_the_oldest_and_counts_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_broker_serves_rumqttc_and_mosquitto_sub() {
+async fn embedded_broker_serves_rumqttc_and_mosquitto_sub_at_qos_0() {
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let broker = EmbeddedBroker::start(listen).unwrap();
     assert_eq!(broker.listen(), listen);
@@ -548,4 +548,237 @@ async fn embedded_broker_serves_rumqttc_and_mosquitto_sub() {
     let err = EmbeddedBroker::start(listen).unwrap_err();
     assert!(err.to_string().contains(&listen.to_string()), "{err}");
     publisher.shutdown(WAIT).await.unwrap();
+}
+
+/// Reads one MQTT packet: (packet type, body).
+fn read_packet(stream: &mut std::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut header = [0u8; 1];
+    stream.read_exact(&mut header).ok()?;
+    let (mut length, mut shift) = (0usize, 0);
+    loop {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).ok()?;
+        length |= usize::from(byte[0] & 0x7f) << shift;
+        shift += 7;
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some((header[0] >> 4, body))
+}
+
+/// A "broker" that accepts one connection, sends CONNACK, swallows `events` event PUBLISH
+/// packets without acknowledging them, then closes: those events are in flight when it dies.
+fn black_hole_broker(port: u16, events: usize) -> std::thread::JoinHandle<usize> {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind black hole");
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept the publisher");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let (kind, _) = read_packet(&mut stream).expect("CONNECT");
+        assert_eq!(kind, 1, "first packet is CONNECT");
+        stream
+            .write_all(&[0x20, 0x02, 0x00, 0x00])
+            .expect("CONNACK");
+        let mut swallowed = 0;
+        while swallowed < events {
+            match read_packet(&mut stream) {
+                Some((3, body)) => {
+                    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                    if body[2..2 + topic_len].ends_with(b"/event") {
+                        swallowed += 1;
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        swallowed
+    })
+}
+
+/// Events written to a broker that never acknowledged them are re-sent, in order, on the next
+/// connection: nothing is lost when the connection dies with publishes in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_in_flight_events_are_replayed_after_reconnect() {
+    let mut broker = Mosquitto::start_with(|dir| {
+        format!(
+            "persistence true\npersistence_location {}/\n",
+            dir.display()
+        )
+    });
+    let port = broker.port();
+    drop(
+        blocking(move || Subscriber::persistent(port, "replay-sub", &["edgeclass/+/event"])).await,
+    );
+    broker.stop();
+
+    let hole = black_hole_broker(port, 3);
+    let mut cfg = config(Some(broker.url()));
+    cfg.discovery.enabled = false;
+    let publisher = Publisher::start(&cfg, &cameras(&["door"]), "m")
+        .await
+        .unwrap();
+    for frame in 1..=3 {
+        publisher.event(event("door", frame, "cat"));
+    }
+    let swallowed = blocking(move || hole.join().expect("black hole thread")).await;
+    assert_eq!(
+        swallowed, 3,
+        "all three were written and left unacknowledged"
+    );
+    wait_for("the publisher to notice the drop", || {
+        !publisher.stats().connected
+    })
+    .await;
+    assert_eq!(
+        publisher.stats().queued,
+        3,
+        "in-flight events are queued again"
+    );
+
+    broker.restart();
+    publisher.event(event("door", 4, "cat"));
+    wait_for("the replay to be acknowledged", || {
+        publisher.stats().queued == 0
+    })
+    .await;
+    let seqs: Vec<u64> = blocking(move || {
+        let sub = Subscriber::persistent(port, "replay-sub", &["edgeclass/+/event"]);
+        sub.collect_on("edgeclass/door/event", 4, WAIT)
+            .iter()
+            .map(seq_of)
+            .collect()
+    })
+    .await;
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    publisher.shutdown(WAIT).await.unwrap();
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
+fn make_certificates(dir: &std::path::Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edgeclass test CA",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let subject = format!("/CN=edgeclass-{name}");
+        let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
+        let mut req = vec!["req", "-subj", subject.as_str()];
+        req.extend(ec);
+        req.extend(["-keyout", key.as_str(), "-out", csr.as_str()]);
+        openssl(dir, &req);
+        let (pem, ext) = (format!("{name}.pem"), format!("{name}.ext"));
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_custom_ca_and_client_certificate() {
+    let broker = Mosquitto::start_with(|dir| {
+        make_certificates(dir);
+        format!(
+            "cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+             require_certificate true\n",
+            d = dir.display()
+        )
+    });
+    let dir = broker.dir().to_path_buf();
+    let url = format!("mqtts://127.0.0.1:{}", broker.port());
+    let mut cfg = config(Some(url));
+    cfg.ca_file = Some(dir.join("ca.pem"));
+    cfg.client_cert = Some(dir.join("client.pem"));
+    cfg.client_key = Some(dir.join("client.key"));
+    let publisher = Publisher::start(&cfg, &cameras(&["door"]), "m")
+        .await
+        .unwrap();
+
+    // Without a client certificate the broker refuses the handshake.
+    let mut anonymous = cfg.clone();
+    anonymous.client_cert = None;
+    anonymous.client_key = None;
+    let refused = Publisher::start(&anonymous, &cameras(&["door"]), "m")
+        .await
+        .unwrap();
+    refused.event(event("door", 1, "cat"));
+
+    publisher.event(event("door", 1, "cat"));
+    wait_for("the event to be acknowledged over TLS", || {
+        publisher.stats().sent == 1
+    })
+    .await;
+    assert!(!refused.stats().connected);
+    assert_eq!(refused.stats().sent, 0);
+    assert!(refused.shutdown(Duration::from_millis(100)).await.is_err());
+    publisher.shutdown(WAIT).await.unwrap();
+
+    let mut bad_ca = cfg.clone();
+    bad_ca.ca_file = Some(dir.join("server.key"));
+    let err = Publisher::start(&bad_ca, &[], "m").await.err().unwrap();
+    assert!(
+        matches!(
+            err,
+            PublishError::Tls {
+                key: "mqtt.ca_file",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
