@@ -175,18 +175,17 @@ async fn event_schema_retained_state_and_offline_on_shutdown() {
     assert_eq!(offline["edgeclass/door/availability"], "offline");
 }
 
-#[test]
-fn last_will_says_offline_when_the_process_dies_without_disconnect() {
-    let broker = Mosquitto::start();
-    let sub = Subscriber::connect(broker.port(), &["edgeclass/status"]);
+/// Starts a publisher on its own runtime against `port`, then drops the runtime: the network
+/// task dies and the socket closes without DISCONNECT, exactly as when the process is killed.
+fn assert_last_will_on_abrupt_death(port: u16, cfg: MqttConfig) {
+    let sub = Subscriber::connect(port, &["edgeclass/status"]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let url = broker.url();
     runtime.block_on(async move {
-        let publisher = Publisher::start(&config(Some(url)), &cameras(&["door"]), "m")
+        let publisher = Publisher::start(&cfg, &cameras(&["door"]), "m")
             .await
             .unwrap();
         wait_connected(&publisher).await;
@@ -195,11 +194,24 @@ fn last_will_says_offline_when_the_process_dies_without_disconnect() {
         .wait_for_topic("edgeclass/status", WAIT)
         .map(|m| m.text());
     assert_eq!(online.as_deref(), Some("online"));
-    // Dropping the runtime drops the network task: the socket closes without DISCONNECT,
-    // exactly as when the process is killed.
     runtime.shutdown_background();
     let will = sub.wait_for_topic("edgeclass/status", WAIT);
     assert_eq!(will.map(|m| m.text()).as_deref(), Some("offline"));
+}
+
+#[test]
+fn last_will_says_offline_when_the_process_dies_without_disconnect() {
+    let broker = Mosquitto::start();
+    assert_last_will_on_abrupt_death(broker.port(), config(Some(broker.url())));
+}
+
+#[test]
+fn embedded_broker_delivers_the_last_will() {
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _broker = EmbeddedBroker::start(listen).unwrap();
+    let mut cfg = config(None);
+    cfg.embedded_listen = listen;
+    assert_last_will_on_abrupt_death(listen.port(), cfg);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,9 +85,11 @@ fn broker_config(listen: SocketAddr) -> Config {
         router: RouterConfig {
             max_connections: 64,
             max_outgoing_packet_count: 200,
-            // A commit-log segment must hold at least one maximal payload.
-            max_segment_size: 2 * EMBEDDED_MAX_PAYLOAD,
-            max_segment_count: 2,
+            // rumqttd keeps an in-memory commit log per filter of up to count × size bytes (a
+            // segment may overflow by one packet): small, since an edge device has little RAM
+            // and subscribers (Home Assistant) are local and fast.
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 4,
             ..RouterConfig::default()
         },
         v4: Some(HashMap::from([("v4".to_string(), server)])),
