@@ -11,7 +11,7 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use super::PublishError;
 
 /// Largest payload the embedded broker accepts (snapshots are the big ones).
-pub const EMBEDDED_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
+const EMBEDDED_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
 
 /// How long [`EmbeddedBroker::start`] waits for the listener to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -22,8 +22,8 @@ const PACKET_OVERHEAD: usize = 64 * 1024;
 /// Incoming packets are only Home Assistant's status; a bit of room for other retained noise.
 const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 
-/// Publishes handed to rumqttc at once; rumqttc's inflight window is twice this so packet ids
-/// never collide while acks are outstanding.
+/// Publishes handed to rumqttc at once; rumqttc's inflight window and request channel are twice
+/// this, so packet ids never collide while acks are outstanding and the channel never fills.
 pub(crate) const SEND_WINDOW: usize = 32;
 
 pub(crate) fn qos_of(level: u8) -> QoS {
@@ -53,8 +53,7 @@ pub(crate) fn mqtt_options(cfg: &MqttConfig, topics: &Topics) -> Result<MqttOpti
             MAX_INCOMING_PACKET,
             cfg.snapshot.max_bytes.max(PACKET_OVERHEAD) + PACKET_OVERHEAD,
         )
-        .set_inflight((SEND_WINDOW * 2) as u16)
-        .set_request_channel_capacity(SEND_WINDOW * 2);
+        .set_inflight((SEND_WINDOW * 2) as u16);
     if let Some(username) = &cfg.username {
         options.set_credentials(username.clone(), cfg.password()?.unwrap_or_default());
     }
