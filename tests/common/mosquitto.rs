@@ -47,6 +47,8 @@ impl Mosquitto {
 
     /// `extra` gets the broker's temp dir (to write password files, certificates) and returns
     /// config lines appended after `listener <port> 127.0.0.1`, so they apply to that listener.
+    /// Extra lines with `password_file` turn anonymous access off; with `persistence ` they
+    /// replace the default `persistence false`.
     pub fn start_with(extra: impl FnOnce(&Path) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().expect("create a temp dir for mosquitto");
         let port = free_port();
