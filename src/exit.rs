@@ -36,5 +36,6 @@ fn known_code(cause: &(dyn std::error::Error + 'static)) -> Option<i32> {
     code::<crate::model::fetch::FetchError>(cause)
         .or_else(|| code::<crate::postprocess::PostprocessError>(cause))
         .or_else(|| code::<crate::capture::CaptureError>(cause))
+        .or_else(|| code::<crate::publish::PublishError>(cause))
         .or_else(|| cause.downcast_ref::<std::io::Error>().map(|_| IO_ERR))
 }

@@ -1,2 +1,111 @@
 //! MQTT publishing: events, retained state, snapshots, availability, Home Assistant discovery,
 //! and the embedded broker.
+//!
+//! Topics (prefix `edgeclass` by default):
+//! - `<prefix>/<camera>/event`: one JSON [`Event`] per classification (not retained);
+//! - `<prefix>/<camera>/label`: the top-1 label, retained;
+//! - `<prefix>/<camera>/snapshot`: JPEG of the classified frame, retained, size-capped;
+//! - `<prefix>/<camera>/availability`: `online`/`offline`, retained;
+//! - `<prefix>/status`: `online`/`offline`, retained, `offline` is the last will.
+//!
+//! Delivery: [`Publisher`] keeps its own ordered queue and hands a small window of it to rumqttc;
+//! anything not acknowledged when the connection drops is re-sent after reconnecting (clean
+//! session, so a broker that lost its state cannot lose events either). Events are at least once:
+//! a duplicate after a reconnect has the same `seq`.
+
+mod broker;
+mod config;
+mod connection;
+mod discovery;
+mod event;
+mod mqtt;
+mod outbox;
+
+use std::path::PathBuf;
+
+pub use broker::EmbeddedBroker;
+pub use config::{DiscoveryConfig, MqttConfig, SnapshotConfig};
+pub use event::{Event, EventPrediction};
+pub use mqtt::{PublishStats, Publisher};
+
+/// What went wrong while configuring, starting or stopping MQTT publishing.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// A config key has an invalid value.
+    #[error("invalid MQTT config {key}: {reason}")]
+    Config { key: &'static str, reason: String },
+    /// A file named by a config key could not be read.
+    #[error("reading {key} file {}: {source}", path.display())]
+    ReadFile {
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A certificate or key file named by a config key is unusable.
+    #[error("TLS setup from {key} ({}): {reason}", path.display())]
+    Tls {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The embedded broker could not start.
+    #[error("starting the embedded MQTT broker on {listen}: {reason}")]
+    EmbeddedBroker {
+        listen: std::net::SocketAddr,
+        reason: String,
+    },
+    /// Shutdown ran out of time before the broker acknowledged everything.
+    #[error("MQTT shutdown timed out with {unsent} message(s) not delivered to {broker}")]
+    ShutdownIncomplete { broker: String, unsent: usize },
+}
+
+impl crate::exit::ExitCode for PublishError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            PublishError::Config { .. } | PublishError::Tls { .. } => crate::exit::CONFIG,
+            PublishError::ReadFile { .. } => crate::exit::NO_INPUT,
+            PublishError::EmbeddedBroker { .. } | PublishError::ShutdownIncomplete { .. } => {
+                crate::exit::UNAVAILABLE
+            }
+        }
+    }
+}
+
+/// The topic names under the configured prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Self {
+        Topics {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn status(&self) -> String {
+        format!("{}/status", self.prefix)
+    }
+
+    pub fn event(&self, camera: &str) -> String {
+        format!("{}/{camera}/event", self.prefix)
+    }
+
+    pub fn label(&self, camera: &str) -> String {
+        format!("{}/{camera}/label", self.prefix)
+    }
+
+    pub fn snapshot(&self, camera: &str) -> String {
+        format!("{}/{camera}/snapshot", self.prefix)
+    }
+
+    pub fn availability(&self, camera: &str) -> String {
+        format!("{}/{camera}/availability", self.prefix)
+    }
+}
+
+/// A camera id becomes one topic level: non-empty, no `/`, no wildcards.
+pub(crate) fn valid_camera_id(camera: &str) -> bool {
+    !camera.is_empty() && !camera.contains(['/', '+', '#', '\0'])
+}

@@ -1,0 +1,100 @@
+//! Home Assistant MQTT discovery: one device per edgeclass instance, per camera a `sensor` (the
+//! top-1 label, top-3 as attributes) and an `image` (the snapshot).
+
+use serde_json::json;
+
+use super::config::slug;
+use super::outbox::Message;
+use super::Topics;
+
+/// What the discovery payloads are built from.
+pub(crate) struct Announcement<'a> {
+    pub discovery_prefix: &'a str,
+    pub node_id: &'a str,
+    pub device_name: &'a str,
+    pub model: &'a str,
+    pub qos: u8,
+    pub snapshots: bool,
+    pub topics: &'a Topics,
+}
+
+/// Attributes shown on the sensor, taken from the event JSON.
+const ATTRIBUTES_TEMPLATE: &str = "{{ {'top3': value_json.top3, 'score': value_json.score, \
+     'unknown': value_json.unknown, 'seq': value_json.seq, 'ts': value_json.ts, \
+     'frame': value_json.frame, 'model': value_json.model, \
+     'latency_ms': value_json.latency_ms} | tojson }}";
+
+impl Announcement<'_> {
+    /// The retained config messages for every camera. With snapshots off the image entity's
+    /// config is an empty retained payload, which removes an entity announced earlier.
+    pub fn messages(&self, cameras: &[String]) -> Vec<Message> {
+        let mut messages = Vec::with_capacity(cameras.len() * 2);
+        for camera in cameras {
+            messages.push(self.sensor(camera));
+            messages.push(self.image(camera));
+        }
+        messages
+    }
+
+    /// `<discovery prefix>/status`: Home Assistant's birth/last-will topic.
+    pub fn ha_status_topic(&self) -> String {
+        format!("{}/status", self.discovery_prefix)
+    }
+
+    fn object_id(&self, camera: &str, what: &str) -> String {
+        format!("edgeclass_{}_{}_{what}", self.node_id, slug(camera))
+    }
+
+    fn config_topic(&self, component: &str, object_id: &str) -> String {
+        format!(
+            "{}/{component}/{}/{object_id}/config",
+            self.discovery_prefix, self.node_id
+        )
+    }
+
+    fn common(&self, camera: &str, component: &str, what: &str) -> serde_json::Value {
+        let object_id = self.object_id(camera, what);
+        json!({
+            "name": format!("{camera} {what}"),
+            "unique_id": object_id,
+            "default_entity_id": format!("{component}.{object_id}"),
+            "availability": [
+                { "topic": self.topics.status(), "payload_available": "online",
+                  "payload_not_available": "offline" },
+                { "topic": self.topics.availability(camera), "payload_available": "online",
+                  "payload_not_available": "offline" },
+            ],
+            "availability_mode": "all",
+            "qos": self.qos,
+            "device": {
+                "identifiers": [format!("edgeclass_{}", self.node_id)],
+                "name": self.device_name,
+                "manufacturer": "edgeclass",
+                "model": self.model,
+                "sw_version": env!("CARGO_PKG_VERSION"),
+            },
+            "origin": { "name": "edgeclass", "sw_version": env!("CARGO_PKG_VERSION") },
+        })
+    }
+
+    fn sensor(&self, camera: &str) -> Message {
+        let mut config = self.common(camera, "sensor", "label");
+        config["state_topic"] = self.topics.label(camera).into();
+        config["json_attributes_topic"] = self.topics.event(camera).into();
+        config["json_attributes_template"] = ATTRIBUTES_TEMPLATE.into();
+        config["icon"] = "mdi:image-search".into();
+        let topic = self.config_topic("sensor", &self.object_id(camera, "label"));
+        Message::state(topic, config.to_string())
+    }
+
+    fn image(&self, camera: &str) -> Message {
+        let topic = self.config_topic("image", &self.object_id(camera, "snapshot"));
+        if !self.snapshots {
+            return Message::state(topic, Vec::new());
+        }
+        let mut config = self.common(camera, "image", "snapshot");
+        config["image_topic"] = self.topics.snapshot(camera).into();
+        config["content_type"] = "image/jpeg".into();
+        Message::state(topic, config.to_string())
+    }
+}

@@ -1,0 +1,86 @@
+//! The JSON payload of `<prefix>/<camera>/event`.
+
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+
+/// One classification of one frame, as published on `<prefix>/<camera>/event`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Camera id (also the topic level).
+    pub camera: String,
+    /// Per-camera event number, assigned by [`super::Publisher::event`] (the value passed in is
+    /// replaced): consecutive from 1 per publisher, so a gap means lost events.
+    pub seq: u64,
+    /// Capture time, serialized as RFC 3339 UTC with milliseconds.
+    #[serde(serialize_with = "rfc3339")]
+    pub ts: SystemTime,
+    /// Frame number from the camera.
+    pub frame: u64,
+    /// Top-1 label after label mapping, or the unknown label.
+    pub label: String,
+    /// Top-1 score (0..1).
+    pub score: f32,
+    /// True when the top-1 score was below the threshold.
+    pub unknown: bool,
+    /// Best three predictions, best first.
+    pub top3: Vec<EventPrediction>,
+    /// Model name (and quantization).
+    pub model: String,
+    /// Preprocess + inference + postprocess time in milliseconds.
+    pub latency_ms: f32,
+}
+
+/// One entry of [`Event::top3`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventPrediction {
+    /// Label after mapping (what users see).
+    pub label: String,
+    /// The model's own class name.
+    pub raw_label: String,
+    /// Class index (0..1000 for ImageNet-1k).
+    pub index: usize,
+    /// WordNet id of the class, e.g. `n02123045`.
+    pub wnid: String,
+    /// Softmax score (0..1).
+    pub score: f32,
+}
+
+fn rfc3339<S: Serializer>(ts: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*ts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn serializes_with_rfc3339_timestamp_and_all_fields() {
+        let event = Event {
+            camera: "door".into(),
+            seq: 7,
+            ts: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            frame: 42,
+            label: "cat".into(),
+            score: 0.5,
+            unknown: false,
+            top3: vec![EventPrediction {
+                label: "cat".into(),
+                raw_label: "tabby".into(),
+                index: 281,
+                wnid: "n02123045".into(),
+                score: 0.5,
+            }],
+            model: "resnet18-q8".into(),
+            latency_ms: 12.5,
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["ts"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(json["seq"], 7);
+        assert_eq!(json["top3"][0]["wnid"], "n02123045");
+        assert_eq!(json["top3"][0]["index"], 281);
+        let keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys.len(), 10, "{keys:?}");
+    }
+}

@@ -1,0 +1,501 @@
+//! The publisher: a non-blocking handle for the daemon, a task that drives the rumqttc event loop
+//! (reconnecting with exponential backoff) and a task that feeds the queue into the client.
+//!
+//! Why an own queue: rumqttc keeps unacknowledged publishes only as long as the broker keeps the
+//! session; after a broker restart (no persistence) or with a clean session it silently drops
+//! them, and while disconnected its bounded request channel blocks producers. So the publisher
+//! hands at most [`SEND_WINDOW`] messages to rumqttc, tracks them until acknowledged, and on a
+//! connection error takes them all back (clearing rumqttc's own copies) and re-sends them first
+//! after reconnecting, in order.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, Incoming, Outgoing, QoS};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::{timeout_at, Instant};
+
+use super::config::{MqttConfig, SnapshotConfig};
+use super::connection::{mqtt_options, qos_of, SEND_WINDOW};
+use super::discovery::Announcement;
+use super::outbox::{Message, Outbox};
+use super::{valid_camera_id, Event, PublishError, Topics};
+
+/// Counters for logs and health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PublishStats {
+    /// Events waiting for the broker (queued or unacknowledged).
+    pub queued: usize,
+    /// Events dropped because the queue limit was hit (or their camera id is not a topic level).
+    pub dropped: u64,
+    /// Events acknowledged by the broker (written, for QoS 0).
+    pub sent: u64,
+    /// Connected to the broker right now.
+    pub connected: bool,
+    /// Snapshots not published because they exceeded `snapshot.max_bytes`.
+    pub oversized_snapshots: u64,
+}
+
+/// Handle to the MQTT side; cheap to clone, every method but [`Publisher::shutdown`] is
+/// non-blocking and safe to call from any thread.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// Wakes the feeder: new messages, a connection, or a freed send window.
+    wake: Notify,
+    /// Signals acknowledgements, for shutdown's flush.
+    progress: Notify,
+    client: AsyncClient,
+    topics: Topics,
+    qos: QoS,
+    snapshot: SnapshotConfig,
+    cameras: Vec<String>,
+    broker: String,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+    discovery: Option<Discovery>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Precomputed discovery messages and Home Assistant's status topic.
+struct Discovery {
+    messages: Vec<Message>,
+    ha_status_topic: String,
+}
+
+/// A message given to rumqttc; `pkid` is known once rumqttc has written it.
+struct Handed {
+    message: Message,
+    pkid: Option<u16>,
+}
+
+struct State {
+    outbox: Outbox,
+    handed: VecDeque<Handed>,
+    connected: bool,
+    /// Latest retained value per topic, re-published after every connect so a broker that
+    /// restarted without persistence gets the state back.
+    retained: BTreeMap<String, Message>,
+    seqs: HashMap<String, u64>,
+    labels: HashMap<String, String>,
+    sent: u64,
+    invalid: u64,
+    oversized_snapshots: u64,
+}
+
+impl State {
+    fn publish_state(&mut self, message: Message) {
+        self.retained.insert(message.topic.clone(), message.clone());
+        self.outbox.push(message);
+    }
+
+    fn unsent(&self) -> usize {
+        self.handed.len() + self.outbox.len()
+    }
+}
+
+impl Publisher {
+    /// Connects to the configured broker (or the embedded one's address) in the background,
+    /// announces `online`, every camera `online` and the discovery configs, then serves
+    /// [`Publisher::event`] & co. Returns without waiting for the connection: while the broker is
+    /// unreachable events queue up (bounded by `queue_limit`). Errors are configuration errors
+    /// (keys, password file, TLS files) and invalid camera ids. Must be called within a tokio
+    /// runtime.
+    pub async fn start(
+        cfg: &MqttConfig,
+        cameras: &[String],
+        model: &str,
+    ) -> Result<Publisher, PublishError> {
+        if let Some(bad) = cameras.iter().find(|c| !valid_camera_id(c)) {
+            return Err(PublishError::Config {
+                key: "cameras",
+                reason: format!("camera id {bad:?} must be non-empty without '/', '+' or '#'"),
+            });
+        }
+        let topics = Topics::new(&cfg.topic_prefix);
+        let options = mqtt_options(cfg, &topics)?;
+        let endpoint = cfg.endpoint()?;
+        let broker = format!("{}:{}", endpoint.host, endpoint.port);
+        let (client, eventloop) = AsyncClient::new(options, SEND_WINDOW * 2);
+
+        let discovery = cfg.discovery.enabled.then(|| {
+            let node_id = cfg.node_id();
+            let device_name = cfg
+                .discovery
+                .device_name
+                .clone()
+                .unwrap_or_else(|| format!("edgeclass {node_id}"));
+            let announcement = Announcement {
+                discovery_prefix: &cfg.discovery.prefix,
+                node_id: &node_id,
+                device_name: &device_name,
+                model,
+                qos: cfg.qos,
+                snapshots: cfg.snapshot.enabled,
+                topics: &topics,
+            };
+            Discovery {
+                messages: announcement.messages(cameras),
+                ha_status_topic: announcement.ha_status_topic(),
+            }
+        });
+
+        let mut state = State {
+            outbox: Outbox::new(cfg.queue_limit),
+            handed: VecDeque::with_capacity(SEND_WINDOW),
+            connected: false,
+            retained: BTreeMap::new(),
+            seqs: HashMap::new(),
+            labels: HashMap::new(),
+            sent: 0,
+            invalid: 0,
+            oversized_snapshots: 0,
+        };
+        state.publish_state(Message::state(topics.status(), "online"));
+        for message in discovery.iter().flat_map(|d| d.messages.iter()) {
+            state.publish_state(message.clone());
+        }
+        for camera in cameras {
+            state.publish_state(Message::state(topics.availability(camera), "online"));
+        }
+
+        let inner = Arc::new(Inner {
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            progress: Notify::new(),
+            client,
+            topics,
+            qos: qos_of(cfg.qos),
+            snapshot: cfg.snapshot.clone(),
+            cameras: cameras.to_vec(),
+            broker,
+            reconnect_min: Duration::from_millis(cfg.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
+            discovery,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let network = tokio::spawn(drive(Arc::clone(&inner), eventloop));
+        let feeder = tokio::spawn(feed_loop(Arc::clone(&inner)));
+        lock_tasks(&inner).extend([network, feeder]);
+        Ok(Publisher { inner })
+    }
+
+    /// Queues an event for `<prefix>/<camera>/event` and, when the label changed, the retained
+    /// `<prefix>/<camera>/label`. Assigns `event.seq` (per camera, from 1) and returns it.
+    pub fn event(&self, mut event: Event) -> u64 {
+        let inner = &self.inner;
+        let mut state = inner.lock();
+        let seq = state.seqs.entry(event.camera.clone()).or_insert(0);
+        *seq += 1;
+        event.seq = *seq;
+        if !valid_camera_id(&event.camera) {
+            state.invalid += 1;
+            log::warn!(
+                "not publishing event of camera {:?}: not a topic level",
+                event.camera
+            );
+            return event.seq;
+        }
+        let payload = match serde_json::to_vec(&event) {
+            Ok(payload) => payload,
+            Err(e) => {
+                // Only non-string map keys can fail; Event has none, but never panic the daemon.
+                state.invalid += 1;
+                log::error!("serializing event of camera {}: {e}", event.camera);
+                return event.seq;
+            }
+        };
+        state
+            .outbox
+            .push(Message::event(inner.topics.event(&event.camera), payload));
+        if state.labels.get(&event.camera) != Some(&event.label) {
+            state.publish_state(Message::state(
+                inner.topics.label(&event.camera),
+                event.label.as_bytes(),
+            ));
+            state.labels.insert(event.camera, event.label);
+        }
+        drop(state);
+        inner.wake.notify_one();
+        event.seq
+    }
+
+    /// Queues a JPEG for the retained `<prefix>/<camera>/snapshot` (latest wins). Ignored when
+    /// snapshots are disabled; counted and skipped when larger than `snapshot.max_bytes`.
+    pub fn snapshot(&self, camera: &str, jpeg: &[u8]) {
+        let inner = &self.inner;
+        if !inner.snapshot.enabled || !valid_camera_id(camera) {
+            return;
+        }
+        let mut state = inner.lock();
+        if jpeg.len() > inner.snapshot.max_bytes {
+            state.oversized_snapshots += 1;
+            return;
+        }
+        state.publish_state(Message::state(inner.topics.snapshot(camera), jpeg));
+        drop(state);
+        inner.wake.notify_one();
+    }
+
+    /// Publishes the retained `<prefix>/<camera>/availability` (`online` / `offline`).
+    pub fn camera_available(&self, camera: &str, online: bool) {
+        let inner = &self.inner;
+        if !valid_camera_id(camera) {
+            return;
+        }
+        let payload = if online { "online" } else { "offline" };
+        inner
+            .lock()
+            .publish_state(Message::state(inner.topics.availability(camera), payload));
+        inner.wake.notify_one();
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> PublishStats {
+        let state = self.inner.lock();
+        let handed_events = state.handed.iter().filter(|h| !h.message.retain).count();
+        PublishStats {
+            queued: state.outbox.events() + handed_events,
+            dropped: state.outbox.dropped() + state.invalid,
+            sent: state.sent,
+            connected: state.connected,
+            oversized_snapshots: state.oversized_snapshots,
+        }
+    }
+
+    /// Publishes `offline` for every camera and the instance, waits up to `timeout` for the
+    /// broker to acknowledge everything queued, then disconnects cleanly (so the last will is not
+    /// sent). On timeout the tasks are stopped anyway and the error says how much was lost.
+    pub async fn shutdown(self, timeout: Duration) -> Result<(), PublishError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + timeout;
+        {
+            let mut state = inner.lock();
+            for camera in &inner.cameras {
+                state.publish_state(Message::state(inner.topics.availability(camera), "offline"));
+            }
+            state.publish_state(Message::state(inner.topics.status(), "offline"));
+        }
+        inner.wake.notify_one();
+
+        let unsent = loop {
+            let progress = inner.progress.notified();
+            let unsent = inner.lock().unsent();
+            if unsent == 0 || timeout_at(deadline, progress).await.is_err() {
+                break unsent;
+            }
+        };
+        let tasks = std::mem::take(&mut *lock_tasks(inner));
+        if unsent == 0 {
+            // The network task ends once rumqttc has written the DISCONNECT.
+            if inner.client.try_disconnect().is_ok() {
+                if let Some(network) = tasks.first() {
+                    while !network.is_finished() && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+        for task in &tasks {
+            task.abort();
+        }
+        if unsent > 0 {
+            return Err(PublishError::ShutdownIncomplete {
+                broker: inner.broker.clone(),
+                unsent,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent even if a holder panicked: every update is a single step.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// After a CONNACK: re-subscribe, put all retained state at the front (status first), then
+    /// let the feeder go.
+    fn on_connected(&self) {
+        let mut state = self.lock();
+        state.connected = true;
+        if let Some(discovery) = &self.discovery {
+            if let Err(e) = self
+                .client
+                .try_subscribe(discovery.ha_status_topic.clone(), QoS::AtLeastOnce)
+            {
+                log::warn!("subscribing to {}: {e}", discovery.ha_status_topic);
+            }
+        }
+        let status_topic = self.topics.status();
+        let mut retained: Vec<Message> = state
+            .retained
+            .values()
+            .filter(|m| m.topic != status_topic)
+            .cloned()
+            .collect();
+        if let Some(status) = state.retained.get(&status_topic) {
+            retained.insert(0, status.clone());
+        }
+        for message in retained.into_iter().rev() {
+            state.outbox.push_front(message);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// After a connection error: take back everything rumqttc holds and queue it again.
+    fn on_disconnected(&self, eventloop: &mut EventLoop) {
+        let mut state = self.lock();
+        state.connected = false;
+        // rumqttc moved its unacknowledged publishes and its request channel into `pending`;
+        // the feeder may have added more to the channel since. Drain it again and drop it all:
+        // `handed` has the same messages and is the one we re-send.
+        eventloop.clean();
+        eventloop.pending.clear();
+        let handed: Vec<Message> = state.handed.drain(..).map(|h| h.message).collect();
+        state.outbox.requeue_front(handed.into_iter());
+    }
+
+    /// rumqttc wrote a publish: it was the oldest unwritten one we handed over.
+    fn on_written(&self, pkid: u16) {
+        let mut state = self.lock();
+        if self.qos == QoS::AtMostOnce {
+            if let Some(done) = state.handed.pop_front() {
+                self.delivered(&mut state, done);
+            }
+        } else if let Some(handed) = state.handed.iter_mut().find(|h| h.pkid.is_none()) {
+            handed.pkid = Some(pkid);
+        }
+    }
+
+    /// The broker acknowledged `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
+    fn on_acknowledged(&self, pkid: u16) {
+        let mut state = self.lock();
+        if let Some(index) = state.handed.iter().position(|h| h.pkid == Some(pkid)) {
+            if let Some(done) = state.handed.remove(index) {
+                self.delivered(&mut state, done);
+            }
+        }
+    }
+
+    fn delivered(&self, state: &mut State, done: Handed) {
+        if !done.message.retain {
+            state.sent += 1;
+        }
+        self.wake.notify_one();
+        self.progress.notify_waiters();
+    }
+
+    /// Home Assistant (re)started: announce again.
+    fn on_ha_status(&self, payload: &[u8]) {
+        let Some(discovery) = &self.discovery else {
+            return;
+        };
+        if payload != b"online" {
+            return;
+        }
+        let mut state = self.lock();
+        for message in &discovery.messages {
+            state.outbox.push(message.clone());
+        }
+        // The instance status too: availability is evaluated when the entity is (re)created.
+        if let Some(status) = state.retained.get(&self.topics.status()).cloned() {
+            state.outbox.push(status);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Hands queued messages to rumqttc while connected and the send window has room.
+    fn feed(&self) {
+        let mut state = self.lock();
+        while state.connected && state.handed.len() < SEND_WINDOW {
+            let Some(message) = state.outbox.pop_front() else {
+                break;
+            };
+            match self.client.try_publish(
+                message.topic.clone(),
+                self.qos,
+                message.retain,
+                message.payload.clone(),
+            ) {
+                Ok(()) => state.handed.push_back(Handed {
+                    message,
+                    pkid: None,
+                }),
+                Err(e) => {
+                    // Channel full or closed: keep the message and retry on the next wake.
+                    log::debug!("handing {} to the MQTT client: {e}", message.topic);
+                    state.outbox.push_front(message);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn lock_tasks(inner: &Inner) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+    inner.tasks.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn feed_loop(inner: Arc<Inner>) {
+    loop {
+        inner.wake.notified().await;
+        inner.feed();
+    }
+}
+
+/// Drives rumqttc: dispatches its events, and on errors sleeps with exponential backoff before
+/// polling again (which reconnects). Ends after a clean DISCONNECT.
+async fn drive(inner: Arc<Inner>, mut eventloop: EventLoop) {
+    let mut backoff = inner.reconnect_min;
+    loop {
+        match eventloop.poll().await {
+            Ok(MqttEvent::Incoming(Incoming::ConnAck(_))) => {
+                log::info!("connected to MQTT broker {}", inner.broker);
+                backoff = inner.reconnect_min;
+                inner.on_connected();
+            }
+            Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => inner.on_written(pkid),
+            Ok(MqttEvent::Incoming(Incoming::PubAck(ack))) => inner.on_acknowledged(ack.pkid),
+            Ok(MqttEvent::Incoming(Incoming::PubComp(comp))) => inner.on_acknowledged(comp.pkid),
+            Ok(MqttEvent::Incoming(Incoming::Publish(publish))) => {
+                if inner
+                    .discovery
+                    .as_ref()
+                    .is_some_and(|d| d.ha_status_topic == publish.topic)
+                {
+                    inner.on_ha_status(&publish.payload);
+                }
+            }
+            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => {
+                inner.lock().connected = false;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let was_connected = inner.lock().connected;
+                inner.on_disconnected(&mut eventloop);
+                if was_connected {
+                    log::warn!("MQTT connection to {} lost: {e}", inner.broker);
+                } else if backoff == inner.reconnect_min {
+                    log::warn!("connecting to MQTT broker {}: {e}; retrying", inner.broker);
+                } else {
+                    log::debug!("connecting to MQTT broker {}: {e}", inner.broker);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(inner.reconnect_max);
+            }
+        }
+    }
+}
