@@ -1,1 +1,0 @@
-//! Frames to normalized tensors, identical to torchvision's ImageNet eval transform.

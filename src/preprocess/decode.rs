@@ -1,0 +1,206 @@
+//! Any [`Frame`] to packed 8-bit RGB.
+
+use std::io::Cursor;
+
+use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+
+use super::{mjpeg, PreprocessError};
+use crate::capture::{Frame, PixelFormat};
+
+/// Frame decoder holding scratch buffers that are reused from frame to frame.
+#[derive(Default)]
+pub(super) struct FrameDecoder {
+    /// An MJPEG frame with the default Huffman tables spliced in.
+    jpeg_with_tables: Vec<u8>,
+    /// Decoder output that still needs converting to RGB (grey, alpha).
+    scratch: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// Decodes `frame` into `pixels` (resized to `width * height * 3`) and returns
+    /// `(width, height)`.
+    pub fn decode(
+        &mut self,
+        frame: &Frame,
+        pixels: &mut Vec<u8>,
+    ) -> Result<(u32, u32), PreprocessError> {
+        let (width, height) = (frame.width, frame.height);
+        if frame.data.is_empty() {
+            return Err(PreprocessError::EmptyFrame {
+                origin: frame.origin.clone(),
+                format: frame.format,
+                width,
+                height,
+            });
+        }
+        let decode_error = |source| PreprocessError::Decode {
+            origin: frame.origin.clone(),
+            format: frame.format,
+            source,
+        };
+        match frame.format {
+            PixelFormat::Rgb24 => {
+                check_raw_size(frame, 3, 1)?;
+                pixels.clear();
+                pixels.extend_from_slice(&frame.data);
+            }
+            PixelFormat::Yuyv => {
+                check_even(frame, width, "YUYV needs an even width")?;
+                check_raw_size(frame, 2, 1)?;
+                pixels.resize(frame.data.len() / 2 * 3, 0);
+                yuyv_to_rgb(&frame.data, pixels);
+            }
+            PixelFormat::Nv12 => {
+                check_even(frame, width, "NV12 needs an even width")?;
+                check_even(frame, height, "NV12 needs an even height")?;
+                check_raw_size(frame, 3, 2)?;
+                pixels.resize(frame.data.len() * 2, 0);
+                nv12_to_rgb(&frame.data, width as usize, pixels);
+            }
+            PixelFormat::Mjpeg => {
+                let jpeg = mjpeg::with_huffman_tables(&frame.data, &mut self.jpeg_with_tables);
+                let reader = ImageReader::with_format(Cursor::new(jpeg), ImageFormat::Jpeg);
+                return decode_compressed(reader, pixels, &mut self.scratch).map_err(decode_error);
+            }
+            PixelFormat::Encoded => {
+                let reader = ImageReader::new(Cursor::new(frame.data.as_slice()))
+                    .with_guessed_format()
+                    .map_err(|err| decode_error(err.into()))?;
+                return decode_compressed(reader, pixels, &mut self.scratch).map_err(decode_error);
+            }
+        }
+        Ok((width, height))
+    }
+}
+
+/// Checks that a raw frame holds `width * height * numerator / denominator` bytes.
+fn check_raw_size(frame: &Frame, numerator: u64, denominator: u64) -> Result<(), PreprocessError> {
+    let expected = u64::from(frame.width) * u64::from(frame.height) * numerator / denominator;
+    if frame.data.len() as u64 == expected {
+        Ok(())
+    } else {
+        Err(PreprocessError::WrongBufferSize {
+            origin: frame.origin.clone(),
+            format: frame.format,
+            width: frame.width,
+            height: frame.height,
+            expected,
+            actual: frame.data.len(),
+        })
+    }
+}
+
+fn check_even(frame: &Frame, side: u32, problem: &'static str) -> Result<(), PreprocessError> {
+    if side % 2 == 0 {
+        Ok(())
+    } else {
+        Err(PreprocessError::Unsupported {
+            origin: frame.origin.clone(),
+            format: frame.format,
+            width: frame.width,
+            height: frame.height,
+            problem,
+        })
+    }
+}
+
+/// Decodes a compressed image with the `image` crate (default memory limits apply) into RGB.
+///
+/// RGB, grey and alpha images decode without allocating beyond the decoder's own work; other
+/// layouts (16-bit, float) go through a temporary `DynamicImage`. Like PIL's `convert("RGB")`,
+/// grey is replicated and alpha dropped; EXIF orientation is ignored, as it is by torchvision.
+fn decode_compressed(
+    reader: ImageReader<Cursor<&[u8]>>,
+    pixels: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(u32, u32), image::ImageError> {
+    let decoder = reader.into_decoder()?;
+    let (width, height) = decoder.dimensions();
+    let color = decoder.color_type();
+    // The decoder's memory limit caps the size, so it fits in usize on 32-bit targets too.
+    let total_bytes = usize::try_from(decoder.total_bytes()).unwrap_or(usize::MAX);
+    match color {
+        ColorType::Rgb8 => {
+            pixels.resize(total_bytes, 0);
+            decoder.read_image(pixels)?;
+        }
+        ColorType::L8 | ColorType::La8 | ColorType::Rgba8 => {
+            scratch.resize(total_bytes, 0);
+            decoder.read_image(scratch)?;
+            let channels = usize::from(color.channel_count());
+            pixels.clear();
+            for pixel in scratch.chunks_exact(channels) {
+                if channels <= 2 {
+                    pixels.extend_from_slice(&[pixel[0]; 3]);
+                } else {
+                    pixels.extend_from_slice(&pixel[..3]);
+                }
+            }
+        }
+        _ => {
+            let rgb = DynamicImage::from_decoder(decoder)?.into_rgb8();
+            pixels.clear();
+            pixels.extend_from_slice(rgb.as_raw());
+        }
+    }
+    Ok((width, height))
+}
+
+/// Chroma part of the BT.601 limited-range YCbCr → RGB conversion, in 16-bit fixed point:
+///
+/// ```text
+/// R = 1.164383 (Y - 16)                      + 1.596027 (Cr - 128)
+/// G = 1.164383 (Y - 16) - 0.391762 (Cb - 128) - 0.812968 (Cr - 128)
+/// B = 1.164383 (Y - 16) + 2.017232 (Cb - 128)
+/// ```
+struct Chroma {
+    red: i32,
+    green: i32,
+    blue: i32,
+}
+
+impl Chroma {
+    fn new(cb: u8, cr: u8) -> Self {
+        let (cb, cr) = (i32::from(cb) - 128, i32::from(cr) - 128);
+        Self {
+            red: 104_597 * cr,
+            green: -25_675 * cb - 53_279 * cr,
+            blue: 132_201 * cb,
+        }
+    }
+
+    /// Writes the RGB pixel for luma `y` into `out[..3]`.
+    fn write_rgb(&self, y: u8, out: &mut [u8]) {
+        // 1 << 15 rounds to nearest.
+        let luma = 76_309 * (i32::from(y) - 16) + (1 << 15);
+        let channel = |chroma: i32| ((luma + chroma) >> 16).clamp(0, 255) as u8;
+        out[0] = channel(self.red);
+        out[1] = channel(self.green);
+        out[2] = channel(self.blue);
+    }
+}
+
+/// Packed Y0 Cb Y1 Cr (two pixels sharing chroma) to RGB.
+fn yuyv_to_rgb(yuyv: &[u8], rgb: &mut [u8]) {
+    for (pair, out) in yuyv.chunks_exact(4).zip(rgb.chunks_exact_mut(6)) {
+        let chroma = Chroma::new(pair[1], pair[3]);
+        chroma.write_rgb(pair[0], &mut out[..3]);
+        chroma.write_rgb(pair[2], &mut out[3..]);
+    }
+}
+
+/// Y plane, then a half-resolution plane of interleaved Cb Cr (2x2 pixels sharing chroma), to RGB.
+fn nv12_to_rgb(nv12: &[u8], width: usize, rgb: &mut [u8]) {
+    let (luma, chroma) = nv12.split_at(rgb.len() / 3);
+    let luma_rows = luma.chunks_exact(width);
+    let out_rows = rgb.chunks_exact_mut(width * 3);
+    for (row, (luma_row, out_row)) in luma_rows.zip(out_rows).enumerate() {
+        let chroma_row = &chroma[row / 2 * width..][..width];
+        let pixel_pairs = luma_row.chunks_exact(2).zip(out_row.chunks_exact_mut(6));
+        for ((luma_pair, out), cbcr) in pixel_pairs.zip(chroma_row.chunks_exact(2)) {
+            let chroma = Chroma::new(cbcr[0], cbcr[1]);
+            chroma.write_rgb(luma_pair[0], &mut out[..3]);
+            chroma.write_rgb(luma_pair[1], &mut out[3..]);
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Frames to normalized tensors, identical to torchvision's ImageNet eval transform.
+//!
+//! [`Preprocessor::decode`] turns any [`Frame`] into an RGB image; [`Preprocessor::normalize`]
+//! applies what users of the torchvision weights run on a PIL image:
+//!
+//! ```text
+//! Resize(resize) -> CenterCrop(crop) -> ToTensor() -> Normalize(mean, std)
+//! ```
+//!
+//! The resize reproduces Pillow's bilinear filter bit for bit (fixed-point triangle filter whose
+//! support grows with the downscale factor, i.e. antialiased), the crop uses torchvision's offset
+//! rounding (and its zero padding when the crop is larger than the image), and normalization is
+//! done in `f32` in the same order as torch. For lossless inputs the output equals torchvision's
+//! exactly; JPEG inputs differ only by what two JPEG decoders disagree on.
+//!
+//! Raw camera formats are converted with BT.601 limited-range ("TV range") YCbCr coefficients,
+//! which is what UVC cameras send for YUYV and NV12.
+//!
+//! All buffers (decoded RGB, intermediate rows, output tensor) are kept and reused, so a stream of
+//! same-sized frames does not allocate after the first one, except inside the `image` crate's
+//! decoders for compressed formats.
+
+mod decode;
+mod mjpeg;
+mod resample;
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use image::RgbImage;
+
+use crate::capture::{Frame, PixelFormat};
+use crate::exit::{self, ExitCode};
+use decode::FrameDecoder;
+use resample::{CropResampler, NormalizeTable};
+
+/// Parameters of the eval transform; the defaults are torchvision's ImageNet values.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreprocessConfig {
+    /// Length the shorter image side is resized to (torchvision `Resize(resize)`).
+    pub resize: u32,
+    /// Side of the square center crop taken from the resized image; the output is `crop x crop`.
+    pub crop: u32,
+    /// Per-channel (R, G, B) mean subtracted from pixel values scaled to [0, 1].
+    pub mean: [f32; 3],
+    /// Per-channel (R, G, B) standard deviation the centered values are divided by.
+    pub std: [f32; 3],
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        Self {
+            resize: 256,
+            crop: 224,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+}
+
+/// Largest accepted `resize` and `crop`: far above any classifier input, small enough that a
+/// typo cannot make the preprocessor allocate gigabytes.
+pub const MAX_SIDE: u32 = 8192;
+
+impl PreprocessConfig {
+    /// Checks the values a config file could get wrong; call it when loading configuration.
+    pub fn validate(&self) -> Result<(), PreprocessError> {
+        let problem = if !(1..=MAX_SIDE).contains(&self.resize) {
+            format!("resize = {} must be between 1 and {MAX_SIDE}", self.resize)
+        } else if !(1..=MAX_SIDE).contains(&self.crop) {
+            format!("crop = {} must be between 1 and {MAX_SIDE}", self.crop)
+        } else if let Some(mean) = self.mean.iter().find(|m| !m.is_finite()) {
+            format!("mean contains {mean}, which is not a finite number")
+        } else if let Some(std) = self.std.iter().find(|s| !s.is_finite() || **s <= 0.0) {
+            format!("std contains {std}, but every std must be a finite number above 0")
+        } else {
+            return Ok(());
+        };
+        Err(PreprocessError::InvalidConfig { problem })
+    }
+}
+
+/// What went wrong turning a frame into a tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    /// An image file could not be read from disk.
+    #[error("cannot read image file {}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The frame carries no bytes at all.
+    #[error("frame from {origin} is empty ({} {width}x{height}, 0 bytes)", format_name(*format))]
+    EmptyFrame {
+        origin: String,
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+    },
+    /// A raw frame whose byte count does not match its format and dimensions.
+    #[error(
+        "frame from {origin} has {actual} bytes, but {} at {width}x{height} needs {expected}",
+        format_name(*format)
+    )]
+    WrongBufferSize {
+        origin: String,
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+        expected: u64,
+        actual: usize,
+    },
+    /// A frame layout this module does not handle.
+    #[error("frame from {origin} ({} {width}x{height}) is unsupported: {problem}", format_name(*format))]
+    Unsupported {
+        origin: String,
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+        problem: &'static str,
+    },
+    /// Compressed bytes that do not decode: corrupt, truncated or of an unknown format.
+    #[error("cannot decode {} from {origin}", format_name(*format))]
+    Decode {
+        origin: String,
+        format: PixelFormat,
+        #[source]
+        source: image::ImageError,
+    },
+    /// A [`PreprocessConfig`] value out of range.
+    #[error("invalid preprocess configuration: {problem}")]
+    InvalidConfig { problem: String },
+}
+
+impl ExitCode for PreprocessError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Self::ReadFile { .. } => exit::NO_INPUT,
+            Self::InvalidConfig { .. } => exit::CONFIG,
+            _ => exit::DATA_ERR,
+        }
+    }
+}
+
+/// Human name of a pixel format for error messages.
+fn format_name(format: PixelFormat) -> &'static str {
+    match format {
+        PixelFormat::Rgb24 => "RGB24 frame",
+        PixelFormat::Yuyv => "YUYV frame",
+        PixelFormat::Nv12 => "NV12 frame",
+        PixelFormat::Mjpeg => "MJPEG frame",
+        PixelFormat::Encoded => "encoded image",
+    }
+}
+
+/// Decodes frames and applies the eval transform, reusing its buffers from frame to frame.
+pub struct Preprocessor {
+    config: PreprocessConfig,
+    normalize_table: NormalizeTable,
+    decoder: FrameDecoder,
+    resampler: CropResampler,
+    rgb: RgbImage,
+    tensor: Vec<f32>,
+}
+
+impl Preprocessor {
+    /// Creates a preprocessor and allocates its output tensor.
+    ///
+    /// Expects a config that passed [`PreprocessConfig::validate`]; an unvalidated one does not
+    /// panic, but a zero `resize` gives all-padding output and a zero `std` gives infinities.
+    pub fn new(config: PreprocessConfig) -> Self {
+        let crop = config.crop as usize;
+        Self {
+            normalize_table: NormalizeTable::new(&config.mean, &config.std),
+            tensor: vec![0.0; 3 * crop * crop],
+            config,
+            decoder: FrameDecoder::default(),
+            resampler: CropResampler::default(),
+            rgb: RgbImage::default(),
+        }
+    }
+
+    /// Decodes/converts any frame to RGB (buffers reused). Errors name `frame.origin` and the
+    /// problem.
+    ///
+    /// Compressed frames (MJPEG, encoded files) take their size from the data, not from
+    /// `frame.width`/`frame.height`. After an error the decoded image is empty (0x0).
+    pub fn decode(&mut self, frame: &Frame) -> Result<&RgbImage, PreprocessError> {
+        let mut pixels = std::mem::take(&mut self.rgb).into_raw();
+        let decoded = self.decoder.decode(frame, &mut pixels);
+        let (width, height) = *decoded.as_ref().unwrap_or(&(0, 0));
+        if decoded.is_err() {
+            pixels.clear();
+        }
+        // The decoder sized `pixels` to width * height * 3, so this never falls back.
+        self.rgb = RgbImage::from_raw(width, height, pixels).unwrap_or_default();
+        decoded.map(|_| &self.rgb)
+    }
+
+    /// torchvision eval transform of the last decoded image → NCHW f32 (`1 x 3 x crop x crop`).
+    ///
+    /// The slice is the same buffer on every call. Before the first successful decode (or after
+    /// a failed one) it holds the transform of an empty image: all padding.
+    pub fn normalize(&mut self) -> &[f32] {
+        self.resampler.resize_crop_normalize(
+            &self.rgb,
+            self.config.resize,
+            self.config.crop,
+            &self.normalize_table,
+            &mut self.tensor,
+        );
+        &self.tensor
+    }
+
+    /// decode + normalize.
+    pub fn run(&mut self, frame: &Frame) -> Result<&[f32], PreprocessError> {
+        self.decode(frame)?;
+        Ok(self.normalize())
+    }
+
+    /// The configuration this preprocessor was built with.
+    pub fn config(&self) -> &PreprocessConfig {
+        &self.config
+    }
+
+    /// Shape of the output tensor: `[1, 3, crop, crop]` (NCHW).
+    pub fn tensor_shape(&self) -> [usize; 4] {
+        let crop = self.config.crop as usize;
+        [1, 3, crop, crop]
+    }
+}
+
+/// Reads an image file into an [`PixelFormat::Encoded`] frame whose origin is the path; the
+/// error names the path.
+pub fn read_image_file(path: &Path) -> Result<Frame, PreprocessError> {
+    let data = std::fs::read(path).map_err(|source| PreprocessError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Frame {
+        format: PixelFormat::Encoded,
+        width: 0,
+        height: 0,
+        data,
+        captured_at: SystemTime::now(),
+        seq: 0,
+        origin: path.display().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_torchvision_imagenet() {
+        let config = PreprocessConfig::default();
+        assert_eq!((config.resize, config.crop), (256, 224));
+        assert_eq!(config.mean, [0.485, 0.456, 0.406]);
+        assert_eq!(config.std, [0.229, 0.224, 0.225]);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn config_deserializes_partially_and_rejects_unknown_keys() {
+        let config: PreprocessConfig = toml::from_str("crop = 160").unwrap();
+        assert_eq!((config.resize, config.crop), (256, 160));
+        let err = toml::from_str::<PreprocessConfig>("size = 3").unwrap_err();
+        assert!(err.to_string().contains("size"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_the_bad_value() {
+        let cases = [
+            (
+                PreprocessConfig {
+                    resize: 0,
+                    ..Default::default()
+                },
+                "resize = 0",
+            ),
+            (
+                PreprocessConfig {
+                    crop: 100_000,
+                    ..Default::default()
+                },
+                "crop = 100000",
+            ),
+            (
+                PreprocessConfig {
+                    std: [0.2, 0.0, 0.2],
+                    ..Default::default()
+                },
+                "std contains 0",
+            ),
+            (
+                PreprocessConfig {
+                    mean: [f32::NAN, 0.0, 0.0],
+                    ..Default::default()
+                },
+                "mean contains NaN",
+            ),
+        ];
+        for (config, expected) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+            assert_eq!(err.exit_code(), exit::CONFIG);
+        }
+    }
+}
