@@ -25,7 +25,13 @@ pub fn code_of(err: &anyhow::Error) -> i32 {
     err.chain()
         .find_map(|cause| {
             // Each stage's error type registers here so `main` stays free of stage knowledge.
-            None::<i32>.or_else(|| cause.downcast_ref::<std::io::Error>().map(|_| IO_ERR))
+            None::<i32>
+                .or_else(|| {
+                    cause
+                        .downcast_ref::<crate::model::ModelError>()
+                        .map(ExitCode::exit_code)
+                })
+                .or_else(|| cause.downcast_ref::<std::io::Error>().map(|_| IO_ERR))
         })
         .unwrap_or(1)
 }
