@@ -158,3 +158,31 @@ fn load_tensor(path: &Path, size: usize) -> anyhow::Result<Vec<f32>> {
     }
     Ok(tensor)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The adapter against torchvision's transform of the same JPEG (written by
+    /// tests/fixtures/make_reference.py): resampling filters differ a little, never much.
+    #[test]
+    fn load_tensor_is_close_to_torchvision() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let ours = load_tensor(&dir.join("model_chelsea.jpg"), 224).unwrap();
+        let reference: Vec<f32> = std::fs::read(dir.join("model_chelsea_input.f32"))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(ours.len(), reference.len());
+        let diffs: Vec<f32> = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .collect();
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        let max = diffs.iter().copied().fold(0f32, f32::max);
+        println!("adapter vs torchvision: mean |diff| {mean:.4}, max {max:.4}");
+        assert!(mean < 0.02 && max < 0.3, "mean |diff| {mean}, max {max}");
+    }
+}
