@@ -38,5 +38,6 @@ fn known_code(cause: &(dyn std::error::Error + 'static)) -> Option<i32> {
         .or_else(|| code::<crate::capture::CaptureError>(cause))
         .or_else(|| code::<crate::publish::PublishError>(cause))
         .or_else(|| code::<crate::preprocess::PreprocessError>(cause))
+        .or_else(|| code::<crate::model::ModelError>(cause))
         .or_else(|| cause.downcast_ref::<std::io::Error>().map(|_| IO_ERR))
 }

@@ -1,4 +1,310 @@
 //! ResNet-18 (torchvision layout) in candle: f32, and int8/4-bit quantized kernels.
+//!
+//! [`Model::load`] reads torchvision safetensors (BatchNorm folded into the convolutions at load)
+//! or an edgeclass GGUF written by [`quantize_file`]; the format is detected from the content.
+//! One [`Model`] is shared by every camera: [`Model::forward`] takes `&self`.
 
 pub mod fetch;
 pub mod kernels;
+mod quantize;
+mod resnet;
+mod weights;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use quantize::{quantize_file, write_gguf, StorageDtype};
+pub use weights::Network;
+
+use resnet::Engine;
+
+/// Number of classes of an ImageNet-1k classifier.
+pub const IMAGENET_CLASSES: usize = 1000;
+/// Side of the square input image when a file does not say otherwise.
+pub const DEFAULT_INPUT_SIZE: usize = 224;
+
+/// How the network computes: float, or int8 kernels with 8-bit or 4-bit weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Precision {
+    #[serde(rename = "f32")]
+    F32,
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[serde(rename = "q4_0")]
+    Q4_0,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Q8_0, Precision::Q4_0];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Q8_0 => "q8_0",
+            Precision::Q4_0 => "q4_0",
+        }
+    }
+
+    /// Weight bits of the quantized precisions; `None` for f32.
+    fn weight_bits(self) -> Option<WeightBits> {
+        match self {
+            Precision::F32 => None,
+            Precision::Q8_0 => Some(WeightBits::Eight),
+            Precision::Q4_0 => Some(WeightBits::Four),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error for a precision name that is not `f32`, `q8_0` or `q4_0`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown precision `{0}` (expected f32, q8_0 or q4_0)")]
+pub struct UnknownPrecision(pub String);
+
+impl FromStr for Precision {
+    type Err = UnknownPrecision;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownPrecision(s.to_string()))
+    }
+}
+
+/// Width of quantized weights: symmetric per output channel, `-127..=127` or `-7..=7`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WeightBits {
+    Eight,
+    Four,
+}
+
+impl WeightBits {
+    /// Largest magnitude of a quantized weight. 4-bit uses `-7..=7` (GGML Q4_0 allows -8 too):
+    /// a symmetric range keeps the largest weight of each channel exact.
+    pub(crate) fn max_level(self) -> i8 {
+        match self {
+            WeightBits::Eight => 127,
+            WeightBits::Four => 7,
+        }
+    }
+}
+
+/// What went wrong loading, writing or running a model; names the file and tensor involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model file {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write model file {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model file {} is neither GGUF nor safetensors (it starts with {magic:02x?})", path.display())]
+    UnknownFormat { path: PathBuf, magic: Vec<u8> },
+    #[error("model file {} is malformed or truncated: {reason}", path.display())]
+    Malformed { path: PathBuf, reason: String },
+    #[error("model file {} has no tensor `{tensor}`", path.display())]
+    MissingTensor { path: PathBuf, tensor: String },
+    #[error("tensor `{tensor}` in model file {}: {problem}", path.display())]
+    BadTensor {
+        path: PathBuf,
+        tensor: String,
+        problem: String,
+    },
+    #[error("model file {} classifies into {found} classes, but {expected} are required", path.display())]
+    ClassCount {
+        path: PathBuf,
+        found: usize,
+        expected: usize,
+    },
+    #[error("input tensor has {found} values, the model needs 1x3x{size}x{size} = {expected}")]
+    InputSize {
+        found: usize,
+        expected: usize,
+        size: usize,
+    },
+    #[error("cannot start {threads} inference threads: {reason}")]
+    ThreadPool { threads: usize, reason: String },
+    #[error("{context}: {source}")]
+    Candle {
+        context: String,
+        source: candle_core::Error,
+    },
+}
+
+impl crate::exit::ExitCode for ModelError {
+    fn exit_code(&self) -> i32 {
+        use crate::exit;
+        match self {
+            ModelError::Open { .. } => exit::NO_INPUT,
+            ModelError::Write { .. } => exit::IO_ERR,
+            ModelError::ThreadPool { .. } | ModelError::Candle { .. } => exit::SOFTWARE,
+            _ => exit::DATA_ERR,
+        }
+    }
+}
+
+/// A ResNet-18 ready to classify, shared by all cameras.
+pub struct Model {
+    engine: Engine,
+    precision: Precision,
+    input_size: usize,
+    num_classes: usize,
+    /// Where the weights came from, for error messages.
+    source: PathBuf,
+    pool: rayon::ThreadPool,
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model")
+            .field("source", &self.source)
+            .field("precision", &self.precision)
+            .field("num_classes", &self.num_classes)
+            .field("threads", &self.pool.current_num_threads())
+            .finish()
+    }
+}
+
+impl Model {
+    /// Loads a torchvision safetensors file or an edgeclass GGUF (detected from the content) and
+    /// prepares it for `precision` (quantizing at load when the file holds floats).
+    /// `threads` is the size of the inference pool; 0 means one per core.
+    pub fn load(path: &Path, precision: Precision, threads: usize) -> Result<Model, ModelError> {
+        let network = weights::load(path)?;
+        Model::build(network, precision, threads, path.to_path_buf())
+    }
+
+    /// A full-size ResNet-18 (widths 64..512, 1000 classes) with seeded random weights of the
+    /// real shapes: for benchmarks and tests without downloaded weights.
+    pub fn synthetic(seed: u64, precision: Precision, threads: usize) -> Result<Model, ModelError> {
+        let source = PathBuf::from(format!("<synthetic resnet18 seed {seed}>"));
+        Model::build(Network::synthetic(seed), precision, threads, source)
+    }
+
+    /// Builds a model from already loaded (BN-folded) weights.
+    pub fn from_network(
+        network: Network,
+        precision: Precision,
+        threads: usize,
+    ) -> Result<Model, ModelError> {
+        Model::build(network, precision, threads, PathBuf::from("<in memory>"))
+    }
+
+    fn build(
+        network: Network,
+        precision: Precision,
+        threads: usize,
+        source: PathBuf,
+    ) -> Result<Model, ModelError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("edgeclass-infer-{i}"))
+            .build()
+            .map_err(|e| ModelError::ThreadPool {
+                threads,
+                reason: e.to_string(),
+            })?;
+        let (input_size, num_classes) = (network.input_size, network.num_classes());
+        let engine = Engine::new(network, precision)?;
+        Ok(Model {
+            engine,
+            precision,
+            input_size,
+            num_classes,
+            source,
+            pool,
+        })
+    }
+
+    /// Runs the network on one normalized image, `1x3xSxS` NCHW with `S = input_size()`, and
+    /// writes `num_classes()` logits into `logits` (reusing its allocation).
+    pub fn forward(&self, input_nchw: &[f32], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        let size = self.input_size;
+        let expected = 3 * size * size;
+        if input_nchw.len() != expected {
+            return Err(ModelError::InputSize {
+                found: input_nchw.len(),
+                expected,
+                size,
+            });
+        }
+        self.engine.forward(&self.pool, input_nchw, size, logits)
+    }
+
+    /// Like [`Model::forward`], also returning the time spent in each layer (stem, each
+    /// convolution, pools, fc), in execution order: shows where the time goes.
+    pub fn forward_profiled(
+        &self,
+        input_nchw: &[f32],
+        logits: &mut Vec<f32>,
+    ) -> Result<Vec<(String, Duration)>, ModelError> {
+        let size = self.input_size;
+        if input_nchw.len() != 3 * size * size {
+            return Err(ModelError::InputSize {
+                found: input_nchw.len(),
+                expected: 3 * size * size,
+                size,
+            });
+        }
+        self.engine
+            .forward_profiled(&self.pool, input_nchw, size, logits)
+    }
+
+    /// Fails with [`ModelError::ClassCount`] unless the model has `expected` classes (1000 for
+    /// the ImageNet label table).
+    pub fn require_classes(&self, expected: usize) -> Result<(), ModelError> {
+        if self.num_classes == expected {
+            Ok(())
+        } else {
+            Err(ModelError::ClassCount {
+                path: self.source.clone(),
+                found: self.num_classes,
+                expected,
+            })
+        }
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Side of the square input image (224 for the torchvision weights).
+    pub fn input_size(&self) -> usize {
+        self.input_size
+    }
+
+    /// Threads of the inference pool.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Short name for logs and events, e.g. `resnet18-q8_0`.
+    pub fn description(&self) -> String {
+        format!("resnet18-{}", self.precision)
+    }
+}
+
+/// A seeded pseudo-random normalized image (`1x3xSxS`, values roughly in `-2..2`), for
+/// benchmarks and tests that need an input but no photo.
+pub fn synthetic_input(seed: u64, size: usize) -> Vec<f32> {
+    let mut rng = weights::SplitMix::new(seed ^ 0x1234_5678);
+    (0..3 * size * size)
+        .map(|_| (rng.next_f32() * 2.0 - 1.0) * 2.0)
+        .collect()
+}

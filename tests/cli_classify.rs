@@ -1,0 +1,209 @@
+//! The `classify`, `quantize` and `bench` subcommands, run as the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn edgeclass(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgeclass"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn tiny() -> String {
+    fixture("model_tiny_resnet18.safetensors")
+        .display()
+        .to_string()
+}
+
+fn cat() -> String {
+    fixture("model_chelsea.jpg").display().to_string()
+}
+
+#[test]
+fn classify_json_gives_top3_of_the_cat() {
+    let out = edgeclass(&[
+        "classify",
+        "--weights",
+        &tiny(),
+        "--precision",
+        "f32",
+        "--threads",
+        "1",
+        "--json",
+        &cat(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["file"], cat());
+    assert_eq!(v["model"], "resnet18-f32");
+    assert_eq!(v["precision"], "f32");
+    assert!(v["latency_ms"].as_f64().unwrap() > 0.0);
+    let top3 = v["top3"].as_array().unwrap();
+    assert_eq!(top3.len(), 3);
+    // The fixture network's PyTorch top-1 on this photo is "tabby".
+    assert_eq!(top3[0]["index"], 281);
+    assert_eq!(top3[0]["wnid"], "n02123045");
+    assert_eq!(top3[0]["label"], "tabby");
+    let scores: Vec<f64> = top3.iter().map(|g| g["score"].as_f64().unwrap()).collect();
+    assert!(scores[0] >= scores[1] && scores[1] >= scores[2] && scores[2] > 0.0);
+}
+
+#[test]
+fn classify_table_by_default() {
+    let out = edgeclass(&["classify", "--weights", &tiny(), &cat()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("resnet18-q8_0"), "{stdout}");
+    let first = stdout.lines().nth(1).unwrap_or_default();
+    assert!(first.contains("1.") && first.contains("tabby"), "{stdout}");
+}
+
+#[test]
+fn bad_images_are_reported_and_the_rest_classified() {
+    let dir = tempfile::tempdir().unwrap();
+    let truncated = dir.path().join("truncated.jpg");
+    let jpeg = std::fs::read(fixture("model_chelsea.jpg")).unwrap();
+    std::fs::write(&truncated, &jpeg[..200]).unwrap();
+    let garbage = dir.path().join("garbage.png");
+    std::fs::write(&garbage, b"this is not an image").unwrap();
+    let missing = dir.path().join("missing.jpg");
+    let (t, g, m) = (
+        truncated.display().to_string(),
+        garbage.display().to_string(),
+        missing.display().to_string(),
+    );
+    let out = edgeclass(&[
+        "classify",
+        "--weights",
+        &tiny(),
+        "--json",
+        &t,
+        &cat(),
+        &g,
+        &m,
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    for bad in [&t, &g, &m] {
+        assert!(stderr.contains(bad.as_str()), "{bad} not named: {stderr}");
+    }
+    assert!(stderr.contains("3 of 4 images"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("model_chelsea.jpg"));
+}
+
+#[test]
+fn classify_rejects_bad_weights_with_exit_codes() {
+    let out = edgeclass(&["classify", "--weights", "/nonexistent/w.gguf", &cat()]);
+    assert_eq!(out.status.code(), Some(66), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("/nonexistent/w.gguf"));
+
+    // The photo is not a model: bad content.
+    let out = edgeclass(&["classify", "--weights", &cat(), &cat()]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("neither GGUF nor safetensors"));
+}
+
+#[test]
+fn quantize_then_classify_from_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    for dtype in ["q8_0", "q4_0", "f16"] {
+        let gguf = dir.path().join(format!("tiny-{dtype}.gguf"));
+        let g = gguf.display().to_string();
+        let out = edgeclass(&[
+            "quantize",
+            "--input",
+            &tiny(),
+            "--output",
+            &g,
+            "--dtype",
+            dtype,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains(dtype));
+        assert!(std::fs::read(&gguf).unwrap().starts_with(b"GGUF"));
+        let precision = if dtype == "f16" { "f32" } else { dtype };
+        let out = edgeclass(&[
+            "classify",
+            "--weights",
+            &g,
+            "--precision",
+            precision,
+            "--json",
+            &cat(),
+        ]);
+        assert!(out.status.success(), "{dtype}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        assert_eq!(v["precision"], precision);
+        assert_eq!(v["top3"].as_array().unwrap().len(), 3);
+    }
+    let out = edgeclass(&["quantize", "--input", &cat(), "--output", "/tmp/never.gguf"]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out.stderr));
+}
+
+#[test]
+fn bench_json_and_layers_per_configuration() {
+    let args = [
+        "bench",
+        "--weights",
+        &tiny(),
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+    ];
+    let out = edgeclass(&[&args[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let precisions: Vec<&str> = rows
+        .iter()
+        .map(|r| r["precision"].as_str().unwrap())
+        .collect();
+    assert_eq!(precisions, ["f32", "q8_0", "q4_0"]);
+    for r in &rows {
+        assert_eq!(r["threads"], 1);
+        let (median, p90) = (
+            r["median_ms"].as_f64().unwrap(),
+            r["p90_ms"].as_f64().unwrap(),
+        );
+        assert!(median > 0.0 && p90 >= median, "{r}");
+        assert!(r["images_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["peak_rss_mib"].as_f64().unwrap() > 1.0, "{r}");
+    }
+
+    let out = edgeclass(&[&args[..], &["--precisions", "f32,q8_0", "--layers"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for layer in [
+        "conv1",
+        "maxpool",
+        "layer2.0.downsample.0",
+        "layer4.1.conv2",
+        "fc",
+    ] {
+        assert!(stdout.contains(layer), "{layer} missing: {stdout}");
+    }
+    assert!(stdout.contains("vs f32"), "{stdout}");
+}

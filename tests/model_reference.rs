@@ -1,0 +1,149 @@
+//! The ResNet-18 against PyTorch: a narrow ResNet-18 (widths 8/16/32/64, random weights and
+//! BatchNorm statistics) and its eval-mode logits on a preprocessed photo, both written by
+//! `tests/fixtures/make_reference.py`.
+
+use std::path::{Path, PathBuf};
+
+use edgeclass::model::{quantize_file, Model, Precision, StorageDtype};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn read_f32(name: &str) -> Vec<f32> {
+    std::fs::read(fixture(name))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn weights() -> PathBuf {
+    fixture("model_tiny_resnet18.safetensors")
+}
+
+fn logits(model: &Model) -> Vec<f32> {
+    let mut out = Vec::new();
+    model
+        .forward(&read_f32("model_chelsea_input.f32"), &mut out)
+        .unwrap();
+    out
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// Top-1 of the PyTorch reference: "tabby" (the fixture lifts it 1.5 above the rest).
+const TABBY: usize = 281;
+
+#[test]
+fn f32_logits_match_pytorch() {
+    let expected = read_f32("model_tiny_logits.f32");
+    let model = Model::load(&weights(), Precision::F32, 2).unwrap();
+    assert_eq!(model.num_classes(), 1000);
+    assert_eq!(model.input_size(), 224);
+    assert_eq!(model.description(), "resnet18-f32");
+    let got = logits(&model);
+    assert_eq!(got.len(), expected.len());
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("f32 vs PyTorch: max |diff| {worst:.2e}, max |logit| {scale:.3}");
+    assert!(worst <= 1e-3 * scale, "max diff {worst} vs scale {scale}");
+    assert_eq!(argmax(&got), TABBY);
+}
+
+#[test]
+fn q8_0_keeps_top1_and_direction() {
+    let f32_logits = logits(&Model::load(&weights(), Precision::F32, 2).unwrap());
+    let q8 = logits(&Model::load(&weights(), Precision::Q8_0, 2).unwrap());
+    let cos = cosine(&q8, &f32_logits);
+    println!("q8_0 vs f32 cosine {cos:.6}");
+    assert_eq!(argmax(&q8), TABBY);
+    assert!(cos >= 0.999, "cosine {cos}");
+}
+
+#[test]
+fn q4_0_runs_with_finite_logits() {
+    let model = Model::load(&weights(), Precision::Q4_0, 1).unwrap();
+    assert_eq!(model.description(), "resnet18-q4_0");
+    let q4 = logits(&model);
+    let f32_logits = logits(&Model::load(&weights(), Precision::F32, 1).unwrap());
+    println!("q4_0 vs f32 cosine {:.4}", cosine(&q4, &f32_logits));
+    assert_eq!(q4.len(), 1000);
+    assert!(q4.iter().all(|v| v.is_finite()));
+    assert!(cosine(&q4, &f32_logits) > 0.5, "q4_0 lost the signal");
+}
+
+#[test]
+fn gguf_round_trip_equals_quantize_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for (dtype, precision) in [
+        (StorageDtype::Q8_0, Precision::Q8_0),
+        (StorageDtype::Q4_0, Precision::Q4_0),
+        (StorageDtype::F16, Precision::Q8_0),
+    ] {
+        // An extension that says nothing: the loader must look at the content.
+        let gguf = dir.path().join(format!("tiny-{dtype}.bin"));
+        let size = quantize_file(&weights(), &gguf, dtype).unwrap();
+        assert_eq!(size, std::fs::metadata(&gguf).unwrap().len());
+        let from_gguf = logits(&Model::load(&gguf, precision, 2).unwrap());
+        let at_load = logits(&Model::load(&weights(), precision, 2).unwrap());
+        if dtype == StorageDtype::F16 {
+            // f16 storage rounds the weights: close, not identical.
+            assert!(cosine(&from_gguf, &at_load) > 0.999, "{dtype}");
+        } else {
+            assert_eq!(from_gguf, at_load, "{dtype} GGUF vs quantize-at-load");
+        }
+    }
+}
+
+#[test]
+fn quantized_gguf_is_smaller_and_loads_as_f32_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let q8 = dir.path().join("tiny-q8_0.gguf");
+    let q4 = dir.path().join("tiny-q4_0.gguf");
+    let q8_size = quantize_file(&weights(), &q8, StorageDtype::Q8_0).unwrap();
+    let q4_size = quantize_file(&weights(), &q4, StorageDtype::Q4_0).unwrap();
+    let f32_size = std::fs::metadata(weights()).unwrap().len();
+    println!("sizes: safetensors {f32_size}, q8_0 {q8_size}, q4_0 {q4_size}");
+    assert!(q8_size < f32_size / 3 && q4_size < q8_size);
+    // Dequantized q8_0 weights in the f32 engine stay close to the float reference.
+    let deq = logits(&Model::load(&q8, Precision::F32, 2).unwrap());
+    let expected = read_f32("model_tiny_logits.f32");
+    assert!(cosine(&deq, &expected) > 0.999);
+    assert_eq!(argmax(&deq), TABBY);
+}
+
+#[test]
+fn one_model_serves_concurrent_callers() {
+    let model = Model::load(&weights(), Precision::Q8_0, 2).unwrap();
+    let expected = logits(&model);
+    let input = read_f32("model_chelsea_input.f32");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    model.forward(&input, &mut out).unwrap();
+                    out
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), expected);
+        }
+    });
+}
