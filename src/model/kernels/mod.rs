@@ -6,8 +6,39 @@
 //! i16 saturation, so all paths give bit-identical integers. Weights are s8 (`-127..=127`) with
 //! one scale per output channel.
 //!
-//! Tensors are NHWC `f32` between layers; a convolution quantizes its input, runs the integer
-//! GEMM and applies scale, bias, residual add and ReLU in the epilogue.
+//! Tensors are NHWC `f32` between layers; a convolution quantizes its input, gathers the
+//! receptive fields into a packed `u8` matrix (im2col), multiplies it with weights packed at load
+//! time by a micro-kernel chosen at run time ([`Isa`]) and applies scale, bias, residual add and
+//! ReLU in one scalar epilogue shared by every path (so the `f32` results are identical too).
+//! Every phase is split over the rayon pool; buffers live in [`Scratch`] and are reused.
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+mod pooling;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use pooling::{global_avg_pool, max_pool_3x3_s2};
+
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Output channels per packed weight panel.
+const PANEL: usize = 16;
+/// The depth (`K`) is padded to this, so every micro-kernel walks whole steps (NEON `sdot`
+/// consumes 16 activation bytes per load).
+const K_ALIGN: usize = 16;
+/// Channels one micro-kernel call can produce (two panels).
+const MAX_NR: usize = 2 * PANEL;
+/// Most rows one micro-kernel call produces; packed activations are padded to a multiple of it.
+const MAX_MR: usize = 8;
+/// Output pixels per work item: a multiple of every micro-kernel's row count.
+const TILE_ROWS: usize = 64;
+/// Work items per thread to aim for, so a thread slowed by other load does not stall the layer.
+const ITEMS_PER_THREAD: usize = 4;
+
+/// Accumulators of one micro-kernel call: `[row][channel]`, `MAX_NR` channels per row.
+type Acc = [i32; MAX_MR * MAX_NR];
 
 /// Shape of a 2-D convolution with square kernels (all ResNet-18 convolutions are).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +59,11 @@ impl ConvGeometry {
     /// Length of one im2col row: `kernel * kernel * in_channels`.
     pub fn patch_len(&self) -> usize {
         self.kernel * self.kernel * self.in_channels
+    }
+
+    /// `patch_len` rounded up to the packed depth.
+    fn padded_patch_len(&self) -> usize {
+        self.patch_len().div_ceil(K_ALIGN) * K_ALIGN
     }
 }
 
@@ -57,30 +93,234 @@ impl ActQuant {
 
     /// Dynamic quantization: the range of the tensor itself.
     pub fn for_tensor(values: &[f32]) -> Self {
-        let (min, max) = values
-            .iter()
-            .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (min, max) = values.iter().fold((0f32, 0f32), min_max);
         Self::for_range(min, max)
     }
 
+    /// `x / scale + zero_point`, clamped to `0..=127` and rounded half up. Written with a
+    /// truncating cast rather than `f32::round` so that it vectorizes on every target (input
+    /// quantization runs once per layer over the whole tensor).
     #[inline]
     pub fn quantize(&self, x: f32) -> u8 {
-        ((x / self.scale).round() + self.zero_point as f32).clamp(0.0, Self::MAX as f32) as u8
+        ((x / self.scale + self.zero_point as f32)
+            .max(0.0)
+            .min(Self::MAX as f32)
+            + 0.5) as u8
+    }
+}
+
+fn min_max((lo, hi): (f32, f32), &v: &f32) -> (f32, f32) {
+    (lo.min(v), hi.max(v))
+}
+
+/// The instruction paths of the integer GEMM. All give bit-identical results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust; the reference, and the path on armv7.
+    Scalar,
+    /// x86-64 AVX2: `vpmaddubsw` + `vpmaddwd`.
+    Avx2,
+    /// x86-64 AVX-512 VNNI: `vpdpbusd`.
+    Avx512Vnni,
+    /// aarch64 NEON without dot product (Cortex-A72, Raspberry Pi 4): `smull`/`smlal`/`sadalp`.
+    Neon,
+    /// aarch64 NEON with the dot-product extension (Cortex-A76, Raspberry Pi 5): `sdot`.
+    NeonDotprod,
+}
+
+impl Isa {
+    /// Every path, slowest first.
+    const ALL: [Isa; 5] = [
+        Isa::Scalar,
+        Isa::Neon,
+        Isa::NeonDotprod,
+        Isa::Avx2,
+        Isa::Avx512Vnni,
+    ];
+
+    /// Environment variable that forces a path (for debugging and benchmarks).
+    pub const ENV: &'static str = "EDGECLASS_ISA";
+
+    /// The name used by [`Isa::ENV`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDotprod => "neon-dotprod",
+        }
+    }
+
+    /// Parses a name as printed by [`Isa::name`].
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Self::ALL.into_iter().find(|isa| isa.name() == name)
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => x86_has(Isa::Avx2),
+            Isa::Avx512Vnni => x86_has(Isa::Avx512Vnni),
+            Isa::Neon => aarch64_has(Isa::Neon),
+            Isa::NeonDotprod => aarch64_has(Isa::NeonDotprod),
+        }
+    }
+
+    /// The paths this CPU can run, slowest first.
+    pub fn available() -> Vec<Isa> {
+        Self::ALL
+            .into_iter()
+            .filter(|isa| isa.is_available())
+            .collect()
+    }
+
+    /// The path [`QConv2d::forward`] uses: `EDGECLASS_ISA` if set to an available path,
+    /// otherwise the fastest available one.
+    pub fn detect() -> Isa {
+        let best = *Self::available().last().unwrap_or(&Isa::Scalar);
+        match std::env::var(Self::ENV) {
+            Ok(name) => match Self::from_name(&name) {
+                Some(isa) if isa.is_available() => isa,
+                _ => {
+                    log::warn!(
+                        "{}={name:?} is not an available path ({}); using {}",
+                        Self::ENV,
+                        Self::available()
+                            .iter()
+                            .map(|isa| isa.name())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        best.name()
+                    );
+                    best
+                }
+            },
+            Err(_) => best,
+        }
+    }
+
+    /// [`Isa::detect`], evaluated once per process.
+    fn cached() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(Isa::detect)
+    }
+
+    fn micro_kernel(self) -> MicroKernel {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => x86::AVX512_VNNI,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86::AVX2,
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => aarch64::NEON_DOTPROD,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => aarch64::NEON,
+            // Paths of other architectures never pass `is_available`.
+            _ => SCALAR,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn x86_has(isa: Isa) -> bool {
+    match isa {
+        Isa::Avx2 => is_x86_feature_detected!("avx2"),
+        Isa::Avx512Vnni => {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_has(_: Isa) -> bool {
+    false
+}
+
+#[cfg(target_arch = "aarch64")]
+fn aarch64_has(isa: Isa) -> bool {
+    match isa {
+        Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+        Isa::NeonDotprod => {
+            std::arch::is_aarch64_feature_detected!("neon")
+                && std::arch::is_aarch64_feature_detected!("dotprod")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn aarch64_has(_: Isa) -> bool {
+    false
+}
+
+/// A micro-kernel computes `rows x (panels * 16)` accumulators of `A * W` over the whole
+/// padded depth `kp`.
+///
+/// `run(a, kp, w, panels, acc)`: `a` points at `rows` packed activation rows of `kp` bytes
+/// each; `w` at `panels` (at most `max_panels`) consecutive weight panels of `kp * 16` bytes;
+/// results go to `acc[row * MAX_NR + channel]`. Safety: the caller guarantees those ranges are
+/// readable and that the CPU supports the kernel's instructions.
+#[derive(Clone, Copy)]
+struct MicroKernel {
+    rows: usize,
+    max_panels: usize,
+    run: unsafe fn(*const u8, usize, *const i8, usize, &mut Acc),
+}
+
+const SCALAR: MicroKernel = MicroKernel {
+    rows: 4,
+    max_panels: 1,
+    run: kernel_scalar,
+};
+
+/// Portable micro-kernel, written as plainly as possible: it is the reference the SIMD paths
+/// are tested against.
+///
+/// # Safety
+/// See [`MicroKernel`].
+unsafe fn kernel_scalar(a: *const u8, kp: usize, w: *const i8, _panels: usize, acc: &mut Acc) {
+    const ROWS: usize = SCALAR.rows;
+    let a = std::slice::from_raw_parts(a, ROWS * kp);
+    let w = std::slice::from_raw_parts(w, kp * PANEL);
+    for r in 0..ROWS {
+        let row = &mut acc[r * MAX_NR..][..PANEL];
+        row.fill(0);
+        let a_row = &a[r * kp..][..kp];
+        for (a4, w64) in a_row.chunks_exact(4).zip(w.chunks_exact(4 * PANEL)) {
+            for (sum, w4) in row.iter_mut().zip(w64.chunks_exact(4)) {
+                *sum += a4
+                    .iter()
+                    .zip(w4)
+                    .map(|(&x, &y)| x as i32 * y as i32)
+                    .sum::<i32>();
+            }
+        }
     }
 }
 
 /// Buffers a convolution reuses from frame to frame.
 #[derive(Debug, Default)]
 pub struct Scratch {
+    /// The input, quantized.
     quantized: Vec<u8>,
+    /// im2col rows, `kp` bytes each, row count padded to `MAX_MR`.
+    patches: Vec<u8>,
+    /// Per output channel: activation scale times weight scale.
+    scales: Vec<f32>,
 }
 
 /// One int8 convolution (BatchNorm already folded into weights and bias).
 #[derive(Debug, Clone)]
 pub struct QConv2d {
     geometry: ConvGeometry,
-    /// `[out][kh][kw][in]`, matching NHWC im2col rows.
-    weights: Vec<i8>,
+    /// `[out / 16][k / 4][out % 16][k % 4]`, `k` running over `[kh][kw][in]` (the NHWC im2col
+    /// order) padded with zero weights to `padded_patch_len`, output channels padded to 16.
+    packed: Vec<i8>,
     /// Per output channel: sum of its weights, to remove the activation zero point.
     weight_sums: Vec<i32>,
     scales: Vec<f32>,
@@ -102,25 +342,25 @@ impl QConv2d {
         assert_eq!(weights.len(), cout * cin * k * k, "weight count");
         assert_eq!(scales.len(), cout, "scale count");
         assert_eq!(bias.len(), cout, "bias count");
-        let mut nhwc = vec![0i8; weights.len()];
+        let kp = geometry.padded_patch_len();
+        let mut packed = vec![0i8; cout.div_ceil(PANEL) * PANEL * kp];
+        let mut weight_sums = vec![0i32; cout];
         for o in 0..cout {
+            let panel = &mut packed[o / PANEL * PANEL * kp..][..PANEL * kp];
             for i in 0..cin {
                 for y in 0..k {
                     for x in 0..k {
-                        nhwc[((o * k + y) * k + x) * cin + i] =
-                            weights[((o * cin + i) * k + y) * k + x];
+                        let v = weights[((o * cin + i) * k + y) * k + x];
+                        let d = (y * k + x) * cin + i;
+                        panel[d / 4 * 4 * PANEL + o % PANEL * 4 + d % 4] = v;
+                        weight_sums[o] += v as i32;
                     }
                 }
             }
         }
-        let patch = geometry.patch_len();
-        let weight_sums = nhwc
-            .chunks(patch)
-            .map(|w| w.iter().map(|&v| v as i32).sum())
-            .collect();
         Self {
             geometry,
-            weights: nhwc,
+            packed,
             weight_sums,
             scales: scales.to_vec(),
             bias: bias.to_vec(),
@@ -134,6 +374,7 @@ impl QConv2d {
     /// Convolves `input` (NHWC, `height x width x in_channels`) into `out` (NHWC), adding
     /// `residual` (same shape as the output) before the optional ReLU. Returns the output
     /// height and width. `quant` fixes the input's quantization; `None` measures it.
+    /// Runs on the path of [`Isa::detect`].
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -147,51 +388,208 @@ impl QConv2d {
         out: &mut Vec<f32>,
         scratch: &mut Scratch,
     ) -> (usize, usize) {
-        use rayon::prelude::*;
+        self.forward_with_isa(
+            Isa::cached(),
+            pool,
+            input,
+            height,
+            width,
+            quant,
+            residual,
+            relu,
+            out,
+            scratch,
+        )
+    }
+
+    /// [`QConv2d::forward`] on a chosen path. Panics if `isa` is not available on this CPU.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_isa(
+        &self,
+        isa: Isa,
+        pool: &rayon::ThreadPool,
+        input: &[f32],
+        height: usize,
+        width: usize,
+        quant: Option<ActQuant>,
+        residual: Option<&[f32]>,
+        relu: bool,
+        out: &mut Vec<f32>,
+        scratch: &mut Scratch,
+    ) -> (usize, usize) {
+        assert!(isa.is_available(), "{} is not available", isa.name());
         let g = self.geometry;
         assert_eq!(input.len(), height * width * g.in_channels, "input size");
         let (oh, ow) = (g.output_size(height), g.output_size(width));
-        let cout = g.out_channels;
-        out.resize(oh * ow * cout, 0.0);
+        let m = oh * ow;
+        out.resize(m * g.out_channels, 0.0);
         if let Some(r) = residual {
             assert_eq!(r.len(), out.len(), "residual size");
         }
-        let quant = quant.unwrap_or_else(|| ActQuant::for_tensor(input));
-        scratch.quantized.resize(input.len(), 0);
-        for (q, &x) in scratch.quantized.iter_mut().zip(input) {
-            *q = quant.quantize(x);
-        }
-        let qin = &scratch.quantized;
-        let patch = g.patch_len();
+        let kp = g.padded_patch_len();
+        let Scratch {
+            quantized,
+            patches,
+            scales,
+        } = scratch;
+        quantized.resize(input.len(), 0);
+        patches.resize(m.div_ceil(MAX_MR) * MAX_MR * kp, 0);
         pool.install(|| {
-            out.par_chunks_mut(ow * cout)
-                .enumerate()
-                .for_each(|(y, row)| {
-                    let mut col = vec![quant.zero_point; patch];
-                    for x in 0..ow {
-                        im2col_pixel(qin, height, width, g, y, x, quant.zero_point, &mut col);
-                        for c in 0..cout {
-                            let w = &self.weights[c * patch..(c + 1) * patch];
-                            let acc: i32 =
-                                w.iter().zip(&col).map(|(&w, &a)| w as i32 * a as i32).sum();
-                            let acc = acc - quant.zero_point as i32 * self.weight_sums[c];
-                            let mut v = acc as f32 * (quant.scale * self.scales[c]) + self.bias[c];
-                            if let Some(r) = residual {
-                                v += r[(y * ow + x) * cout + c];
-                            }
-                            row[x * cout + c] = if relu { v.max(0.0) } else { v };
-                        }
+            let quant = quant.unwrap_or_else(|| {
+                let (min, max) = input
+                    .par_chunks(1 << 14)
+                    .map(|c| c.iter().fold((0f32, 0f32), min_max))
+                    .reduce(|| (0.0, 0.0), |a, b| (a.0.min(b.0), a.1.max(b.1)));
+                ActQuant::for_range(min, max)
+            });
+            scales.clear();
+            scales.extend(self.scales.iter().map(|&s| quant.scale * s));
+            quantized
+                .par_chunks_mut(1 << 14)
+                .zip(input.par_chunks(1 << 14))
+                .for_each(|(q, x)| {
+                    for (q, &x) in q.iter_mut().zip(x) {
+                        *q = quant.quantize(x);
                     }
                 });
+            patches[..m * kp]
+                .par_chunks_mut(kp)
+                .with_min_len(16)
+                .enumerate()
+                .for_each(|(p, row)| {
+                    im2col_row(
+                        quantized,
+                        height,
+                        width,
+                        g,
+                        p / ow,
+                        p % ow,
+                        quant.zero_point,
+                        row,
+                    )
+                });
+            self.gemm(
+                isa.micro_kernel(),
+                patches,
+                m,
+                quant.zero_point,
+                scales,
+                residual,
+                relu,
+                out,
+            );
         });
         (oh, ow)
     }
+
+    /// `out[m][n] = epilogue(patches[m] . weights[n])`, split over output-pixel tiles and, when
+    /// there are too few tiles to keep every thread busy, over output channels.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        kernel: MicroKernel,
+        patches: &[u8],
+        m: usize,
+        zero_point: u8,
+        scales: &[f32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        out: &mut [f32],
+    ) {
+        let n = self.geometry.out_channels;
+        let kp = self.geometry.padded_patch_len();
+        let panels = n.div_ceil(PANEL);
+        let m_tiles = m.div_ceil(TILE_ROWS);
+        let wanted = ITEMS_PER_THREAD * rayon::current_num_threads();
+        let panel_groups = panels.div_ceil(kernel.max_panels);
+        let n_blocks = wanted.div_ceil(m_tiles).clamp(1, panel_groups);
+        let panels_per_block = panel_groups.div_ceil(n_blocks) * kernel.max_panels;
+        let n_blocks = panels.div_ceil(panels_per_block);
+        let out = SharedOut(out.as_mut_ptr());
+        (0..m_tiles * n_blocks).into_par_iter().for_each(|item| {
+            let (tile, block) = (item / n_blocks, item % n_blocks);
+            let rows = tile * TILE_ROWS..((tile + 1) * TILE_ROWS).min(m);
+            let first_panel = block * panels_per_block;
+            let last_panel = (first_panel + panels_per_block).min(panels);
+            let mut acc: Acc = [0; MAX_MR * MAX_NR];
+            for p in (first_panel..last_panel).step_by(kernel.max_panels) {
+                let np = kernel.max_panels.min(last_panel - p);
+                let channels = p * PANEL..((p + np) * PANEL).min(n);
+                let weights = &self.packed[p * PANEL * kp..][..np * PANEL * kp];
+                for r0 in rows.clone().step_by(kernel.rows) {
+                    let block_rows = &patches[r0 * kp..][..kernel.rows * kp];
+                    // SAFETY: `patches` has `kernel.rows` rows from `r0` (its row count is
+                    // padded to MAX_MR, a multiple of every kernel's rows), `weights` holds
+                    // `np` panels, and `isa.is_available()` was checked by the caller.
+                    unsafe {
+                        (kernel.run)(block_rows.as_ptr(), kp, weights.as_ptr(), np, &mut acc)
+                    };
+                    for r in r0..(r0 + kernel.rows).min(rows.end) {
+                        let at = r * n + channels.start;
+                        let len = channels.len();
+                        // SAFETY: work items own disjoint (row range x channel range) blocks
+                        // of `out`, which outlives the parallel loop.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), len) };
+                        epilogue(
+                            &acc[(r - r0) * MAX_NR..][..len],
+                            zero_point,
+                            &self.weight_sums[channels.clone()],
+                            &scales[channels.clone()],
+                            &self.bias[channels.clone()],
+                            residual.map(|res| &res[at..at + len]),
+                            relu,
+                            dst,
+                        );
+                    }
+                }
+            }
+        });
+    }
 }
 
-/// Gathers the receptive field of output pixel `(y, x)` as one `[kh][kw][in]` row; taps that
-/// fall in the padding read `zero_point` (the value 0).
+/// The output buffer, shared by work items that write disjoint blocks of it.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: see the disjointness argument in `QConv2d::gemm`.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Pointer to element `offset` (a method, so closures capture the whole `Sync` wrapper).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `(acc - zero_point * weight_sum) * scale + bias (+ residual)`, then ReLU. Every path runs
+/// this same code in the same order, so equal integers give bit-identical floats.
 #[allow(clippy::too_many_arguments)]
-fn im2col_pixel(
+#[inline]
+fn epilogue(
+    acc: &[i32],
+    zero_point: u8,
+    weight_sums: &[i32],
+    scales: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) {
+    let zp = zero_point as i32;
+    for c in 0..out.len() {
+        let mut v = (acc[c] - zp * weight_sums[c]) as f32 * scales[c] + bias[c];
+        if let Some(r) = residual {
+            v += r[c];
+        }
+        out[c] = if relu { v.max(0.0) } else { v };
+    }
+}
+
+/// Gathers the receptive field of output pixel `(y, x)` as one `[kh][kw][in]` row, then pads
+/// it with zeros to the packed depth; taps that fall in the image padding read `zero_point`
+/// (the value 0). For one kernel row the taps are adjacent pixels, so each is one copy.
+#[allow(clippy::too_many_arguments)]
+fn im2col_row(
     input: &[u8],
     height: usize,
     width: usize,
@@ -199,106 +597,28 @@ fn im2col_pixel(
     y: usize,
     x: usize,
     zero_point: u8,
-    col: &mut [u8],
+    row: &mut [u8],
 ) {
-    let cin = g.in_channels;
-    for ky in 0..g.kernel {
-        for kx in 0..g.kernel {
-            let dst = &mut col[(ky * g.kernel + kx) * cin..][..cin];
-            let iy = (y * g.stride + ky) as isize - g.padding as isize;
-            let ix = (x * g.stride + kx) as isize - g.padding as isize;
-            if iy < 0 || ix < 0 || iy >= height as isize || ix >= width as isize {
-                dst.fill(zero_point);
-            } else {
-                let src = (iy as usize * width + ix as usize) * cin;
-                dst.copy_from_slice(&input[src..src + cin]);
-            }
+    let (cin, k) = (g.in_channels, g.kernel);
+    let span = k * cin;
+    let x0 = (x * g.stride) as isize - g.padding as isize;
+    // Taps `first..last` of each kernel row are inside the image horizontally.
+    let first = (-x0).clamp(0, k as isize) as usize;
+    let last = (width as isize - x0).clamp(0, k as isize) as usize;
+    for ky in 0..k {
+        let dst = &mut row[ky * span..][..span];
+        let iy = (y * g.stride + ky) as isize - g.padding as isize;
+        if iy < 0 || iy >= height as isize || first >= last {
+            dst.fill(zero_point);
+            continue;
         }
+        let src = (iy as usize * width + (x0 + first as isize) as usize) * cin;
+        dst[..first * cin].fill(zero_point);
+        dst[first * cin..last * cin].copy_from_slice(&input[src..src + (last - first) * cin]);
+        dst[last * cin..].fill(zero_point);
     }
+    row[k * span..].fill(0);
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// f32 reference convolution on dequantized values.
-    fn reference(conv: &QConv2d, input: &[f32], h: usize, w: usize, q: ActQuant) -> Vec<f32> {
-        let g = conv.geometry;
-        let (oh, ow) = (g.output_size(h), g.output_size(w));
-        let deq: Vec<f32> = input
-            .iter()
-            .map(|&x| (q.quantize(x) as f32 - q.zero_point as f32) * q.scale)
-            .collect();
-        let mut out = vec![0f32; oh * ow * g.out_channels];
-        for y in 0..oh {
-            for x in 0..ow {
-                for c in 0..g.out_channels {
-                    let mut acc = 0f64;
-                    for ky in 0..g.kernel {
-                        for kx in 0..g.kernel {
-                            let iy = (y * g.stride + ky) as isize - g.padding as isize;
-                            let ix = (x * g.stride + kx) as isize - g.padding as isize;
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                continue;
-                            }
-                            for i in 0..g.in_channels {
-                                let wv = conv.weights
-                                    [((c * g.kernel + ky) * g.kernel + kx) * g.in_channels + i];
-                                acc += wv as f64
-                                    * conv.scales[c] as f64
-                                    * deq[(iy as usize * w + ix as usize) * g.in_channels + i]
-                                        as f64;
-                            }
-                        }
-                    }
-                    out[(y * ow + x) * g.out_channels + c] = acc as f32 + conv.bias[c];
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn matches_dequantized_reference_with_padding_and_signed_input() {
-        let g = ConvGeometry {
-            in_channels: 5,
-            out_channels: 7,
-            kernel: 3,
-            stride: 2,
-            padding: 1,
-        };
-        let n = g.out_channels * g.patch_len();
-        let weights: Vec<i8> = (0..n)
-            .map(|i| ((i * 37 + 11) % 255) as i8)
-            .map(|v| v.max(-127))
-            .collect();
-        let scales: Vec<f32> = (0..7).map(|c| 0.01 + c as f32 * 0.002).collect();
-        let bias: Vec<f32> = (0..7).map(|c| c as f32 * 0.1 - 0.3).collect();
-        let conv = QConv2d::new(&weights, &scales, &bias, g);
-        let (h, w) = (9, 6);
-        let input: Vec<f32> = (0..h * w * 5)
-            .map(|i| ((i * 7919) % 200) as f32 / 50.0 - 2.0)
-            .collect();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        let mut out = Vec::new();
-        let dims = conv.forward(
-            &pool,
-            &input,
-            h,
-            w,
-            None,
-            None,
-            false,
-            &mut out,
-            &mut Scratch::default(),
-        );
-        assert_eq!(dims, (5, 3));
-        let expect = reference(&conv, &input, h, w, ActQuant::for_tensor(&input));
-        for (a, b) in out.iter().zip(&expect) {
-            assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{a} vs {b}");
-        }
-    }
-}
+mod tests;

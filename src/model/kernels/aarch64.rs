@@ -1,0 +1,123 @@
+//! aarch64 micro-kernels. Weight panels hold, for each group of 4 depth steps, 16 channels x 4
+//! bytes: four q registers of 4 channels each. Activations (`0..=127`) are read as s8.
+
+use super::{Acc, MicroKernel, MAX_NR, PANEL};
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+pub(super) const NEON_DOTPROD: MicroKernel = MicroKernel {
+    rows: 4,
+    max_panels: 1,
+    run: kernel_neon_dotprod,
+};
+
+pub(super) const NEON: MicroKernel = MicroKernel {
+    rows: 2,
+    max_panels: 1,
+    run: kernel_neon,
+};
+
+/// `acc += dot(w[4 lanes of 4 bytes], a.4b[LANE])`. Inline assembly because the `vdotq_laneq`
+/// intrinsics are not stable yet.
+macro_rules! sdot_lane {
+    ($acc:expr, $w:expr, $a:expr, $lane:literal) => {
+        asm!(
+            "sdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[{lane}]",
+            acc = inout(vreg) $acc,
+            w = in(vreg) $w,
+            a = in(vreg) $a,
+            lane = const $lane,
+            options(pure, nomem, nostack, preserves_flags)
+        )
+    };
+}
+
+/// 4 rows x 16 channels with `sdot` by element: one 16-byte load covers 4 depth steps of a row,
+/// and lane `j` of it meets the weights of step `j`.
+///
+/// # Safety
+/// See [`MicroKernel`]; needs NEON and the dot-product extension.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn kernel_neon_dotprod(
+    a: *const u8,
+    kp: usize,
+    w: *const i8,
+    _panels: usize,
+    acc: &mut Acc,
+) {
+    const ROWS: usize = NEON_DOTPROD.rows;
+    let mut sums = [[vdupq_n_s32(0); 4]; ROWS];
+    for block in 0..kp / 16 {
+        let mut av = [vdupq_n_s8(0); ROWS];
+        for (r, v) in av.iter_mut().enumerate() {
+            *v = vld1q_s8(a.add(r * kp + block * 16).cast());
+        }
+        macro_rules! step {
+            ($j:literal) => {{
+                let wp = w.add((block * 4 + $j) * 4 * PANEL);
+                let wv = [
+                    vld1q_s8(wp),
+                    vld1q_s8(wp.add(16)),
+                    vld1q_s8(wp.add(32)),
+                    vld1q_s8(wp.add(48)),
+                ];
+                for (row, &a) in sums.iter_mut().zip(&av) {
+                    for (s, &v) in row.iter_mut().zip(&wv) {
+                        sdot_lane!(*s, v, a, $j);
+                    }
+                }
+            }};
+        }
+        step!(0);
+        step!(1);
+        step!(2);
+        step!(3);
+    }
+    for (r, row) in sums.iter().enumerate() {
+        for (q, &s) in row.iter().enumerate() {
+            vst1q_s32(acc.as_mut_ptr().add(r * MAX_NR + q * 4), s);
+        }
+    }
+}
+
+/// 2 rows x 16 channels with `smull`/`smlal` over two depth steps (each i16 lane sums two
+/// products: at most 2 * 127 * 127, no overflow) and `sadalp` into i32. Each i32 accumulator
+/// holds two partial sums for each of two channels; a final pairwise add merges them.
+///
+/// # Safety
+/// See [`MicroKernel`]; needs NEON.
+#[target_feature(enable = "neon")]
+unsafe fn kernel_neon(a: *const u8, kp: usize, w: *const i8, _panels: usize, acc: &mut Acc) {
+    const ROWS: usize = NEON.rows;
+    let mut sums = [[vdupq_n_s32(0); 8]; ROWS];
+    for step in (0..kp / 4).step_by(2) {
+        let wp = w.add(step * 4 * PANEL);
+        let mut w0 = [vdupq_n_s8(0); 4];
+        let mut w1 = [vdupq_n_s8(0); 4];
+        for q in 0..4 {
+            w0[q] = vld1q_s8(wp.add(q * 16));
+            w1[q] = vld1q_s8(wp.add(4 * PANEL + q * 16));
+        }
+        for (r, row) in sums.iter_mut().enumerate() {
+            let ap = a.add(r * kp + step * 4).cast::<u32>();
+            let a0 = vreinterpretq_s8_u32(vdupq_n_u32(ap.read_unaligned()));
+            let a1 = vreinterpretq_s8_u32(vdupq_n_u32(ap.add(1).read_unaligned()));
+            for q in 0..4 {
+                let lo = vmlal_s8(
+                    vmull_s8(vget_low_s8(w0[q]), vget_low_s8(a0)),
+                    vget_low_s8(w1[q]),
+                    vget_low_s8(a1),
+                );
+                let hi = vmlal_high_s8(vmull_high_s8(w0[q], a0), w1[q], a1);
+                row[2 * q] = vpadalq_s16(row[2 * q], lo);
+                row[2 * q + 1] = vpadalq_s16(row[2 * q + 1], hi);
+            }
+        }
+    }
+    for (r, row) in sums.iter().enumerate() {
+        for q in 0..4 {
+            let channels = vpaddq_s32(row[2 * q], row[2 * q + 1]);
+            vst1q_s32(acc.as_mut_ptr().add(r * MAX_NR + q * 4), channels);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The ResNet's pooling layers on NHWC `f32` tensors.
+
+use rayon::prelude::*;
+
+/// 3x3 max pooling, stride 2, padding 1 (padding never wins). Resizes `out` to the output
+/// tensor and returns its height and width. Output rows are split over the current rayon pool
+/// (call it inside `pool.install` to choose the pool).
+pub fn max_pool_3x3_s2(
+    input: &[f32],
+    height: usize,
+    width: usize,
+    channels: usize,
+    out: &mut Vec<f32>,
+) -> (usize, usize) {
+    assert_eq!(input.len(), height * width * channels, "input size");
+    let (oh, ow) = (height.div_ceil(2), width.div_ceil(2));
+    out.resize(oh * ow * channels, 0.0);
+    if channels == 0 {
+        return (oh, ow);
+    }
+    out.par_chunks_mut(ow * channels)
+        .enumerate()
+        .for_each(|(y, row)| {
+            row.fill(f32::NEG_INFINITY);
+            for iy in (2 * y).saturating_sub(1)..(2 * y + 2).min(height) {
+                for (x, dst) in row.chunks_exact_mut(channels).enumerate() {
+                    for ix in (2 * x).saturating_sub(1)..(2 * x + 2).min(width) {
+                        let src = &input[(iy * width + ix) * channels..][..channels];
+                        for (d, &s) in dst.iter_mut().zip(src) {
+                            *d = d.max(s);
+                        }
+                    }
+                }
+            }
+        });
+    (oh, ow)
+}
+
+/// Mean over all pixels: `out[c]` for each channel (resized to `channels`).
+pub fn global_avg_pool(
+    input: &[f32],
+    height: usize,
+    width: usize,
+    channels: usize,
+    out: &mut Vec<f32>,
+) {
+    assert_eq!(input.len(), height * width * channels, "input size");
+    out.clear();
+    out.resize(channels, 0.0);
+    if channels == 0 {
+        return;
+    }
+    for pixel in input.chunks_exact(channels) {
+        for (o, &v) in out.iter_mut().zip(pixel) {
+            *o += v;
+        }
+    }
+    let inv = 1.0 / (height * width) as f32;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}

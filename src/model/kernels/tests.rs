@@ -1,0 +1,316 @@
+use super::*;
+
+/// Deterministic pseudo-random numbers (an LCG), so failures reproduce.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) as u32
+    }
+
+    fn weights(&mut self, n: usize) -> Vec<i8> {
+        (0..n)
+            .map(|_| (self.next() % 255) as i32 - 127)
+            .map(|v| v as i8)
+            .collect()
+    }
+
+    fn floats(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| lo + (hi - lo) * (self.next() % 10_000) as f32 / 10_000.0)
+            .collect()
+    }
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+/// A convolution together with the PyTorch-order weights it was built from.
+struct Case {
+    conv: QConv2d,
+    weights: Vec<i8>,
+    scales: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Case {
+    fn new(g: ConvGeometry, rng: &mut Lcg) -> Self {
+        let weights = rng.weights(g.out_channels * g.patch_len());
+        let scales = rng.floats(g.out_channels, 0.001, 0.02);
+        let bias = rng.floats(g.out_channels, -0.5, 0.5);
+        let conv = QConv2d::new(&weights, &scales, &bias, g);
+        Case {
+            conv,
+            weights,
+            scales,
+            bias,
+        }
+    }
+
+    fn weight(&self, c: usize, i: usize, ky: usize, kx: usize) -> i8 {
+        let g = self.conv.geometry;
+        self.weights[((c * g.in_channels + i) * g.kernel + ky) * g.kernel + kx]
+    }
+
+    /// The input tap `(c, ky, kx)` of output pixel `(y, x)`, if it is inside the image.
+    fn tap(&self, h: usize, w: usize, y: usize, x: usize, ky: usize, kx: usize) -> Option<usize> {
+        let g = self.conv.geometry;
+        let iy = (y * g.stride + ky) as isize - g.padding as isize;
+        let ix = (x * g.stride + kx) as isize - g.padding as isize;
+        (iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize)
+            .then(|| iy as usize * w + ix as usize)
+    }
+
+    /// Naive integer convolution with the shared epilogue: what every path must produce
+    /// bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    fn integer_reference(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        q: ActQuant,
+        residual: Option<&[f32]>,
+        relu: bool,
+    ) -> Vec<f32> {
+        let g = self.conv.geometry;
+        let (oh, ow) = (g.output_size(h), g.output_size(w));
+        let zp = q.zero_point as i32;
+        let n = g.out_channels;
+        let scales: Vec<f32> = self.scales.iter().map(|&s| q.scale * s).collect();
+        let mut out = vec![0f32; oh * ow * n];
+        for y in 0..oh {
+            for x in 0..ow {
+                let mut acc = vec![0i32; n];
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    for ky in 0..g.kernel {
+                        for kx in 0..g.kernel {
+                            for i in 0..g.in_channels {
+                                let a = match self.tap(h, w, y, x, ky, kx) {
+                                    Some(p) => q.quantize(input[p * g.in_channels + i]) as i32,
+                                    None => zp,
+                                };
+                                *acc += a * self.weight(c, i, ky, kx) as i32;
+                            }
+                        }
+                    }
+                }
+                let sums: Vec<i32> = (0..n)
+                    .map(|c| {
+                        (0..g.in_channels)
+                            .flat_map(|i| (0..g.kernel * g.kernel).map(move |t| (i, t)))
+                            .map(|(i, t)| self.weight(c, i, t / g.kernel, t % g.kernel) as i32)
+                            .sum()
+                    })
+                    .collect();
+                let at = (y * ow + x) * n;
+                epilogue(
+                    &acc,
+                    q.zero_point,
+                    &sums,
+                    &scales,
+                    &self.bias,
+                    residual.map(|r| &r[at..at + n]),
+                    relu,
+                    &mut out[at..at + n],
+                );
+            }
+        }
+        out
+    }
+
+    /// f32 reference convolution on dequantized values.
+    fn dequantized_reference(&self, input: &[f32], h: usize, w: usize, q: ActQuant) -> Vec<f32> {
+        let g = self.conv.geometry;
+        let (oh, ow) = (g.output_size(h), g.output_size(w));
+        let mut out = vec![0f32; oh * ow * g.out_channels];
+        for y in 0..oh {
+            for x in 0..ow {
+                for c in 0..g.out_channels {
+                    let mut acc = 0f64;
+                    for ky in 0..g.kernel {
+                        for kx in 0..g.kernel {
+                            let Some(p) = self.tap(h, w, y, x, ky, kx) else {
+                                continue;
+                            };
+                            for i in 0..g.in_channels {
+                                let x = input[p * g.in_channels + i];
+                                let deq =
+                                    (q.quantize(x) as f64 - q.zero_point as f64) * q.scale as f64;
+                                acc +=
+                                    self.weight(c, i, ky, kx) as f64 * self.scales[c] as f64 * deq;
+                            }
+                        }
+                    }
+                    out[(y * ow + x) * g.out_channels + c] = acc as f32 + self.bias[c];
+                }
+            }
+        }
+        out
+    }
+}
+
+fn geometry(cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> ConvGeometry {
+    ConvGeometry {
+        in_channels: cin,
+        out_channels: cout,
+        kernel,
+        stride,
+        padding,
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn matches_dequantized_reference_with_padding_and_signed_input() {
+    let case = Case::new(geometry(5, 7, 3, 2, 1), &mut Lcg(1));
+    let (h, w) = (9, 6);
+    let input: Vec<f32> = (0..h * w * 5)
+        .map(|i| ((i * 7919) % 200) as f32 / 50.0 - 2.0)
+        .collect();
+    let mut out = Vec::new();
+    let dims = case.conv.forward(
+        &pool(2),
+        &input,
+        h,
+        w,
+        None,
+        None,
+        false,
+        &mut out,
+        &mut Scratch::default(),
+    );
+    assert_eq!(dims, (5, 3));
+    let expect = case.dequantized_reference(&input, h, w, ActQuant::for_tensor(&input));
+    for (a, b) in out.iter().zip(&expect) {
+        assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn every_path_is_bit_identical_to_the_integer_reference() {
+    // (geometry, height, width, signed input, residual + relu)
+    let cases = [
+        (geometry(3, 64, 7, 2, 3), 23, 21, true, false), // conv1: K = 147
+        (geometry(5, 7, 3, 2, 1), 9, 6, true, false),
+        (geometry(64, 64, 3, 1, 1), 10, 9, false, true), // M = 90: partial tile
+        (geometry(32, 40, 3, 1, 1), 13, 11, false, true), // 40 channels: partial panel
+        (geometry(64, 128, 1, 2, 0), 7, 7, false, false), // downsample
+        (geometry(24, 1000, 1, 1, 0), 1, 1, false, false), // fc
+        (geometry(20, 5, 3, 1, 0), 5, 4, true, true),
+        (geometry(16, 48, 3, 2, 1), 3, 3, false, true), // padding on every side
+    ];
+    let pool = pool(2);
+    let mut rng = Lcg(7);
+    for (g, h, w, signed, fused) in cases {
+        let case = Case::new(g, &mut rng);
+        let lo = if signed { -2.0 } else { 0.0 };
+        let input = rng.floats(h * w * g.in_channels, lo, 3.0);
+        let (oh, ow) = (g.output_size(h), g.output_size(w));
+        let residual = fused.then(|| rng.floats(oh * ow * g.out_channels, -1.0, 1.0));
+        for quant in [None, Some(ActQuant::for_range(lo, 2.5))] {
+            let q = quant.unwrap_or_else(|| ActQuant::for_tensor(&input));
+            let expect = case.integer_reference(&input, h, w, q, residual.as_deref(), fused);
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; 3];
+                let dims = case.conv.forward_with_isa(
+                    isa,
+                    &pool,
+                    &input,
+                    h,
+                    w,
+                    quant,
+                    residual.as_deref(),
+                    fused,
+                    &mut out,
+                    &mut Scratch::default(),
+                );
+                assert_eq!(dims, (oh, ow));
+                assert!(
+                    bits(&out) == bits(&expect),
+                    "{} differs for {g:?} on {h}x{w}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn one_and_two_threads_and_reused_scratch_give_identical_outputs() {
+    let mut rng = Lcg(3);
+    let first = Case::new(geometry(64, 128, 3, 2, 1), &mut rng);
+    let second = Case::new(geometry(128, 40, 3, 1, 1), &mut rng);
+    let input = rng.floats(29 * 30 * 64, -1.0, 2.0);
+    let run = |threads: usize, scratch: &mut Scratch| {
+        let pool = pool(threads);
+        let (mut mid, mut out) = (Vec::new(), Vec::new());
+        let (h, w) = first
+            .conv
+            .forward(&pool, &input, 29, 30, None, None, true, &mut mid, scratch);
+        second
+            .conv
+            .forward(&pool, &mid, h, w, None, None, false, &mut out, scratch);
+        out
+    };
+    let mut scratch = Scratch::default();
+    let single = run(1, &mut scratch);
+    let double = run(2, &mut scratch);
+    let fresh = run(2, &mut Scratch::default());
+    assert_eq!(bits(&single), bits(&double));
+    assert_eq!(bits(&double), bits(&fresh));
+}
+
+#[test]
+fn isa_names_round_trip_and_scalar_is_always_available() {
+    for isa in Isa::ALL {
+        assert_eq!(Isa::from_name(isa.name()), Some(isa));
+    }
+    assert_eq!(Isa::from_name("sse9"), None);
+    let available = Isa::available();
+    assert_eq!(available.first(), Some(&Isa::Scalar));
+    assert!(available.contains(&Isa::detect()));
+}
+
+#[test]
+fn max_pool_takes_the_largest_tap_and_ignores_padding() {
+    let (h, w, c) = (5, 4, 3);
+    let input = Lcg(11).floats(h * w * c, -5.0, -1.0); // all negative: padding must not win
+    let mut out = Vec::new();
+    let (oh, ow) = pool(2).install(|| max_pool_3x3_s2(&input, h, w, c, &mut out));
+    assert_eq!((oh, ow), (3, 2));
+    for y in 0..oh {
+        for x in 0..ow {
+            for ch in 0..c {
+                let mut best = f32::NEG_INFINITY;
+                for iy in (2 * y) as isize - 1..=(2 * y) as isize + 1 {
+                    for ix in (2 * x) as isize - 1..=(2 * x) as isize + 1 {
+                        if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                            best = best.max(input[(iy as usize * w + ix as usize) * c + ch]);
+                        }
+                    }
+                }
+                assert_eq!(out[(y * ow + x) * c + ch], best);
+            }
+        }
+    }
+}
+
+#[test]
+fn global_avg_pool_averages_each_channel() {
+    let input = [1.0, 10.0, 3.0, 20.0, 5.0, 30.0, 7.0, 40.0];
+    let mut out = vec![9.0; 7];
+    global_avg_pool(&input, 2, 2, 2, &mut out);
+    assert_eq!(out, [4.0, 25.0]);
+}

@@ -1,0 +1,87 @@
+//! x86-64 micro-kernels. Weight panels hold, for each group of 4 depth steps, 16 channels x 4
+//! bytes: exactly one `zmm` (or two `ymm`), so one broadcast of 4 activation bytes meets 16
+//! channels' weights in one instruction.
+
+use super::{Acc, MicroKernel, MAX_NR, PANEL};
+use std::arch::x86_64::*;
+
+pub(super) const AVX512_VNNI: MicroKernel = MicroKernel {
+    rows: 8,
+    max_panels: 2,
+    run: kernel_avx512vnni,
+};
+
+pub(super) const AVX2: MicroKernel = MicroKernel {
+    rows: 4,
+    max_panels: 1,
+    run: kernel_avx2,
+};
+
+/// 8 rows x 32 channels with `vpdpbusd` (u8 x s8, four products summed into each i32 lane).
+///
+/// # Safety
+/// See [`MicroKernel`]; needs AVX-512 F, BW and VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn kernel_avx512vnni(a: *const u8, kp: usize, w: *const i8, panels: usize, acc: &mut Acc) {
+    if panels == 2 {
+        vnni::<2>(a, kp, w, acc)
+    } else {
+        vnni::<1>(a, kp, w, acc)
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn vnni<const NP: usize>(a: *const u8, kp: usize, w: *const i8, acc: &mut Acc) {
+    const ROWS: usize = AVX512_VNNI.rows;
+    let mut sums = [[_mm512_setzero_si512(); NP]; ROWS];
+    for step in 0..kp / 4 {
+        let mut wv = [_mm512_setzero_si512(); NP];
+        for (p, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_loadu_si512(w.add(p * kp * PANEL + step * 4 * PANEL).cast());
+        }
+        for (r, row) in sums.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32(a.add(r * kp + step * 4).cast::<i32>().read_unaligned());
+            for (s, &v) in row.iter_mut().zip(&wv) {
+                *s = _mm512_dpbusd_epi32(*s, av, v);
+            }
+        }
+    }
+    for (r, row) in sums.iter().enumerate() {
+        for (p, &s) in row.iter().enumerate() {
+            _mm512_storeu_si512(acc.as_mut_ptr().add(r * MAX_NR + p * PANEL).cast(), s);
+        }
+    }
+}
+
+/// 4 rows x 16 channels with `vpmaddubsw` (u8 x s8 pairs into i16: at most 2 * 127 * 127, so
+/// never saturating) and `vpmaddwd` by 1 (pairs into i32).
+///
+/// # Safety
+/// See [`MicroKernel`]; needs AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn kernel_avx2(a: *const u8, kp: usize, w: *const i8, _panels: usize, acc: &mut Acc) {
+    const ROWS: usize = AVX2.rows;
+    let ones = _mm256_set1_epi16(1);
+    let mut sums = [[_mm256_setzero_si256(); 2]; ROWS];
+    for step in 0..kp / 4 {
+        let w0 = _mm256_loadu_si256(w.add(step * 4 * PANEL).cast());
+        let w1 = _mm256_loadu_si256(w.add(step * 4 * PANEL + 32).cast());
+        for (r, row) in sums.iter_mut().enumerate() {
+            let av = _mm256_set1_epi32(a.add(r * kp + step * 4).cast::<i32>().read_unaligned());
+            row[0] = _mm256_add_epi32(
+                row[0],
+                _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones),
+            );
+            row[1] = _mm256_add_epi32(
+                row[1],
+                _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones),
+            );
+        }
+    }
+    for (r, row) in sums.iter().enumerate() {
+        for (half, &s) in row.iter().enumerate() {
+            _mm256_storeu_si256(acc.as_mut_ptr().add(r * MAX_NR + half * 8).cast(), s);
+        }
+    }
+}
