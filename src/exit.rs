@@ -33,7 +33,8 @@ fn known_code(cause: &(dyn std::error::Error + 'static)) -> Option<i32> {
     ) -> Option<i32> {
         cause.downcast_ref::<E>().map(ExitCode::exit_code)
     }
-    code::<crate::model::fetch::FetchError>(cause)
+    code::<crate::config::ConfigError>(cause)
+        .or_else(|| code::<crate::model::fetch::FetchError>(cause))
         .or_else(|| code::<crate::postprocess::PostprocessError>(cause))
         .or_else(|| code::<crate::capture::CaptureError>(cause))
         .or_else(|| code::<crate::publish::PublishError>(cause))

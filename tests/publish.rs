@@ -64,6 +64,7 @@ fn event(camera: &str, frame: u64, label: &str) -> Event {
         ],
         model: "resnet18-q8_0".into(),
         latency_ms: 12.5,
+        heartbeat: false,
     }
 }
 

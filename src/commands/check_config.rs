@@ -1,6 +1,21 @@
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+//! `edgeclass check-config FILE`: validate a configuration without running.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Configuration file to validate.
+    pub file: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(&args.file)?;
+    // Label and threshold files are part of the configuration: load them too.
+    crate::postprocess::Postprocessor::new(&config.postprocess)?;
+    println!(
+        "{}: OK ({} camera(s))",
+        args.file.display(),
+        config.cameras.len()
+    );
+    Ok(())
 }

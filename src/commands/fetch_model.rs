@@ -1,6 +1,89 @@
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+//! `edgeclass fetch-model`: download the torchvision ImageNet weights, verify, quantize, cache.
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::model::fetch::{self, WeightsSource};
+use crate::model::Precision;
+use crate::model::{quantize_file, StorageDtype};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Use this local safetensors file instead of downloading.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Base URL of the Hugging Face hub or a mirror of it.
+    #[arg(long, default_value_t = WeightsSource::default().base_url)]
+    pub base_url: String,
+    /// Precision of the cached model.
+    #[arg(long, default_value = "q8_0")]
+    pub precision: Precision,
+    /// Where to write the model (default: the data directory, `resnet18-<precision>.gguf`).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let output = args
+        .output
+        .unwrap_or_else(|| fetch::data_dir().join(format!("resnet18-{}.gguf", args.precision)));
+    fetch_into(
+        &output,
+        args.precision,
+        &args.base_url,
+        args.weights.as_deref(),
+    )?;
+    println!("{}", output.display());
+    Ok(())
+}
+
+/// Puts a model of `precision` at `output`: from `local` weights if given, else downloaded
+/// (and checksum-verified) next to `output`. GGUF outputs are quantized; a `.safetensors`
+/// output is the verified download itself.
+pub fn fetch_into(
+    output: &Path,
+    precision: Precision,
+    base_url: &str,
+    local: Option<&Path>,
+) -> anyhow::Result<()> {
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create model directory {}", dir.display()))?;
+    let source = WeightsSource {
+        base_url: base_url.to_string(),
+        ..WeightsSource::default()
+    };
+    let safetensors = match local {
+        Some(path) => path.to_path_buf(),
+        None => {
+            let dest = if is_safetensors_path(output) {
+                output.to_path_buf()
+            } else {
+                dir.join(&source.file)
+            };
+            log::info!("downloading {}", source.url());
+            fetch::download(&source, &dest, true)?
+        }
+    };
+    if !is_safetensors_path(output) {
+        // f32 is stored as f16: half the size, and the f32 path computes in f32 after loading.
+        let dtype = match precision {
+            Precision::F32 => StorageDtype::F16,
+            Precision::Q8_0 => StorageDtype::Q8_0,
+            Precision::Q4_0 => StorageDtype::Q4_0,
+        };
+        quantize_file(&safetensors, output, dtype)?;
+    } else if safetensors != output {
+        std::fs::copy(&safetensors, output)
+            .with_context(|| format!("cannot copy to {}", output.display()))?;
+    }
+    Ok(())
+}
+
+fn is_safetensors_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors")
 }

@@ -26,14 +26,27 @@ pub const IMAGENET_CLASSES: usize = 1000;
 pub const DEFAULT_INPUT_SIZE: usize = 224;
 
 /// How the network computes: float, or int8 kernels with 8-bit or 4-bit weights.
+/// Deserialized through [`FromStr`] so a config error lists the accepted names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum Precision {
-    #[serde(rename = "f32")]
     F32,
-    #[serde(rename = "q8_0")]
     Q8_0,
-    #[serde(rename = "q4_0")]
     Q4_0,
+}
+
+impl TryFrom<String> for Precision {
+    type Error = UnknownPrecision;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
+    }
+}
+
+impl From<Precision> for &'static str {
+    fn from(precision: Precision) -> Self {
+        precision.as_str()
+    }
 }
 
 impl Precision {

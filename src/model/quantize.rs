@@ -170,7 +170,7 @@ fn weight_tensor(layer: &Layer, dtype: StorageDtype) -> candle_core::Result<QTen
         StorageDtype::Q8_0 => WeightBits::Eight,
         StorageDtype::Q4_0 => WeightBits::Four,
     };
-    if cols % GGML_BLOCK != 0 {
+    if !cols.is_multiple_of(GGML_BLOCK) {
         return f32_tensor(layer.weights.to_f32(), &[rows, cols]);
     }
     let q = layer.weights.to_per_channel(rows, bits);

@@ -569,7 +569,7 @@ impl<'a> GgufReader<'a> {
                     .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
                     .collect(),
             ),
-            GgmlDType::Q8_0 | GgmlDType::Q4_0 if row_len % GGML_BLOCK == 0 => {
+            GgmlDType::Q8_0 | GgmlDType::Q4_0 if row_len.is_multiple_of(GGML_BLOCK) => {
                 let blocks = decode_blocks(data, dtype);
                 per_channel_from_blocks(&blocks, rows, dtype)
             }

@@ -91,7 +91,7 @@ fn check_raw_size(frame: &Frame, numerator: u64, denominator: u64) -> Result<(),
 }
 
 fn check_even(frame: &Frame, side: u32, problem: &'static str) -> Result<(), PreprocessError> {
-    if side % 2 == 0 {
+    if side.is_multiple_of(2) {
         Ok(())
     } else {
         Err(PreprocessError::Unsupported {

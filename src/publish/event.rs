@@ -29,6 +29,9 @@ pub struct Event {
     pub model: String,
     /// Preprocess + inference + postprocess time in milliseconds.
     pub latency_ms: f32,
+    /// True when this repeats the last classification as a sign of life (the scene did not
+    /// change, or the publish policy's heartbeat interval passed).
+    pub heartbeat: bool,
 }
 
 /// One entry of [`Event::top3`].
@@ -74,6 +77,7 @@ mod tests {
             }],
             model: "resnet18-q8".into(),
             latency_ms: 12.5,
+            heartbeat: false,
         };
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["ts"], "2023-11-14T22:13:20.123Z");

@@ -1,1 +1,0 @@
-//! Orchestration: camera threads, latest-frame slots, inference, publishing, signals, systemd.

@@ -1,0 +1,205 @@
+//! One camera's path from frame to event: decode, motion gate, model, postprocess, policy,
+//! publish. Runs on its own thread; the model is shared with the other cameras.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+
+use crate::capture::{CameraConfig, Frame, FrameSlot, MotionGate, PixelFormat};
+use crate::model::Model;
+use crate::postprocess::{Classification, Decision, PolicyConfig, Postprocessor, PublishPolicy};
+use crate::preprocess::{PreprocessConfig, Preprocessor};
+use crate::publish::{Event, EventPrediction, Publisher};
+
+use super::service::Progress;
+
+/// How long a pipeline waits for a frame before checking for shutdown and heartbeats.
+const FRAME_WAIT: Duration = Duration::from_millis(250);
+
+/// Settings that SIGHUP replaces while the pipelines run.
+pub struct Reloadable {
+    pub postprocessor: Arc<Postprocessor>,
+    pub policy: PolicyConfig,
+    /// Bumped on every reload so pipelines pick up the new policy once.
+    pub generation: u64,
+}
+
+/// What the pipelines share with the daemon.
+pub struct Shared {
+    pub model: Arc<Model>,
+    pub publisher: Publisher,
+    pub settings: Arc<RwLock<Arc<Reloadable>>>,
+    pub progress: Arc<Progress>,
+    pub stop: Arc<AtomicBool>,
+    pub snapshots: bool,
+    pub print_events: bool,
+}
+
+/// The per-camera state of the frame-to-event path; buffers are reused frame to frame.
+pub struct Pipeline {
+    camera: CameraConfig,
+    slot: Arc<FrameSlot>,
+    shared: Arc<Shared>,
+    preprocessor: Preprocessor,
+    motion: MotionGate,
+    policy: PublishPolicy,
+    generation: u64,
+    logits: Vec<f32>,
+    jpeg: Vec<u8>,
+    last_event: Option<Event>,
+}
+
+impl Pipeline {
+    pub fn new(
+        camera: CameraConfig,
+        slot: Arc<FrameSlot>,
+        preprocess: PreprocessConfig,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<Self> {
+        let settings = current(&shared.settings);
+        Ok(Self {
+            motion: MotionGate::new(&camera.motion),
+            policy: PublishPolicy::new(&settings.policy)?,
+            generation: settings.generation,
+            preprocessor: Preprocessor::new(preprocess),
+            logits: Vec::with_capacity(1000),
+            jpeg: Vec::new(),
+            camera,
+            slot,
+            shared,
+            last_event: None,
+        })
+    }
+
+    /// Runs until the daemon stops; a frame that fails is logged and skipped.
+    pub fn run(mut self) {
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            self.shared.progress.tick();
+            match self.slot.take(FRAME_WAIT) {
+                Some(frame) => {
+                    if let Err(err) = self.process(&frame) {
+                        log::warn!("camera {}: {err:#}", self.camera.id);
+                    }
+                }
+                None => self.heartbeat_if_due(),
+            }
+        }
+    }
+
+    fn process(&mut self, frame: &Frame) -> anyhow::Result<()> {
+        let settings = current(&self.shared.settings);
+        if settings.generation != self.generation {
+            if let Err(err) = self.policy.reconfigure(&settings.policy) {
+                log::error!(
+                    "camera {}: keeping the previous publish policy: {err}",
+                    self.camera.id
+                );
+            }
+            self.generation = settings.generation;
+        }
+        let started = Instant::now();
+        let rgb = self.preprocessor.decode(frame)?;
+        if !self.motion.changed(rgb) {
+            self.heartbeat_if_due();
+            return Ok(());
+        }
+        let input = self.preprocessor.normalize();
+        self.shared.model.forward(input, &mut self.logits)?;
+        let classification = settings.postprocessor.classify(&self.logits);
+        let latency_ms = started.elapsed().as_secs_f32() * 1e3;
+        match self.policy.decide(&classification, Instant::now()) {
+            Decision::Skip => {}
+            Decision::Heartbeat => self.heartbeat(),
+            Decision::Publish => {
+                let event = self.event(frame, classification, latency_ms);
+                if self.shared.snapshots {
+                    self.publish_snapshot(frame)?;
+                }
+                self.emit(event);
+            }
+        }
+        Ok(())
+    }
+
+    fn event(&self, frame: &Frame, classification: Classification, latency_ms: f32) -> Event {
+        let top3 = classification
+            .top
+            .into_iter()
+            .map(|p| EventPrediction {
+                label: p.label,
+                raw_label: p.raw_label,
+                index: p.index,
+                wnid: p.wnid,
+                score: p.score,
+            })
+            .collect();
+        Event {
+            camera: self.camera.id.clone(),
+            seq: 0, // assigned by the publisher
+            ts: frame.captured_at,
+            frame: frame.seq,
+            label: classification.label,
+            score: classification.score,
+            unknown: classification.unknown,
+            top3,
+            model: self.shared.model.description(),
+            latency_ms,
+            heartbeat: false,
+        }
+    }
+
+    /// The classified frame as JPEG: camera JPEGs and JPEG files as they came, anything else
+    /// encoded from the decoded RGB.
+    fn publish_snapshot(&mut self, frame: &Frame) -> anyhow::Result<()> {
+        let is_jpeg = matches!(frame.format, PixelFormat::Mjpeg | PixelFormat::Encoded)
+            && frame.data.starts_with(&[0xFF, 0xD8]);
+        if is_jpeg {
+            self.shared.publisher.snapshot(&self.camera.id, &frame.data);
+            return Ok(());
+        }
+        let rgb = self.preprocessor.decode(frame)?;
+        self.jpeg.clear();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut self.jpeg, 80)
+            .encode_image(rgb)
+            .context("cannot encode the snapshot as JPEG")?;
+        self.shared.publisher.snapshot(&self.camera.id, &self.jpeg);
+        Ok(())
+    }
+
+    fn heartbeat_if_due(&mut self) {
+        if self.policy.heartbeat_due(Instant::now()) {
+            self.heartbeat();
+        }
+    }
+
+    /// Re-sends the last event, marked as a heartbeat.
+    fn heartbeat(&mut self) {
+        if let Some(mut event) = self.last_event.clone() {
+            event.ts = SystemTime::now();
+            event.heartbeat = true;
+            self.emit(event);
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        if !event.heartbeat {
+            self.last_event = Some(event.clone());
+        }
+        if !self.shared.print_events {
+            self.shared.publisher.event(event);
+            return;
+        }
+        let mut printed = event.clone();
+        printed.seq = self.shared.publisher.event(event);
+        if let Ok(line) = serde_json::to_string(&printed) {
+            println!("{line}");
+        }
+    }
+}
+
+fn current(settings: &RwLock<Arc<Reloadable>>) -> Arc<Reloadable> {
+    // A poisoned lock means a reload panicked while swapping an Arc: the value is intact.
+    settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+}

@@ -1,0 +1,492 @@
+//! The daemon end to end: the real binary on `file:` sources with synthetic weights, a real
+//! mosquitto on 127.0.0.1, a real MQTT subscriber.
+
+mod common {
+    pub mod mosquitto;
+}
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::mosquitto::{free_port, Mosquitto, Received, Subscriber};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/images")
+        .join(name)
+}
+
+/// A daemon process with its own config file in a temp dir.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(config: &str) -> Daemon {
+        Self::start_with_env(config, &[])
+    }
+
+    fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("edgeclass.toml");
+        fs::write(&file, config).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_edgeclass"))
+            .args(["run", "--config"])
+            .arg(&file)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.path().join("stdout")).expect("stdout file"))
+            .stderr(fs::File::create(dir.path().join("stderr")).expect("stderr file"))
+            .spawn()
+            .expect("spawn edgeclass");
+        Daemon { child, dir }
+    }
+
+    fn config_file(&self) -> PathBuf {
+        self.dir.path().join("edgeclass.toml")
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {timeout:?}\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config for one `file:` camera with synthetic weights; `extra` is appended (TOML tables;
+/// `[cameras.motion]` there belongs to that camera).
+fn config(url: &str, source: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[model]
+synthetic_seed = 7
+precision = "q8_0"
+threads = 1
+
+[mqtt]
+url = "{url}"
+reconnect_min_ms = 50
+reconnect_max_ms = 400
+
+[mqtt.discovery]
+node_id = "testnode"
+
+[[cameras]]
+id = "door"
+source = "file:{source}"
+interval_ms = 100
+
+{extra}
+"#,
+        source = source.display()
+    )
+}
+
+fn events(messages: &[Received]) -> Vec<serde_json::Value> {
+    messages
+        .iter()
+        .filter(|m| m.topic.ends_with("/event"))
+        .map(Received::json)
+        .collect()
+}
+
+#[test]
+fn publishes_events_state_and_discovery_then_goes_offline_on_sigterm() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/#", "homeassistant/#"]);
+    let extra = "[postprocess]\nthreshold = 0.0\n[publish_policy]\nmode = \"every\"\n";
+    let mut daemon = Daemon::start(&config(
+        &broker.url(),
+        &sample("chelsea.jpg"),
+        &format!("{extra}[cameras.motion]\nenabled = false\n"),
+    ));
+
+    let event = sub
+        .wait_for_topic("edgeclass/door/event", WAIT)
+        .unwrap_or_else(|| panic!("no event\n{}", daemon.stderr()))
+        .json();
+    assert_eq!(event["camera"], "door");
+    assert!(event["seq"].as_u64().is_some_and(|s| s >= 1));
+    let ts = event["ts"].as_str().expect("ts is a string");
+    assert!(
+        humantime::parse_rfc3339(ts).is_ok(),
+        "ts {ts} is not RFC 3339"
+    );
+    assert!(event["frame"].is_u64());
+    assert_eq!(event["unknown"], false, "threshold 0 never gives unknown");
+    assert_eq!(event["model"], "resnet18-q8_0");
+    assert!(event["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0));
+    let top3 = event["top3"].as_array().expect("top3 is an array");
+    assert_eq!(top3.len(), 3);
+    for p in top3 {
+        for key in ["label", "raw_label", "wnid"] {
+            assert!(p[key].is_string(), "{key} in {p}");
+        }
+        assert!(p["index"].as_u64().is_some_and(|i| i < 1000));
+    }
+    let scores: Vec<f64> = top3
+        .iter()
+        .map(|p| p["score"].as_f64().unwrap_or(-1.0))
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]) && scores[0] > 0.0,
+        "{scores:?}"
+    );
+    assert_eq!(event["label"], top3[0]["label"]);
+    assert_eq!(event["score"], top3[0]["score"]);
+
+    // Retained state, availability and Home Assistant discovery, as a late subscriber sees them.
+    let late = Subscriber::connect(broker.port(), &["edgeclass/#", "homeassistant/#"]);
+    let retained = late.drain_for(Duration::from_millis(500));
+    let text = |topic: &str| {
+        retained
+            .iter()
+            .find(|m| m.topic == topic)
+            .map(Received::text)
+    };
+    assert_eq!(text("edgeclass/status").as_deref(), Some("online"));
+    assert_eq!(
+        text("edgeclass/door/availability").as_deref(),
+        Some("online")
+    );
+    assert_eq!(
+        text("edgeclass/door/label"),
+        event["label"].as_str().map(String::from)
+    );
+    let sensor = retained
+        .iter()
+        .find(|m| m.topic.starts_with("homeassistant/sensor/") && m.topic.ends_with("/config"))
+        .expect("a discovery config for the label sensor")
+        .json();
+    assert_eq!(sensor["state_topic"], "edgeclass/door/label");
+    assert!(sensor["unique_id"].is_string() && sensor["default_entity_id"].is_string());
+
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "exit {status:?}\n{}", daemon.stderr());
+    let offline = sub.wait_until(WAIT, |m| {
+        m.topic == "edgeclass/status" && m.text() == "offline"
+    });
+    assert!(offline.is_some(), "no offline status after SIGTERM");
+}
+
+#[test]
+fn sigkill_leaves_the_last_will_offline() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/status"]);
+    let mut daemon = Daemon::start(&config(&broker.url(), &sample("chelsea.jpg"), ""));
+    assert!(
+        sub.wait_until(WAIT, |m| m.text() == "online").is_some(),
+        "never online\n{}",
+        daemon.stderr()
+    );
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(5));
+    assert!(
+        sub.wait_until(WAIT, |m| m.text() == "offline").is_some(),
+        "no last will"
+    );
+}
+
+#[test]
+fn per_label_threshold_turns_the_label_unknown_after_sighup_reload() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
+    let base = "[publish_policy]\nmode = \"every\"\n[cameras.motion]\nenabled = false\n";
+    let mut daemon = Daemon::start(&config(
+        &broker.url(),
+        &sample("coffee.jpg"),
+        &format!("[postprocess]\nthreshold = 0.0\n{base}"),
+    ));
+    let first = sub
+        .wait_for_topic("edgeclass/door/event", WAIT)
+        .expect("first event")
+        .json();
+    let label = first["label"].as_str().expect("label").to_string();
+    assert_eq!(first["unknown"], false);
+
+    // Same global threshold, but this label now needs certainty: it becomes "unknown" while the
+    // raw Top-3 still names it.
+    let reloaded = config(
+        &broker.url(),
+        &sample("coffee.jpg"),
+        &format!("[postprocess]\nthreshold = 0.0\nunknown_label = \"nothing sure\"\n[postprocess.thresholds]\n\"{label}\" = 1.0\n{base}"),
+    );
+    fs::write(daemon.config_file(), reloaded).expect("rewrite config");
+    daemon.signal(libc::SIGHUP);
+    let unknown = sub
+        .wait_until(WAIT, |m| m.json()["unknown"] == true)
+        .unwrap_or_else(|| panic!("reload did not apply\n{}", daemon.stderr()))
+        .json();
+    assert_eq!(unknown["label"], "nothing sure");
+    assert_eq!(unknown["top3"][0]["label"], label.as_str());
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn groups_sum_member_probabilities_into_one_label() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let groups = dir.path().join("groups.toml");
+    fs::write(&groups, "[groups.anything]\nmembers = [\"0-999\"]\n").expect("groups file");
+    let extra = format!(
+        "[postprocess]\nthreshold = 0.99\ngroups = \"{}\"\n[publish_policy]\nmode = \"every\"\n",
+        groups.display()
+    );
+    let _daemon = Daemon::start(&config(&broker.url(), &sample("chelsea.jpg"), &extra));
+    let event = sub
+        .wait_for_topic("edgeclass/door/event", WAIT)
+        .expect("event")
+        .json();
+    // Every class is a member: the group holds all the probability and clears any threshold.
+    assert_eq!(event["label"], "anything");
+    assert_eq!(event["unknown"], false);
+    assert!(
+        event["score"].as_f64().is_some_and(|s| s > 0.999),
+        "{event}"
+    );
+}
+
+#[test]
+fn on_change_publishes_a_steady_scene_once() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
+    let extra = "[publish_policy]\nmode = \"on_change\"\nhold = 3\nheartbeat_s = 0\n[cameras.motion]\nenabled = false\n";
+    let daemon = Daemon::start(&config(&broker.url(), &sample("chelsea.jpg"), extra));
+    let first = sub.wait_for_topic("edgeclass/door/event", WAIT);
+    assert!(first.is_some(), "no event\n{}", daemon.stderr());
+    // Frames keep coming every 100 ms and keep being classified, but nothing changes.
+    let more = sub.drain_for(Duration::from_secs(2));
+    assert!(
+        more.is_empty(),
+        "on_change re-published a steady scene: {} events",
+        more.len()
+    );
+}
+
+#[test]
+fn motion_gate_skips_repeated_frames_and_sends_heartbeats() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
+    let extra = "[publish_policy]\nmode = \"every\"\nheartbeat_s = 1\n[cameras.motion]\nenabled = true\nmax_skip_s = 0\n";
+    let daemon = Daemon::start(&config(&broker.url(), &sample("chelsea.jpg"), extra));
+    let first = sub.wait_for_topic("edgeclass/door/event", WAIT);
+    assert!(first.is_some(), "no event\n{}", daemon.stderr());
+    let later = events(&sub.drain_for(Duration::from_millis(3500)));
+    // With policy `every`, each classification would publish; the gate lets only the first
+    // frame through, and the heartbeat repeats it as a sign of life.
+    let classified: Vec<_> = later.iter().filter(|e| e["heartbeat"] == false).collect();
+    let heartbeats = later.iter().filter(|e| e["heartbeat"] == true).count();
+    assert!(
+        classified.is_empty(),
+        "repeated frames were classified: {classified:?}"
+    );
+    assert!(
+        (2..=4).contains(&heartbeats),
+        "{heartbeats} heartbeats in 3.5 s at heartbeat_s = 1"
+    );
+}
+
+#[test]
+fn broker_restart_mid_stream_loses_no_event() {
+    let mut broker = Mosquitto::start_with(|dir| {
+        format!(
+            "persistence true\npersistence_location {}/\n",
+            dir.display()
+        )
+    });
+    let port = broker.port();
+    let sub = Subscriber::persistent(port, "daemon-restart-sub", &["edgeclass/door/event"]);
+    let extra = "[publish_policy]\nmode = \"every\"\n[cameras.motion]\nenabled = false\n";
+    let mut daemon = Daemon::start(&config(&broker.url(), &sample("chelsea.jpg"), extra));
+    let first = sub
+        .wait_for_topic("edgeclass/door/event", WAIT)
+        .unwrap_or_else(|| panic!("no event\n{}", daemon.stderr()));
+    let mut seen: BTreeSet<u64> = BTreeSet::new();
+    let mut record = |messages: Vec<Received>| {
+        for e in events(&messages) {
+            seen.insert(e["seq"].as_u64().expect("seq"));
+        }
+    };
+    record(vec![first]);
+    record(sub.drain_for(Duration::from_millis(500)));
+    drop(sub);
+
+    broker.stop();
+    thread::sleep(Duration::from_millis(1500)); // the daemon keeps classifying into its queue
+    broker.restart();
+    let sub = Subscriber::persistent(port, "daemon-restart-sub", &["edgeclass/door/event"]);
+    record(sub.drain_for(Duration::from_secs(2)));
+    daemon.signal(libc::SIGTERM);
+    assert!(
+        daemon.wait_exit(Duration::from_secs(5)).success(),
+        "{}",
+        daemon.stderr()
+    );
+    record(sub.drain_for(Duration::from_millis(500)));
+
+    let last = *seen.last().expect("events");
+    let missing: Vec<u64> = (1..=last).filter(|s| !seen.contains(s)).collect();
+    assert!(
+        last >= 20,
+        "only {last} events: the stream did not continue across the restart"
+    );
+    assert!(missing.is_empty(), "lost events {missing:?} of 1..={last}");
+}
+
+#[test]
+fn embedded_broker_serves_a_real_client_when_no_url_is_configured() {
+    let port = free_port();
+    let cfg = config(
+        "unused",
+        &sample("chelsea.jpg"),
+        "[publish_policy]\nmode = \"every\"\n",
+    )
+    .replace(
+        "url = \"unused\"\n",
+        &format!("embedded_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    let daemon = Daemon::start(&cfg);
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "embedded broker not listening\n{}",
+            daemon.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let sub = Subscriber::connect(port, &["edgeclass/#"]);
+    let event = sub
+        .wait_for_topic("edgeclass/door/event", WAIT)
+        .expect("event via embedded broker");
+    assert_eq!(event.json()["camera"], "door");
+}
+
+#[test]
+fn config_errors_name_the_key_and_file_and_exit_78() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let check = |text: &str, env: &[(&str, &str)]| {
+        let file = dir.path().join("bad.toml");
+        fs::write(&file, text).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_edgeclass"))
+            .arg("check-config")
+            .arg(&file)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run check-config");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            file,
+        )
+    };
+    let camera = "[[cameras]]\nid = \"door\"\nsource = \"file:/tmp\"\n";
+
+    let (code, err, file) = check(
+        &format!("[mqtt]\nqos = 1\ntopic_prefx = \"x\"\n{camera}"),
+        &[],
+    );
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("topic_prefx") && err.contains(&file.display().to_string()),
+        "{err}"
+    );
+
+    let (code, err, _) = check("[model]\nthreads = 2\n", &[]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("cameras"), "{err}");
+
+    let (code, err, _) = check(&format!("[model]\nprecision = \"q9\"\n{camera}"), &[]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("model.precision"), "{err}");
+
+    let (code, err, _) = check(camera, &[("EDGECLASS__MQTT__QOS", "5")]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("qos") && err.contains("EDGECLASS__MQTT__QOS"),
+        "{err}"
+    );
+
+    let (code, err, _) = check(&camera.replace("file:/tmp", "ftp://x"), &[]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("source"), "{err}");
+
+    let (code, out, _) = check(camera, &[]);
+    assert_eq!(code, Some(0), "{out}");
+
+    // The daemon refuses the same bad file with the same code, before touching the network.
+    let file = dir.path().join("bad.toml");
+    fs::write(&file, "[mqtt]\nqos = 7\n").expect("write");
+    let status = Command::new(env!("CARGO_BIN_EXE_edgeclass"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .status()
+        .expect("run");
+    assert_eq!(status.code(), Some(78));
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (file, env) in [
+        // The default config points at the packaged label files under /etc.
+        (
+            "configs/edgeclass.toml",
+            vec![(
+                "EDGECLASS__POSTPROCESS__GROUPS",
+                "configs/labels/groups-home.toml",
+            )],
+        ),
+        ("configs/demo.toml", vec![]),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_edgeclass"))
+            .arg("check-config")
+            .arg(root.join(file))
+            .current_dir(root)
+            .envs(env)
+            .output()
+            .expect("run check-config");
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
