@@ -583,6 +583,28 @@ fn non_default_sizes_shape_the_output() {
     );
 }
 
+#[test]
+fn extreme_aspect_ratio_resamples_only_the_crop() {
+    // 2x30000 upscales to 256x3840000: only the 224 kept rows get filter weights.
+    let (width, height) = (2, 30_000);
+    let data = [200u8, 100, 50].repeat(width * height);
+    let tall = frame(
+        PixelFormat::Rgb24,
+        width as u32,
+        height as u32,
+        data,
+        "tall",
+    );
+    let config = PreprocessConfig::default();
+    let mut preprocessor = Preprocessor::new(config.clone());
+    let tensor = preprocessor.run(&tall).unwrap();
+    for (channel, plane) in tensor.chunks_exact(224 * 224).enumerate() {
+        let value = f32::from([200u8, 100, 50][channel]);
+        let expected = (value / 255.0 - config.mean[channel]) / config.std[channel];
+        assert!(plane.iter().all(|&v| v == expected), "channel {channel}");
+    }
+}
+
 /// Not a benchmark with thresholds: prints how decode compares to the transform on a 640x480
 /// camera-sized JPEG, and checks repeated runs agree.
 #[test]
