@@ -423,6 +423,10 @@ fn bad_frames_give_errors_naming_origin() {
     let jpeg = std::fs::read(fixture("preprocess_coffee.jpg")).unwrap();
     let mut corrupt_jpeg = jpeg[..2].to_vec();
     corrupt_jpeg.extend((0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    // A header claiming 65000x65000 pixels (12 GB of RGB) must be refused, not allocated.
+    let mut huge = jpeg.clone();
+    let frame_header = huge.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+    huge[frame_header + 5..frame_header + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]);
     let mut broken_header = jpeg.clone();
     broken_header[2..600].fill(0x5A);
 
@@ -457,6 +461,14 @@ fn bad_frames_give_errors_naming_origin() {
         ),
         (
             frame(PixelFormat::Mjpeg, 640, 480, corrupt_jpeg, "cam6"),
+            "cannot decode MJPEG frame",
+        ),
+        (
+            frame(PixelFormat::Encoded, 0, 0, huge.clone(), "huge.jpg"),
+            "cannot decode encoded image",
+        ),
+        (
+            frame(PixelFormat::Mjpeg, 640, 480, huge, "cam7"),
             "cannot decode MJPEG frame",
         ),
         (
