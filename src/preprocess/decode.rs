@@ -90,6 +90,7 @@ fn check_raw_size(frame: &Frame, numerator: u64, denominator: u64) -> Result<(),
     }
 }
 
+/// Chroma-subsampled layouts pair pixels, so the paired side must be even.
 fn check_even(frame: &Frame, side: u32, problem: &'static str) -> Result<(), PreprocessError> {
     if side % 2 == 0 {
         Ok(())
