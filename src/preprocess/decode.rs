@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 use super::{mjpeg, PreprocessError};
 use crate::capture::{Frame, PixelFormat};
@@ -90,6 +90,7 @@ fn check_raw_size(frame: &Frame, numerator: u64, denominator: u64) -> Result<(),
     }
 }
 
+/// Chroma-subsampled layouts pair pixels, so the paired side must be even.
 fn check_even(frame: &Frame, side: u32, problem: &'static str) -> Result<(), PreprocessError> {
     if side.is_multiple_of(2) {
         Ok(())
@@ -104,7 +105,7 @@ fn check_even(frame: &Frame, side: u32, problem: &'static str) -> Result<(), Pre
     }
 }
 
-/// Decodes a compressed image with the `image` crate (default memory limits apply) into RGB.
+/// Decodes a compressed image with the `image` crate into RGB.
 ///
 /// RGB, grey and alpha images decode without allocating beyond the decoder's own work; other
 /// layouts (16-bit, float) go through a temporary `DynamicImage`. Like PIL's `convert("RGB")`,
@@ -117,8 +118,14 @@ fn decode_compressed(
     let decoder = reader.into_decoder()?;
     let (width, height) = decoder.dimensions();
     let color = decoder.color_type();
-    // The decoder's memory limit caps the size, so it fits in usize on 32-bit targets too.
-    let total_bytes = usize::try_from(decoder.total_bytes()).unwrap_or(usize::MAX);
+    // Dimensions come from the (possibly corrupt) header: refuse what would not fit the `image`
+    // crate's default memory limit before allocating, counting decoder output and RGB copy.
+    let total_bytes = decoder.total_bytes();
+    let mut limits = Limits::default();
+    limits.reserve(total_bytes)?;
+    limits.reserve(u64::from(width) * u64::from(height) * 3)?;
+    // Below the 512 MiB limit, so this fits in usize on 32-bit targets too.
+    let total_bytes = total_bytes as usize;
     match color {
         ColorType::Rgb8 => {
             pixels.resize(total_bytes, 0);

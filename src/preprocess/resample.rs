@@ -6,6 +6,8 @@
 //! each pass. Every output pixel depends only on its own row/column weights, so resampling just
 //! the cropped window gives exactly the pixels Pillow computes for the whole image.
 
+use std::ops::Range;
+
 use image::RgbImage;
 
 /// Pillow's fixed-point precision for 8-bit images (`PRECISION_BITS` in `Resample.c`).
@@ -67,8 +69,10 @@ impl CropResampler {
         if columns.inside.is_empty() || rows.inside.is_empty() {
             return;
         }
-        self.horizontal.update(width, resized_width);
-        self.vertical.update(height, resized_height);
+        self.horizontal
+            .update(width, resized_width, columns.resized_range());
+        self.vertical
+            .update(height, resized_height, rows.resized_range());
 
         // Horizontal pass over the source rows the cropped output rows read.
         let first_resized_row = rows.resized_index(rows.inside.start);
@@ -88,7 +92,7 @@ impl CropResampler {
                 let mut sums = [ROUNDING; 3];
                 for (pixel, &weight) in source[start * 3..].chunks_exact(3).zip(weights) {
                     for (sum, &value) in sums.iter_mut().zip(pixel) {
-                        *sum += i32::from(value) * weight;
+                        *sum = multiply_add(*sum, value, weight);
                     }
                 }
                 for (value, sum) in out.iter_mut().zip(sums) {
@@ -105,7 +109,7 @@ impl CropResampler {
             let taps = self.rows[(start - first_source_row) * row_len..].chunks_exact(row_len);
             for (row, &weight) in taps.zip(weights) {
                 for (sum, &value) in self.accumulators.iter_mut().zip(row) {
-                    *sum += i32::from(value) * weight;
+                    *sum = multiply_add(*sum, value, weight);
                 }
             }
             let out_start = out_row * crop + columns.inside.start;
@@ -145,7 +149,7 @@ struct CropAxis {
     /// Resized index of crop index 0; negative when torchvision pads before cropping.
     offset: i64,
     /// Crop indices that fall inside the resized image; the rest is padding.
-    inside: std::ops::Range<usize>,
+    inside: Range<usize>,
     crop: usize,
 }
 
@@ -181,26 +185,33 @@ impl CropAxis {
     fn resized_index(&self, crop_index: usize) -> usize {
         (crop_index as i64 + self.offset) as usize
     }
+
+    /// Resized-image indices the crop keeps.
+    fn resized_range(&self) -> Range<usize> {
+        self.resized_index(self.inside.start)..self.resized_index(self.inside.end)
+    }
 }
 
-/// Pillow's bilinear weights for one axis (`precompute_coeffs` + `normalize_coeffs_8bpc`).
+/// Pillow's bilinear weights for one axis (`precompute_coeffs` + `normalize_coeffs_8bpc`),
+/// for the output samples the crop keeps (a bounded number, whatever the image's aspect ratio).
 #[derive(Default)]
 struct AxisFilter {
-    /// `(input size, output size)` the weights were computed for.
-    sizes: Option<(u32, u32)>,
+    /// `(input size, output size, kept outputs)` the weights were computed for.
+    computed_for: Option<(u32, u32, Range<usize>)>,
     /// Maximum taps per output sample (`ksize`), the stride of `weights`.
     taps_per_output: usize,
-    /// Per output sample: first input index and number of taps.
+    /// Per kept output sample: first input index and number of taps.
     spans: Vec<(usize, usize)>,
     weights: Vec<i32>,
 }
 
 impl AxisFilter {
-    fn update(&mut self, input: u32, output: u32) {
-        if self.sizes == Some((input, output)) {
+    fn update(&mut self, input: u32, output: u32, kept: Range<usize>) {
+        let key = Some((input, output, kept.clone()));
+        if self.computed_for == key {
             return;
         }
-        self.sizes = Some((input, output));
+        self.computed_for = key;
         // Mirrors Resample.c operation for operation, in f64, so the rounded weights match.
         let scale = f64::from(input) / f64::from(output);
         let filter_scale = scale.max(1.0);
@@ -210,9 +221,10 @@ impl AxisFilter {
         self.taps_per_output = taps_per_output;
         self.spans.clear();
         self.weights.clear();
-        self.weights.resize(output as usize * taps_per_output, 0);
+        self.weights.resize(kept.len() * taps_per_output, 0);
         let mut float_weights = vec![0.0; taps_per_output];
-        for (out, weights) in self.weights.chunks_exact_mut(taps_per_output).enumerate() {
+        let outputs = kept.zip(self.weights.chunks_exact_mut(taps_per_output));
+        for (out, weights) in outputs {
             let center = (out as f64 + 0.5) * scale;
             // `as` truncates toward zero like C's (int) cast.
             let first = ((center - support + 0.5) as i64).max(0);
@@ -237,10 +249,18 @@ impl AxisFilter {
         }
     }
 
-    /// First input index and fixed-point weights of one output sample.
+    /// First input index and fixed-point weights of one kept output sample.
     fn taps(&self, out: usize) -> (usize, &[i32]) {
-        let (first, count) = self.spans[out];
-        (first, &self.weights[out * self.taps_per_output..][..count])
+        let kept_start = self
+            .computed_for
+            .as_ref()
+            .map_or(0, |(_, _, kept)| kept.start);
+        let index = out - kept_start;
+        let (first, count) = self.spans[index];
+        (
+            first,
+            &self.weights[index * self.taps_per_output..][..count],
+        )
     }
 }
 
@@ -252,6 +272,15 @@ fn triangle(x: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// `sum + value * weight` of a filter accumulation.
+///
+/// Cannot overflow: the weights of one output are non-negative and sum to about
+/// `1 << PRECISION_BITS`, so a sum stays below `256 << PRECISION_BITS` = 2^30. Wrapping ops say
+/// so to the compiler, which then vectorizes the loops even in builds with overflow checks.
+fn multiply_add(sum: i32, value: u8, weight: i32) -> i32 {
+    sum.wrapping_add(i32::from(value).wrapping_mul(weight))
 }
 
 /// Pillow's `clip8`: fixed-point accumulator to a byte.
@@ -292,7 +321,7 @@ mod tests {
     #[test]
     fn same_size_weights_are_the_identity() {
         let mut filter = AxisFilter::default();
-        filter.update(7, 7);
+        filter.update(7, 7, 0..7);
         for out in 0..7 {
             let (first, weights) = filter.taps(out);
             assert_eq!(first, out);
