@@ -85,6 +85,7 @@ mod tests {
         assert_eq!(json["top3"][0]["wnid"], "n02123045");
         assert_eq!(json["top3"][0]["index"], 281);
         let keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys.len(), 10, "{keys:?}");
+        assert_eq!(keys.len(), 11, "{keys:?}");
+        assert_eq!(json["heartbeat"], false);
     }
 }
