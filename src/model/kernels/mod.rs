@@ -97,15 +97,26 @@ impl ActQuant {
         Self::for_range(min, max)
     }
 
-    /// `x / scale + zero_point`, clamped to `0..=127` and rounded half up. Written with a
-    /// truncating cast rather than `f32::round` so that it vectorizes on every target (input
-    /// quantization runs once per layer over the whole tensor).
+    /// `x / scale + zero_point`, clamped to `0..=127` (NaN to 0) and rounded half up. Written
+    /// with selects and a truncating cast rather than `f32::round`/`clamp` so that it
+    /// vectorizes on every target: input quantization runs over the whole tensor every layer.
     #[inline]
     pub fn quantize(&self, x: f32) -> u8 {
-        ((x / self.scale + self.zero_point as f32)
-            .max(0.0)
-            .min(Self::MAX as f32)
-            + 0.5) as u8
+        let v = x * (1.0 / self.scale) + self.zero_point as f32;
+        let v = if v > 0.0 { v } else { 0.0 };
+        let v = if v < Self::MAX as f32 {
+            v
+        } else {
+            Self::MAX as f32
+        };
+        (v + 0.5) as i32 as u8
+    }
+}
+
+/// `out[i] = quant.quantize(input[i])`.
+fn quantize_slice(quant: ActQuant, input: &[f32], out: &mut [u8]) {
+    for (q, &x) in out.iter_mut().zip(input) {
+        *q = quant.quantize(x);
     }
 }
 
@@ -447,11 +458,7 @@ impl QConv2d {
             quantized
                 .par_chunks_mut(1 << 14)
                 .zip(input.par_chunks(1 << 14))
-                .for_each(|(q, x)| {
-                    for (q, &x) in q.iter_mut().zip(x) {
-                        *q = quant.quantize(x);
-                    }
-                });
+                .for_each(|(q, x)| quantize_slice(quant, x, q));
             patches[..m * kp]
                 .par_chunks_mut(kp)
                 .with_min_len(16)
