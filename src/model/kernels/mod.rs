@@ -32,7 +32,7 @@ const K_ALIGN: usize = 16;
 const MAX_NR: usize = 2 * PANEL;
 /// Most rows one micro-kernel call produces; packed activations are padded to a multiple of it.
 const MAX_MR: usize = 8;
-/// Output pixels per work item: a multiple of every micro-kernel's row count.
+/// Most output pixels per work item.
 const TILE_ROWS: usize = 64;
 /// Work items per thread to aim for, so a thread slowed by other load does not stall the layer.
 const ITEMS_PER_THREAD: usize = 4;
@@ -506,8 +506,14 @@ impl QConv2d {
         let n = self.geometry.out_channels;
         let kp = self.geometry.padded_patch_len();
         let panels = n.div_ceil(PANEL);
-        let m_tiles = m.div_ceil(TILE_ROWS);
-        let wanted = ITEMS_PER_THREAD * rayon::current_num_threads();
+        let threads = rayon::current_num_threads();
+        // Equal tiles, as many as a multiple of the thread count where the rounding to whole
+        // micro-kernel calls (MAX_MR, a multiple of every kernel's rows) allows.
+        let tile_rows = m
+            .div_ceil(m.div_ceil(TILE_ROWS).next_multiple_of(threads).max(1))
+            .next_multiple_of(MAX_MR);
+        let m_tiles = m.div_ceil(tile_rows);
+        let wanted = ITEMS_PER_THREAD * threads;
         let panel_groups = panels.div_ceil(kernel.max_panels);
         let n_blocks = wanted.div_ceil(m_tiles).clamp(1, panel_groups);
         let panels_per_block = panel_groups.div_ceil(n_blocks) * kernel.max_panels;
@@ -515,7 +521,7 @@ impl QConv2d {
         let out = SharedOut(out.as_mut_ptr());
         (0..m_tiles * n_blocks).into_par_iter().for_each(|item| {
             let (tile, block) = (item / n_blocks, item % n_blocks);
-            let rows = tile * TILE_ROWS..((tile + 1) * TILE_ROWS).min(m);
+            let rows = tile * tile_rows..((tile + 1) * tile_rows).min(m);
             let first_panel = block * panels_per_block;
             let last_panel = (first_panel + panels_per_block).min(panels);
             let mut acc: Acc = [0; MAX_MR * MAX_NR];
