@@ -32,7 +32,7 @@ const K_ALIGN: usize = 16;
 const MAX_NR: usize = 2 * PANEL;
 /// Most rows one micro-kernel call produces; packed activations are padded to a multiple of it.
 const MAX_MR: usize = 8;
-/// Output pixels per work item: a multiple of every micro-kernel's row count.
+/// Most output pixels per work item.
 const TILE_ROWS: usize = 64;
 /// Work items per thread to aim for, so a thread slowed by other load does not stall the layer.
 const ITEMS_PER_THREAD: usize = 4;
@@ -97,15 +97,26 @@ impl ActQuant {
         Self::for_range(min, max)
     }
 
-    /// `x / scale + zero_point`, clamped to `0..=127` and rounded half up. Written with a
-    /// truncating cast rather than `f32::round` so that it vectorizes on every target (input
-    /// quantization runs once per layer over the whole tensor).
+    /// `x / scale + zero_point`, clamped to `0..=127` (NaN to 0) and rounded half up. Written
+    /// with selects and a truncating cast rather than `f32::round`/`clamp` so that it
+    /// vectorizes on every target: input quantization runs over the whole tensor every layer.
     #[inline]
     pub fn quantize(&self, x: f32) -> u8 {
-        ((x / self.scale + self.zero_point as f32)
-            .max(0.0)
-            .min(Self::MAX as f32)
-            + 0.5) as u8
+        let v = x * (1.0 / self.scale) + self.zero_point as f32;
+        let v = if v > 0.0 { v } else { 0.0 };
+        let v = if v < Self::MAX as f32 {
+            v
+        } else {
+            Self::MAX as f32
+        };
+        (v + 0.5) as i32 as u8
+    }
+}
+
+/// `out[i] = quant.quantize(input[i])`.
+fn quantize_slice(quant: ActQuant, input: &[f32], out: &mut [u8]) {
+    for (q, &x) in out.iter_mut().zip(input) {
+        *q = quant.quantize(x);
     }
 }
 
@@ -447,11 +458,7 @@ impl QConv2d {
             quantized
                 .par_chunks_mut(1 << 14)
                 .zip(input.par_chunks(1 << 14))
-                .for_each(|(q, x)| {
-                    for (q, &x) in q.iter_mut().zip(x) {
-                        *q = quant.quantize(x);
-                    }
-                });
+                .for_each(|(q, x)| quantize_slice(quant, x, q));
             patches[..m * kp]
                 .par_chunks_mut(kp)
                 .with_min_len(16)
@@ -499,8 +506,14 @@ impl QConv2d {
         let n = self.geometry.out_channels;
         let kp = self.geometry.padded_patch_len();
         let panels = n.div_ceil(PANEL);
-        let m_tiles = m.div_ceil(TILE_ROWS);
-        let wanted = ITEMS_PER_THREAD * rayon::current_num_threads();
+        let threads = rayon::current_num_threads();
+        // Equal tiles, as many as a multiple of the thread count where the rounding to whole
+        // micro-kernel calls (MAX_MR, a multiple of every kernel's rows) allows.
+        let tile_rows = m
+            .div_ceil(m.div_ceil(TILE_ROWS).next_multiple_of(threads).max(1))
+            .next_multiple_of(MAX_MR);
+        let m_tiles = m.div_ceil(tile_rows);
+        let wanted = ITEMS_PER_THREAD * threads;
         let panel_groups = panels.div_ceil(kernel.max_panels);
         let n_blocks = wanted.div_ceil(m_tiles).clamp(1, panel_groups);
         let panels_per_block = panel_groups.div_ceil(n_blocks) * kernel.max_panels;
@@ -508,7 +521,7 @@ impl QConv2d {
         let out = SharedOut(out.as_mut_ptr());
         (0..m_tiles * n_blocks).into_par_iter().for_each(|item| {
             let (tile, block) = (item / n_blocks, item % n_blocks);
-            let rows = tile * TILE_ROWS..((tile + 1) * TILE_ROWS).min(m);
+            let rows = tile * tile_rows..((tile + 1) * tile_rows).min(m);
             let first_panel = block * panels_per_block;
             let last_panel = (first_panel + panels_per_block).min(panels);
             let mut acc: Acc = [0; MAX_MR * MAX_NR];

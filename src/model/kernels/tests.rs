@@ -279,6 +279,8 @@ fn isa_names_round_trip_and_scalar_is_always_available() {
     }
     assert_eq!(Isa::from_name("sse9"), None);
     let available = Isa::available();
+    // Shown with --nocapture: which paths the other tests exercised on this CPU.
+    println!("available paths: {available:?}");
     assert_eq!(available.first(), Some(&Isa::Scalar));
     assert!(available.contains(&Isa::detect()));
 }
@@ -313,4 +315,97 @@ fn global_avg_pool_averages_each_channel() {
     let mut out = vec![9.0; 7];
     global_avg_pool(&input, 2, 2, 2, &mut out);
     assert_eq!(out, [4.0, 25.0]);
+}
+
+/// Times the ResNet-18 layer shapes at 1 and 2 threads on the detected path
+/// (`EDGECLASS_ISA` to force one). Prints medians; asserts nothing about time.
+/// `cargo test --release --lib model::kernels::tests::resnet18_timings -- --ignored --nocapture`
+#[test]
+#[ignore = "timing harness, run by hand"]
+fn resnet18_timings() {
+    use std::time::Instant;
+    const REPEATS: usize = 21;
+    // (name, geometry, input size, occurrences in the network)
+    let layers = [
+        ("conv1 7x7/2 3->64", geometry(3, 64, 7, 2, 3), 224, 1),
+        ("layer1 3x3 64", geometry(64, 64, 3, 1, 1), 56, 4),
+        ("layer2 3x3/2 64->128", geometry(64, 128, 3, 2, 1), 56, 1),
+        ("layer2 3x3 128", geometry(128, 128, 3, 1, 1), 28, 3),
+        ("layer2 down 1x1/2", geometry(64, 128, 1, 2, 0), 56, 1),
+        ("layer3 3x3/2 128->256", geometry(128, 256, 3, 2, 1), 28, 1),
+        ("layer3 3x3 256", geometry(256, 256, 3, 1, 1), 14, 3),
+        ("layer3 down 1x1/2", geometry(128, 256, 1, 2, 0), 28, 1),
+        ("layer4 3x3/2 256->512", geometry(256, 512, 3, 2, 1), 14, 1),
+        ("layer4 3x3 512", geometry(512, 512, 3, 1, 1), 7, 3),
+        ("layer4 down 1x1/2", geometry(256, 512, 1, 2, 0), 14, 1),
+        ("fc 512->1000", geometry(512, 1000, 1, 1, 0), 1, 1),
+    ];
+    let median = |mut times: Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let pools = [pool(1), pool(2)];
+    let mut rng = Lcg(5);
+    let mut totals = [0f64; 2];
+    println!("path {}", Isa::detect().name());
+    println!(
+        "{:<24} {:>3} {:>9} {:>9} {:>7}",
+        "layer", "n", "1T ms", "2T ms", "1T/2T"
+    );
+    let mut time_layer = |name: &str, count: usize, run: &mut dyn FnMut(&rayon::ThreadPool)| {
+        let mut ms = [0f64; 2];
+        for (t, pool) in pools.iter().enumerate() {
+            run(pool);
+            let times = (0..REPEATS)
+                .map(|_| {
+                    let start = Instant::now();
+                    run(pool);
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            ms[t] = median(times) * count as f64;
+            totals[t] += ms[t];
+        }
+        println!(
+            "{name:<24} {count:>3} {:>9.3} {:>9.3} {:>7.2}",
+            ms[0],
+            ms[1],
+            ms[0] / ms[1]
+        );
+    };
+    for (name, g, size, count) in layers {
+        let case = Case::new(g, &mut rng);
+        let input = rng.floats(size * size * g.in_channels, -1.0, 2.0);
+        let (mut out, mut scratch) = (Vec::new(), Scratch::default());
+        time_layer(name, count, &mut |pool| {
+            case.conv.forward(
+                pool,
+                &input,
+                size,
+                size,
+                None,
+                None,
+                true,
+                &mut out,
+                &mut scratch,
+            );
+        });
+    }
+    let input = rng.floats(112 * 112 * 64, 0.0, 2.0);
+    let mut out = Vec::new();
+    time_layer("maxpool 3x3/2 64", 1, &mut |pool| {
+        pool.install(|| max_pool_3x3_s2(&input, 112, 112, 64, &mut out));
+    });
+    let input = rng.floats(7 * 7 * 512, 0.0, 2.0);
+    time_layer("global avg pool 512", 1, &mut |_| {
+        global_avg_pool(&input, 7, 7, 512, &mut out)
+    });
+    println!(
+        "{:<24} {:>3} {:>9.3} {:>9.3} {:>7.2}",
+        "total",
+        "",
+        totals[0],
+        totals[1],
+        totals[0] / totals[1]
+    );
 }
