@@ -192,15 +192,6 @@ impl Model {
         Model::build(Network::synthetic(seed), precision, threads, source)
     }
 
-    /// Builds a model from already loaded (BN-folded) weights.
-    pub fn from_network(
-        network: Network,
-        precision: Precision,
-        threads: usize,
-    ) -> Result<Model, ModelError> {
-        Model::build(network, precision, threads, PathBuf::from("<in memory>"))
-    }
-
     fn build(
         network: Network,
         precision: Precision,
