@@ -98,7 +98,17 @@ fn gguf_round_trip_equals_quantize_at_load() {
         // An extension that says nothing: the loader must look at the content.
         let gguf = dir.path().join(format!("tiny-{dtype}.bin"));
         let size = quantize_file(&weights(), &gguf, dtype).unwrap();
-        assert_eq!(size, std::fs::metadata(&gguf).unwrap().len());
+        let meta = std::fs::metadata(&gguf).unwrap();
+        assert_eq!(size, meta.len());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                0o644,
+                "not world-readable"
+            );
+        }
         let from_gguf = logits(&Model::load(&gguf, precision, 2).unwrap());
         let at_load = logits(&Model::load(&weights(), precision, 2).unwrap());
         if dtype == StorageDtype::F16 {
