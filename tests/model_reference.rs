@@ -98,7 +98,17 @@ fn gguf_round_trip_equals_quantize_at_load() {
         // An extension that says nothing: the loader must look at the content.
         let gguf = dir.path().join(format!("tiny-{dtype}.bin"));
         let size = quantize_file(&weights(), &gguf, dtype).unwrap();
-        assert_eq!(size, std::fs::metadata(&gguf).unwrap().len());
+        let meta = std::fs::metadata(&gguf).unwrap();
+        assert_eq!(size, meta.len());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                0o644,
+                "not world-readable"
+            );
+        }
         let from_gguf = logits(&Model::load(&gguf, precision, 2).unwrap());
         let at_load = logits(&Model::load(&weights(), precision, 2).unwrap());
         if dtype == StorageDtype::F16 {
@@ -146,4 +156,51 @@ fn one_model_serves_concurrent_callers() {
             assert_eq!(h.join().unwrap(), expected);
         }
     });
+}
+
+/// A GGUF from another writer: candle's own Q8_0 quantization, one scale per 32-value block.
+/// The loader must requantize per channel and still agree with quantize-at-load closely.
+#[test]
+fn gguf_with_per_block_scales_is_requantized() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::Device;
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours.gguf");
+    quantize_file(&weights(), &ours, StorageDtype::F16).unwrap();
+    let mut file = std::fs::File::open(&ours).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = Vec::new();
+    let mut requantized = 0;
+    for name in &names {
+        let t = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+        let floats = t.dequantize(&Device::Cpu).unwrap();
+        let blockable = floats.dims().last().is_some_and(|&d| d % 32 == 0);
+        let t = if name.ends_with(".weight") && blockable {
+            requantized += 1;
+            QTensor::quantize(&floats, GgmlDType::Q8_0).unwrap()
+        } else {
+            QTensor::quantize(&floats, GgmlDType::F32).unwrap()
+        };
+        tensors.push(t);
+    }
+    assert!(requantized >= 5, "only {requantized} tensors in Q8_0");
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let named: Vec<(&str, &QTensor)> = names.iter().map(|n| n.as_str()).zip(&tensors).collect();
+    let foreign = dir.path().join("foreign.gguf");
+    let mut out = std::fs::File::create(&foreign).unwrap();
+    gguf_file::write(&mut out, &metadata, &named).unwrap();
+    drop(out);
+
+    let from_foreign = logits(&Model::load(&foreign, Precision::Q8_0, 2).unwrap());
+    let at_load = logits(&Model::load(&weights(), Precision::Q8_0, 2).unwrap());
+    let cos = cosine(&from_foreign, &at_load);
+    println!("per-block GGUF vs quantize-at-load cosine {cos:.6}");
+    assert!(cos > 0.999, "cosine {cos}");
+    assert_eq!(argmax(&from_foreign), TABBY);
 }

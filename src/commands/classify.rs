@@ -43,6 +43,7 @@ struct Report<'a> {
     top3: Vec<Guess<'a>>,
     model: String,
     precision: Precision,
+    /// Reading, decoding, preprocessing and inference of this image.
     latency_ms: f64,
 }
 

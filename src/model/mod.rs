@@ -206,15 +206,6 @@ impl Model {
         Model::build(Network::synthetic(seed), precision, threads, source)
     }
 
-    /// Builds a model from already loaded (BN-folded) weights.
-    pub fn from_network(
-        network: Network,
-        precision: Precision,
-        threads: usize,
-    ) -> Result<Model, ModelError> {
-        Model::build(network, precision, threads, PathBuf::from("<in memory>"))
-    }
-
     fn build(
         network: Network,
         precision: Precision,
@@ -244,16 +235,9 @@ impl Model {
     /// Runs the network on one normalized image, `1x3xSxS` NCHW with `S = input_size()`, and
     /// writes `num_classes()` logits into `logits` (reusing its allocation).
     pub fn forward(&self, input_nchw: &[f32], logits: &mut Vec<f32>) -> Result<(), ModelError> {
-        let size = self.input_size;
-        let expected = 3 * size * size;
-        if input_nchw.len() != expected {
-            return Err(ModelError::InputSize {
-                found: input_nchw.len(),
-                expected,
-                size,
-            });
-        }
-        self.engine.forward(&self.pool, input_nchw, size, logits)
+        self.check_input(input_nchw)?;
+        self.engine
+            .forward(&self.pool, input_nchw, self.input_size, logits)
     }
 
     /// Like [`Model::forward`], also returning the time spent in each layer (stem, each
@@ -263,16 +247,23 @@ impl Model {
         input_nchw: &[f32],
         logits: &mut Vec<f32>,
     ) -> Result<Vec<(String, Duration)>, ModelError> {
-        let size = self.input_size;
-        if input_nchw.len() != 3 * size * size {
-            return Err(ModelError::InputSize {
-                found: input_nchw.len(),
-                expected: 3 * size * size,
-                size,
-            });
-        }
+        self.check_input(input_nchw)?;
         self.engine
-            .forward_profiled(&self.pool, input_nchw, size, logits)
+            .forward_profiled(&self.pool, input_nchw, self.input_size, logits)
+    }
+
+    fn check_input(&self, input_nchw: &[f32]) -> Result<(), ModelError> {
+        let size = self.input_size;
+        let expected = 3 * size * size;
+        if input_nchw.len() == expected {
+            Ok(())
+        } else {
+            Err(ModelError::InputSize {
+                found: input_nchw.len(),
+                expected,
+                size,
+            })
+        }
     }
 
     /// Fails with [`ModelError::ClassCount`] unless the model has `expected` classes (1000 for

@@ -145,6 +145,15 @@ pub fn write_gguf(
         writer.flush().map_err(write_error)?;
     }
     let size = file.as_file().metadata().map_err(write_error)?.len();
+    // Temporary files are private (0600); a model file is read by the service user too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let readable = std::fs::Permissions::from_mode(0o644);
+        file.as_file()
+            .set_permissions(readable)
+            .map_err(write_error)?;
+    }
     file.persist(output).map_err(|e| write_error(e.error))?;
     Ok(size)
 }

@@ -228,7 +228,7 @@ impl QuantizedNet {
             .forward(pool, x, size, size, None, None, true, t, kernel);
         lap(profile, &mut since, &stem.name);
         let channels = stem.conv.geometry().out_channels;
-        (h, w) = max_pool_3x3_s2(t, h, w, channels, x);
+        (h, w) = pool.install(|| max_pool_3x3_s2(t, h, w, channels, x));
         lap(profile, &mut since, "maxpool");
         for block in &self.layers.blocks {
             let (h1, w1) = block
@@ -253,7 +253,7 @@ impl QuantizedNet {
             (h, w) = (h1, w1);
         }
         let fc = &self.layers.fc;
-        global_avg_pool(x, h * w, fc.conv.geometry().in_channels, t);
+        global_avg_pool(x, h, w, fc.conv.geometry().in_channels, t);
         lap(profile, &mut since, "avgpool");
         fc.conv
             .forward(pool, t, 1, 1, None, None, false, logits, kernel);
@@ -272,6 +272,8 @@ fn nchw_to_nhwc(input: &[f32], channels: usize, h: usize, w: usize, out: &mut Ve
 }
 
 /// 3x3 max pool, stride 2, padding 1 (padding never wins), NHWC. Returns the output size.
+// The pooling here and below have the signatures of the kernels module's parallel versions,
+// which replace them once both are on one branch.
 fn max_pool_3x3_s2(
     input: &[f32],
     h: usize,
@@ -298,8 +300,15 @@ fn max_pool_3x3_s2(
     (oh, ow)
 }
 
-/// Mean over all `pixels` of an NHWC map: one value per channel.
-fn global_avg_pool(input: &[f32], pixels: usize, channels: usize, out: &mut Vec<f32>) {
+/// Mean over all pixels of an NHWC map: one value per channel.
+fn global_avg_pool(
+    input: &[f32],
+    height: usize,
+    width: usize,
+    channels: usize,
+    out: &mut Vec<f32>,
+) {
+    let pixels = height * width;
     out.clear();
     out.resize(channels, 0.0);
     for px in input.chunks_exact(channels).take(pixels) {
@@ -331,7 +340,7 @@ mod tests {
         nchw_to_nhwc(&nchw, 2, 2, 2, &mut nhwc);
         assert_eq!(nhwc, vec![1.0, 10.0, 2.0, 20.0, 3.0, 30.0, 4.0, 40.0]);
         let mut pooled = Vec::new();
-        global_avg_pool(&nhwc, 4, 2, &mut pooled);
+        global_avg_pool(&nhwc, 2, 2, 2, &mut pooled);
         assert_eq!(pooled, vec![2.5, 25.0]);
     }
 }

@@ -356,8 +356,8 @@ trait TensorReader {
         }
     }
 
-    fn input_size(&self) -> usize {
-        DEFAULT_INPUT_SIZE
+    fn input_size(&self) -> Result<usize, ModelError> {
+        Ok(DEFAULT_INPUT_SIZE)
     }
 }
 
@@ -379,7 +379,7 @@ fn load_layers(reader: &dyn TensorReader) -> Result<Network, ModelError> {
     Ok(Network {
         layers,
         widths,
-        input_size: reader.input_size(),
+        input_size: reader.input_size()?,
     })
 }
 
@@ -570,8 +570,7 @@ impl<'a> GgufReader<'a> {
                     .collect(),
             ),
             GgmlDType::Q8_0 | GgmlDType::Q4_0 if row_len.is_multiple_of(GGML_BLOCK) => {
-                let blocks = decode_blocks(data, dtype);
-                per_channel_from_blocks(&blocks, rows, dtype)
+                per_channel_from_blocks(data, rows, dtype)
             }
             _ => {
                 // Any other GGML type (or rows that straddle blocks): let candle dequantize.
@@ -592,60 +591,48 @@ impl<'a> GgufReader<'a> {
     }
 }
 
-/// One GGML block: its f16 scale and 32 integer levels.
-struct Block32 {
-    scale: f16,
-    levels: [i8; GGML_BLOCK],
-}
-
-fn decode_blocks(data: &[u8], dtype: GgmlDType) -> Vec<Block32> {
-    let size = dtype.type_size();
-    data.chunks_exact(size)
-        .map(|b| {
-            let scale = f16::from_le_bytes([b[0], b[1]]);
-            let mut levels = [0i8; GGML_BLOCK];
-            if dtype == GgmlDType::Q8_0 {
-                for (l, &q) in levels.iter_mut().zip(&b[2..]) {
-                    *l = q as i8;
-                }
-            } else {
-                // Q4_0: byte j holds value j in its low nibble and value j + 16 in its high one.
-                for (j, &q) in b[2..].iter().enumerate() {
-                    levels[j] = (q & 0x0F) as i8 - 8;
-                    levels[j + GGML_BLOCK / 2] = (q >> 4) as i8 - 8;
-                }
-            }
-            Block32 { scale, levels }
-        })
-        .collect()
-}
-
-/// Per-channel ints when every block of a row has the same scale (as edgeclass writes them);
+/// Decodes Q8_0/Q4_0 blocks (`rows` whole rows of them). When every block of a row has the
+/// same scale (as edgeclass writes them) the result is per-channel ints, used as they are;
 /// otherwise the dequantized floats, which the model requantizes per channel.
-fn per_channel_from_blocks(blocks: &[Block32], rows: usize, dtype: GgmlDType) -> LayerWeights {
-    let per_row = blocks.len() / rows.max(1);
-    let uniform = blocks
-        .chunks(per_row.max(1))
-        .all(|row| row.iter().all(|b| b.scale == row[0].scale));
+fn per_channel_from_blocks(data: &[u8], rows: usize, dtype: GgmlDType) -> LayerWeights {
+    let size = dtype.type_size();
+    let blocks_per_row = (data.len() / size / rows.max(1)).max(1);
+    let scale_of = |block: usize| f16::from_le_bytes([data[block * size], data[block * size + 1]]);
+    let mut values = Vec::with_capacity(data.len() / size * GGML_BLOCK);
+    for block in data.chunks_exact(size) {
+        let levels = &block[2..];
+        if dtype == GgmlDType::Q8_0 {
+            values.extend(levels.iter().map(|&q| q as i8));
+        } else {
+            // Q4_0: byte j holds value j in its low nibble and value j + 16 in its high one.
+            values.extend(levels.iter().map(|&q| (q & 0x0F) as i8 - 8));
+            values.extend(levels.iter().map(|&q| (q >> 4) as i8 - 8));
+        }
+    }
+    let uniform = (0..rows).all(|r| {
+        let first = scale_of(r * blocks_per_row);
+        (1..blocks_per_row).all(|i| scale_of(r * blocks_per_row + i) == first)
+    });
     if uniform {
         let bits = if dtype == GgmlDType::Q8_0 {
             WeightBits::Eight
         } else {
             WeightBits::Four
         };
+        let scales = (0..rows)
+            .map(|r| scale_of(r * blocks_per_row).to_f32())
+            .collect();
         LayerWeights::Quantized(PerChannel {
-            values: blocks.iter().flat_map(|b| b.levels).collect(),
-            scales: blocks
-                .chunks(per_row.max(1))
-                .map(|row| row[0].scale.to_f32())
-                .collect(),
+            values,
+            scales,
             bits,
         })
     } else {
         LayerWeights::Float(
-            blocks
+            values
                 .iter()
-                .flat_map(|b| b.levels.map(|l| l as f32 * b.scale.to_f32()))
+                .enumerate()
+                .map(|(i, &l)| l as f32 * scale_of(i / GGML_BLOCK).to_f32())
                 .collect(),
         )
     }
@@ -684,11 +671,81 @@ impl TensorReader for GgufReader<'_> {
         })
     }
 
-    fn input_size(&self) -> usize {
-        self.content
-            .metadata
-            .get("resnet18.input_size")
-            .and_then(|v| v.to_u32().ok())
-            .map_or(DEFAULT_INPUT_SIZE, |s| s as usize)
+    fn input_size(&self) -> Result<usize, ModelError> {
+        let Some(value) = self.content.metadata.get("resnet18.input_size") else {
+            return Ok(DEFAULT_INPUT_SIZE);
+        };
+        match value.to_u32() {
+            Ok(size @ 32..=4096) => Ok(size as usize),
+            _ => Err(ModelError::Malformed {
+                path: self.path.clone(),
+                reason: format!("resnet18.input_size is {value:?}, expected 32..=4096 pixels"),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_channel_quantization_uses_f16_scales_and_symmetric_levels() {
+        let weights = [
+            0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, -0.1, 1.5, 0.0,
+        ];
+        for bits in [WeightBits::Eight, WeightBits::Four] {
+            let q = PerChannel::quantize(&weights, 3, bits);
+            let level = bits.max_level();
+            assert_eq!(q.scales.len(), 3);
+            assert_eq!(q.scales[1], 0.0, "an all-zero channel");
+            for &s in &q.scales {
+                assert_eq!(f16::from_f32(s).to_f32(), s, "scale {s} is not an f16");
+            }
+            assert_eq!(
+                q.values[1], -level,
+                "the largest weight maps to the extreme level"
+            );
+            assert!(q.values.iter().all(|v| v.abs() <= level));
+            let back = q.dequantize();
+            for (w, b) in weights.iter().zip(&back) {
+                assert!(
+                    (w - b).abs() <= 3.0 / level as f32 / 2.0 + 1e-3,
+                    "{w} vs {b}"
+                );
+            }
+        }
+    }
+
+    fn q8_block(scale: f32, levels: impl Fn(usize) -> i8) -> Vec<u8> {
+        let mut b = f16::from_f32(scale).to_le_bytes().to_vec();
+        b.extend((0..GGML_BLOCK).map(|i| levels(i) as u8));
+        b
+    }
+
+    #[test]
+    fn blocks_sharing_a_row_scale_come_out_as_ints() {
+        // 2 rows of 2 blocks; each row's blocks share a scale.
+        let mut data = q8_block(0.5, |i| i as i8);
+        data.extend(q8_block(0.5, |i| -(i as i8)));
+        data.extend(q8_block(0.25, |_| 3));
+        data.extend(q8_block(0.25, |_| -3));
+        let LayerWeights::Quantized(q) = per_channel_from_blocks(&data, 2, GgmlDType::Q8_0) else {
+            panic!("uniform rows were dequantized");
+        };
+        assert_eq!(q.scales, vec![0.5, 0.25]);
+        assert_eq!(q.values[33], -1);
+        assert_eq!(q.values[64], 3);
+        assert_eq!(q.bits, WeightBits::Eight);
+    }
+
+    #[test]
+    fn blocks_with_differing_scales_come_out_as_floats() {
+        let mut data = q8_block(0.5, |_| 2);
+        data.extend(q8_block(0.25, |_| 2));
+        let LayerWeights::Float(w) = per_channel_from_blocks(&data, 1, GgmlDType::Q8_0) else {
+            panic!("a row with two scales passed as per-channel");
+        };
+        assert_eq!((w[0], w[32]), (1.0, 0.5));
     }
 }
