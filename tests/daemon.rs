@@ -376,7 +376,8 @@ fn embedded_broker_serves_a_real_client_when_no_url_is_configured() {
     let cfg = config(
         "unused",
         &sample("chelsea.jpg"),
-        "[publish_policy]\nmode = \"every\"\n",
+        // Without the motion gate every frame publishes, however late the subscriber comes.
+        "[publish_policy]\nmode = \"every\"\n[cameras.motion]\nenabled = false\n",
     )
     .replace(
         "url = \"unused\"\n",
