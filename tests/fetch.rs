@@ -498,7 +498,7 @@ fn data_dir_in_child(envs: &[(&str, &str)], remove: &[&str]) -> PathBuf {
 
 /// Env vars are process-global and tests run on parallel threads: each case runs in a child.
 #[test]
-fn data_dir_honours_state_directory_then_xdg() {
+fn data_dir_honours_state_directory_then_root_then_xdg() {
     assert_eq!(
         data_dir_in_child(
             &[("STATE_DIRECTORY", "/var/lib/edgeclass:/var/lib/extra")],
@@ -506,14 +506,21 @@ fn data_dir_honours_state_directory_then_xdg() {
         ),
         PathBuf::from("/var/lib/edgeclass")
     );
+    // root (`sudo edgeclass fetch-model`) fills the service's state directory; users their own.
+    // SAFETY: geteuid has no preconditions.
+    let expected = if unsafe { libc::geteuid() } == 0 {
+        "/var/lib/edgeclass"
+    } else {
+        "/tmp/xdg-data/edgeclass"
+    };
     assert_eq!(
         data_dir_in_child(&[("XDG_DATA_HOME", "/tmp/xdg-data")], &["STATE_DIRECTORY"]),
-        PathBuf::from("/tmp/xdg-data/edgeclass")
+        PathBuf::from(expected)
     );
 }
 
 #[test]
-#[ignore = "run in a child process by data_dir_honours_state_directory_then_xdg"]
+#[ignore = "run in a child process by data_dir_honours_state_directory_then_root_then_xdg"]
 fn print_data_dir() {
     println!("DATA_DIR={}", data_dir().display());
 }

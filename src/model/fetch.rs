@@ -113,10 +113,14 @@ impl crate::exit::ExitCode for FetchError {
 }
 
 /// Where edgeclass keeps models: `$STATE_DIRECTORY` (its first entry if colon-separated) when
-/// set (systemd's `StateDirectory=`), else the XDG data dir (`dirs::data_dir()/edgeclass`),
-/// else `/var/lib/edgeclass`.
+/// set (systemd's `StateDirectory=`), else `/var/lib/edgeclass` for root (so `sudo edgeclass
+/// fetch-model` fills the service's state directory), else the XDG data dir
+/// (`dirs::data_dir()/edgeclass`), else `/var/lib/edgeclass`.
 pub fn data_dir() -> PathBuf {
-    data_dir_from(std::env::var_os("STATE_DIRECTORY"), dirs::data_dir())
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let user_data_dir = if root { None } else { dirs::data_dir() };
+    data_dir_from(std::env::var_os("STATE_DIRECTORY"), user_data_dir)
 }
 
 fn data_dir_from(state_directory: Option<OsString>, user_data_dir: Option<PathBuf>) -> PathBuf {

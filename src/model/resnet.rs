@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 
-use super::kernels::{QConv2d, Scratch};
+use super::kernels::{global_avg_pool, max_pool_3x3_s2, QConv2d, Scratch};
 use super::weights::{Layer, Layers};
 use super::{ModelError, Network, Precision};
 
@@ -271,67 +271,9 @@ fn nchw_to_nhwc(input: &[f32], channels: usize, h: usize, w: usize, out: &mut Ve
     }
 }
 
-/// 3x3 max pool, stride 2, padding 1 (padding never wins), NHWC. Returns the output size.
-// The pooling here and below have the signatures of the kernels module's parallel versions,
-// which replace them once both are on one branch.
-fn max_pool_3x3_s2(
-    input: &[f32],
-    h: usize,
-    w: usize,
-    channels: usize,
-    out: &mut Vec<f32>,
-) -> (usize, usize) {
-    let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
-    out.clear();
-    out.resize(oh * ow * channels, f32::NEG_INFINITY);
-    for oy in 0..oh {
-        for ox in 0..ow {
-            let dst = &mut out[(oy * ow + ox) * channels..][..channels];
-            for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
-                for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
-                    let src = &input[(iy * w + ix) * channels..][..channels];
-                    for (d, &s) in dst.iter_mut().zip(src) {
-                        *d = d.max(s);
-                    }
-                }
-            }
-        }
-    }
-    (oh, ow)
-}
-
-/// Mean over all pixels of an NHWC map: one value per channel.
-fn global_avg_pool(
-    input: &[f32],
-    height: usize,
-    width: usize,
-    channels: usize,
-    out: &mut Vec<f32>,
-) {
-    let pixels = height * width;
-    out.clear();
-    out.resize(channels, 0.0);
-    for px in input.chunks_exact(channels).take(pixels) {
-        for (o, &v) in out.iter_mut().zip(px) {
-            *o += v;
-        }
-    }
-    let inv = 1.0 / pixels.max(1) as f32;
-    out.iter_mut().for_each(|o| *o *= inv);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn max_pool_matches_padded_windows() {
-        // 1 channel, 4x4 ramp: each output is the bottom-right valid tap of its window.
-        let input: Vec<f32> = (0..16).map(|v| v as f32).collect();
-        let mut out = Vec::new();
-        assert_eq!(max_pool_3x3_s2(&input, 4, 4, 1, &mut out), (2, 2));
-        assert_eq!(out, vec![5.0, 7.0, 13.0, 15.0]);
-    }
 
     #[test]
     fn layout_conversion_and_average_pool() {
