@@ -49,6 +49,8 @@ pub struct ModelConfig {
     /// Download missing weights from `base_url` (a Hugging Face hub or a mirror of it).
     pub fetch: bool,
     pub base_url: String,
+    /// Expected SHA-256 of the download (default: the pinned torchvision weights).
+    pub sha256: String,
     /// Seeded random weights of the real shapes instead of a file: for tests and benchmarks.
     pub synthetic_seed: Option<u64>,
 }
@@ -61,6 +63,7 @@ impl Default for ModelConfig {
             threads: 0,
             fetch: true,
             base_url: crate::model::fetch::WeightsSource::default().base_url,
+            sha256: crate::model::fetch::WeightsSource::default().sha256,
             synthetic_seed: None,
         }
     }

@@ -491,3 +491,47 @@ fn shipped_configs_are_valid() {
         );
     }
 }
+
+#[test]
+fn tells_systemd_ready_pets_the_watchdog_while_working_and_says_stopping() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("socket timeout");
+    let socket_env = socket_path.display().to_string();
+    let mut daemon = Daemon::start_with_env(
+        &config(&broker.url(), &sample("chelsea.jpg"), ""),
+        // The watchdog wants a sign of life every 0.5 s: the daemon pets at half that.
+        &[("NOTIFY_SOCKET", &socket_env), ("WATCHDOG_USEC", "500000")],
+    );
+    let mut received = Vec::new();
+    let mut buf = [0u8; 512];
+    let mut collect_until = |received: &mut Vec<String>, done: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + WAIT;
+        while !done(received) && Instant::now() < deadline {
+            if let Ok(n) = socket.recv(&mut buf) {
+                received.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    let count =
+        |r: &[String], what: &str| r.iter().filter(|m| m.lines().any(|l| l == what)).count();
+    collect_until(&mut received, &|r| count(r, "WATCHDOG=1") >= 3);
+    assert!(
+        count(&received, "READY=1") == 1,
+        "{received:?}\n{}",
+        daemon.stderr()
+    );
+    assert!(count(&received, "WATCHDOG=1") >= 3, "{received:?}");
+    let ready_at = received.iter().position(|m| m.contains("READY=1"));
+    let first_pet = received.iter().position(|m| m.contains("WATCHDOG=1"));
+    assert!(ready_at < first_pet, "watchdog before ready: {received:?}");
+
+    daemon.signal(libc::SIGTERM);
+    collect_until(&mut received, &|r| count(r, "STOPPING=1") >= 1);
+    assert_eq!(count(&received, "STOPPING=1"), 1, "{received:?}");
+    assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+}

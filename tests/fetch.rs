@@ -524,3 +524,67 @@ fn data_dir_honours_state_directory_then_root_then_xdg() {
 fn print_data_dir() {
     println!("DATA_DIR={}", data_dir().display());
 }
+
+/// The path `edgeclass fetch-model` requests: the pinned repo, revision and file.
+fn pinned_path() -> String {
+    let pinned = WeightsSource::default();
+    format!(
+        "/{}/resolve/{}/{}",
+        pinned.repo, pinned.revision, pinned.file
+    )
+}
+
+#[test]
+fn fetch_model_command_downloads_verifies_and_quantizes_a_usable_model() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let weights = std::fs::read(fixtures.join("model_tiny_resnet18.safetensors")).expect("fixture");
+    let hash = sha256_hex(&weights);
+    let path = pinned_path();
+    let server = FixtureServer::start(|_| routes(vec![(path.as_str(), Reply::ok(weights))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fetch = |output: &Path, sha256: &str| {
+        Command::new(env!("CARGO_BIN_EXE_edgeclass"))
+            .args([
+                "fetch-model",
+                "--base-url",
+                &server.base_url(),
+                "--sha256",
+                sha256,
+            ])
+            .arg("--output")
+            .arg(output)
+            .output()
+            .expect("run fetch-model")
+    };
+
+    let model = dir.path().join("models/resnet18-q8_0.gguf");
+    let out = fetch(&model, &hash);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read(&model).expect("the quantized model");
+    assert_eq!(&written[..4], b"GGUF");
+    assert_eq!(
+        dir_entries(&dir.path().join("models")),
+        ["model.safetensors", "resnet18-q8_0.gguf"]
+    );
+    // The cached model is the real thing: it classifies the reference photo as a tabby cat.
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeclass"))
+        .args(["classify", "--json", "--weights"])
+        .arg(&model)
+        .arg(fixtures.join("model_chelsea.jpg"))
+        .output()
+        .expect("run classify");
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.contains(r#""top3":[{"index":281,"#), "{line}");
+
+    // A download that does not match the expected hash is deleted and nothing is cached.
+    let other = dir.path().join("other/resnet18-q8_0.gguf");
+    let out = fetch(&other, &"0".repeat(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
+    assert!(stderr.contains("deleted"), "{stderr}");
+    assert!(dir_entries(&dir.path().join("other")).is_empty());
+}

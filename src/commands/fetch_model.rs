@@ -16,6 +16,10 @@ pub struct Args {
     /// Base URL of the Hugging Face hub or a mirror of it.
     #[arg(long, default_value_t = WeightsSource::default().base_url)]
     pub base_url: String,
+    /// Expected SHA-256 of the download (default: the pinned torchvision weights); for mirrors
+    /// that serve another revision.
+    #[arg(long)]
+    pub sha256: Option<String>,
     /// Precision of the cached model.
     #[arg(long, default_value = "q8_0")]
     pub precision: Precision,
@@ -28,12 +32,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let output = args
         .output
         .unwrap_or_else(|| fetch::data_dir().join(format!("resnet18-{}.gguf", args.precision)));
-    fetch_into(
-        &output,
-        args.precision,
-        &args.base_url,
-        args.weights.as_deref(),
-    )?;
+    let source = WeightsSource {
+        base_url: args.base_url,
+        sha256: args
+            .sha256
+            .unwrap_or_else(|| WeightsSource::default().sha256),
+        ..WeightsSource::default()
+    };
+    fetch_into(&output, args.precision, &source, args.weights.as_deref())?;
     println!("{}", output.display());
     Ok(())
 }
@@ -44,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 pub fn fetch_into(
     output: &Path,
     precision: Precision,
-    base_url: &str,
+    source: &WeightsSource,
     local: Option<&Path>,
 ) -> anyhow::Result<()> {
     let dir = output
@@ -53,10 +59,6 @@ pub fn fetch_into(
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create model directory {}", dir.display()))?;
-    let source = WeightsSource {
-        base_url: base_url.to_string(),
-        ..WeightsSource::default()
-    };
     let safetensors = match local {
         Some(path) => path.to_path_buf(),
         None => {
@@ -66,7 +68,7 @@ pub fn fetch_into(
                 dir.join(&source.file)
             };
             log::info!("downloading {}", source.url());
-            fetch::download(&source, &dest, true)?
+            fetch::download(source, &dest, true)?
         }
     };
     if !is_safetensors_path(output) {

@@ -22,6 +22,7 @@ use anyhow::Context;
 
 use crate::capture::{self, CameraEvent, FrameSlot};
 use crate::config::{Config, ModelConfig};
+use crate::model::fetch::WeightsSource;
 use crate::model::Model;
 use crate::postprocess::Postprocessor;
 use crate::publish::{EmbeddedBroker, Publisher};
@@ -72,12 +73,13 @@ pub fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
             "model file {} does not exist and [model] fetch is false",
             config.weights.display()
         );
-        crate::commands::fetch_model::fetch_into(
-            &config.weights,
-            config.precision,
-            &config.base_url,
-            None,
-        )?;
+        let source = WeightsSource {
+            base_url: config.base_url.clone(),
+            sha256: config.sha256.clone(),
+            ..WeightsSource::default()
+        };
+        log::info!("model {} is missing: fetching it", config.weights.display());
+        crate::commands::fetch_model::fetch_into(&config.weights, config.precision, &source, None)?;
     }
     Ok(Model::load(
         &config.weights,
