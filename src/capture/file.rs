@@ -1,9 +1,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use super::runner::{Cancel, FrameSource};
-use super::{CaptureError, Frame, PixelFormat};
+use super::{CaptureError, Frame};
 
 /// `file:PATH`: one image delivered over and over, or a folder's images looped in name order.
 /// The folder is re-listed at the start of every pass, so images can be added while running.
@@ -55,15 +55,7 @@ impl FrameSource for FileSource {
         if data.is_empty() {
             return Err(CaptureError::Empty { origin });
         }
-        Ok(Some(Frame {
-            format: PixelFormat::Encoded,
-            width: 0,
-            height: 0,
-            data,
-            captured_at: SystemTime::now(),
-            seq: 0,
-            origin,
-        }))
+        Ok(Some(Frame::encoded(data, origin)))
     }
 }
 

@@ -30,3 +30,18 @@ pub struct Frame {
     /// Where the frame came from (file path, URL, device), for error messages and events.
     pub origin: String,
 }
+
+impl Frame {
+    /// A whole image file's bytes (JPEG, PNG, ...), captured now; size known after decoding.
+    pub fn encoded(data: Vec<u8>, origin: String) -> Self {
+        Self {
+            format: PixelFormat::Encoded,
+            width: 0,
+            height: 0,
+            data,
+            captured_at: SystemTime::now(),
+            seq: 0,
+            origin,
+        }
+    }
+}

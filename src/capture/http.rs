@@ -1,8 +1,8 @@
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::config::redact_url;
 use super::runner::{Cancel, FrameSource};
-use super::{CaptureError, Frame, PixelFormat};
+use super::{CaptureError, Frame};
 
 /// Snapshots larger than this are refused rather than buffered (a 4K JPEG is ~2 MB).
 const MAX_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024;
@@ -82,15 +82,7 @@ impl HttpSource {
             });
         }
         check_content_type(content_type.as_deref(), &data).map_err(|reason| self.error(reason))?;
-        Ok(Frame {
-            format: PixelFormat::Encoded,
-            width: 0,
-            height: 0,
-            data,
-            captured_at: SystemTime::now(),
-            seq: 0,
-            origin: self.shown_url.clone(),
-        })
+        Ok(Frame::encoded(data, self.shown_url.clone()))
     }
 }
 

@@ -25,7 +25,6 @@ mod mjpeg;
 mod resample;
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use image::RgbImage;
 
@@ -239,15 +238,7 @@ pub fn read_image_file(path: &Path) -> Result<Frame, PreprocessError> {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(Frame {
-        format: PixelFormat::Encoded,
-        width: 0,
-        height: 0,
-        data,
-        captured_at: SystemTime::now(),
-        seq: 0,
-        origin: path.display().to_string(),
-    })
+    Ok(Frame::encoded(data, path.display().to_string()))
 }
 
 #[cfg(test)]
