@@ -301,6 +301,23 @@ fn on_change_publishes_a_steady_scene_once() {
 }
 
 #[test]
+fn static_scene_behind_the_motion_gate_still_publishes_its_state_once() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
+    // The defaults: motion gate on, on_change with hold = 3. Only the first frame is classified;
+    // the gated repeats stand for it, so the state is published after three frames, and once.
+    let daemon = Daemon::start(&config(&broker.url(), &sample("chelsea.jpg"), ""));
+    let first = sub.wait_for_topic("edgeclass/door/event", WAIT);
+    assert!(
+        first.is_some(),
+        "a static scene never published\n{}",
+        daemon.stderr()
+    );
+    let more = sub.drain_for(Duration::from_millis(1500));
+    assert!(more.is_empty(), "re-published: {} events", more.len());
+}
+
+#[test]
 fn motion_gate_skips_repeated_frames_and_sends_heartbeats() {
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
@@ -534,4 +551,66 @@ fn tells_systemd_ready_pets_the_watchdog_while_working_and_says_stopping() {
     collect_until(&mut received, &|r| count(r, "STOPPING=1") >= 1);
     assert_eq!(count(&received, "STOPPING=1"), 1, "{received:?}");
     assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn first_start_fetches_verifies_and_quantizes_a_missing_model() {
+    // A mirror of the hub's layout served by a real HTTP server on 127.0.0.1.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let weights = fs::read(fixtures.join("model_tiny_resnet18.safetensors")).expect("fixture");
+    let sha256 =
+        edgeclass::model::fetch::sha256_file(&fixtures.join("model_tiny_resnet18.safetensors"))
+            .expect("hash the fixture");
+    let pinned = edgeclass::model::fetch::WeightsSource::default();
+    let mirror = tempfile::tempdir().expect("mirror dir");
+    let file = mirror
+        .path()
+        .join(&pinned.repo)
+        .join("resolve")
+        .join(&pinned.revision)
+        .join(&pinned.file);
+    fs::create_dir_all(file.parent().expect("parent")).expect("mirror layout");
+    fs::write(&file, weights).expect("mirror file");
+    let port = free_port();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+        ])
+        .arg(mirror.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python3 -m http.server");
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "http.server not listening");
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
+    let models = tempfile::tempdir().expect("model dir");
+    let model = models.path().join("resnet18-q8_0.gguf");
+    let cfg = config(&broker.url(), &fixtures.join("model_chelsea.jpg"), "").replace(
+        "synthetic_seed = 7\n",
+        &format!(
+            "weights = \"{}\"\nbase_url = \"http://127.0.0.1:{port}\"\nsha256 = \"{sha256}\"\n",
+            model.display()
+        ),
+    );
+    let daemon = Daemon::start(&cfg);
+    let event = sub.wait_for_topic("edgeclass/door/event", WAIT);
+    let _ = server.kill();
+    let _ = server.wait();
+    let event = event
+        .unwrap_or_else(|| panic!("no event\n{}", daemon.stderr()))
+        .json();
+    // The downloaded reference network, quantized at first start, sees the tabby cat.
+    assert_eq!(event["top3"][0]["index"], 281, "{event}");
+    assert_eq!(&fs::read(&model).expect("cached model")[..4], b"GGUF");
 }

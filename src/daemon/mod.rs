@@ -136,7 +136,7 @@ async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyho
                 .spawn(move || pipeline.run())
                 .context("cannot start a pipeline thread")?,
         );
-        slots.push(slot);
+        slots.push((camera.id.clone(), slot));
     }
     drop(camera_events);
     forward_camera_status(camera_status, publisher.clone());
@@ -150,8 +150,14 @@ async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyho
     service::stopping();
     log::info!("stopping");
     stop.store(true, Ordering::Relaxed);
-    for slot in &slots {
+    for (camera, slot) in &slots {
         slot.close();
+        let stats = slot.stats();
+        log::info!(
+            "camera {camera}: {} frames processed, {} stale frames dropped",
+            stats.delivered,
+            stats.dropped
+        );
     }
     // Capture threads may sit in a blocking read up to their timeout; pipelines notice `stop`
     // within one slot wait. Join off the runtime so the flush below is not delayed by them.
@@ -163,6 +169,12 @@ async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyho
     {
         log::warn!("a camera thread is still blocked; exiting without it");
     }
+    let stats = publisher.stats();
+    log::info!(
+        "MQTT: {} events sent, {} dropped while the broker was unreachable",
+        stats.sent,
+        stats.dropped
+    );
     publisher.shutdown(SHUTDOWN_FLUSH).await?;
     log::info!("stopped");
     Ok(())

@@ -9,7 +9,9 @@ use anyhow::Context;
 
 use crate::capture::{CameraConfig, Frame, FrameSlot, MotionGate, PixelFormat};
 use crate::model::Model;
-use crate::postprocess::{Classification, Decision, PolicyConfig, Postprocessor, PublishPolicy};
+use crate::postprocess::{
+    Classification, Decision, PolicyConfig, Postprocessor, PublishMode, PublishPolicy,
+};
 use crate::preprocess::{PreprocessConfig, Preprocessor};
 use crate::publish::{Event, EventPrediction, Publisher};
 
@@ -48,6 +50,8 @@ pub struct Pipeline {
     generation: u64,
     logits: Vec<f32>,
     jpeg: Vec<u8>,
+    /// The last model output and its latency, standing for frames the motion gate skips.
+    last_classification: Option<(Classification, f32)>,
     last_event: Option<Event>,
 }
 
@@ -66,6 +70,7 @@ impl Pipeline {
             preprocessor: Preprocessor::new(preprocess),
             logits: Vec::with_capacity(1000),
             jpeg: Vec::new(),
+            last_classification: None,
             camera,
             slot,
             shared,
@@ -101,14 +106,25 @@ impl Pipeline {
         }
         let started = Instant::now();
         let rgb = self.preprocessor.decode(frame)?;
-        if !self.motion.changed(rgb) {
-            self.heartbeat_if_due();
-            return Ok(());
-        }
-        let input = self.preprocessor.normalize();
-        self.shared.model.forward(input, &mut self.logits)?;
-        let classification = settings.postprocessor.classify(&self.logits);
-        let latency_ms = started.elapsed().as_secs_f32() * 1e3;
+        let (classification, latency_ms) = if self.motion.changed(rgb) {
+            let input = self.preprocessor.normalize();
+            self.shared.model.forward(input, &mut self.logits)?;
+            let classification = settings.postprocessor.classify(&self.logits);
+            let latency_ms = started.elapsed().as_secs_f32() * 1e3;
+            self.last_classification = Some((classification.clone(), latency_ms));
+            (classification, latency_ms)
+        } else {
+            // The scene did not change, so neither did its classification. `on_change` counts it
+            // toward `hold` (a static scene still gets its first state published); `every` would
+            // re-send it for each frame, so there only a heartbeat may go out.
+            match (&self.last_classification, self.policy.config().mode) {
+                (Some(last), PublishMode::OnChange) => last.clone(),
+                _ => {
+                    self.heartbeat_if_due();
+                    return Ok(());
+                }
+            }
+        };
         match self.policy.decide(&classification, Instant::now()) {
             Decision::Skip => {}
             Decision::Heartbeat => self.heartbeat(),
