@@ -220,44 +220,48 @@ impl QuantizedNet {
             out,
             kernel,
         } = &mut *guard;
-        let mut since = Instant::now();
-        nchw_to_nhwc(input, 3, size, size, x);
-        let stem = &self.layers.stem;
-        let (mut h, mut w) = stem
-            .conv
-            .forward(pool, x, size, size, None, None, true, t, kernel);
-        lap(profile, &mut since, &stem.name);
-        let channels = stem.conv.geometry().out_channels;
-        (h, w) = pool.install(|| max_pool_3x3_s2(t, h, w, channels, x));
-        lap(profile, &mut since, "maxpool");
-        for block in &self.layers.blocks {
-            let (h1, w1) = block
-                .conv1
+        // One entry into the pool per frame: the layers' own `install`s then run inline, and
+        // rayon's injector queue (which allocates a block per 63 entries) is touched once.
+        pool.install(|| {
+            let mut since = Instant::now();
+            nchw_to_nhwc(input, 3, size, size, x);
+            let stem = &self.layers.stem;
+            let (mut h, mut w) = stem
                 .conv
-                .forward(pool, x, h, w, None, None, true, t, kernel);
-            lap(profile, &mut since, &block.conv1.name);
-            let residual = match &block.downsample {
-                Some(ds) => {
-                    ds.conv.forward(pool, x, h, w, None, None, false, r, kernel);
-                    lap(profile, &mut since, &ds.name);
-                    &*r
-                }
-                None => &*x,
-            };
-            block
-                .conv2
-                .conv
-                .forward(pool, t, h1, w1, None, Some(residual), true, out, kernel);
-            lap(profile, &mut since, &block.conv2.name);
-            std::mem::swap(x, out);
-            (h, w) = (h1, w1);
-        }
-        let fc = &self.layers.fc;
-        global_avg_pool(x, h, w, fc.conv.geometry().in_channels, t);
-        lap(profile, &mut since, "avgpool");
-        fc.conv
-            .forward(pool, t, 1, 1, None, None, false, logits, kernel);
-        lap(profile, &mut since, &fc.name);
+                .forward(pool, x, size, size, None, None, true, t, kernel);
+            lap(profile, &mut since, &stem.name);
+            let channels = stem.conv.geometry().out_channels;
+            (h, w) = max_pool_3x3_s2(t, h, w, channels, x);
+            lap(profile, &mut since, "maxpool");
+            for block in &self.layers.blocks {
+                let (h1, w1) = block
+                    .conv1
+                    .conv
+                    .forward(pool, x, h, w, None, None, true, t, kernel);
+                lap(profile, &mut since, &block.conv1.name);
+                let residual = match &block.downsample {
+                    Some(ds) => {
+                        ds.conv.forward(pool, x, h, w, None, None, false, r, kernel);
+                        lap(profile, &mut since, &ds.name);
+                        &*r
+                    }
+                    None => &*x,
+                };
+                block
+                    .conv2
+                    .conv
+                    .forward(pool, t, h1, w1, None, Some(residual), true, out, kernel);
+                lap(profile, &mut since, &block.conv2.name);
+                std::mem::swap(x, out);
+                (h, w) = (h1, w1);
+            }
+            let fc = &self.layers.fc;
+            global_avg_pool(x, h, w, fc.conv.geometry().in_channels, t);
+            lap(profile, &mut since, "avgpool");
+            fc.conv
+                .forward(pool, t, 1, 1, None, None, false, logits, kernel);
+            lap(profile, &mut since, &fc.name);
+        });
     }
 }
 
