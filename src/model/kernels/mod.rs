@@ -298,19 +298,17 @@ unsafe fn kernel_scalar(a: *const u8, kp: usize, w: *const i8, _panels: usize, a
     const ROWS: usize = SCALAR.rows;
     let a = std::slice::from_raw_parts(a, ROWS * kp);
     let w = std::slice::from_raw_parts(w, kp * PANEL);
-    for r in 0..ROWS {
-        let row = &mut acc[r * MAX_NR..][..PANEL];
-        row.fill(0);
-        let a_row = &a[r * kp..][..kp];
-        for (a4, w64) in a_row.chunks_exact(4).zip(w.chunks_exact(4 * PANEL)) {
-            for (sum, w4) in row.iter_mut().zip(w64.chunks_exact(4)) {
-                *sum += a4
-                    .iter()
-                    .zip(w4)
-                    .map(|(&x, &y)| x as i32 * y as i32)
-                    .sum::<i32>();
+    let mut sums = [[0i32; PANEL]; ROWS];
+    for (step, w_step) in w.chunks_exact(4 * PANEL).enumerate() {
+        for (r, row) in sums.iter_mut().enumerate() {
+            let a4 = &a[r * kp + step * 4..][..4];
+            for (sum, w4) in row.iter_mut().zip(w_step.chunks_exact(4)) {
+                *sum += (0..4).map(|j| a4[j] as i32 * w4[j] as i32).sum::<i32>();
             }
         }
+    }
+    for (r, row) in sums.iter().enumerate() {
+        acc[r * MAX_NR..][..PANEL].copy_from_slice(row);
     }
 }
 
