@@ -587,12 +587,24 @@ fn epilogue(
     out: &mut [f32],
 ) {
     let zp = zero_point as i32;
-    for c in 0..out.len() {
-        let mut v = (acc[c] - zp * weight_sums[c]) as f32 * scales[c] + bias[c];
-        if let Some(r) = residual {
-            v += r[c];
+    // Zipped iterators rather than indexing: no bounds checks, so the loop vectorizes.
+    let scaled = acc
+        .iter()
+        .zip(weight_sums)
+        .zip(scales.iter().zip(bias))
+        .map(|((&a, &ws), (&s, &b))| (a - zp * ws) as f32 * s + b);
+    let relu = |v: f32| if relu { v.max(0.0) } else { v };
+    match residual {
+        Some(res) => {
+            for ((o, v), &r) in out.iter_mut().zip(scaled).zip(res) {
+                *o = relu(v + r);
+            }
         }
-        out[c] = if relu { v.max(0.0) } else { v };
+        None => {
+            for (o, v) in out.iter_mut().zip(scaled) {
+                *o = relu(v);
+            }
+        }
     }
 }
 
