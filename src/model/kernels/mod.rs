@@ -32,6 +32,8 @@ const K_ALIGN: usize = 16;
 const MAX_NR: usize = 2 * PANEL;
 /// Most rows one micro-kernel call produces; packed activations are padded to a multiple of it.
 const MAX_MR: usize = 8;
+/// im2col copies up to this many bytes as one fixed-size block.
+const SHORT_COPY: usize = 32;
 /// Most output pixels per work item.
 const TILE_ROWS: usize = 64;
 /// Work items per thread to aim for, so a thread slowed by other load does not stall the layer.
@@ -629,15 +631,23 @@ fn im2col_row(
     let first = (-x0).clamp(0, k as isize) as usize;
     let last = (width as isize - x0).clamp(0, k as isize) as usize;
     for ky in 0..k {
-        let dst = &mut row[ky * span..][..span];
         let iy = (y * g.stride + ky) as isize - g.padding as isize;
         if iy < 0 || iy >= height as isize || first >= last {
-            dst.fill(zero_point);
+            row[ky * span..][..span].fill(zero_point);
             continue;
         }
         let src = (iy as usize * width + (x0 + first as isize) as usize) * cin;
+        let (start, len) = (ky * span + first * cin, (last - first) * cin);
+        if len <= SHORT_COPY && start + SHORT_COPY <= row.len() && src + SHORT_COPY <= input.len() {
+            // Few input channels (conv1: 21 bytes): one fixed-size copy instead of a memcpy
+            // call. It overruns into bytes written later (the fills below, the next kernel
+            // row, the depth padding), all inside this row.
+            row[start..start + SHORT_COPY].copy_from_slice(&input[src..src + SHORT_COPY]);
+        } else {
+            row[start..start + len].copy_from_slice(&input[src..src + len]);
+        }
+        let dst = &mut row[ky * span..][..span];
         dst[..first * cin].fill(zero_point);
-        dst[first * cin..last * cin].copy_from_slice(&input[src..src + (last - first) * cin]);
         dst[last * cin..].fill(zero_point);
     }
     row[k * span..].fill(0);
