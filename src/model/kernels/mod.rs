@@ -95,7 +95,7 @@ impl ActQuant {
 
     /// Dynamic quantization: the range of the tensor itself.
     pub fn for_tensor(values: &[f32]) -> Self {
-        let (min, max) = values.iter().fold((0f32, 0f32), min_max);
+        let (min, max) = range_with_zero(values);
         Self::for_range(min, max)
     }
 
@@ -124,8 +124,22 @@ fn quantize_slice(quant: ActQuant, input: &[f32], out: &mut [u8]) {
     }
 }
 
-fn min_max((lo, hi): (f32, f32), &v: &f32) -> (f32, f32) {
-    (lo.min(v), hi.max(v))
+/// `(min(0, values..), max(0, values..))`, NaN ignored. Eight independent lanes of selects, so
+/// it vectorizes (a single `f32::min` chain does not).
+fn range_with_zero(values: &[f32]) -> (f32, f32) {
+    const LANES: usize = 8;
+    let (mut lo, mut hi) = ([0f32; LANES], [0f32; LANES]);
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for i in 0..LANES {
+            lo[i] = if chunk[i] < lo[i] { chunk[i] } else { lo[i] };
+            hi[i] = if chunk[i] > hi[i] { chunk[i] } else { hi[i] };
+        }
+    }
+    let lo = lo.iter().chain(rest).fold(0f32, |l, &v| l.min(v));
+    let hi = hi.iter().chain(rest).fold(0f32, |h, &v| h.max(v));
+    (lo, hi)
 }
 
 /// The instruction paths of the integer GEMM. All give bit-identical results.
@@ -451,7 +465,7 @@ impl QConv2d {
             let quant = quant.unwrap_or_else(|| {
                 let (min, max) = input
                     .par_chunks(1 << 14)
-                    .map(|c| c.iter().fold((0f32, 0f32), min_max))
+                    .map(range_with_zero)
                     .reduce(|| (0.0, 0.0), |a, b| (a.0.min(b.0), a.1.max(b.1)));
                 ActQuant::for_range(min, max)
             });
