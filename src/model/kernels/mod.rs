@@ -400,7 +400,8 @@ impl QConv2d {
 
     /// Convolves `input` (NHWC, `height x width x in_channels`) into `out` (NHWC), adding
     /// `residual` (same shape as the output) before the optional ReLU. Returns the output
-    /// height and width. `quant` fixes the input's quantization; `None` measures it.
+    /// height and width. `quant` fixes the input's quantization (its zero point must be at most
+    /// [`ActQuant::MAX`], as [`ActQuant::for_range`] makes it); `None` measures it.
     /// Runs on the path of [`Isa::detect`].
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
@@ -445,6 +446,10 @@ impl QConv2d {
         scratch: &mut Scratch,
     ) -> (usize, usize) {
         assert!(isa.is_available(), "{} is not available", isa.name());
+        if let Some(q) = quant {
+            // A larger zero point would reach the padding taps and break exactness.
+            assert!(q.zero_point <= ActQuant::MAX, "zero point {}", q.zero_point);
+        }
         let g = self.geometry;
         assert_eq!(input.len(), height * width * g.in_channels, "input size");
         let (oh, ow) = (g.output_size(height), g.output_size(width));
