@@ -32,6 +32,21 @@ macro_rules! sdot_lane {
     };
 }
 
+/// The 16 channels x 4 bytes of one depth step of a weight panel.
+///
+/// # Safety
+/// `w` must have 64 readable bytes; needs NEON.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn load_step(w: *const i8) -> [int8x16_t; 4] {
+    [
+        vld1q_s8(w),
+        vld1q_s8(w.add(16)),
+        vld1q_s8(w.add(32)),
+        vld1q_s8(w.add(48)),
+    ]
+}
+
 /// 4 rows x 16 channels with `sdot` by element: one 16-byte load covers 4 depth steps of a row,
 /// and lane `j` of it meets the weights of step `j`.
 ///
@@ -55,12 +70,7 @@ unsafe fn kernel_neon_dotprod(
         macro_rules! step {
             ($j:literal) => {{
                 let wp = w.add((block * 4 + $j) * 4 * PANEL);
-                let wv = [
-                    vld1q_s8(wp),
-                    vld1q_s8(wp.add(16)),
-                    vld1q_s8(wp.add(32)),
-                    vld1q_s8(wp.add(48)),
-                ];
+                let wv = load_step(wp);
                 for (row, &a) in sums.iter_mut().zip(&av) {
                     for (s, &v) in row.iter_mut().zip(&wv) {
                         sdot_lane!(*s, v, a, $j);
@@ -92,31 +102,27 @@ unsafe fn kernel_neon(a: *const u8, kp: usize, w: *const i8, _panels: usize, acc
     let mut sums = [[vdupq_n_s32(0); 8]; ROWS];
     for step in (0..kp / 4).step_by(2) {
         let wp = w.add(step * 4 * PANEL);
-        let mut w0 = [vdupq_n_s8(0); 4];
-        let mut w1 = [vdupq_n_s8(0); 4];
-        for q in 0..4 {
-            w0[q] = vld1q_s8(wp.add(q * 16));
-            w1[q] = vld1q_s8(wp.add(4 * PANEL + q * 16));
-        }
+        let w0 = load_step(wp);
+        let w1 = load_step(wp.add(4 * PANEL));
         for (r, row) in sums.iter_mut().enumerate() {
             let ap = a.add(r * kp + step * 4).cast::<u32>();
             let a0 = vreinterpretq_s8_u32(vdupq_n_u32(ap.read_unaligned()));
             let a1 = vreinterpretq_s8_u32(vdupq_n_u32(ap.add(1).read_unaligned()));
-            for q in 0..4 {
+            for ((&w0, &w1), pair) in w0.iter().zip(&w1).zip(row.chunks_exact_mut(2)) {
                 let lo = vmlal_s8(
-                    vmull_s8(vget_low_s8(w0[q]), vget_low_s8(a0)),
-                    vget_low_s8(w1[q]),
+                    vmull_s8(vget_low_s8(w0), vget_low_s8(a0)),
+                    vget_low_s8(w1),
                     vget_low_s8(a1),
                 );
-                let hi = vmlal_high_s8(vmull_high_s8(w0[q], a0), w1[q], a1);
-                row[2 * q] = vpadalq_s16(row[2 * q], lo);
-                row[2 * q + 1] = vpadalq_s16(row[2 * q + 1], hi);
+                let hi = vmlal_high_s8(vmull_high_s8(w0, a0), w1, a1);
+                pair[0] = vpadalq_s16(pair[0], lo);
+                pair[1] = vpadalq_s16(pair[1], hi);
             }
         }
     }
     for (r, row) in sums.iter().enumerate() {
-        for q in 0..4 {
-            let channels = vpaddq_s32(row[2 * q], row[2 * q + 1]);
+        for (q, pair) in row.chunks_exact(2).enumerate() {
+            let channels = vpaddq_s32(pair[0], pair[1]);
             vst1q_s32(acc.as_mut_ptr().add(r * MAX_NR + q * 4), channels);
         }
     }

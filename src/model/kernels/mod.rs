@@ -32,6 +32,8 @@ const K_ALIGN: usize = 16;
 const MAX_NR: usize = 2 * PANEL;
 /// Most rows one micro-kernel call produces; packed activations are padded to a multiple of it.
 const MAX_MR: usize = 8;
+/// im2col copies up to this many bytes as one fixed-size block.
+const SHORT_COPY: usize = 32;
 /// Most output pixels per work item.
 const TILE_ROWS: usize = 64;
 /// Work items per thread to aim for, so a thread slowed by other load does not stall the layer.
@@ -93,12 +95,12 @@ impl ActQuant {
 
     /// Dynamic quantization: the range of the tensor itself.
     pub fn for_tensor(values: &[f32]) -> Self {
-        let (min, max) = values.iter().fold((0f32, 0f32), min_max);
+        let (min, max) = range_with_zero(values);
         Self::for_range(min, max)
     }
 
     /// `x / scale + zero_point`, clamped to `0..=127` (NaN to 0) and rounded half up. Written
-    /// with selects and a truncating cast rather than `f32::round`/`clamp` so that it
+    /// with selects and an unchecked truncation rather than `f32::round`/`clamp` so that it
     /// vectorizes on every target: input quantization runs over the whole tensor every layer.
     #[inline]
     pub fn quantize(&self, x: f32) -> u8 {
@@ -109,7 +111,9 @@ impl ActQuant {
         } else {
             Self::MAX as f32
         };
-        (v + 0.5) as i32 as u8
+        // SAFETY: the selects above map NaN and infinities into `0..=127`, so `v + 0.5` is
+        // finite and fits an i32 (a saturating `as` cast here would not vectorize).
+        unsafe { (v + 0.5).to_int_unchecked::<i32>() as u8 }
     }
 }
 
@@ -120,8 +124,22 @@ fn quantize_slice(quant: ActQuant, input: &[f32], out: &mut [u8]) {
     }
 }
 
-fn min_max((lo, hi): (f32, f32), &v: &f32) -> (f32, f32) {
-    (lo.min(v), hi.max(v))
+/// `(min(0, values..), max(0, values..))`, NaN ignored. Eight independent lanes of selects, so
+/// it vectorizes (a single `f32::min` chain does not).
+fn range_with_zero(values: &[f32]) -> (f32, f32) {
+    const LANES: usize = 8;
+    let (mut lo, mut hi) = ([0f32; LANES], [0f32; LANES]);
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for i in 0..LANES {
+            lo[i] = if chunk[i] < lo[i] { chunk[i] } else { lo[i] };
+            hi[i] = if chunk[i] > hi[i] { chunk[i] } else { hi[i] };
+        }
+    }
+    let lo = lo.iter().chain(rest).fold(0f32, |l, &v| l.min(v));
+    let hi = hi.iter().chain(rest).fold(0f32, |h, &v| h.max(v));
+    (lo, hi)
 }
 
 /// The instruction paths of the integer GEMM. All give bit-identical results.
@@ -298,19 +316,17 @@ unsafe fn kernel_scalar(a: *const u8, kp: usize, w: *const i8, _panels: usize, a
     const ROWS: usize = SCALAR.rows;
     let a = std::slice::from_raw_parts(a, ROWS * kp);
     let w = std::slice::from_raw_parts(w, kp * PANEL);
-    for r in 0..ROWS {
-        let row = &mut acc[r * MAX_NR..][..PANEL];
-        row.fill(0);
-        let a_row = &a[r * kp..][..kp];
-        for (a4, w64) in a_row.chunks_exact(4).zip(w.chunks_exact(4 * PANEL)) {
-            for (sum, w4) in row.iter_mut().zip(w64.chunks_exact(4)) {
-                *sum += a4
-                    .iter()
-                    .zip(w4)
-                    .map(|(&x, &y)| x as i32 * y as i32)
-                    .sum::<i32>();
+    let mut sums = [[0i32; PANEL]; ROWS];
+    for (step, w_step) in w.chunks_exact(4 * PANEL).enumerate() {
+        for (r, row) in sums.iter_mut().enumerate() {
+            let a4 = &a[r * kp + step * 4..][..4];
+            for (sum, w4) in row.iter_mut().zip(w_step.chunks_exact(4)) {
+                *sum += (0..4).map(|j| a4[j] as i32 * w4[j] as i32).sum::<i32>();
             }
         }
+    }
+    for (r, row) in sums.iter().enumerate() {
+        acc[r * MAX_NR..][..PANEL].copy_from_slice(row);
     }
 }
 
@@ -384,7 +400,8 @@ impl QConv2d {
 
     /// Convolves `input` (NHWC, `height x width x in_channels`) into `out` (NHWC), adding
     /// `residual` (same shape as the output) before the optional ReLU. Returns the output
-    /// height and width. `quant` fixes the input's quantization; `None` measures it.
+    /// height and width. `quant` fixes the input's quantization (its zero point must be at most
+    /// [`ActQuant::MAX`], as [`ActQuant::for_range`] makes it); `None` measures it.
     /// Runs on the path of [`Isa::detect`].
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
@@ -429,6 +446,10 @@ impl QConv2d {
         scratch: &mut Scratch,
     ) -> (usize, usize) {
         assert!(isa.is_available(), "{} is not available", isa.name());
+        if let Some(q) = quant {
+            // A larger zero point would reach the padding taps and break exactness.
+            assert!(q.zero_point <= ActQuant::MAX, "zero point {}", q.zero_point);
+        }
         let g = self.geometry;
         assert_eq!(input.len(), height * width * g.in_channels, "input size");
         let (oh, ow) = (g.output_size(height), g.output_size(width));
@@ -449,7 +470,7 @@ impl QConv2d {
             let quant = quant.unwrap_or_else(|| {
                 let (min, max) = input
                     .par_chunks(1 << 14)
-                    .map(|c| c.iter().fold((0f32, 0f32), min_max))
+                    .map(range_with_zero)
                     .reduce(|| (0.0, 0.0), |a, b| (a.0.min(b.0), a.1.max(b.1)));
                 ActQuant::for_range(min, max)
             });
@@ -589,12 +610,24 @@ fn epilogue(
     out: &mut [f32],
 ) {
     let zp = zero_point as i32;
-    for c in 0..out.len() {
-        let mut v = (acc[c] - zp * weight_sums[c]) as f32 * scales[c] + bias[c];
-        if let Some(r) = residual {
-            v += r[c];
+    // Zipped iterators rather than indexing: no bounds checks, so the loop vectorizes.
+    let scaled = acc
+        .iter()
+        .zip(weight_sums)
+        .zip(scales.iter().zip(bias))
+        .map(|((&a, &ws), (&s, &b))| (a - zp * ws) as f32 * s + b);
+    let relu = |v: f32| if relu { v.max(0.0) } else { v };
+    match residual {
+        Some(res) => {
+            for ((o, v), &r) in out.iter_mut().zip(scaled).zip(res) {
+                *o = relu(v + r);
+            }
         }
-        out[c] = if relu { v.max(0.0) } else { v };
+        None => {
+            for (o, v) in out.iter_mut().zip(scaled) {
+                *o = relu(v);
+            }
+        }
     }
 }
 
@@ -619,15 +652,23 @@ fn im2col_row(
     let first = (-x0).clamp(0, k as isize) as usize;
     let last = (width as isize - x0).clamp(0, k as isize) as usize;
     for ky in 0..k {
-        let dst = &mut row[ky * span..][..span];
         let iy = (y * g.stride + ky) as isize - g.padding as isize;
         if iy < 0 || iy >= height as isize || first >= last {
-            dst.fill(zero_point);
+            row[ky * span..][..span].fill(zero_point);
             continue;
         }
         let src = (iy as usize * width + (x0 + first as isize) as usize) * cin;
+        let (start, len) = (ky * span + first * cin, (last - first) * cin);
+        if len <= SHORT_COPY && start + SHORT_COPY <= row.len() && src + SHORT_COPY <= input.len() {
+            // Few input channels (conv1: 21 bytes): one fixed-size copy instead of a memcpy
+            // call. It overruns into bytes written later (the fills below, the next kernel
+            // row, the depth padding), all inside this row.
+            row[start..start + SHORT_COPY].copy_from_slice(&input[src..src + SHORT_COPY]);
+        } else {
+            row[start..start + len].copy_from_slice(&input[src..src + len]);
+        }
+        let dst = &mut row[ky * span..][..span];
         dst[..first * cin].fill(zero_point);
-        dst[first * cin..last * cin].copy_from_slice(&input[src..src + (last - first) * cin]);
         dst[last * cin..].fill(zero_point);
     }
     row[k * span..].fill(0);

@@ -26,8 +26,9 @@ pub fn max_pool_3x3_s2(
                 for (x, dst) in row.chunks_exact_mut(channels).enumerate() {
                     for ix in (2 * x).saturating_sub(1)..(2 * x + 2).min(width) {
                         let src = &input[(iy * width + ix) * channels..][..channels];
+                        // A select, not `f32::max`: it vectorizes (NaN inputs are skipped).
                         for (d, &s) in dst.iter_mut().zip(src) {
-                            *d = d.max(s);
+                            *d = if s > *d { s } else { *d };
                         }
                     }
                 }

@@ -409,3 +409,33 @@ fn resnet18_timings() {
         totals[0] / totals[1]
     );
 }
+
+#[test]
+fn quantize_clamps_out_of_range_and_non_finite_values() {
+    let q = ActQuant::for_range(-1.0, 1.54);
+    assert_eq!(q.zero_point, 50);
+    assert_eq!(q.quantize(0.0), 50);
+    assert_eq!(q.quantize(-1.0), 0);
+    assert_eq!(q.quantize(1.54), 127);
+    assert_eq!(q.quantize(-100.0), 0);
+    assert_eq!(q.quantize(100.0), 127);
+    assert_eq!(q.quantize(f32::NAN), 0);
+    assert_eq!(q.quantize(f32::INFINITY), 127);
+    assert_eq!(q.quantize(f32::NEG_INFINITY), 0);
+    // Half a step rounds up.
+    assert_eq!(q.quantize(0.5 * q.scale), 51);
+}
+
+#[test]
+fn tensor_range_includes_zero_and_ignores_nan() {
+    let mut values = Lcg(9).floats(21, 0.5, 2.0);
+    values[3] = -1.25;
+    values[19] = 4.5; // in the remainder after the 8-lane chunks
+    values[7] = f32::NAN;
+    assert_eq!(range_with_zero(&values), (-1.25, 4.5));
+    assert_eq!(range_with_zero(&[1.0, 2.0]), (0.0, 2.0));
+    assert_eq!(
+        ActQuant::for_tensor(&values),
+        ActQuant::for_range(-1.25, 4.5)
+    );
+}
