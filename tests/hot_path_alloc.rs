@@ -1,0 +1,115 @@
+//! The frame-to-logits hot path does not allocate once warmed up: raw camera frames go from bytes
+//! to tensor, and the int8 network from tensor to logits, reusing their buffers on every thread.
+//! (Own test binary with one test: it installs a process-wide counting allocator.)
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use edgeclass::capture::{Frame, PixelFormat};
+use edgeclass::model::{synthetic_input, Model, Precision};
+use edgeclass::preprocess::{PreprocessConfig, Preprocessor};
+
+/// Counts every allocation in the process (all threads) while `COUNTING` is set.
+struct CountingAllocator;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_allocation() {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_allocation();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Allocations anywhere in the process while `work` runs.
+fn allocations_during(work: impl FnOnce()) -> usize {
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    work();
+    COUNTING.store(false, Ordering::Relaxed);
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+fn frame(format: PixelFormat, data: Vec<u8>) -> Frame {
+    Frame {
+        format,
+        width: 320,
+        height: 240,
+        data,
+        captured_at: SystemTime::now(),
+        seq: 0,
+        origin: "cam0".to_string(),
+    }
+}
+
+// One test on purpose: the count is process-wide, so nothing else may run beside it.
+#[test]
+fn hot_path_allocates_nothing_after_warm_up() {
+    let pixels = 320 * 240;
+    let gradient = |len: usize| (0..len).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>();
+    let frames = [
+        frame(PixelFormat::Yuyv, gradient(pixels * 2)),
+        frame(PixelFormat::Nv12, gradient(pixels * 3 / 2)),
+        frame(PixelFormat::Rgb24, gradient(pixels * 3)),
+    ];
+    for frame in &frames {
+        let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+        let warm_up = preprocessor.run(frame).unwrap().to_vec();
+        let allocations = allocations_during(|| {
+            for _ in 0..5 {
+                preprocessor.run(frame).unwrap();
+            }
+        });
+        assert_eq!(
+            allocations, 0,
+            "{:?} frames allocated {allocations} times",
+            frame.format
+        );
+        assert_eq!(preprocessor.run(frame).unwrap(), &warm_up[..]);
+    }
+
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/model_tiny_resnet18.safetensors");
+    for precision in [Precision::Q8_0, Precision::Q4_0] {
+        let model = Model::load(&weights, precision, 2).expect("load the reference network");
+        let input = synthetic_input(1, model.input_size());
+        let mut logits = Vec::new();
+        for _ in 0..3 {
+            model.forward(&input, &mut logits).expect("warm-up forward");
+        }
+        let first = logits.clone();
+        let allocations = allocations_during(|| {
+            for _ in 0..50 {
+                model.forward(&input, &mut logits).expect("forward");
+            }
+        });
+        assert_eq!(logits, first, "{precision}: same input, same logits");
+        // Each frame enters the rayon pool once; rayon's injector queue may allocate one block
+        // per 63 entries. Anything per frame or per layer would show up here 50 times or more.
+        assert!(
+            allocations <= 1,
+            "{precision}: {allocations} allocations in 50 warm forwards"
+        );
+    }
+}
