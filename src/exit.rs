@@ -20,6 +20,23 @@ pub trait ExitCode {
     fn exit_code(&self) -> i32;
 }
 
+/// One line naming each cause of `err` once. Many errors already quote their source in their
+/// own message, so anyhow's `{:#}` would repeat it ("...: os error 2: os error 2").
+pub fn message_of(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// The exit code for an error: the first error in the chain that knows its code decides.
 pub fn code_of(err: &anyhow::Error) -> i32 {
     err.chain().find_map(known_code).unwrap_or(1)
@@ -41,4 +58,29 @@ fn known_code(cause: &(dyn std::error::Error + 'static)) -> Option<i32> {
         .or_else(|| code::<crate::preprocess::PreprocessError>(cause))
         .or_else(|| code::<crate::model::ModelError>(cause))
         .or_else(|| cause.downcast_ref::<std::io::Error>().map(|_| IO_ERR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading {path}: {source}")]
+    struct Quoting {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn message_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::from(Quoting {
+            path: "/x".into(),
+            source: io,
+        })
+        .context("loading labels");
+        assert_eq!(message_of(&err), "loading labels: reading /x: no such file");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(message_of(&plain), "outer: inner");
+    }
 }

@@ -45,7 +45,7 @@ fn main() {
         Command::ListCameras(args) => commands::list_cameras::run(args),
     };
     if let Err(err) = result {
-        eprintln!("edgeclass: {err:#}");
+        eprintln!("edgeclass: {}", edgeclass::exit::message_of(&err));
         std::process::exit(edgeclass::exit::code_of(&err));
     }
 }

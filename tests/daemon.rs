@@ -466,6 +466,15 @@ fn config_errors_name_the_key_and_file_and_exit_78() {
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("source"), "{err}");
 
+    // A label file that does not exist: named once, with the OS reason once.
+    let (code, err, _) = check(
+        &format!("[postprocess]\ngroups = \"/nonexistent/groups.toml\"\n{camera}"),
+        &[],
+    );
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("/nonexistent/groups.toml"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+
     let (code, out, _) = check(camera, &[]);
     assert_eq!(code, Some(0), "{out}");
 

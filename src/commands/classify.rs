@@ -83,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let result = classify();
         if let Err(err) = result {
-            eprintln!("edgeclass: {err:#}");
+            eprintln!("edgeclass: {}", crate::exit::message_of(&err));
             failures += 1;
             first_failure.get_or_insert(err);
             continue;

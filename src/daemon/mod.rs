@@ -234,6 +234,9 @@ fn reload(config_file: &Path, settings: &RwLock<Arc<Reloadable>>) {
                 config_file.display()
             );
         }
-        Err(err) => log::error!("reload failed, keeping the previous settings: {err:#}"),
+        Err(err) => log::error!(
+            "reload failed, keeping the previous settings: {}",
+            crate::exit::message_of(&err)
+        ),
     }
 }

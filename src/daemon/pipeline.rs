@@ -85,7 +85,11 @@ impl Pipeline {
             match self.slot.take(FRAME_WAIT) {
                 Some(frame) => {
                     if let Err(err) = self.process(&frame) {
-                        log::warn!("camera {}: {err:#}", self.camera.id);
+                        log::warn!(
+                            "camera {}: {}",
+                            self.camera.id,
+                            crate::exit::message_of(&err)
+                        );
                     }
                 }
                 None => self.heartbeat_if_due(),
