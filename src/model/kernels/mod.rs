@@ -18,9 +18,12 @@ mod pooling;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use pooling::{global_avg_pool, max_pool_3x3_s2};
+pub use pooling::{global_avg_pool, max_pool_3x3_s2, PoolValue};
 
 use rayon::prelude::*;
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// Output channels per packed weight panel.
@@ -99,22 +102,33 @@ impl ActQuant {
         Self::for_range(min, max)
     }
 
-    /// `x / scale + zero_point`, clamped to `0..=127` (NaN to 0) and rounded half up. Written
-    /// with selects and an unchecked truncation rather than `f32::round`/`clamp` so that it
-    /// vectorizes on every target: input quantization runs over the whole tensor every layer.
+    /// `x / scale + zero_point`, clamped to `0..=127` (NaN to 0) and rounded half up.
     #[inline]
     pub fn quantize(&self, x: f32) -> u8 {
-        let v = x * (1.0 / self.scale) + self.zero_point as f32;
-        let v = if v > 0.0 { v } else { 0.0 };
-        let v = if v < Self::MAX as f32 {
-            v
-        } else {
-            Self::MAX as f32
-        };
-        // SAFETY: the selects above map NaN and infinities into `0..=127`, so `v + 0.5` is
-        // finite and fits an i32 (a saturating `as` cast here would not vectorize).
-        unsafe { (v + 0.5).to_int_unchecked::<i32>() as u8 }
+        to_u7(x * (1.0 / self.scale) + self.zero_point as f32, 0.0)
     }
+
+    /// The real value of level `q`.
+    pub fn dequantize(&self, q: u8) -> f32 {
+        (q as f32 - self.zero_point as f32) * self.scale
+    }
+}
+
+/// `v` clamped to `floor..=127` (NaN to `floor`) and rounded half up. Written with selects and
+/// an unchecked truncation rather than `f32::round`/`clamp` so that it vectorizes on every
+/// target: it runs over every activation of every layer.
+#[inline]
+fn to_u7(v: f32, floor: f32) -> u8 {
+    let v = if v > floor { v } else { floor };
+    let v = if v < ActQuant::MAX as f32 {
+        v
+    } else {
+        ActQuant::MAX as f32
+    };
+    // SAFETY: the selects above map NaN and infinities into `floor..=127` (`floor` is 0 or a
+    // zero point), so `v + 0.5` is finite and fits an i32 (a saturating `as` cast would not
+    // vectorize).
+    unsafe { (v + 0.5).to_int_unchecked::<i32>() as u8 }
 }
 
 /// `out[i] = quant.quantize(input[i])`.
@@ -330,15 +344,37 @@ unsafe fn kernel_scalar(a: *const u8, kp: usize, w: *const i8, _panels: usize, a
     }
 }
 
-/// Buffers a convolution reuses from frame to frame.
+/// Buffers the dynamic path reuses from frame to frame.
 #[derive(Debug, Default)]
 pub struct Scratch {
     /// The input, quantized.
     quantized: Vec<u8>,
-    /// im2col rows, `kp` bytes each, row count padded to `MAX_MR`.
-    patches: Vec<u8>,
     /// Per output channel: activation scale times weight scale.
     scales: Vec<f32>,
+}
+
+/// How a convolution with fixed (calibrated) input and output quantization maps its integer
+/// accumulators to output levels: `out = acc * scales[c] + offsets[c]` (plus the residual),
+/// clamped and rounded to `0..=127`. Precomputed once per layer by [`QConv2d::requantization`].
+#[derive(Debug, Clone)]
+pub struct Requant {
+    input: ActQuant,
+    output: ActQuant,
+    /// `input.scale * weight_scale[c] / output.scale`.
+    scales: Vec<f32>,
+    /// `(bias[c] - input.zero_point * weight_sum[c] * input.scale * weight_scale[c])
+    /// / output.scale + output.zero_point`.
+    offsets: Vec<f32>,
+}
+
+impl Requant {
+    pub fn input(&self) -> ActQuant {
+        self.input
+    }
+
+    pub fn output(&self) -> ActQuant {
+        self.output
+    }
 }
 
 /// One int8 convolution (BatchNorm already folded into weights and bias).
@@ -398,6 +434,23 @@ impl QConv2d {
         self.geometry
     }
 
+    /// The requantization from `input` levels to `output` levels (computed in f64, so the
+    /// folded constants are as exact as f32 allows).
+    pub fn requantization(&self, input: ActQuant, output: ActQuant) -> Requant {
+        let (si, so) = (input.scale as f64, output.scale as f64);
+        let zi = input.zero_point as f64;
+        let scales = self.scales.iter().map(|&sw| si * sw as f64 / so);
+        let offsets = (self.bias.iter().zip(&self.weight_sums))
+            .zip(scales.clone())
+            .map(|((&b, &ws), s)| (b as f64 / so - zi * ws as f64 * s) + output.zero_point as f64);
+        Requant {
+            input,
+            output,
+            offsets: offsets.map(|v| v as f32).collect(),
+            scales: scales.map(|v| v as f32).collect(),
+        }
+    }
+
     /// Convolves `input` (NHWC, `height x width x in_channels`) into `out` (NHWC), adding
     /// `residual` (same shape as the output) before the optional ReLU. Returns the output
     /// height and width. `quant` fixes the input's quantization (its zero point must be at most
@@ -445,27 +498,17 @@ impl QConv2d {
         out: &mut Vec<f32>,
         scratch: &mut Scratch,
     ) -> (usize, usize) {
-        assert!(isa.is_available(), "{} is not available", isa.name());
         if let Some(q) = quant {
             // A larger zero point would reach the padding taps and break exactness.
             assert!(q.zero_point <= ActQuant::MAX, "zero point {}", q.zero_point);
         }
-        let g = self.geometry;
-        assert_eq!(input.len(), height * width * g.in_channels, "input size");
-        let (oh, ow) = (g.output_size(height), g.output_size(width));
-        let m = oh * ow;
-        out.resize(m * g.out_channels, 0.0);
+        let m = self.check_shapes(isa, input.len(), height, width);
+        out.resize(m * self.geometry.out_channels, 0.0);
         if let Some(r) = residual {
             assert_eq!(r.len(), out.len(), "residual size");
         }
-        let kp = g.padded_patch_len();
-        let Scratch {
-            quantized,
-            patches,
-            scales,
-        } = scratch;
+        let Scratch { quantized, scales } = scratch;
         quantized.resize(input.len(), 0);
-        patches.resize(m.div_ceil(MAX_MR) * MAX_MR * kp, 0);
         pool.install(|| {
             let quant = quant.unwrap_or_else(|| {
                 let (min, max) = input
@@ -480,52 +523,129 @@ impl QConv2d {
                 .par_chunks_mut(1 << 14)
                 .zip(input.par_chunks(1 << 14))
                 .for_each(|(q, x)| quantize_slice(quant, x, q));
-            patches[..m * kp]
-                .par_chunks_mut(kp)
-                .with_min_len(16)
-                .enumerate()
-                .for_each(|(p, row)| {
-                    im2col_row(
-                        quantized,
-                        height,
-                        width,
-                        g,
-                        p / ow,
-                        p % ow,
-                        quant.zero_point,
-                        row,
-                    )
-                });
-            self.gemm(
-                isa.micro_kernel(),
-                patches,
-                m,
-                quant.zero_point,
+            let epilogue = Epilogue::Float {
+                out: Shared(out.as_mut_ptr()),
+                zero_point: quant.zero_point,
                 scales,
                 residual,
                 relu,
-                out,
+            };
+            self.gemm(
+                isa.micro_kernel(),
+                quantized,
+                height,
+                width,
+                quant,
+                epilogue,
             );
         });
-        (oh, ow)
+        self.geometry.output_dims(height, width)
+    }
+
+    /// The static path: convolves quantized `input` (NHWC levels of `requant.input()`) into
+    /// `out` (levels of `requant.output()`), adding `residual` (levels and their quantization)
+    /// before the optional ReLU. No pass over the tensor besides the GEMM itself.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_quantized(
+        &self,
+        pool: &rayon::ThreadPool,
+        input: &[u8],
+        height: usize,
+        width: usize,
+        requant: &Requant,
+        residual: Option<(&[u8], ActQuant)>,
+        relu: bool,
+        out: &mut Vec<u8>,
+    ) -> (usize, usize) {
+        self.forward_quantized_with_isa(
+            Isa::cached(),
+            pool,
+            input,
+            height,
+            width,
+            requant,
+            residual,
+            relu,
+            out,
+        )
+    }
+
+    /// [`QConv2d::forward_quantized`] on a chosen path. Panics if `isa` is not available.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_quantized_with_isa(
+        &self,
+        isa: Isa,
+        pool: &rayon::ThreadPool,
+        input: &[u8],
+        height: usize,
+        width: usize,
+        requant: &Requant,
+        residual: Option<(&[u8], ActQuant)>,
+        relu: bool,
+        out: &mut Vec<u8>,
+    ) -> (usize, usize) {
+        assert_eq!(requant.scales.len(), self.geometry.out_channels, "requant");
+        let m = self.check_shapes(isa, input.len(), height, width);
+        out.resize(m * self.geometry.out_channels, 0);
+        // `(r - zero_point) * scale / output scale` = `r * factor + offset`.
+        let residual = residual.map(|(levels, q)| {
+            assert_eq!(levels.len(), out.len(), "residual size");
+            let factor = q.scale / requant.output.scale;
+            (levels, factor, -(q.zero_point as f32) * factor)
+        });
+        // ReLU on levels: nothing below the output's zero point.
+        let floor = if relu {
+            requant.output.zero_point as f32
+        } else {
+            0.0
+        };
+        let epilogue = Epilogue::Quantized {
+            out: Shared(out.as_mut_ptr()),
+            requant,
+            residual,
+            floor,
+        };
+        pool.install(|| {
+            self.gemm(
+                isa.micro_kernel(),
+                input,
+                height,
+                width,
+                requant.input,
+                epilogue,
+            )
+        });
+        self.geometry.output_dims(height, width)
+    }
+
+    /// Checks the input size and the path; returns the number of output pixels.
+    fn check_shapes(&self, isa: Isa, input_len: usize, height: usize, width: usize) -> usize {
+        assert!(isa.is_available(), "{} is not available", isa.name());
+        let g = self.geometry;
+        assert_eq!(input_len, height * width * g.in_channels, "input size");
+        let (oh, ow) = g.output_dims(height, width);
+        oh * ow
     }
 
     /// `out[m][n] = epilogue(patches[m] . weights[n])`, split over output-pixel tiles and, when
-    /// there are too few tiles to keep every thread busy, over output channels.
-    #[allow(clippy::too_many_arguments)]
+    /// there are too few tiles to keep every thread busy, over output channels. Each work item
+    /// gathers the patches (im2col) of its own tile into a per-thread buffer, so the gather
+    /// runs in parallel, lands in cache right before the micro-kernel reads it, and needs no
+    /// tensor-sized buffer or extra pass.
     fn gemm(
         &self,
         kernel: MicroKernel,
-        patches: &[u8],
-        m: usize,
-        zero_point: u8,
-        scales: &[f32],
-        residual: Option<&[f32]>,
-        relu: bool,
-        out: &mut [f32],
+        input: &[u8],
+        height: usize,
+        width: usize,
+        quant: ActQuant,
+        epilogue: Epilogue,
     ) {
-        let n = self.geometry.out_channels;
-        let kp = self.geometry.padded_patch_len();
+        let g = self.geometry;
+        let n = g.out_channels;
+        let kp = g.padded_patch_len();
+        let (oh, ow) = g.output_dims(height, width);
+        let m = oh * ow;
         let panels = n.div_ceil(PANEL);
         let threads = rayon::current_num_threads();
         // Equal tiles, as many as a multiple of the thread count where the rounding to whole
@@ -539,59 +659,169 @@ impl QConv2d {
         let n_blocks = wanted.div_ceil(m_tiles).clamp(1, panel_groups);
         let panels_per_block = panel_groups.div_ceil(n_blocks) * kernel.max_panels;
         let n_blocks = panels.div_ceil(panels_per_block);
-        let out = SharedOut(out.as_mut_ptr());
+        // Items of one tile are adjacent, so a thread usually finds its tile already gathered.
+        let call = GEMM_CALLS.fetch_add(1, Ordering::Relaxed);
         (0..m_tiles * n_blocks).into_par_iter().for_each(|item| {
             let (tile, block) = (item / n_blocks, item % n_blocks);
             let rows = tile * tile_rows..((tile + 1) * tile_rows).min(m);
             let first_panel = block * panels_per_block;
             let last_panel = (first_panel + panels_per_block).min(panels);
-            let mut acc: Acc = [0; MAX_MR * MAX_NR];
-            for p in (first_panel..last_panel).step_by(kernel.max_panels) {
-                let np = kernel.max_panels.min(last_panel - p);
-                let channels = p * PANEL..((p + np) * PANEL).min(n);
-                let weights = &self.packed[p * PANEL * kp..][..np * PANEL * kp];
-                for r0 in rows.clone().step_by(kernel.rows) {
-                    let block_rows = &patches[r0 * kp..][..kernel.rows * kp];
-                    // SAFETY: `patches` has `kernel.rows` rows from `r0` (its row count is
-                    // padded to MAX_MR, a multiple of every kernel's rows), `weights` holds
-                    // `np` panels, and `isa.is_available()` was checked by the caller.
-                    unsafe {
-                        (kernel.run)(block_rows.as_ptr(), kp, weights.as_ptr(), np, &mut acc)
-                    };
-                    for r in r0..(r0 + kernel.rows).min(rows.end) {
-                        let at = r * n + channels.start;
-                        let len = channels.len();
-                        // SAFETY: work items own disjoint (row range x channel range) blocks
-                        // of `out`, which outlives the parallel loop.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), len) };
-                        epilogue(
-                            &acc[(r - r0) * MAX_NR..][..len],
-                            zero_point,
-                            &self.weight_sums[channels.clone()],
-                            &scales[channels.clone()],
-                            &self.bias[channels.clone()],
-                            residual.map(|res| &res[at..at + len]),
-                            relu,
-                            dst,
+            TILE.with_borrow_mut(|gathered| {
+                if gathered.key != (call, tile) {
+                    gathered.key = (call, tile);
+                    let len = rows.len().next_multiple_of(MAX_MR) * kp;
+                    if gathered.patches.len() < len {
+                        gathered.patches.resize(len, 0);
+                    }
+                    let patches = gathered.patches[..rows.len() * kp].chunks_exact_mut(kp);
+                    for (p, row) in rows.clone().zip(patches) {
+                        im2col_row(
+                            input,
+                            height,
+                            width,
+                            g,
+                            p / ow,
+                            p % ow,
+                            quant.zero_point,
+                            row,
                         );
                     }
                 }
-            }
+                let patches = &gathered.patches;
+                let mut acc: Acc = [0; MAX_MR * MAX_NR];
+                for p in (first_panel..last_panel).step_by(kernel.max_panels) {
+                    let np = kernel.max_panels.min(last_panel - p);
+                    let channels = p * PANEL..((p + np) * PANEL).min(n);
+                    let weights = &self.packed[p * PANEL * kp..][..np * PANEL * kp];
+                    for r0 in rows.clone().step_by(kernel.rows) {
+                        let block_rows = &patches[(r0 - rows.start) * kp..][..kernel.rows * kp];
+                        // SAFETY: `patches` has `kernel.rows` rows from `r0` (the tile is
+                        // padded to MAX_MR rows, a multiple of every kernel's rows), `weights`
+                        // holds `np` panels, and `isa.is_available()` was checked.
+                        unsafe {
+                            (kernel.run)(block_rows.as_ptr(), kp, weights.as_ptr(), np, &mut acc)
+                        };
+                        for r in r0..(r0 + kernel.rows).min(rows.end) {
+                            let acc = &acc[(r - r0) * MAX_NR..][..channels.len()];
+                            // SAFETY: work items own disjoint (row x channel) blocks of the
+                            // output, which outlives the parallel loop.
+                            unsafe { epilogue.store(self, r * n, channels.clone(), acc) };
+                        }
+                    }
+                }
+            });
         });
     }
 }
 
-/// The output buffer, shared by work items that write disjoint blocks of it.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: see the disjointness argument in `QConv2d::gemm`.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
+impl ConvGeometry {
+    /// Output height and width for an input of `height x width`.
+    fn output_dims(&self, height: usize, width: usize) -> (usize, usize) {
+        (self.output_size(height), self.output_size(width))
+    }
+}
 
-impl SharedOut {
-    /// Pointer to element `offset` (a method, so closures capture the whole `Sync` wrapper).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
+/// Numbers each GEMM call, so a thread can tell whether its gathered tile is current.
+static GEMM_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// The im2col rows of one tile, gathered by the thread that multiplies them.
+#[derive(Default)]
+struct GatheredTile {
+    /// `(GEMM call, tile)` the rows belong to.
+    key: (u64, usize),
+    patches: Vec<u8>,
+}
+
+thread_local! {
+    // Grows to the largest tile once per thread, then is reused: no allocation per frame.
+    static TILE: RefCell<GatheredTile> = RefCell::new(GatheredTile {
+        key: (u64::MAX, 0),
+        patches: Vec::new(),
+    });
+}
+
+/// An output buffer shared by work items that write disjoint blocks of it.
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+// SAFETY: see the disjointness argument in `QConv2d::gemm`.
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// `len` elements from `offset`.
+    ///
+    /// # Safety
+    /// The range must be inside the buffer and not accessed by anyone else meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(offset), len)
+    }
+}
+
+/// What the GEMM does with its accumulators.
+enum Epilogue<'a> {
+    /// Dynamic path: dequantize to f32 (see [`epilogue`]).
+    Float {
+        out: Shared<f32>,
+        zero_point: u8,
+        /// Per channel: input scale times weight scale.
+        scales: &'a [f32],
+        residual: Option<&'a [f32]>,
+        relu: bool,
+    },
+    /// Static path: requantize to the output's levels (see [`requantize`]).
+    Quantized {
+        out: Shared<u8>,
+        requant: &'a Requant,
+        /// Levels, factor and offset that bring them to output levels.
+        residual: Option<(&'a [u8], f32, f32)>,
+        floor: f32,
+    },
+}
+
+// SAFETY: the raw output pointers are only written in disjoint blocks (see `QConv2d::gemm`).
+unsafe impl Sync for Epilogue<'_> {}
+
+impl Epilogue<'_> {
+    /// Finishes the output pixel at `at` (its first element) for `channels`.
+    ///
+    /// # Safety
+    /// `at + channels` must be inside the output and written by no one else meanwhile.
+    #[inline]
+    unsafe fn store(&self, conv: &QConv2d, at: usize, channels: Range<usize>, acc: &[i32]) {
+        let (len, c) = (channels.len(), channels.clone());
+        let at = at + channels.start;
+        match self {
+            Epilogue::Float {
+                out,
+                zero_point,
+                scales,
+                residual,
+                relu,
+            } => epilogue(
+                acc,
+                *zero_point,
+                &conv.weight_sums[c.clone()],
+                &scales[c.clone()],
+                &conv.bias[c],
+                residual.map(|res| &res[at..at + len]),
+                *relu,
+                out.slice(at, len),
+            ),
+            Epilogue::Quantized {
+                out,
+                requant,
+                residual,
+                floor,
+            } => requantize(
+                acc,
+                &requant.scales[c.clone()],
+                &requant.offsets[c],
+                residual.map(|(levels, factor, offset)| (&levels[at..at + len], factor, offset)),
+                *floor,
+                out.slice(at, len),
+            ),
+        }
     }
 }
 
@@ -626,6 +856,35 @@ fn epilogue(
         None => {
             for (o, v) in out.iter_mut().zip(scaled) {
                 *o = relu(v);
+            }
+        }
+    }
+}
+
+/// `acc * scale + offset (+ residual * factor + residual_offset)` as output levels, nothing
+/// below `floor` (the ReLU). Shared by every path like [`epilogue`].
+#[inline]
+fn requantize(
+    acc: &[i32],
+    scales: &[f32],
+    offsets: &[f32],
+    residual: Option<(&[u8], f32, f32)>,
+    floor: f32,
+    out: &mut [u8],
+) {
+    let scaled = acc
+        .iter()
+        .zip(scales.iter().zip(offsets))
+        .map(|(&a, (&s, &o))| a as f32 * s + o);
+    match residual {
+        Some((levels, factor, offset)) => {
+            for ((q, v), &r) in out.iter_mut().zip(scaled).zip(levels) {
+                *q = to_u7(v + (r as f32 * factor + offset), floor);
+            }
+        }
+        None => {
+            for (q, v) in out.iter_mut().zip(scaled) {
+                *q = to_u7(v, floor);
             }
         }
     }

@@ -69,8 +69,50 @@ impl Case {
             .then(|| iy as usize * w + ix as usize)
     }
 
-    /// Naive integer convolution with the shared epilogue: what every path must produce
-    /// bit for bit.
+    /// Naive integer convolution of input `levels`: `[pixel][channel]` accumulators, padding
+    /// taps reading `zero_point`, and each channel's weight sum.
+    fn accumulators(
+        &self,
+        levels: &[u8],
+        h: usize,
+        w: usize,
+        zero_point: u8,
+    ) -> (Vec<i32>, Vec<i32>) {
+        let g = self.conv.geometry;
+        let (oh, ow) = (g.output_size(h), g.output_size(w));
+        let n = g.out_channels;
+        let mut acc = vec![0i32; oh * ow * n];
+        for y in 0..oh {
+            for x in 0..ow {
+                for c in 0..n {
+                    let acc = &mut acc[(y * ow + x) * n + c];
+                    for ky in 0..g.kernel {
+                        for kx in 0..g.kernel {
+                            for i in 0..g.in_channels {
+                                let a = match self.tap(h, w, y, x, ky, kx) {
+                                    Some(p) => levels[p * g.in_channels + i],
+                                    None => zero_point,
+                                };
+                                *acc += a as i32 * self.weight(c, i, ky, kx) as i32;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let sums = (0..n)
+            .map(|c| {
+                (0..g.in_channels)
+                    .flat_map(|i| (0..g.kernel * g.kernel).map(move |t| (i, t)))
+                    .map(|(i, t)| self.weight(c, i, t / g.kernel, t % g.kernel) as i32)
+                    .sum()
+            })
+            .collect();
+        (acc, sums)
+    }
+
+    /// The dynamic path's result from naive integer arithmetic and the shared epilogue: what
+    /// every path must produce bit for bit.
     #[allow(clippy::too_many_arguments)]
     fn integer_reference(
         &self,
@@ -81,48 +123,22 @@ impl Case {
         residual: Option<&[f32]>,
         relu: bool,
     ) -> Vec<f32> {
-        let g = self.conv.geometry;
-        let (oh, ow) = (g.output_size(h), g.output_size(w));
-        let zp = q.zero_point as i32;
-        let n = g.out_channels;
+        let n = self.conv.geometry.out_channels;
+        let levels: Vec<u8> = input.iter().map(|&x| q.quantize(x)).collect();
+        let (acc, sums) = self.accumulators(&levels, h, w, q.zero_point);
         let scales: Vec<f32> = self.scales.iter().map(|&s| q.scale * s).collect();
-        let mut out = vec![0f32; oh * ow * n];
-        for y in 0..oh {
-            for x in 0..ow {
-                let mut acc = vec![0i32; n];
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    for ky in 0..g.kernel {
-                        for kx in 0..g.kernel {
-                            for i in 0..g.in_channels {
-                                let a = match self.tap(h, w, y, x, ky, kx) {
-                                    Some(p) => q.quantize(input[p * g.in_channels + i]) as i32,
-                                    None => zp,
-                                };
-                                *acc += a * self.weight(c, i, ky, kx) as i32;
-                            }
-                        }
-                    }
-                }
-                let sums: Vec<i32> = (0..n)
-                    .map(|c| {
-                        (0..g.in_channels)
-                            .flat_map(|i| (0..g.kernel * g.kernel).map(move |t| (i, t)))
-                            .map(|(i, t)| self.weight(c, i, t / g.kernel, t % g.kernel) as i32)
-                            .sum()
-                    })
-                    .collect();
-                let at = (y * ow + x) * n;
-                epilogue(
-                    &acc,
-                    q.zero_point,
-                    &sums,
-                    &scales,
-                    &self.bias,
-                    residual.map(|r| &r[at..at + n]),
-                    relu,
-                    &mut out[at..at + n],
-                );
-            }
+        let mut out = vec![0f32; acc.len()];
+        for (at, (acc, out)) in (0..).step_by(n).zip(acc.chunks(n).zip(out.chunks_mut(n))) {
+            epilogue(
+                acc,
+                q.zero_point,
+                &sums,
+                &scales,
+                &self.bias,
+                residual.map(|r| &r[at..at + n]),
+                relu,
+                out,
+            );
         }
         out
     }
@@ -158,7 +174,13 @@ impl Case {
     }
 }
 
-fn geometry(cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> ConvGeometry {
+const fn geometry(
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> ConvGeometry {
     ConvGeometry {
         in_channels: cin,
         out_channels: cout,
@@ -200,20 +222,9 @@ fn matches_dequantized_reference_with_padding_and_signed_input() {
 
 #[test]
 fn every_path_is_bit_identical_to_the_integer_reference() {
-    // (geometry, height, width, signed input, residual + relu)
-    let cases = [
-        (geometry(3, 64, 7, 2, 3), 23, 21, true, false), // conv1: K = 147
-        (geometry(5, 7, 3, 2, 1), 9, 6, true, false),
-        (geometry(64, 64, 3, 1, 1), 10, 9, false, true), // M = 90: partial tile
-        (geometry(32, 40, 3, 1, 1), 13, 11, false, true), // 40 channels: partial panel
-        (geometry(64, 128, 1, 2, 0), 7, 7, false, false), // downsample
-        (geometry(24, 1000, 1, 1, 0), 1, 1, false, false), // fc
-        (geometry(20, 5, 3, 1, 0), 5, 4, true, true),
-        (geometry(16, 48, 3, 2, 1), 3, 3, false, true), // padding on every side
-    ];
     let pool = pool(2);
     let mut rng = Lcg(7);
-    for (g, h, w, signed, fused) in cases {
+    for (g, h, w, signed, fused) in SHAPES {
         let case = Case::new(g, &mut rng);
         let lo = if signed { -2.0 } else { 0.0 };
         let input = rng.floats(h * w * g.in_channels, lo, 3.0);
@@ -244,6 +255,109 @@ fn every_path_is_bit_identical_to_the_integer_reference() {
                 );
             }
         }
+    }
+}
+
+/// (geometry, height, width, signed input, residual + relu): shapes that reach every corner of
+/// the tiling, packing and padding code.
+const SHAPES: [(ConvGeometry, usize, usize, bool, bool); 8] = [
+    (geometry(3, 64, 7, 2, 3), 23, 21, true, false), // conv1: K = 147
+    (geometry(5, 7, 3, 2, 1), 9, 6, true, false),
+    (geometry(64, 64, 3, 1, 1), 10, 9, false, true), // M = 90: partial tile
+    (geometry(32, 40, 3, 1, 1), 13, 11, false, true), // 40 channels: partial panel
+    (geometry(64, 128, 1, 2, 0), 7, 7, false, false), // downsample
+    (geometry(24, 1000, 1, 1, 0), 1, 1, false, false), // fc
+    (geometry(20, 5, 3, 1, 0), 5, 4, true, true),
+    (geometry(16, 48, 3, 2, 1), 3, 3, false, true), // padding on every side
+];
+
+#[test]
+fn static_path_is_bit_identical_on_every_path_and_matches_float_arithmetic() {
+    let pool = pool(2);
+    let mut rng = Lcg(17);
+    for (g, h, w, signed, fused) in SHAPES {
+        let case = Case::new(g, &mut rng);
+        let in_quant = ActQuant::for_range(if signed { -2.0 } else { 0.0 }, 2.5);
+        let levels: Vec<u8> = (0..h * w * g.in_channels)
+            .map(|_| (rng.next() % 128) as u8)
+            .collect();
+        let (oh, ow) = (g.output_size(h), g.output_size(w));
+        let n = g.out_channels;
+        let res_quant = ActQuant::for_range(-1.0, 1.5);
+        let residual: Option<Vec<u8>> =
+            fused.then(|| (0..oh * ow * n).map(|_| (rng.next() % 128) as u8).collect());
+        let out_quant = ActQuant::for_range(if fused { 0.0 } else { -4.0 }, 4.0);
+        let requant = case.conv.requantization(in_quant, out_quant);
+
+        // Bit identity: naive accumulators through the shared requantization.
+        let (acc, _) = case.accumulators(&levels, h, w, in_quant.zero_point);
+        let floor = if fused {
+            out_quant.zero_point as f32
+        } else {
+            0.0
+        };
+        let factor = res_quant.scale / out_quant.scale;
+        let mut expect = vec![0u8; acc.len()];
+        for (at, (acc, out)) in (0..)
+            .step_by(n)
+            .zip(acc.chunks(n).zip(expect.chunks_mut(n)))
+        {
+            let res = residual.as_deref().map(|r| {
+                (
+                    &r[at..at + n],
+                    factor,
+                    -(res_quant.zero_point as f32) * factor,
+                )
+            });
+            requantize(acc, &requant.scales, &requant.offsets, res, floor, out);
+        }
+        for isa in Isa::available() {
+            let mut out = vec![99; 5];
+            let dims = case.conv.forward_quantized_with_isa(
+                isa,
+                &pool,
+                &levels,
+                h,
+                w,
+                &requant,
+                residual.as_deref().map(|r| (r, res_quant)),
+                fused,
+                &mut out,
+            );
+            assert_eq!(dims, (oh, ow));
+            assert!(out == expect, "{} differs for {g:?} on {h}x{w}", isa.name());
+        }
+
+        // The folded constants mean the same as the float arithmetic they replace: each level
+        // is the float result quantized, give or take one level of rounding.
+        let real = |q: ActQuant, l: &[u8]| l.iter().map(|&v| q.dequantize(v)).collect::<Vec<_>>();
+        let float = case.dequantized_reference(&real(in_quant, &levels), h, w, in_quant);
+        let res_real = residual.as_deref().map(|r| real(res_quant, r));
+        for (i, (&got, &f)) in expect.iter().zip(&float).enumerate() {
+            let mut v = f + res_real.as_ref().map_or(0.0, |r| r[i]);
+            if fused {
+                v = v.max(0.0);
+            }
+            let want = out_quant.quantize(v) as i32;
+            assert!(
+                (got as i32 - want).abs() <= 1,
+                "{g:?} element {i}: {got} vs {want}"
+            );
+        }
+        let exact = expect
+            .iter()
+            .zip(&float)
+            .enumerate()
+            .filter(|(i, (&got, &f))| {
+                let v = f + res_real.as_ref().map_or(0.0, |r| r[*i]);
+                got == out_quant.quantize(if fused { v.max(0.0) } else { v })
+            })
+            .count();
+        assert!(
+            exact * 100 >= expect.len() * 99,
+            "{g:?}: {exact} of {} exact",
+            expect.len()
+        );
     }
 }
 
@@ -307,6 +421,13 @@ fn max_pool_takes_the_largest_tap_and_ignores_padding() {
             }
         }
     }
+    // On levels: a monotonic mapping, so pooling levels = quantizing the pooled values.
+    let q = ActQuant::for_range(-5.0, 0.0);
+    let levels: Vec<u8> = input.iter().map(|&v| q.quantize(v)).collect();
+    let mut pooled = Vec::new();
+    pool(1).install(|| max_pool_3x3_s2(&levels, h, w, c, &mut pooled));
+    let expect: Vec<u8> = out.iter().map(|&v| q.quantize(v)).collect();
+    assert_eq!(pooled, expect);
 }
 
 #[test]
