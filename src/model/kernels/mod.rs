@@ -725,7 +725,6 @@ impl ConvGeometry {
 static GEMM_CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// The im2col rows of one tile, gathered by the thread that multiplies them.
-#[derive(Default)]
 struct GatheredTile {
     /// `(GEMM call, tile)` the rows belong to.
     key: (u64, usize),
@@ -734,10 +733,12 @@ struct GatheredTile {
 
 thread_local! {
     // Grows to the largest tile once per thread, then is reused: no allocation per frame.
-    static TILE: RefCell<GatheredTile> = RefCell::new(GatheredTile {
-        key: (u64::MAX, 0),
-        patches: Vec::new(),
-    });
+    static TILE: RefCell<GatheredTile> = const {
+        RefCell::new(GatheredTile {
+            key: (u64::MAX, 0),
+            patches: Vec::new(),
+        })
+    };
 }
 
 /// An output buffer shared by work items that write disjoint blocks of it.
