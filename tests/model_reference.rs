@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use edgeclass::model::{quantize_file, Model, Precision, StorageDtype};
+use edgeclass::model::{
+    calibrate, quantize_file, write_gguf, Model, Network, Precision, StorageDtype,
+};
+use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -73,6 +76,63 @@ fn q8_0_keeps_top1_and_direction() {
     println!("q8_0 vs f32 cosine {cos:.6}");
     assert_eq!(argmax(&q8), TABBY);
     assert!(cos >= 0.999, "cosine {cos}");
+}
+
+/// Preprocessed sample photos (not the reference photo) for calibration.
+fn calibration_images() -> Vec<Vec<f32>> {
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+    ["coffee.jpg", "astronaut.jpg"]
+        .iter()
+        .map(|name| {
+            let frame = read_image_file(&fixture("images").join(name)).unwrap();
+            preprocessor.run(&frame).unwrap().to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn calibrated_q8_0_keeps_top1_and_direction_on_an_unseen_photo() {
+    let f32_logits = logits(&Model::load(&weights(), Precision::F32, 2).unwrap());
+    let images = calibration_images();
+    let network = calibrate(
+        Network::load(&weights()).unwrap(),
+        Precision::Q8_0,
+        2,
+        images.iter().map(Vec::as_slice),
+    )
+    .unwrap();
+    assert_eq!(network.activation_ranges().map(|r| r.images()), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calibrated.gguf");
+    write_gguf(&network, StorageDtype::Q8_0, &path).unwrap();
+
+    let calibrated = Model::load(&path, Precision::Q8_0, 2).unwrap();
+    assert_eq!(calibrated.activation_scales(), "calibrated");
+    let static_logits = logits(&calibrated);
+    let cos = cosine(&static_logits, &f32_logits);
+    println!("calibrated q8_0 vs f32 cosine {cos:.6} (calibrated on 2 other photos)");
+    assert_eq!(argmax(&static_logits), TABBY);
+    assert!(cos >= 0.999, "cosine {cos}");
+    // Bit-identical from 1 and 2 threads, and stable from frame to frame.
+    let one_thread = logits(&Model::load(&path, Precision::Q8_0, 1).unwrap());
+    assert_eq!(one_thread, static_logits);
+    assert_eq!(logits(&calibrated), static_logits);
+
+    // The same file without ranges, and f32 from the calibrated file, stay dynamic / exact.
+    let plain = dir.path().join("plain.gguf");
+    quantize_file(&weights(), &plain, StorageDtype::Q8_0).unwrap();
+    assert_eq!(
+        Model::load(&plain, Precision::Q8_0, 2)
+            .unwrap()
+            .activation_scales(),
+        "dynamic"
+    );
+    assert_eq!(
+        Model::load(&path, Precision::F32, 2)
+            .unwrap()
+            .activation_scales(),
+        "none"
+    );
 }
 
 #[test]

@@ -62,12 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )?;
     model.require_classes(IMAGENET_CLASSES)?;
     let size = model.input_size() as u32;
-    // torchvision's eval transform resizes to 256 for a 224 crop: keep that ratio.
-    let mut preprocessor = Preprocessor::new(PreprocessConfig {
-        resize: size * 256 / 224,
-        crop: size,
-        ..PreprocessConfig::default()
-    });
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::for_input_size(size));
     let classes = imagenet();
     let mut logits = Vec::with_capacity(IMAGENET_CLASSES);
     let mut first_failure = None;

@@ -4,6 +4,7 @@
 //! or an edgeclass GGUF written by [`quantize_file`]; the format is detected from the content.
 //! One [`Model`] is shared by every camera: [`Model::forward`] takes `&self`.
 
+mod calibration;
 pub mod fetch;
 pub mod kernels;
 mod quantize;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use calibration::ActivationRanges;
 pub use quantize::{quantize_file, write_gguf, StorageDtype};
 pub use weights::Network;
 
@@ -147,6 +149,8 @@ pub enum ModelError {
         expected: usize,
         size: usize,
     },
+    #[error("calibration images in {}: {reason}", dir.display())]
+    CalibrationImages { dir: PathBuf, reason: String },
     #[error("cannot start {threads} inference threads: {reason}")]
     ThreadPool { threads: usize, reason: String },
     #[error("{context}: {source}")]
@@ -160,7 +164,7 @@ impl crate::exit::ExitCode for ModelError {
     fn exit_code(&self) -> i32 {
         use crate::exit;
         match self {
-            ModelError::Open { .. } => exit::NO_INPUT,
+            ModelError::Open { .. } | ModelError::CalibrationImages { .. } => exit::NO_INPUT,
             ModelError::Write { .. } => exit::IO_ERR,
             ModelError::ThreadPool { .. } | ModelError::Candle { .. } => exit::SOFTWARE,
             _ => exit::DATA_ERR,
@@ -212,16 +216,9 @@ impl Model {
         threads: usize,
         source: PathBuf,
     ) -> Result<Model, ModelError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("edgeclass-infer-{i}"))
-            .build()
-            .map_err(|e| ModelError::ThreadPool {
-                threads,
-                reason: e.to_string(),
-            })?;
+        let pool = thread_pool(threads)?;
         let (input_size, num_classes) = (network.input_size, network.num_classes());
-        let engine = Engine::new(network, precision)?;
+        let engine = Engine::new(&network, precision)?;
         Ok(Model {
             engine,
             precision,
@@ -253,17 +250,7 @@ impl Model {
     }
 
     fn check_input(&self, input_nchw: &[f32]) -> Result<(), ModelError> {
-        let size = self.input_size;
-        let expected = 3 * size * size;
-        if input_nchw.len() == expected {
-            Ok(())
-        } else {
-            Err(ModelError::InputSize {
-                found: input_nchw.len(),
-                expected,
-                size,
-            })
-        }
+        check_input(input_nchw, self.input_size)
     }
 
     /// Fails with [`ModelError::ClassCount`] unless the model has `expected` classes (1000 for
@@ -301,6 +288,69 @@ impl Model {
     /// Short name for logs and events, e.g. `resnet18-q8_0`.
     pub fn description(&self) -> String {
         format!("resnet18-{}", self.precision)
+    }
+
+    /// How the int8 path quantizes activations: `"calibrated"` (static ranges from the model
+    /// file, levels kept between layers), `"dynamic"` (measured per frame) or `"none"` (f32).
+    pub fn activation_scales(&self) -> &'static str {
+        match (self.precision, self.engine.is_calibrated()) {
+            (Precision::F32, _) => "none",
+            (_, true) => "calibrated",
+            (_, false) => "dynamic",
+        }
+    }
+}
+
+/// Measures the activation ranges of `network` quantized to `precision` (f32 measures as
+/// q8_0) over `inputs` (NCHW tensors of the network's input size) and returns the network
+/// carrying them, ready for [`write_gguf`]. Ranges already in `network` are replaced.
+pub fn calibrate<'a>(
+    mut network: Network,
+    precision: Precision,
+    threads: usize,
+    inputs: impl IntoIterator<Item = &'a [f32]>,
+) -> Result<Network, ModelError> {
+    network.activations = None;
+    let precision = match precision {
+        Precision::F32 => Precision::Q8_0,
+        other => other,
+    };
+    let engine = Engine::new(&network, precision)?;
+    let pool = thread_pool(threads)?;
+    let size = network.input_size;
+    let mut ranges = ActivationRanges::default();
+    let mut logits = Vec::new();
+    for input in inputs {
+        check_input(input, size)?;
+        engine.observe(&pool, input, size, &mut logits, &mut ranges);
+        ranges.add_image();
+    }
+    network.activations = Some(ranges);
+    Ok(network)
+}
+
+fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, ModelError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("edgeclass-infer-{i}"))
+        .build()
+        .map_err(|e| ModelError::ThreadPool {
+            threads,
+            reason: e.to_string(),
+        })
+}
+
+/// Checks that `input` is one `3 x size x size` image.
+fn check_input(input: &[f32], size: usize) -> Result<(), ModelError> {
+    let expected = 3 * size * size;
+    if input.len() == expected {
+        Ok(())
+    } else {
+        Err(ModelError::InputSize {
+            found: input.len(),
+            expected,
+            size,
+        })
     }
 }
 

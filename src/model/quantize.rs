@@ -128,7 +128,16 @@ pub fn write_gguf(
             ),
         ),
     ];
-    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let calibration = network
+        .activations
+        .as_ref()
+        .map(|ranges| ranges.to_metadata())
+        .unwrap_or_default();
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata
+        .iter()
+        .map(|(k, v)| (*k, v))
+        .chain(calibration.iter().map(|(k, v)| (k.as_str(), v)))
+        .collect();
     let tensors: Vec<(&str, &QTensor)> = names.iter().map(String::as_str).zip(&tensors).collect();
 
     let dir = output

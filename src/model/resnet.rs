@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 
-use super::kernels::{global_avg_pool, max_pool_3x3_s2, QConv2d, Scratch};
+use super::calibration::{ActivationRanges, INPUT};
+use super::kernels::{
+    global_avg_pool, max_pool_3x3_s2, ActQuant, QConv2d, Requant, Residual, Scratch,
+};
 use super::weights::{Layer, Layers};
-use super::{ModelError, Network, Precision};
+use super::{ModelError, Network, Precision, WeightBits};
 
 /// Per-layer timings, filled only when profiling.
 type Profile = Option<Vec<(String, Duration)>>;
@@ -32,22 +35,34 @@ pub(crate) enum Engine {
 }
 
 impl Engine {
-    pub(crate) fn new(network: Network, precision: Precision) -> Result<Engine, ModelError> {
+    /// Quantized precisions use static activation quantization when `network` carries
+    /// calibrated ranges, dynamic otherwise.
+    pub(crate) fn new(network: &Network, precision: Precision) -> Result<Engine, ModelError> {
         match precision.weight_bits() {
             None => Ok(Engine::F32(network.layers.try_map(F32Layer::new)?)),
-            Some(bits) => {
-                let layers = network.layers.try_map(|l| {
-                    let q = l.weights.to_per_channel(l.geometry.out_channels, bits);
-                    Ok::<_, ModelError>(QLayer {
-                        name: l.name.clone(),
-                        conv: QConv2d::new(&q.values, &q.scales, &l.bias, l.geometry),
-                    })
-                })?;
-                Ok(Engine::Quantized(Box::new(QuantizedNet {
-                    layers,
-                    buffers: Mutex::new(Buffers::default()),
-                })))
-            }
+            Some(bits) => Ok(Engine::Quantized(Box::new(QuantizedNet::new(
+                network, bits,
+            )?))),
+        }
+    }
+
+    /// Whether activations use calibrated (static) quantization.
+    pub(crate) fn is_calibrated(&self) -> bool {
+        matches!(self, Engine::Quantized(net) if net.is_calibrated())
+    }
+
+    /// Runs `input` through the dynamic int8 path, widening `ranges` by every activation
+    /// tensor (calibration). A no-op for f32.
+    pub(crate) fn observe(
+        &self,
+        pool: &rayon::ThreadPool,
+        input: &[f32],
+        size: usize,
+        logits: &mut Vec<f32>,
+        ranges: &mut ActivationRanges,
+    ) {
+        if let Engine::Quantized(net) = self {
+            net.forward(pool, input, size, logits, &mut None, Some(ranges));
         }
     }
 
@@ -90,7 +105,7 @@ impl Engine {
                     source,
                 }),
             Engine::Quantized(net) => {
-                net.forward(pool, input, size, logits, profile);
+                net.forward(pool, input, size, logits, profile, None);
                 Ok(())
             }
         }
@@ -175,15 +190,17 @@ fn forward_f32(
     Ok(())
 }
 
-/// An int8 convolution and its torchvision name (for profiles).
+/// An int8 convolution, its torchvision name (for profiles and calibration) and, once the
+/// network is calibrated, its fixed requantization.
 pub(crate) struct QLayer {
     name: String,
     conv: QConv2d,
+    requant: Option<Requant>,
 }
 
-/// Activation buffers (NHWC f32) reused from frame to frame.
+/// Activation buffers (NHWC) of the dynamic path, reused from frame to frame.
 #[derive(Default)]
-struct Buffers {
+struct Floats {
     /// The block input, then its output (swapped with `out`).
     x: Vec<f32>,
     /// A block's first convolution.
@@ -191,16 +208,87 @@ struct Buffers {
     /// The downsampled shortcut.
     r: Vec<f32>,
     out: Vec<f32>,
+}
+
+/// Activation buffers of the static path: levels between convolutions, real values on the
+/// skip connections.
+#[derive(Default)]
+struct Levels {
+    /// The block input as levels, then its output (swapped with `out`).
+    x: Vec<u8>,
+    /// The block input as real values (what the shortcut adds), then its output.
+    x_real: Vec<f32>,
+    /// A block's first convolution.
+    t: Vec<u8>,
+    /// The downsampled shortcut (real values; its levels go unused).
+    r: Vec<u8>,
+    r_real: Vec<f32>,
+    out: Vec<u8>,
+    out_real: Vec<f32>,
+}
+
+#[derive(Default)]
+struct Buffers {
+    floats: Floats,
+    levels: Levels,
+    /// The pooled features, fc's input.
+    pooled: Vec<f32>,
     kernel: Scratch,
 }
 
 pub(crate) struct QuantizedNet {
     layers: Layers<QLayer>,
+    /// The input's quantization when the network is calibrated (static path).
+    input_quant: Option<ActQuant>,
     /// One frame at a time per model; cameras share the model and take turns.
     buffers: Mutex<Buffers>,
 }
 
 impl QuantizedNet {
+    fn new(network: &Network, bits: WeightBits) -> Result<QuantizedNet, ModelError> {
+        let ranges = network.activations.as_ref();
+        let quant = |name: &str| ranges.and_then(|r| r.quant(name));
+        let mut layers = network.layers.try_map(|l| {
+            let q = l.weights.to_per_channel(l.geometry.out_channels, bits);
+            Ok::<_, ModelError>(QLayer {
+                name: l.name.clone(),
+                conv: QConv2d::new(&q.values, &q.scales, &l.bias, l.geometry),
+                requant: None,
+            })
+        })?;
+        // Each layer maps its input's levels (its producer's output) to its own. The loader
+        // checked that the ranges cover every layer; should they not, the dynamic path runs.
+        let mut link = || -> Option<ActQuant> {
+            let input = quant(INPUT)?;
+            let link = |layer: &mut QLayer, input: ActQuant| -> Option<ActQuant> {
+                let output = quant(&layer.name)?;
+                layer.requant = Some(layer.conv.requantization(input, output));
+                Some(output)
+            };
+            let mut x = link(&mut layers.stem, input)?;
+            for block in &mut layers.blocks {
+                let t = link(&mut block.conv1, x)?;
+                if let Some(ds) = &mut block.downsample {
+                    link(ds, x)?;
+                }
+                x = link(&mut block.conv2, t)?;
+            }
+            Some(input)
+        };
+        let input_quant = link();
+        Ok(QuantizedNet {
+            layers,
+            input_quant,
+            buffers: Mutex::new(Buffers::default()),
+        })
+    }
+
+    fn is_calibrated(&self) -> bool {
+        self.input_quant.is_some()
+    }
+
+    /// Runs one frame: static when calibrated, else dynamic; with `observe`, always dynamic,
+    /// widening `observe`'s ranges by every tensor it sees (calibration).
     fn forward(
         &self,
         pool: &rayon::ThreadPool,
@@ -208,69 +296,204 @@ impl QuantizedNet {
         size: usize,
         logits: &mut Vec<f32>,
         profile: &mut Profile,
+        observe: Option<&mut ActivationRanges>,
     ) {
         // Locked outside the pool on purpose: a pool thread waiting inside a parallel loop may
         // pick up another caller's work, which must not then wait for this same lock.
         // The buffers hold no invariant a panicking frame could break: reuse them regardless.
         let mut guard = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
         let Buffers {
-            x,
-            t,
-            r,
-            out,
+            floats,
+            levels,
+            pooled,
             kernel,
         } = &mut *guard;
+        let fc = &self.layers.fc;
         // One entry into the pool per frame: the layers' own `install`s then run inline, and
         // rayon's injector queue (which allocates a block per 63 entries) is touched once.
         pool.install(|| {
             let mut since = Instant::now();
-            nchw_to_nhwc(input, 3, size, size, x);
-            let stem = &self.layers.stem;
-            let (mut h, mut w) = stem
-                .conv
-                .forward(pool, x, size, size, None, None, true, t, kernel);
-            lap(profile, &mut since, &stem.name);
-            let channels = stem.conv.geometry().out_channels;
-            (h, w) = max_pool_3x3_s2(t, h, w, channels, x);
-            lap(profile, &mut since, "maxpool");
-            for block in &self.layers.blocks {
-                let (h1, w1) = block
-                    .conv1
-                    .conv
-                    .forward(pool, x, h, w, None, None, true, t, kernel);
-                lap(profile, &mut since, &block.conv1.name);
-                let residual = match &block.downsample {
-                    Some(ds) => {
-                        ds.conv.forward(pool, x, h, w, None, None, false, r, kernel);
-                        lap(profile, &mut since, &ds.name);
-                        &*r
-                    }
-                    None => &*x,
-                };
-                block
-                    .conv2
-                    .conv
-                    .forward(pool, t, h1, w1, None, Some(residual), true, out, kernel);
-                lap(profile, &mut since, &block.conv2.name);
-                std::mem::swap(x, out);
-                (h, w) = (h1, w1);
+            match self.input_quant.filter(|_| observe.is_none()) {
+                Some(quant) => self.forward_static(
+                    pool, levels, input, size, quant, pooled, profile, &mut since,
+                ),
+                None => self.forward_dynamic(
+                    pool, floats, kernel, input, size, observe, pooled, profile, &mut since,
+                ),
             }
-            let fc = &self.layers.fc;
-            global_avg_pool(x, h, w, fc.conv.geometry().in_channels, t);
             lap(profile, &mut since, "avgpool");
+            // fc's 512 inputs are quantized per frame on both paths: it costs nothing.
             fc.conv
-                .forward(pool, t, 1, 1, None, None, false, logits, kernel);
+                .forward(pool, pooled, 1, 1, None, None, false, logits, kernel);
             lap(profile, &mut since, &fc.name);
         });
     }
+
+    /// The static path up to the pooled features: levels between convolutions (quantization
+    /// fixed by calibration), real values on the skip connections.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_static(
+        &self,
+        pool: &rayon::ThreadPool,
+        acts: &mut Levels,
+        input: &[f32],
+        size: usize,
+        input_quant: ActQuant,
+        pooled: &mut Vec<f32>,
+        profile: &mut Profile,
+        since: &mut Instant,
+    ) {
+        let Levels {
+            x,
+            x_real,
+            t,
+            r,
+            r_real,
+            out,
+            out_real,
+        } = acts;
+        nchw_to_nhwc(input, 3, size, size, x, |v| input_quant.quantize(v));
+        let stem = &self.layers.stem;
+        let (mut h, mut w) =
+            stem.conv
+                .forward_quantized(pool, x, size, size, requant(stem), None, true, t, None);
+        lap(profile, since, &stem.name);
+        let channels = stem.conv.geometry().out_channels;
+        (h, w) = max_pool_3x3_s2(t, h, w, channels, x);
+        lap(profile, since, "maxpool");
+        // The first block adds the pooled stem output (levels); later ones the real values
+        // of the previous block's output.
+        let mut x_quant = requant(stem).output();
+        let mut x_is_real = false;
+        for block in &self.layers.blocks {
+            let conv1 = &block.conv1;
+            let (h1, w1) =
+                conv1
+                    .conv
+                    .forward_quantized(pool, x, h, w, requant(conv1), None, true, t, None);
+            lap(profile, since, &conv1.name);
+            let residual = match &block.downsample {
+                Some(ds) => {
+                    ds.conv.forward_quantized(
+                        pool,
+                        x,
+                        h,
+                        w,
+                        requant(ds),
+                        None,
+                        false,
+                        r,
+                        Some(r_real),
+                    );
+                    lap(profile, since, &ds.name);
+                    Residual::Float(r_real)
+                }
+                None if x_is_real => Residual::Float(x_real),
+                None => Residual::Levels(x, x_quant),
+            };
+            let conv2 = &block.conv2;
+            conv2.conv.forward_quantized(
+                pool,
+                t,
+                h1,
+                w1,
+                requant(conv2),
+                Some(residual),
+                true,
+                out,
+                Some(out_real),
+            );
+            lap(profile, since, &conv2.name);
+            std::mem::swap(x, out);
+            std::mem::swap(x_real, out_real);
+            (h, w, x_quant, x_is_real) = (h1, w1, requant(conv2).output(), true);
+        }
+        let channels = self.layers.fc.conv.geometry().in_channels;
+        global_avg_pool(x_real, h, w, channels, pooled);
+    }
+
+    /// The dynamic path up to the pooled features: f32 between layers, each convolution
+    /// measuring its input's range. With `observe`, records every tensor's range.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_dynamic(
+        &self,
+        pool: &rayon::ThreadPool,
+        acts: &mut Floats,
+        kernel: &mut Scratch,
+        input: &[f32],
+        size: usize,
+        mut observe: Option<&mut ActivationRanges>,
+        pooled: &mut Vec<f32>,
+        profile: &mut Profile,
+        since: &mut Instant,
+    ) {
+        let Floats { x, t, r, out } = acts;
+        nchw_to_nhwc(input, 3, size, size, x, |v| v);
+        if let Some(ranges) = observe.as_deref_mut() {
+            ranges.observe(INPUT, x);
+        }
+        let mut conv = |layer: &QLayer,
+                        input: &[f32],
+                        (h, w): (usize, usize),
+                        residual: Option<&[f32]>,
+                        relu: bool,
+                        out: &mut Vec<f32>| {
+            let dims = layer
+                .conv
+                .forward(pool, input, h, w, None, residual, relu, out, kernel);
+            if let Some(ranges) = observe.as_deref_mut() {
+                ranges.observe(&layer.name, out);
+            }
+            dims
+        };
+        let stem = &self.layers.stem;
+        let (mut h, mut w) = conv(stem, x, (size, size), None, true, t);
+        lap(profile, since, &stem.name);
+        let channels = stem.conv.geometry().out_channels;
+        (h, w) = max_pool_3x3_s2(t, h, w, channels, x);
+        lap(profile, since, "maxpool");
+        for block in &self.layers.blocks {
+            let (h1, w1) = conv(&block.conv1, x, (h, w), None, true, t);
+            lap(profile, since, &block.conv1.name);
+            let residual = match &block.downsample {
+                Some(ds) => {
+                    conv(ds, x, (h, w), None, false, r);
+                    lap(profile, since, &ds.name);
+                    &*r
+                }
+                None => &*x,
+            };
+            conv(&block.conv2, t, (h1, w1), Some(residual), true, out);
+            lap(profile, since, &block.conv2.name);
+            std::mem::swap(x, out);
+            (h, w) = (h1, w1);
+        }
+        let channels = self.layers.fc.conv.geometry().in_channels;
+        global_avg_pool(x, h, w, channels, pooled);
+    }
 }
 
-fn nchw_to_nhwc(input: &[f32], channels: usize, h: usize, w: usize, out: &mut Vec<f32>) {
-    out.resize(input.len(), 0.0);
+/// A calibrated layer's requantization: `QuantizedNet::new` gives every layer one when it
+/// sets `input_quant`, the only case in which the static path runs.
+fn requant(layer: &QLayer) -> &Requant {
+    let requant = layer.requant.as_ref();
+    requant.expect("a calibrated network has a requantization for every layer")
+}
+
+/// Reorders the NCHW input to NHWC, mapping each value (to levels on the static path).
+fn nchw_to_nhwc<T: Copy + Default>(
+    input: &[f32],
+    channels: usize,
+    h: usize,
+    w: usize,
+    out: &mut Vec<T>,
+    map: impl Fn(f32) -> T,
+) {
+    out.resize(input.len(), T::default());
     let plane = h * w;
     for (c, src) in input.chunks_exact(plane).enumerate().take(channels) {
         for (p, &v) in src.iter().enumerate() {
-            out[p * channels + c] = v;
+            out[p * channels + c] = map(v);
         }
     }
 }
@@ -283,7 +506,7 @@ mod tests {
     fn layout_conversion_and_average_pool() {
         let nchw = [1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0];
         let mut nhwc = Vec::new();
-        nchw_to_nhwc(&nchw, 2, 2, 2, &mut nhwc);
+        nchw_to_nhwc(&nchw, 2, 2, 2, &mut nhwc, |v| v);
         assert_eq!(nhwc, vec![1.0, 10.0, 2.0, 20.0, 3.0, 30.0, 4.0, 40.0]);
         let mut pooled = Vec::new();
         global_avg_pool(&nhwc, 2, 2, 2, &mut pooled);

@@ -9,6 +9,7 @@ use candle_core::quantized::GgmlDType;
 use half::f16;
 use safetensors::{Dtype, SafeTensors};
 
+use super::calibration::{ActivationRanges, INPUT};
 use super::kernels::ConvGeometry;
 use super::{ModelError, WeightBits, DEFAULT_INPUT_SIZE, IMAGENET_CLASSES};
 
@@ -225,11 +226,23 @@ pub struct Network {
     pub(crate) layers: Layers<Layer>,
     pub(crate) widths: [usize; 4],
     pub(crate) input_size: usize,
+    /// Calibrated activation ranges (GGUF files written with `--calibrate`).
+    pub(crate) activations: Option<ActivationRanges>,
 }
 
 impl Network {
     pub fn num_classes(&self) -> usize {
         self.layers.fc.geometry.out_channels
+    }
+
+    /// Side of the square input image.
+    pub fn input_size(&self) -> usize {
+        self.input_size
+    }
+
+    /// The calibrated activation ranges, if any.
+    pub fn activation_ranges(&self) -> Option<&ActivationRanges> {
+        self.activations.as_ref()
     }
 
     /// Channel widths of the four stages (64/128/256/512 for the real network).
@@ -272,6 +285,7 @@ impl Network {
             layers,
             widths: FULL_WIDTHS,
             input_size: DEFAULT_INPUT_SIZE,
+            activations: None,
         }
     }
 }
@@ -359,6 +373,14 @@ trait TensorReader {
     fn input_size(&self) -> Result<usize, ModelError> {
         Ok(DEFAULT_INPUT_SIZE)
     }
+
+    /// Calibrated activation ranges, if the file has them (only GGUF can).
+    fn activation_ranges(
+        &self,
+        _layers: &Layers<Layer>,
+    ) -> Result<Option<ActivationRanges>, ModelError> {
+        Ok(None)
+    }
 }
 
 /// Reads widths and class count from the tensors' shapes, then every layer.
@@ -376,10 +398,12 @@ fn load_layers(reader: &dyn TensorReader) -> Result<Network, ModelError> {
     }
     let classes = out_channels("fc.weight")?;
     let layers = architecture(widths, classes).try_map(|spec| reader.layer(spec))?;
+    let activations = reader.activation_ranges(&layers)?;
     Ok(Network {
         layers,
         widths,
         input_size: reader.input_size()?,
+        activations,
     })
 }
 
@@ -682,6 +706,21 @@ impl TensorReader for GgufReader<'_> {
                 reason: format!("resnet18.input_size is {value:?}, expected 32..=4096 pixels"),
             }),
         }
+    }
+
+    fn activation_ranges(
+        &self,
+        layers: &Layers<Layer>,
+    ) -> Result<Option<ActivationRanges>, ModelError> {
+        // Every layer but fc (whose 512 inputs are quantized per frame at no cost).
+        let names = layers.iter().map(|l| l.name.as_str());
+        let names = std::iter::once(INPUT).chain(names.filter(|&n| n != layers.fc.name));
+        ActivationRanges::from_metadata(&self.content.metadata, names).map_err(|reason| {
+            ModelError::Malformed {
+                path: self.path.clone(),
+                reason,
+            }
+        })
     }
 }
 

@@ -63,6 +63,16 @@ impl Default for PreprocessConfig {
 pub const MAX_SIDE: u32 = 8192;
 
 impl PreprocessConfig {
+    /// torchvision's eval transform for a model taking `size x size` inputs: the shorter side
+    /// resized to `size * 256 / 224`, then the center `size x size` crop.
+    pub fn for_input_size(size: u32) -> Self {
+        Self {
+            resize: size * 256 / 224,
+            crop: size,
+            ..Self::default()
+        }
+    }
+
     /// Checks the values a config file could get wrong; call it when loading configuration.
     pub fn validate(&self) -> Result<(), PreprocessError> {
         let problem = if !(1..=MAX_SIDE).contains(&self.resize) {

@@ -140,7 +140,7 @@ fn quantize_slice(quant: ActQuant, input: &[f32], out: &mut [u8]) {
 
 /// `(min(0, values..), max(0, values..))`, NaN ignored. Eight independent lanes of selects, so
 /// it vectorizes (a single `f32::min` chain does not).
-fn range_with_zero(values: &[f32]) -> (f32, f32) {
+pub fn range_with_zero(values: &[f32]) -> (f32, f32) {
     const LANES: usize = 8;
     let (mut lo, mut hi) = ([0f32; LANES], [0f32; LANES]);
     let chunks = values.chunks_exact(LANES);
@@ -377,6 +377,25 @@ impl Requant {
     }
 }
 
+/// The shortcut a static-path convolution adds before its ReLU.
+#[derive(Debug, Clone, Copy)]
+pub enum Residual<'a> {
+    /// Levels of a quantized tensor.
+    Levels(&'a [u8], ActQuant),
+    /// Real values: the skip connections carry f32 on the static path, since requantizing
+    /// the sum of every block would compound rounding errors block after block.
+    Float(&'a [f32]),
+}
+
+impl Residual<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Residual::Levels(levels, _) => levels.len(),
+            Residual::Float(values) => values.len(),
+        }
+    }
+}
+
 /// One int8 convolution (BatchNorm already folded into weights and bias).
 #[derive(Debug, Clone)]
 pub struct QConv2d {
@@ -543,8 +562,9 @@ impl QConv2d {
     }
 
     /// The static path: convolves quantized `input` (NHWC levels of `requant.input()`) into
-    /// `out` (levels of `requant.output()`), adding `residual` (levels and their quantization)
-    /// before the optional ReLU. No pass over the tensor besides the GEMM itself.
+    /// `out` (levels of `requant.output()`) and, if given, `real_out` (the same outputs as f32,
+    /// before rounding to levels), adding `residual` before the optional ReLU. No pass over
+    /// the tensor besides the GEMM itself.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_quantized(
         &self,
@@ -553,9 +573,10 @@ impl QConv2d {
         height: usize,
         width: usize,
         requant: &Requant,
-        residual: Option<(&[u8], ActQuant)>,
+        residual: Option<Residual>,
         relu: bool,
         out: &mut Vec<u8>,
+        real_out: Option<&mut Vec<f32>>,
     ) -> (usize, usize) {
         self.forward_quantized_with_isa(
             Isa::cached(),
@@ -567,6 +588,7 @@ impl QConv2d {
             residual,
             relu,
             out,
+            real_out,
         )
     }
 
@@ -580,30 +602,32 @@ impl QConv2d {
         height: usize,
         width: usize,
         requant: &Requant,
-        residual: Option<(&[u8], ActQuant)>,
+        residual: Option<Residual>,
         relu: bool,
         out: &mut Vec<u8>,
+        real_out: Option<&mut Vec<f32>>,
     ) -> (usize, usize) {
         assert_eq!(requant.scales.len(), self.geometry.out_channels, "requant");
         let m = self.check_shapes(isa, input.len(), height, width);
         out.resize(m * self.geometry.out_channels, 0);
-        // `(r - zero_point) * scale / output scale` = `r * factor + offset`.
-        let residual = residual.map(|(levels, q)| {
-            assert_eq!(levels.len(), out.len(), "residual size");
-            let factor = q.scale / requant.output.scale;
-            (levels, factor, -(q.zero_point as f32) * factor)
+        if let Some(r) = &residual {
+            assert_eq!(r.len(), out.len(), "residual size");
+        }
+        let real_out = real_out.map(|real| {
+            real.resize(out.len(), 0.0);
+            Shared(real.as_mut_ptr())
         });
-        // ReLU on levels: nothing below the output's zero point.
-        let floor = if relu {
-            requant.output.zero_point as f32
-        } else {
-            0.0
-        };
         let epilogue = Epilogue::Quantized {
             out: Shared(out.as_mut_ptr()),
+            real_out,
             requant,
             residual,
-            floor,
+            // ReLU on levels: nothing below the output's zero point.
+            floor: if relu {
+                requant.output.zero_point as f32
+            } else {
+                0.0
+            },
         };
         pool.install(|| {
             self.gemm(
@@ -753,8 +777,7 @@ impl<T> Shared<T> {
     ///
     /// # Safety
     /// The range must be inside the buffer and not accessed by anyone else meanwhile.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [T] {
+    unsafe fn slice<'b>(self, offset: usize, len: usize) -> &'b mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(offset), len)
     }
 }
@@ -773,9 +796,9 @@ enum Epilogue<'a> {
     /// Static path: requantize to the output's levels (see [`requantize`]).
     Quantized {
         out: Shared<u8>,
+        real_out: Option<Shared<f32>>,
         requant: &'a Requant,
-        /// Levels, factor and offset that bring them to output levels.
-        residual: Option<(&'a [u8], f32, f32)>,
+        residual: Option<Residual<'a>>,
         floor: f32,
     },
 }
@@ -811,6 +834,7 @@ impl Epilogue<'_> {
             ),
             Epilogue::Quantized {
                 out,
+                real_out,
                 requant,
                 residual,
                 floor,
@@ -818,9 +842,14 @@ impl Epilogue<'_> {
                 acc,
                 &requant.scales[c.clone()],
                 &requant.offsets[c],
-                residual.map(|(levels, factor, offset)| (&levels[at..at + len], factor, offset)),
+                residual.map(|r| match r {
+                    Residual::Levels(levels, q) => Residual::Levels(&levels[at..at + len], q),
+                    Residual::Float(values) => Residual::Float(&values[at..at + len]),
+                }),
+                requant.output,
                 *floor,
                 out.slice(at, len),
+                real_out.map(|real| real.slice(at, len)),
             ),
         }
     }
@@ -862,31 +891,49 @@ fn epilogue(
     }
 }
 
-/// `acc * scale + offset (+ residual * factor + residual_offset)` as output levels, nothing
-/// below `floor` (the ReLU). Shared by every path like [`epilogue`].
+/// `acc * scale + offset (+ residual)` in units of `output` levels, nothing below `floor`
+/// (the ReLU), rounded to levels in `out` and, if given, converted to real values in
+/// `real_out`. Shared by every path like [`epilogue`]; `acc.len() <= MAX_NR`.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn requantize(
     acc: &[i32],
     scales: &[f32],
     offsets: &[f32],
-    residual: Option<(&[u8], f32, f32)>,
+    residual: Option<Residual>,
+    output: ActQuant,
     floor: f32,
     out: &mut [u8],
+    real_out: Option<&mut [f32]>,
 ) {
-    let scaled = acc
-        .iter()
-        .zip(scales.iter().zip(offsets))
-        .map(|(&a, (&s, &o))| a as f32 * s + o);
+    let mut v = [0f32; MAX_NR];
+    let v = &mut v[..acc.len()];
+    for (v, (&a, (&s, &o))) in v.iter_mut().zip(acc.iter().zip(scales.iter().zip(offsets))) {
+        *v = a as f32 * s + o;
+    }
     match residual {
-        Some((levels, factor, offset)) => {
-            for ((q, v), &r) in out.iter_mut().zip(scaled).zip(levels) {
-                *q = to_u7(v + (r as f32 * factor + offset), floor);
+        Some(Residual::Levels(levels, q)) => {
+            let factor = q.scale / output.scale;
+            let offset = -(q.zero_point as f32) * factor;
+            for (v, &r) in v.iter_mut().zip(levels) {
+                *v += r as f32 * factor + offset;
             }
         }
-        None => {
-            for (q, v) in out.iter_mut().zip(scaled) {
-                *q = to_u7(v, floor);
+        Some(Residual::Float(values)) => {
+            let inv = 1.0 / output.scale;
+            for (v, &r) in v.iter_mut().zip(values) {
+                *v += r * inv;
             }
+        }
+        None => {}
+    }
+    for (q, &v) in out.iter_mut().zip(v.iter()) {
+        *q = to_u7(v, floor);
+    }
+    if let Some(real) = real_out {
+        let zp = output.zero_point as f32;
+        for (r, &v) in real.iter_mut().zip(v.iter()) {
+            *r = ((if v > floor { v } else { floor }) - zp) * output.scale;
         }
     }
 }

@@ -289,44 +289,86 @@ fn static_path_is_bit_identical_on_every_path_and_matches_float_arithmetic() {
         let out_quant = ActQuant::for_range(if fused { 0.0 } else { -4.0 }, 4.0);
         let requant = case.conv.requantization(in_quant, out_quant);
 
-        // Bit identity: naive accumulators through the shared requantization.
+        // Bit identity: naive accumulators through the shared requantization, with the
+        // shortcut as levels and as real values, and the real outputs too.
         let (acc, _) = case.accumulators(&levels, h, w, in_quant.zero_point);
         let floor = if fused {
             out_quant.zero_point as f32
         } else {
             0.0
         };
-        let factor = res_quant.scale / out_quant.scale;
-        let mut expect = vec![0u8; acc.len()];
-        for (at, (acc, out)) in (0..)
-            .step_by(n)
-            .zip(acc.chunks(n).zip(expect.chunks_mut(n)))
-        {
-            let res = residual.as_deref().map(|r| {
-                (
-                    &r[at..at + n],
-                    factor,
-                    -(res_quant.zero_point as f32) * factor,
-                )
-            });
-            requantize(acc, &requant.scales, &requant.offsets, res, floor, out);
+        let residual_real: Option<Vec<f32>> = residual
+            .as_deref()
+            .map(|r| r.iter().map(|&l| res_quant.dequantize(l)).collect());
+        let shortcuts = [
+            residual.as_deref().map(|r| Residual::Levels(r, res_quant)),
+            residual_real.as_deref().map(Residual::Float),
+        ];
+        for shortcut in shortcuts {
+            let mut expect = vec![0u8; acc.len()];
+            let mut expect_real = vec![0f32; acc.len()];
+            for start in (0..acc.len()).step_by(n) {
+                for c in (0..n).step_by(MAX_NR) {
+                    let at = start + c..start + (c + MAX_NR).min(n);
+                    let channels = c..c + at.len();
+                    requantize(
+                        &acc[at.clone()],
+                        &requant.scales[channels.clone()],
+                        &requant.offsets[channels],
+                        shortcut.map(|r| match r {
+                            Residual::Levels(l, q) => Residual::Levels(&l[at.clone()], q),
+                            Residual::Float(v) => Residual::Float(&v[at.clone()]),
+                        }),
+                        out_quant,
+                        floor,
+                        &mut expect[at.clone()],
+                        Some(&mut expect_real[at]),
+                    );
+                }
+            }
+            for isa in Isa::available() {
+                let (mut out, mut real) = (vec![99; 5], Vec::new());
+                let dims = case.conv.forward_quantized_with_isa(
+                    isa,
+                    &pool,
+                    &levels,
+                    h,
+                    w,
+                    &requant,
+                    shortcut,
+                    fused,
+                    &mut out,
+                    Some(&mut real),
+                );
+                assert_eq!(dims, (oh, ow));
+                assert!(out == expect, "{} differs for {g:?} on {h}x{w}", isa.name());
+                assert!(
+                    bits(&real) == bits(&expect_real),
+                    "{} real outputs",
+                    isa.name()
+                );
+            }
+            // Levels are the real outputs rounded.
+            for (&level, &real) in expect.iter().zip(&expect_real) {
+                let exact = real / out_quant.scale + out_quant.zero_point as f32;
+                assert!(exact >= 127.5 || (exact - level as f32).abs() <= 0.5 + 1e-3);
+            }
         }
-        for isa in Isa::available() {
-            let mut out = vec![99; 5];
-            let dims = case.conv.forward_quantized_with_isa(
-                isa,
+        let expect = {
+            let mut out = Vec::new();
+            case.conv.forward_quantized(
                 &pool,
                 &levels,
                 h,
                 w,
                 &requant,
-                residual.as_deref().map(|r| (r, res_quant)),
+                shortcuts[0],
                 fused,
                 &mut out,
+                None,
             );
-            assert_eq!(dims, (oh, ow));
-            assert!(out == expect, "{} differs for {g:?} on {h}x{w}", isa.name());
-        }
+            out
+        };
 
         // The folded constants mean the same as the float arithmetic they replace: each level
         // is the float result quantized, give or take one level of rounding.
