@@ -38,15 +38,23 @@ fn full_size_network_all_precisions_and_sqnr() {
     );
 
     for (precision, floor_db) in [(Precision::Q8_0, 30.0), (Precision::Q4_0, 10.0)] {
-        let q = logits(&Model::synthetic(SEED, precision, 2).unwrap(), &input);
-        assert_eq!(q.len(), 1000);
-        assert!(q.iter().all(|v| v.is_finite()), "{precision}");
-        let sqnr = sqnr_db(&reference, &q);
-        println!("SQNR {precision} vs f32 (full-size synthetic): {sqnr:.1} dB");
-        assert!(
-            sqnr >= floor_db,
-            "{precision}: SQNR {sqnr:.1} dB below {floor_db} dB"
-        );
+        let dynamic = Model::synthetic(SEED, precision, 2).unwrap();
+        let calibrated = Model::synthetic_calibrated(SEED, precision, 2).unwrap();
+        assert_eq!(calibrated.activation_scales(), "calibrated");
+        for model in [dynamic, calibrated] {
+            let q = logits(&model, &input);
+            let scales = model.activation_scales();
+            assert_eq!(q.len(), 1000);
+            assert!(q.iter().all(|v| v.is_finite()), "{precision} {scales}");
+            let sqnr = sqnr_db(&reference, &q);
+            println!(
+                "SQNR {precision} ({scales} activations) vs f32, full-size synthetic: {sqnr:.1} dB"
+            );
+            assert!(
+                sqnr >= floor_db,
+                "{precision} {scales}: SQNR {sqnr:.1} dB below {floor_db} dB"
+            );
+        }
     }
 }
 

@@ -18,9 +18,14 @@ const SYNTHETIC_SEED: u64 = 18;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Weights to measure; without it, a seeded synthetic full-size ResNet-18.
+    /// Weights to measure; without it, a seeded synthetic full-size ResNet-18 calibrated on
+    /// two other seeded inputs.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Measure the synthetic network with dynamic (per-frame) activation scales instead of
+    /// calibrated ones.
+    #[arg(long, conflicts_with = "weights")]
+    pub dynamic: bool,
     /// Precisions to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "f32,q8_0,q4_0")]
     pub precisions: Vec<Precision>,
@@ -49,6 +54,8 @@ pub struct Args {
 struct Measurement {
     precision: Precision,
     threads: usize,
+    /// "calibrated", "dynamic" or "none" (f32); see `Model::activation_scales`.
+    activations: String,
     median_ms: f64,
     p90_ms: f64,
     images_per_s: f64,
@@ -133,6 +140,9 @@ fn measure_in_child(
     if args.layers {
         cmd.arg("--layers");
     }
+    if args.dynamic {
+        cmd.arg("--dynamic");
+    }
     let out = cmd
         .output()
         .with_context(|| format!("starting the {precision} x{threads} benchmark"))?;
@@ -151,7 +161,8 @@ fn measure_in_child(
 fn measure(args: &Args, precision: Precision, threads: usize) -> anyhow::Result<Measurement> {
     let model = match &args.weights {
         Some(path) => Model::load(path, precision, threads)?,
-        None => Model::synthetic(SYNTHETIC_SEED, precision, threads)?,
+        None if args.dynamic => Model::synthetic(SYNTHETIC_SEED, precision, threads)?,
+        None => Model::synthetic_calibrated(SYNTHETIC_SEED, precision, threads)?,
     };
     let input = synthetic_input(SYNTHETIC_SEED, model.input_size());
     let mut logits = Vec::new();
@@ -184,6 +195,7 @@ fn measure(args: &Args, precision: Precision, threads: usize) -> anyhow::Result<
     Ok(Measurement {
         precision,
         threads: model.threads(),
+        activations: model.activation_scales().to_string(),
         median_ms,
         p90_ms: percentile_ms(&mut times, 0.9),
         images_per_s: 1e3 / median_ms,
@@ -223,15 +235,16 @@ fn print_table(args: &Args, results: &[Measurement]) {
         args.runs, args.warmup
     );
     println!(
-        "{:<9} {:>7} {:>11} {:>9} {:>9} {:>10} {:>9}",
-        "precision", "threads", "median ms", "p90 ms", "img/s", "peak MiB", "vs f32"
+        "{:<9} {:<11} {:>7} {:>11} {:>9} {:>9} {:>10} {:>9}",
+        "precision", "activations", "threads", "median ms", "p90 ms", "img/s", "peak MiB", "vs f32"
     );
     for r in results {
         let rss = r.peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}"));
         let ratio = r.speedup_vs_f32.map_or("-".into(), |s| format!("{s:.2}x"));
         println!(
-            "{:<9} {:>7} {:>11.2} {:>9.2} {:>9.1} {:>10} {:>9}",
+            "{:<9} {:<11} {:>7} {:>11.2} {:>9.2} {:>9.1} {:>10} {:>9}",
             r.precision.as_str(),
+            r.activations,
             r.threads,
             r.median_ms,
             r.p90_ms,

@@ -210,6 +210,26 @@ impl Model {
         Model::build(Network::synthetic(seed), precision, threads, source)
     }
 
+    /// [`Model::synthetic`] calibrated on two other seeded inputs, so quantized precisions
+    /// run the static path (benchmarks).
+    pub fn synthetic_calibrated(
+        seed: u64,
+        precision: Precision,
+        threads: usize,
+    ) -> Result<Model, ModelError> {
+        let source = PathBuf::from(format!("<synthetic resnet18 seed {seed}, calibrated>"));
+        let network = Network::synthetic(seed);
+        let size = network.input_size;
+        let samples = [1, 2].map(|i| synthetic_input(seed + i, size));
+        let network = calibrate(
+            network,
+            precision,
+            threads,
+            samples.iter().map(Vec::as_slice),
+        )?;
+        Model::build(network, precision, threads, source)
+    }
+
     fn build(
         network: Network,
         precision: Precision,
