@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 use super::calibration::{ActivationRanges, INPUT};
 use super::kernels::{
@@ -480,22 +481,30 @@ fn requant(layer: &QLayer) -> &Requant {
     requant.expect("a calibrated network has a requantization for every layer")
 }
 
-/// Reorders the NCHW input to NHWC, mapping each value (to levels on the static path).
-fn nchw_to_nhwc<T: Copy + Default>(
+/// Reorders the NCHW input to NHWC, mapping each value (to levels on the static path); image
+/// rows are split over the current rayon pool.
+fn nchw_to_nhwc<T: Copy + Default + Send>(
     input: &[f32],
     channels: usize,
     h: usize,
     w: usize,
     out: &mut Vec<T>,
-    map: impl Fn(f32) -> T,
+    map: impl Fn(f32) -> T + Sync,
 ) {
     out.resize(input.len(), T::default());
     let plane = h * w;
-    for (c, src) in input.chunks_exact(plane).enumerate().take(channels) {
-        for (p, &v) in src.iter().enumerate() {
-            out[p * channels + c] = map(v);
-        }
+    if plane == 0 {
+        return;
     }
+    out.par_chunks_mut(w * channels)
+        .enumerate()
+        .for_each(|(y, row)| {
+            for (x, pixel) in row.chunks_exact_mut(channels).enumerate() {
+                for (c, v) in pixel.iter_mut().enumerate() {
+                    *v = map(input[c * plane + y * w + x]);
+                }
+            }
+        });
 }
 
 #[cfg(test)]

@@ -6,11 +6,19 @@
 //! i16 saturation, so all paths give bit-identical integers. Weights are s8 (`-127..=127`) with
 //! one scale per output channel.
 //!
-//! Tensors are NHWC `f32` between layers; a convolution quantizes its input, gathers the
-//! receptive fields into a packed `u8` matrix (im2col), multiplies it with weights packed at load
-//! time by a micro-kernel chosen at run time ([`Isa`]) and applies scale, bias, residual add and
-//! ReLU in one scalar epilogue shared by every path (so the `f32` results are identical too).
-//! Every phase is split over the rayon pool; buffers live in [`Scratch`] and are reused.
+//! Tensors are NHWC. A convolution is a GEMM of im2col patches with weights packed at load
+//! time, multiplied by a micro-kernel chosen at run time ([`Isa`]). The patches are not a
+//! tensor: each work item (a tile of output pixels x a block of output channels) gathers its
+//! tile's patches into a per-thread buffer right before multiplying them. One scalar epilogue,
+//! shared by every path (so the results are bit-identical too), finishes each output:
+//!
+//! - static path ([`QConv2d::forward_quantized`], calibrated models): `u8` levels in, `u8`
+//!   levels out, scale, bias, zero points, residual and ReLU folded into one multiply-add
+//!   ([`Requant`]); one parallel pass per layer.
+//! - dynamic path ([`QConv2d::forward`]): `f32` in and out; the input's range is measured and
+//!   quantized per frame (two more parallel passes).
+//!
+//! Work is split over the rayon pool; buffers are reused from frame to frame.
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
