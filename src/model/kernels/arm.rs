@@ -11,6 +11,7 @@
 use super::{Acc, MicroKernel, MAX_NR, PANEL};
 use std::arch::asm;
 
+/// 2 rows x 16 channels with `vmull.s8`/`vmlal.s8`/`vpadal.s16`; see [`kernel_armv7_neon`].
 pub(super) const ARMV7_NEON: MicroKernel = MicroKernel {
     rows: 2,
     max_panels: 1,
