@@ -2,9 +2,9 @@
 //!
 //! Activations are quantized per tensor to 7 bits (`0..=127`, with a zero point for signed
 //! inputs such as the normalized image). Keeping them at 7 bits means every instruction path
-//! (AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddubsw`, NEON `sdot`/`smlal`) accumulates exactly, with no
-//! i16 saturation, so all paths give bit-identical integers. Weights are s8 (`-127..=127`) with
-//! one scale per output channel.
+//! (AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddubsw`, NEON `sdot`/`smlal`, armv7 NEON `vmlal.s8`)
+//! accumulates exactly, with no i16 saturation, so all paths give bit-identical integers.
+//! Weights are s8 (`-127..=127`) with one scale per output channel.
 //!
 //! Tensors are NHWC. A convolution is a GEMM of im2col patches with weights packed at load
 //! time, multiplied by a micro-kernel chosen at run time ([`Isa`]). The patches are not a
@@ -22,6 +22,8 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+#[cfg(target_arch = "arm")]
+mod arm;
 mod pooling;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -167,7 +169,7 @@ pub fn range_with_zero(values: &[f32]) -> (f32, f32) {
 /// The instruction paths of the integer GEMM. All give bit-identical results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
-    /// Portable Rust; the reference, and the path on armv7.
+    /// Portable Rust; the reference.
     Scalar,
     /// x86-64 AVX2: `vpmaddubsw` + `vpmaddwd`.
     Avx2,
@@ -177,12 +179,15 @@ pub enum Isa {
     Neon,
     /// aarch64 NEON with the dot-product extension (Cortex-A76, Raspberry Pi 5): `sdot`.
     NeonDotprod,
+    /// armv7 (32-bit) NEON: `vmull.s8`/`vmlal.s8`/`vpadal.s16`.
+    Armv7Neon,
 }
 
 impl Isa {
     /// Every path, slowest first.
-    const ALL: [Isa; 5] = [
+    const ALL: [Isa; 6] = [
         Isa::Scalar,
+        Isa::Armv7Neon,
         Isa::Neon,
         Isa::NeonDotprod,
         Isa::Avx2,
@@ -200,6 +205,7 @@ impl Isa {
             Isa::Avx512Vnni => "avx512vnni",
             Isa::Neon => "neon",
             Isa::NeonDotprod => "neon-dotprod",
+            Isa::Armv7Neon => "armv7-neon",
         }
     }
 
@@ -216,6 +222,10 @@ impl Isa {
             Isa::Avx512Vnni => x86_has(Isa::Avx512Vnni),
             Isa::Neon => aarch64_has(Isa::Neon),
             Isa::NeonDotprod => aarch64_has(Isa::NeonDotprod),
+            #[cfg(target_arch = "arm")]
+            Isa::Armv7Neon => arm::has_neon(),
+            #[cfg(not(target_arch = "arm"))]
+            Isa::Armv7Neon => false,
         }
     }
 
@@ -268,6 +278,8 @@ impl Isa {
             Isa::NeonDotprod => aarch64::NEON_DOTPROD,
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => aarch64::NEON,
+            #[cfg(target_arch = "arm")]
+            Isa::Armv7Neon => arm::ARMV7_NEON,
             // Paths of other architectures never pass `is_available`.
             _ => SCALAR,
         }
