@@ -9,12 +9,14 @@ pub(super) const NEON_DOTPROD: MicroKernel = MicroKernel {
     rows: 4,
     max_panels: 1,
     run: kernel_neon_dotprod,
+    store: super::store_baseline,
 };
 
 pub(super) const NEON: MicroKernel = MicroKernel {
     rows: 2,
     max_panels: 1,
     run: kernel_neon,
+    store: super::store_baseline,
 };
 
 /// `acc += dot(w[4 lanes of 4 bytes], a.4b[LANE])`. Inline assembly because the `vdotq_laneq`

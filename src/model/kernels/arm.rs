@@ -16,6 +16,7 @@ pub(super) const ARMV7_NEON: MicroKernel = MicroKernel {
     rows: 2,
     max_panels: 1,
     run: kernel_armv7_neon,
+    store: super::store_baseline,
 };
 
 /// Whether the CPU running us has NEON, from the kernel's hardware capabilities (the

@@ -127,7 +127,7 @@ impl ActQuant {
 /// `v` clamped to `floor..=127` (NaN to `floor`) and rounded half up. Written with selects and
 /// an unchecked truncation rather than `f32::round`/`clamp` so that it vectorizes on every
 /// target: it runs over every activation of every layer.
-#[inline]
+#[inline(always)]
 fn to_u7(v: f32, floor: f32) -> u8 {
     let v = if v > floor { v } else { floor };
     let v = if v < ActQuant::MAX as f32 {
@@ -333,12 +333,33 @@ struct MicroKernel {
     rows: usize,
     max_panels: usize,
     run: unsafe fn(*const u8, usize, *const i8, usize, &mut Acc),
+    /// [`Epilogue::store`] compiled for the path's instruction set (wider vectors for the
+    /// float arithmetic; the same IEEE operations, so the same results).
+    store: StoreFn,
+}
+
+/// See [`Epilogue::store`].
+type StoreFn = unsafe fn(&Epilogue, &QConv2d, usize, Range<usize>, &[i32]);
+
+/// [`Epilogue::store`] for the baseline instruction set.
+///
+/// # Safety
+/// See [`Epilogue::store`].
+unsafe fn store_baseline(
+    epilogue: &Epilogue,
+    conv: &QConv2d,
+    at: usize,
+    channels: Range<usize>,
+    acc: &[i32],
+) {
+    epilogue.store(conv, at, channels, acc)
 }
 
 const SCALAR: MicroKernel = MicroKernel {
     rows: 4,
     max_panels: 1,
     run: kernel_scalar,
+    store: store_baseline,
 };
 
 /// Portable micro-kernel, written as plainly as possible: it is the reference the SIMD paths
@@ -749,7 +770,9 @@ impl QConv2d {
                             let acc = &acc[(r - r0) * MAX_NR..][..channels.len()];
                             // SAFETY: work items own disjoint (row x channel) blocks of the
                             // output, which outlives the parallel loop.
-                            unsafe { epilogue.store(self, r * n, channels.clone(), acc) };
+                            unsafe {
+                                (kernel.store)(&epilogue, self, r * n, channels.clone(), acc)
+                            };
                         }
                     }
                 }
@@ -831,7 +854,7 @@ impl Epilogue<'_> {
     ///
     /// # Safety
     /// `at + channels` must be inside the output and written by no one else meanwhile.
-    #[inline]
+    #[inline(always)]
     unsafe fn store(&self, conv: &QConv2d, at: usize, channels: Range<usize>, acc: &[i32]) {
         let (len, c) = (channels.len(), channels.clone());
         let at = at + channels.start;
@@ -878,7 +901,7 @@ impl Epilogue<'_> {
 /// `(acc - zero_point * weight_sum) * scale + bias (+ residual)`, then ReLU. Every path runs
 /// this same code in the same order, so equal integers give bit-identical floats.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn epilogue(
     acc: &[i32],
     zero_point: u8,
@@ -913,9 +936,9 @@ fn epilogue(
 
 /// `acc * scale + offset (+ residual)` in units of `output` levels, nothing below `floor`
 /// (the ReLU), rounded to levels in `out` and, if given, converted to real values in
-/// `real_out`. Shared by every path like [`epilogue`]; `acc.len() <= MAX_NR`.
+/// `real_out`. Shared by every path like [`epilogue`].
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn requantize(
     acc: &[i32],
     scales: &[f32],
@@ -924,35 +947,80 @@ fn requantize(
     output: ActQuant,
     floor: f32,
     out: &mut [u8],
+    mut real_out: Option<&mut [f32]>,
+) {
+    // Blocks of a fixed 16 channels compile to straight vector code; a loop of variable
+    // length over the usual 32 channels spends more on loop set-up than on arithmetic.
+    const BLOCK: usize = 16;
+    let mut start = 0;
+    while start < acc.len() {
+        let at = start..acc.len();
+        let residual = residual.map(|r| match r {
+            Residual::Levels(levels, q) => Residual::Levels(&levels[at.clone()], q),
+            Residual::Float(values) => Residual::Float(&values[at.clone()]),
+        });
+        let real = real_out.as_deref_mut().map(|real| &mut real[at.clone()]);
+        let args = (
+            &acc[at.clone()],
+            &scales[at.clone()],
+            &offsets[at.clone()],
+            residual,
+            output,
+            floor,
+        );
+        if at.len() >= BLOCK {
+            requantize_fixed::<BLOCK>(args, &mut out[at], real);
+            start += BLOCK;
+        } else {
+            requantize_fixed::<1>(args, &mut out[at], real);
+            start += 1;
+        }
+    }
+}
+
+/// [`requantize`] on the first `N` channels of its arguments.
+#[inline(always)]
+fn requantize_fixed<const N: usize>(
+    (acc, scales, offsets, residual, output, floor): (
+        &[i32],
+        &[f32],
+        &[f32],
+        Option<Residual>,
+        ActQuant,
+        f32,
+    ),
+    out: &mut [u8],
     real_out: Option<&mut [f32]>,
 ) {
-    let mut v = [0f32; MAX_NR];
-    let v = &mut v[..acc.len()];
-    for (v, (&a, (&s, &o))) in v.iter_mut().zip(acc.iter().zip(scales.iter().zip(offsets))) {
+    let mut v = [0f32; N];
+    for (v, (&a, (&s, &o))) in v
+        .iter_mut()
+        .zip(acc[..N].iter().zip(scales[..N].iter().zip(&offsets[..N])))
+    {
         *v = a as f32 * s + o;
     }
     match residual {
         Some(Residual::Levels(levels, q)) => {
             let factor = q.scale / output.scale;
             let offset = -(q.zero_point as f32) * factor;
-            for (v, &r) in v.iter_mut().zip(levels) {
+            for (v, &r) in v.iter_mut().zip(&levels[..N]) {
                 *v += r as f32 * factor + offset;
             }
         }
         Some(Residual::Float(values)) => {
             let inv = 1.0 / output.scale;
-            for (v, &r) in v.iter_mut().zip(values) {
+            for (v, &r) in v.iter_mut().zip(&values[..N]) {
                 *v += r * inv;
             }
         }
         None => {}
     }
-    for (q, &v) in out.iter_mut().zip(v.iter()) {
+    for (q, &v) in out[..N].iter_mut().zip(&v) {
         *q = to_u7(v, floor);
     }
     if let Some(real) = real_out {
         let zp = output.zero_point as f32;
-        for (r, &v) in real.iter_mut().zip(v.iter()) {
+        for (r, &v) in real[..N].iter_mut().zip(&v) {
             *r = ((if v > floor { v } else { floor }) - zp) * output.scale;
         }
     }
@@ -994,11 +1062,18 @@ fn im2col_row(
         } else {
             row[start..start + len].copy_from_slice(&input[src..src + len]);
         }
+        // Only border pixels have taps in the padding: skip the (memset) calls elsewhere.
         let dst = &mut row[ky * span..][..span];
-        dst[..first * cin].fill(zero_point);
-        dst[last * cin..].fill(zero_point);
+        if first > 0 {
+            dst[..first * cin].fill(zero_point);
+        }
+        if last < k {
+            dst[last * cin..].fill(zero_point);
+        }
     }
-    row[k * span..].fill(0);
+    if k * span < row.len() {
+        row[k * span..].fill(0);
+    }
 }
 
 #[cfg(test)]

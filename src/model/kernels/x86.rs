@@ -2,20 +2,41 @@
 //! bytes: exactly one `zmm` (or two `ymm`), so one broadcast of 4 activation bytes meets 16
 //! channels' weights in one instruction.
 
-use super::{Acc, MicroKernel, MAX_NR, PANEL};
+use super::{Acc, Epilogue, MicroKernel, QConv2d, MAX_NR, PANEL};
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 pub(super) const AVX512_VNNI: MicroKernel = MicroKernel {
     rows: 8,
     max_panels: 2,
     run: kernel_avx512vnni,
+    store: store_avx512,
 };
 
 pub(super) const AVX2: MicroKernel = MicroKernel {
     rows: 4,
     max_panels: 1,
     run: kernel_avx2,
+    store: store_avx2,
 };
+
+/// [`Epilogue::store`] with AVX-512 vectors.
+///
+/// # Safety
+/// See [`Epilogue::store`]; needs AVX-512 F and BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn store_avx512(e: &Epilogue, conv: &QConv2d, at: usize, c: Range<usize>, acc: &[i32]) {
+    e.store(conv, at, c, acc)
+}
+
+/// [`Epilogue::store`] with AVX2 vectors.
+///
+/// # Safety
+/// See [`Epilogue::store`]; needs AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn store_avx2(e: &Epilogue, conv: &QConv2d, at: usize, c: Range<usize>, acc: &[i32]) {
+    e.store(conv, at, c, acc)
+}
 
 /// 8 rows x 32 channels with `vpdpbusd` (u8 x s8, four products summed into each i32 lane).
 ///
