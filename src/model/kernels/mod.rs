@@ -339,7 +339,7 @@ struct MicroKernel {
 }
 
 /// See [`Epilogue::store`].
-type StoreFn = unsafe fn(&Epilogue, &QConv2d, usize, Range<usize>, &[i32]);
+type StoreFn = unsafe fn(&Epilogue, &QConv2d, usize, usize, Range<usize>, &Acc);
 
 /// [`Epilogue::store`] for the baseline instruction set.
 ///
@@ -348,11 +348,12 @@ type StoreFn = unsafe fn(&Epilogue, &QConv2d, usize, Range<usize>, &[i32]);
 unsafe fn store_baseline(
     epilogue: &Epilogue,
     conv: &QConv2d,
-    at: usize,
+    first_row: usize,
+    rows: usize,
     channels: Range<usize>,
-    acc: &[i32],
+    acc: &Acc,
 ) {
-    epilogue.store(conv, at, channels, acc)
+    epilogue.store::<Portable>(conv, first_row, rows, channels, acc)
 }
 
 const SCALAR: MicroKernel = MicroKernel {
@@ -766,14 +767,12 @@ impl QConv2d {
                         unsafe {
                             (kernel.run)(block_rows.as_ptr(), kp, weights.as_ptr(), np, &mut acc)
                         };
-                        for r in r0..(r0 + kernel.rows).min(rows.end) {
-                            let acc = &acc[(r - r0) * MAX_NR..][..channels.len()];
-                            // SAFETY: work items own disjoint (row x channel) blocks of the
-                            // output, which outlives the parallel loop.
-                            unsafe {
-                                (kernel.store)(&epilogue, self, r * n, channels.clone(), acc)
-                            };
-                        }
+                        let count = (r0 + kernel.rows).min(rows.end) - r0;
+                        // SAFETY: work items own disjoint (row x channel) blocks of the
+                        // output, which outlives the parallel loop.
+                        unsafe {
+                            (kernel.store)(&epilogue, self, r0, count, channels.clone(), &acc)
+                        };
                     }
                 }
             });
@@ -850,14 +849,22 @@ enum Epilogue<'a> {
 unsafe impl Sync for Epilogue<'_> {}
 
 impl Epilogue<'_> {
-    /// Finishes the output pixel at `at` (its first element) for `channels`.
+    /// Finishes `rows` output pixels from `first_row` on for `channels`, from the
+    /// accumulators of one micro-kernel call.
     ///
     /// # Safety
-    /// `at + channels` must be inside the output and written by no one else meanwhile.
+    /// Those outputs must be inside the output and written by no one else meanwhile.
     #[inline(always)]
-    unsafe fn store(&self, conv: &QConv2d, at: usize, channels: Range<usize>, acc: &[i32]) {
-        let (len, c) = (channels.len(), channels.clone());
-        let at = at + channels.start;
+    unsafe fn store<B: Block16>(
+        &self,
+        conv: &QConv2d,
+        first_row: usize,
+        rows: usize,
+        channels: Range<usize>,
+        acc: &Acc,
+    ) {
+        let (n, len, c) = (conv.geometry.out_channels, channels.len(), channels.clone());
+        let pixels = (first_row..first_row + rows).zip(acc.chunks_exact(MAX_NR));
         match self {
             Epilogue::Float {
                 out,
@@ -865,35 +872,54 @@ impl Epilogue<'_> {
                 scales,
                 residual,
                 relu,
-            } => epilogue(
-                acc,
-                *zero_point,
-                &conv.weight_sums[c.clone()],
-                &scales[c.clone()],
-                &conv.bias[c],
-                residual.map(|res| &res[at..at + len]),
-                *relu,
-                out.slice(at, len),
-            ),
+            } => {
+                let (sums, scales, bias) = (
+                    &conv.weight_sums[c.clone()],
+                    &scales[c.clone()],
+                    &conv.bias[c],
+                );
+                for (row, acc) in pixels {
+                    let at = row * n + channels.start;
+                    let residual = residual.map(|res| &res[at..at + len]);
+                    let out = out.slice(at, len);
+                    epilogue(
+                        &acc[..len],
+                        *zero_point,
+                        sums,
+                        scales,
+                        bias,
+                        residual,
+                        *relu,
+                        out,
+                    );
+                }
+            }
             Epilogue::Quantized {
                 out,
                 real_out,
                 requant,
                 residual,
                 floor,
-            } => requantize(
-                acc,
-                &requant.scales[c.clone()],
-                &requant.offsets[c],
-                residual.map(|r| match r {
-                    Residual::Levels(levels, q) => Residual::Levels(&levels[at..at + len], q),
-                    Residual::Float(values) => Residual::Float(&values[at..at + len]),
-                }),
-                requant.output,
-                *floor,
-                out.slice(at, len),
-                real_out.map(|real| real.slice(at, len)),
-            ),
+            } => {
+                let (scales, offsets) = (&requant.scales[c.clone()], &requant.offsets[c]);
+                for (row, acc) in pixels {
+                    let at = row * n + channels.start;
+                    let residual = residual.map(|r| match r {
+                        Residual::Levels(levels, q) => Residual::Levels(&levels[at..at + len], q),
+                        Residual::Float(values) => Residual::Float(&values[at..at + len]),
+                    });
+                    requantize::<B>(
+                        &acc[..len],
+                        scales,
+                        offsets,
+                        residual,
+                        requant.output,
+                        *floor,
+                        out.slice(at, len),
+                        real_out.map(|real| real.slice(at, len)),
+                    );
+                }
+            }
         }
     }
 }
@@ -939,7 +965,7 @@ fn epilogue(
 /// `real_out`. Shared by every path like [`epilogue`].
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn requantize(
+fn requantize<B: Block16>(
     acc: &[i32],
     scales: &[f32],
     offsets: &[f32],
@@ -960,68 +986,132 @@ fn requantize(
             Residual::Float(values) => Residual::Float(&values[at.clone()]),
         });
         let real = real_out.as_deref_mut().map(|real| &mut real[at.clone()]);
-        let args = (
-            &acc[at.clone()],
-            &scales[at.clone()],
-            &offsets[at.clone()],
-            residual,
-            output,
-            floor,
-        );
+        let (acc, scales, offsets) = (&acc[at.clone()], &scales[at.clone()], &offsets[at.clone()]);
         if at.len() >= BLOCK {
-            requantize_fixed::<BLOCK>(args, &mut out[at], real);
+            // SAFETY: `store` runs only on CPUs with the instructions of its `B`.
+            unsafe {
+                B::requantize(
+                    acc,
+                    scales,
+                    offsets,
+                    residual,
+                    output,
+                    floor,
+                    &mut out[at],
+                    real,
+                )
+            };
             start += BLOCK;
         } else {
-            requantize_fixed::<1>(args, &mut out[at], real);
+            requantize_fixed::<1>(
+                acc,
+                scales,
+                offsets,
+                residual,
+                output,
+                floor,
+                &mut out[at],
+                real,
+            );
             start += 1;
         }
     }
 }
 
+/// Finishes 16 channels for [`requantize`]: [`requantize_fixed`], or the same IEEE
+/// operations in the same order written with one instruction set's intrinsics (tested
+/// bit-identical).
+trait Block16 {
+    /// # Safety
+    /// The CPU must support the implementation's instructions; the slices hold at least 16.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn requantize(
+        acc: &[i32],
+        scales: &[f32],
+        offsets: &[f32],
+        residual: Option<Residual>,
+        output: ActQuant,
+        floor: f32,
+        out: &mut [u8],
+        real_out: Option<&mut [f32]>,
+    );
+}
+
+/// [`Block16`] in portable Rust.
+struct Portable;
+
+impl Block16 for Portable {
+    #[inline(always)]
+    unsafe fn requantize(
+        acc: &[i32],
+        scales: &[f32],
+        offsets: &[f32],
+        residual: Option<Residual>,
+        output: ActQuant,
+        floor: f32,
+        out: &mut [u8],
+        real_out: Option<&mut [f32]>,
+    ) {
+        requantize_fixed::<16>(acc, scales, offsets, residual, output, floor, out, real_out)
+    }
+}
+
 /// [`requantize`] on the first `N` channels of its arguments.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn requantize_fixed<const N: usize>(
-    (acc, scales, offsets, residual, output, floor): (
-        &[i32],
-        &[f32],
-        &[f32],
-        Option<Residual>,
-        ActQuant,
-        f32,
-    ),
+    acc: &[i32],
+    scales: &[f32],
+    offsets: &[f32],
+    residual: Option<Residual>,
+    output: ActQuant,
+    floor: f32,
     out: &mut [u8],
     real_out: Option<&mut [f32]>,
 ) {
-    let mut v = [0f32; N];
-    for (v, (&a, (&s, &o))) in v
-        .iter_mut()
-        .zip(acc[..N].iter().zip(scales[..N].iter().zip(&offsets[..N])))
-    {
-        *v = a as f32 * s + o;
-    }
+    let args = (&acc[..N], &scales[..N], &offsets[..N], output, floor);
+    let (out, real_out) = (&mut out[..N], real_out.map(|r| &mut r[..N]));
+    // One loop per kind of shortcut, over zipped fixed-length slices: that vectorizes.
     match residual {
+        None => finish(args, std::iter::repeat(0.0), out, real_out),
         Some(Residual::Levels(levels, q)) => {
             let factor = q.scale / output.scale;
             let offset = -(q.zero_point as f32) * factor;
-            for (v, &r) in v.iter_mut().zip(&levels[..N]) {
-                *v += r as f32 * factor + offset;
-            }
+            let shortcut = levels[..N].iter().map(|&r| r as f32 * factor + offset);
+            finish(args, shortcut, out, real_out)
         }
         Some(Residual::Float(values)) => {
             let inv = 1.0 / output.scale;
-            for (v, &r) in v.iter_mut().zip(&values[..N]) {
-                *v += r * inv;
+            finish(args, values[..N].iter().map(|&r| r * inv), out, real_out)
+        }
+    }
+}
+
+/// The arithmetic of [`requantize_fixed`], with the shortcut in output-level units.
+#[inline(always)]
+fn finish(
+    (acc, scales, offsets, output, floor): (&[i32], &[f32], &[f32], ActQuant, f32),
+    shortcut: impl Iterator<Item = f32>,
+    out: &mut [u8],
+    real_out: Option<&mut [f32]>,
+) {
+    let values = acc
+        .iter()
+        .zip(scales.iter().zip(offsets))
+        .zip(shortcut)
+        .map(|((&a, (&s, &o)), r)| a as f32 * s + o + r);
+    match real_out {
+        None => {
+            for (q, v) in out.iter_mut().zip(values) {
+                *q = to_u7(v, floor);
             }
         }
-        None => {}
-    }
-    for (q, &v) in out[..N].iter_mut().zip(&v) {
-        *q = to_u7(v, floor);
-    }
-    if let Some(real) = real_out {
-        let zp = output.zero_point as f32;
-        for (r, &v) in real[..N].iter_mut().zip(&v) {
-            *r = ((if v > floor { v } else { floor }) - zp) * output.scale;
+        Some(real) => {
+            let zp = output.zero_point as f32;
+            for ((q, r), v) in out.iter_mut().zip(real.iter_mut()).zip(values) {
+                *q = to_u7(v, floor);
+                *r = ((if v > floor { v } else { floor }) - zp) * output.scale;
+            }
         }
     }
 }

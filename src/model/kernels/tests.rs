@@ -311,7 +311,7 @@ fn static_path_is_bit_identical_on_every_path_and_matches_float_arithmetic() {
                 for c in (0..n).step_by(MAX_NR) {
                     let at = start + c..start + (c + MAX_NR).min(n);
                     let channels = c..c + at.len();
-                    requantize(
+                    requantize::<Portable>(
                         &acc[at.clone()],
                         &requant.scales[channels.clone()],
                         &requant.offsets[channels],

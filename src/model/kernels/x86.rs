@@ -2,7 +2,9 @@
 //! bytes: exactly one `zmm` (or two `ymm`), so one broadcast of 4 activation bytes meets 16
 //! channels' weights in one instruction.
 
-use super::{Acc, Epilogue, MicroKernel, QConv2d, MAX_NR, PANEL};
+use super::{
+    Acc, ActQuant, Block16, Epilogue, MicroKernel, Portable, QConv2d, Residual, MAX_NR, PANEL,
+};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -25,8 +27,66 @@ pub(super) const AVX2: MicroKernel = MicroKernel {
 /// # Safety
 /// See [`Epilogue::store`]; needs AVX-512 F and BW.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn store_avx512(e: &Epilogue, conv: &QConv2d, at: usize, c: Range<usize>, acc: &[i32]) {
-    e.store(conv, at, c, acc)
+unsafe fn store_avx512(
+    e: &Epilogue,
+    conv: &QConv2d,
+    first_row: usize,
+    rows: usize,
+    channels: Range<usize>,
+    acc: &Acc,
+) {
+    e.store::<Avx512>(conv, first_row, rows, channels, acc)
+}
+
+/// [`Block16`] with AVX-512 intrinsics: one vector per operation, where the compiler's
+/// vectorization of the portable code left scalar conversions.
+struct Avx512;
+
+impl Block16 for Avx512 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn requantize(
+        acc: &[i32],
+        scales: &[f32],
+        offsets: &[f32],
+        residual: Option<Residual>,
+        output: ActQuant,
+        floor: f32,
+        out: &mut [u8],
+        real_out: Option<&mut [f32]>,
+    ) {
+        let load = |v: &[f32]| _mm512_loadu_ps(v[..16].as_ptr());
+        let acc = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc[..16].as_ptr().cast()));
+        // `a * s + o + r`, rounded after each operation like the portable code (no FMA).
+        let v = _mm512_add_ps(_mm512_mul_ps(acc, load(scales)), load(offsets));
+        let shortcut = match residual {
+            None => _mm512_setzero_ps(),
+            Some(Residual::Levels(levels, q)) => {
+                let factor = q.scale / output.scale;
+                let offset = -(q.zero_point as f32) * factor;
+                let bytes = _mm_loadu_si128(levels[..16].as_ptr().cast());
+                let r = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
+                _mm512_add_ps(
+                    _mm512_mul_ps(r, _mm512_set1_ps(factor)),
+                    _mm512_set1_ps(offset),
+                )
+            }
+            Some(Residual::Float(values)) => {
+                _mm512_mul_ps(load(values), _mm512_set1_ps(1.0 / output.scale))
+            }
+        };
+        let v = _mm512_add_ps(v, shortcut);
+        // `to_u7`: MAXPS/MINPS pick the first operand exactly when the portable selects do.
+        let low = _mm512_max_ps(v, _mm512_set1_ps(floor));
+        let clamped = _mm512_min_ps(low, _mm512_set1_ps(ActQuant::MAX as f32));
+        let levels = _mm512_cvttps_epi32(_mm512_add_ps(clamped, _mm512_set1_ps(0.5)));
+        _mm_storeu_si128(out[..16].as_mut_ptr().cast(), _mm512_cvtepi32_epi8(levels));
+        if let Some(real) = real_out {
+            let zp = _mm512_set1_ps(output.zero_point as f32);
+            let r = _mm512_mul_ps(_mm512_sub_ps(low, zp), _mm512_set1_ps(output.scale));
+            _mm512_storeu_ps(real[..16].as_mut_ptr(), r);
+        }
+    }
 }
 
 /// [`Epilogue::store`] with AVX2 vectors.
@@ -34,8 +94,15 @@ unsafe fn store_avx512(e: &Epilogue, conv: &QConv2d, at: usize, c: Range<usize>,
 /// # Safety
 /// See [`Epilogue::store`]; needs AVX2.
 #[target_feature(enable = "avx2")]
-unsafe fn store_avx2(e: &Epilogue, conv: &QConv2d, at: usize, c: Range<usize>, acc: &[i32]) {
-    e.store(conv, at, c, acc)
+unsafe fn store_avx2(
+    e: &Epilogue,
+    conv: &QConv2d,
+    first_row: usize,
+    rows: usize,
+    channels: Range<usize>,
+    acc: &Acc,
+) {
+    e.store::<Portable>(conv, first_row, rows, channels, acc)
 }
 
 /// 8 rows x 32 channels with `vpdpbusd` (u8 x s8, four products summed into each i32 lane).
