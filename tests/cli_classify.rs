@@ -158,6 +158,70 @@ fn quantize_then_classify_from_gguf() {
 }
 
 #[test]
+fn quantize_calibrates_on_a_folder_and_names_bad_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("samples");
+    std::fs::create_dir(&images).unwrap();
+    for name in ["coffee.jpg", "astronaut.jpg"] {
+        std::fs::copy(fixture("images").join(name), images.join(name)).unwrap();
+    }
+    // Not an image: skipped with a warning, the calibration goes on.
+    std::fs::write(images.join("notes.txt"), "camera mounted on the porch").unwrap();
+    let gguf = dir.path().join("calibrated.gguf");
+    let args = ["quantize", "--input", &tiny(), "--output"];
+    let out = edgeclass(
+        &[
+            &args[..],
+            &[gguf.to_str().unwrap(), "--calibrate"],
+            &[images.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("calibrated activations"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("notes.txt"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = edgeclass(&[
+        "classify",
+        "--weights",
+        gguf.to_str().unwrap(),
+        "--json",
+        &cat(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["top3"][0]["label"], "tabby");
+
+    // A folder without images, and a missing folder: exit 66 naming the folder.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for folder in [empty.clone(), dir.path().join("missing")] {
+        let out = edgeclass(
+            &[
+                &args[..],
+                &[gguf.to_str().unwrap(), "--calibrate"],
+                &[folder.to_str().unwrap()],
+            ]
+            .concat(),
+        );
+        assert_eq!(out.status.code(), Some(66), "{}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!("calibration images in {}", folder.display())),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn bench_json_and_layers_per_configuration() {
     let args = [
         "bench",
@@ -190,6 +254,12 @@ fn bench_json_and_layers_per_configuration() {
         );
         assert!(median > 0.0 && p90 >= median, "{r}");
         assert!(r["images_per_s"].as_f64().unwrap() > 0.0);
+        let expected = if r["precision"] == "f32" {
+            "none"
+        } else {
+            "dynamic"
+        };
+        assert_eq!(r["activations"], expected, "{r}");
         assert!(r["peak_rss_mib"].as_f64().unwrap() > 1.0, "{r}");
     }
 

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::model::fetch::{self, WeightsSource};
-use crate::model::Precision;
-use crate::model::{quantize_file, StorageDtype};
+use crate::model::{write_gguf, Network, Precision, StorageDtype};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,6 +25,10 @@ pub struct Args {
     /// Where to write the model (default: the data directory, `resnet18-<precision>.gguf`).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Folder of sample images from your camera: calibrate the activation ranges on them (as
+    /// `edgeclass quantize --calibrate`), so q8_0/q4_0 run the faster static path.
+    #[arg(long, value_name = "DIR")]
+    pub calibrate: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -39,19 +42,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(|| WeightsSource::default().sha256),
         ..WeightsSource::default()
     };
-    fetch_into(&output, args.precision, &source, args.weights.as_deref())?;
+    fetch_into(
+        &output,
+        args.precision,
+        &source,
+        args.weights.as_deref(),
+        args.calibrate.as_deref(),
+    )?;
     println!("{}", output.display());
     Ok(())
 }
 
 /// Puts a model of `precision` at `output`: from `local` weights if given, else downloaded
-/// (and checksum-verified) next to `output`. GGUF outputs are quantized; a `.safetensors`
-/// output is the verified download itself.
+/// (and checksum-verified) next to `output`. GGUF outputs are quantized, and calibrated on
+/// the images in `calibrate` if given; a `.safetensors` output is the verified download itself.
 pub fn fetch_into(
     output: &Path,
     precision: Precision,
     source: &WeightsSource,
     local: Option<&Path>,
+    calibrate: Option<&Path>,
 ) -> anyhow::Result<()> {
     let dir = output
         .parent()
@@ -78,7 +88,11 @@ pub fn fetch_into(
             Precision::Q8_0 => StorageDtype::Q8_0,
             Precision::Q4_0 => StorageDtype::Q4_0,
         };
-        quantize_file(&safetensors, output, dtype)?;
+        let mut network = Network::load(&safetensors)?;
+        if let Some(dir) = calibrate {
+            network = super::quantize::calibrate_on_folder(network, dtype, dir, 0)?;
+        }
+        write_gguf(&network, dtype, output)?;
     } else if safetensors != output {
         std::fs::copy(&safetensors, output)
             .with_context(|| format!("cannot copy to {}", output.display()))?;

@@ -73,8 +73,8 @@ pub fn calibrate_on_folder(
         inputs.iter().map(Vec::as_slice),
     )
     .context("calibrating activation ranges")?;
-    log::info!(
-        "calibrated activation ranges on {} images from {}",
+    eprintln!(
+        "edgeclass: calibrated activation ranges on {} images from {}",
         inputs.len(),
         dir.display()
     );
@@ -102,7 +102,7 @@ fn calibration_inputs(dir: &Path, size: usize) -> anyhow::Result<Vec<Vec<f32>>> 
             read_image_file(path).and_then(|frame| preprocessor.run(&frame).map(<[f32]>::to_vec));
         match tensor {
             Ok(tensor) => inputs.push(tensor),
-            Err(err) => log::warn!("calibration: skipping {}: {err}", path.display()),
+            Err(err) => eprintln!("edgeclass: calibration skips {}: {err}", path.display()),
         }
     }
     if inputs.is_empty() {

@@ -79,7 +79,13 @@ pub fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
             ..WeightsSource::default()
         };
         log::info!("model {} is missing: fetching it", config.weights.display());
-        crate::commands::fetch_model::fetch_into(&config.weights, config.precision, &source, None)?;
+        crate::commands::fetch_model::fetch_into(
+            &config.weights,
+            config.precision,
+            &source,
+            None,
+            None,
+        )?;
     }
     Ok(Model::load(
         &config.weights,
