@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use edgeclass::capture::{Frame, PixelFormat};
-use edgeclass::model::{synthetic_input, Model, Precision};
+use edgeclass::model::{
+    calibrate, synthetic_input, write_gguf, Model, Network, Precision, StorageDtype,
+};
 use edgeclass::preprocess::{PreprocessConfig, Preprocessor};
 
 /// Counts every allocation in the process (all threads) while `COUNTING` is set.
@@ -91,8 +93,27 @@ fn hot_path_allocates_nothing_after_warm_up() {
 
     let weights = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/model_tiny_resnet18.safetensors");
-    for precision in [Precision::Q8_0, Precision::Q4_0] {
-        let model = Model::load(&weights, precision, 2).expect("load the reference network");
+    // The same network calibrated (static path: levels between layers).
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let calibrated = dir.path().join("calibrated.gguf");
+    let samples = [synthetic_input(2, 224), synthetic_input(3, 224)];
+    let network = Network::load(&weights).expect("load the reference network");
+    let network = calibrate(
+        network,
+        Precision::Q8_0,
+        2,
+        samples.iter().map(Vec::as_slice),
+    )
+    .expect("calibrate");
+    write_gguf(&network, StorageDtype::Q8_0, &calibrated).expect("write the calibrated model");
+    let models = [
+        (&weights, Precision::Q8_0, "dynamic"),
+        (&weights, Precision::Q4_0, "dynamic"),
+        (&calibrated, Precision::Q8_0, "calibrated"),
+    ];
+    for (path, precision, scales) in models {
+        let model = Model::load(path, precision, 2).expect("load the reference network");
+        assert_eq!(model.activation_scales(), scales);
         let input = synthetic_input(1, model.input_size());
         let mut logits = Vec::new();
         for _ in 0..3 {
@@ -104,12 +125,15 @@ fn hot_path_allocates_nothing_after_warm_up() {
                 model.forward(&input, &mut logits).expect("forward");
             }
         });
-        assert_eq!(logits, first, "{precision}: same input, same logits");
+        assert_eq!(
+            logits, first,
+            "{precision} {scales}: same input, same logits"
+        );
         // Each frame enters the rayon pool once; rayon's injector queue may allocate one block
         // per 63 entries. Anything per frame or per layer would show up here 50 times or more.
         assert!(
             allocations <= 1,
-            "{precision}: {allocations} allocations in 50 warm forwards"
+            "{precision} {scales}: {allocations} allocations in 50 warm forwards"
         );
     }
 }
