@@ -47,6 +47,8 @@ const MAX_NR: usize = 2 * PANEL;
 const MAX_MR: usize = 8;
 /// im2col copies up to this many bytes as one fixed-size block.
 const SHORT_COPY: usize = 32;
+/// im2col copies spans that are a multiple of this as fixed-size blocks.
+const BLOCK_COPY: usize = 64;
 /// Most output pixels per work item.
 const TILE_ROWS: usize = 64;
 /// Work items per thread to aim for, so a thread slowed by other load does not stall the layer.
@@ -740,17 +742,13 @@ impl QConv2d {
                         gathered.patches.resize(len, 0);
                     }
                     let patches = gathered.patches[..rows.len() * kp].chunks_exact_mut(kp);
-                    for (p, row) in rows.clone().zip(patches) {
-                        im2col_row(
-                            input,
-                            height,
-                            width,
-                            g,
-                            p / ow,
-                            p % ow,
-                            quant.zero_point,
-                            row,
-                        );
+                    let (mut y, mut x) = (rows.start / ow, rows.start % ow);
+                    for row in patches {
+                        im2col_row(input, height, width, g, y, x, quant.zero_point, row);
+                        x += 1;
+                        if x == ow {
+                            (y, x) = (y + 1, 0);
+                        }
                     }
                 }
                 let patches = &gathered.patches;
@@ -1149,6 +1147,13 @@ fn im2col_row(
             // call. It overruns into bytes written later (the fills below, the next kernel
             // row, the depth padding), all inside this row.
             row[start..start + SHORT_COPY].copy_from_slice(&input[src..src + SHORT_COPY]);
+        } else if len.is_multiple_of(BLOCK_COPY) {
+            // Whole 64-byte blocks (every layer after the stem): inline vector moves rather
+            // than a memcpy call per kernel row.
+            let dst = row[start..start + len].chunks_exact_mut(BLOCK_COPY);
+            for (d, s) in dst.zip(input[src..src + len].chunks_exact(BLOCK_COPY)) {
+                d.copy_from_slice(s);
+            }
         } else {
             row[start..start + len].copy_from_slice(&input[src..src + len]);
         }
