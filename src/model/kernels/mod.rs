@@ -427,7 +427,8 @@ pub enum Residual<'a> {
     /// Levels of a quantized tensor.
     Levels(&'a [u8], ActQuant),
     /// Real values: the skip connections carry f32 on the static path, since requantizing
-    /// the sum of every block would compound rounding errors block after block.
+    /// the sum of every block compounds rounding errors block after block (reference
+    /// network, calibrated: logits cosine vs f32 0.99907 with f32 shortcuts, 0.99883 without).
     Float(&'a [f32]),
 }
 
