@@ -200,6 +200,39 @@ fn quantize_calibrates_on_a_folder_and_names_bad_folders() {
     let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(v["top3"][0]["label"], "tabby");
 
+    // An existing GGUF calibrated in place (as the README suggests): the weights stay.
+    let plain = dir.path().join("plain.gguf");
+    let plain = plain.to_str().unwrap();
+    assert!(
+        edgeclass(&["quantize", "--input", &tiny(), "--output", plain])
+            .status
+            .success()
+    );
+    let before = edgeclass(&["classify", "--weights", plain, "--json", &cat()]);
+    let out = edgeclass(&[
+        "quantize",
+        "--input",
+        plain,
+        "--output",
+        plain,
+        "--calibrate",
+        images.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let top1 = |o: &Output| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+        v["top3"][0]["label"].clone()
+    };
+    assert_eq!(top1(&before), "tabby");
+    let recalibrated = edgeclass(&["classify", "--weights", plain, "--json", &cat()]);
+    assert_eq!(top1(&recalibrated), "tabby");
+    assert_eq!(
+        std::fs::read(plain).unwrap(),
+        std::fs::read(&gguf).unwrap(),
+        "same weights and ranges as calibrating from safetensors"
+    );
+
     // A folder without images, and a missing folder: exit 66 naming the folder.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
