@@ -2,6 +2,8 @@
 //!
 //! [`Model::load`] reads torchvision safetensors (BatchNorm folded into the convolutions at load)
 //! or an edgeclass GGUF written by [`quantize_file`]; the format is detected from the content.
+//! A GGUF file may carry activation ranges measured by [`calibrate`]; the int8 path then runs
+//! with static activation scales.
 //! One [`Model`] is shared by every camera: [`Model::forward`] takes `&self`.
 
 mod calibration;

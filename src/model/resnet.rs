@@ -1,9 +1,11 @@
 //! The ResNet-18 forward pass, in f32 (candle, NCHW) or with the int8 kernels (NHWC).
 //!
-//! The quantized path runs [`QConv2d`] on plain slices rather than wrapping it in a candle
-//! `CustomOp`: a custom op must return freshly allocated storage on every call and sees
-//! candle's NCHW layout, whereas the int8 kernels work in NHWC and reuse four activation
-//! buffers from frame to frame. The model's surface stays the same for both paths.
+//! The quantized path runs [`QConv2d`] on plain slices, statically (calibrated ranges: `u8`
+//! levels between layers, `f32` shortcuts) or dynamically (`f32` between layers, ranges
+//! measured per frame). It is not wrapped in a candle `CustomOp`: a custom op must return
+//! freshly allocated storage on every call and sees candle's NCHW layout, whereas the int8
+//! kernels work in NHWC, pass `u8` levels and reuse their activation buffers from frame to
+//! frame. The model's surface stays the same for every path.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
