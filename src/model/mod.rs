@@ -241,6 +241,7 @@ impl Model {
         let pool = thread_pool(threads)?;
         let (input_size, num_classes) = (network.input_size, network.num_classes());
         let engine = Engine::new(&network, precision)?;
+        engine.prepare(&pool);
         Ok(Model {
             engine,
             precision,

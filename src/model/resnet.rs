@@ -15,7 +15,8 @@ use rayon::prelude::*;
 
 use super::calibration::{ActivationRanges, INPUT};
 use super::kernels::{
-    global_avg_pool, max_pool_3x3_s2, ActQuant, QConv2d, Requant, Residual, Scratch,
+    global_avg_pool, max_pool_3x3_s2, reserve_gather_buffers, ActQuant, QConv2d, Requant, Residual,
+    Scratch,
 };
 use super::weights::{Layer, Layers};
 use super::{ModelError, Network, Precision, WeightBits};
@@ -46,6 +47,13 @@ impl Engine {
             Some(bits) => Ok(Engine::Quantized(Box::new(QuantizedNet::new(
                 network, bits,
             )?))),
+        }
+    }
+
+    /// Readies `pool`'s threads for this engine (buffers sized once, not on some later frame).
+    pub(crate) fn prepare(&self, pool: &rayon::ThreadPool) {
+        if let Engine::Quantized(net) = self {
+            reserve_gather_buffers(pool, net.layers.iter().map(|l| &l.conv));
         }
     }
 
@@ -368,7 +376,13 @@ impl QuantizedNet {
         // of the previous block's output.
         let mut x_quant = requant(stem).output();
         let mut x_is_real = false;
-        for block in &self.layers.blocks {
+        let blocks = &self.layers.blocks;
+        for (i, block) in blocks.iter().enumerate() {
+            // Real values of this block's output are needed only as the next block's
+            // shortcut (none when it downsamples) or for the pooling after the last block.
+            let output_real = blocks
+                .get(i + 1)
+                .is_none_or(|next| next.downsample.is_none());
             let conv1 = &block.conv1;
             let (h1, w1) =
                 conv1
@@ -404,12 +418,12 @@ impl QuantizedNet {
                 Some(residual),
                 true,
                 out,
-                Some(out_real),
+                output_real.then_some(&mut *out_real),
             );
             lap(profile, since, &conv2.name);
             std::mem::swap(x, out);
             std::mem::swap(x_real, out_real);
-            (h, w, x_quant, x_is_real) = (h1, w1, requant(conv2).output(), true);
+            (h, w, x_quant, x_is_real) = (h1, w1, requant(conv2).output(), output_real);
         }
         let channels = self.layers.fc.conv.geometry().in_channels;
         global_avg_pool(x_real, h, w, channels, pooled);

@@ -796,8 +796,29 @@ struct GatheredTile {
     patches: Vec<u8>,
 }
 
+/// Sizes every `pool` thread's gather buffer for the largest tile of `convs`, so that no
+/// frame allocates one later, whichever thread ends up gathering which tile.
+pub fn reserve_gather_buffers<'a>(
+    pool: &rayon::ThreadPool,
+    convs: impl IntoIterator<Item = &'a QConv2d>,
+) {
+    // A tile has at most TILE_ROWS rows (see `QConv2d::gemm`), a multiple of MAX_MR.
+    let bytes = convs
+        .into_iter()
+        .map(|conv| TILE_ROWS.next_multiple_of(MAX_MR) * conv.geometry.padded_patch_len())
+        .max()
+        .unwrap_or(0);
+    pool.broadcast(|_| {
+        TILE.with_borrow_mut(|gathered| {
+            if gathered.patches.len() < bytes {
+                gathered.patches.resize(bytes, 0);
+            }
+        })
+    });
+}
+
 thread_local! {
-    // Grows to the largest tile once per thread, then is reused: no allocation per frame.
+    // Sized by `reserve_gather_buffers` (or grown on first use), then reused.
     static TILE: RefCell<GatheredTile> = const {
         RefCell::new(GatheredTile {
             key: (u64::MAX, 0),
