@@ -363,7 +363,8 @@ impl QuantizedNet {
             out,
             out_real,
         } = acts;
-        nchw_to_nhwc(input, 3, size, size, x, |v| input_quant.quantize(v));
+        nchw_to_nhwc(input, size, size, x, |v| input_quant.quantize(v));
+        lap(profile, since, "input");
         let stem = &self.layers.stem;
         let (mut h, mut w) =
             stem.conv
@@ -445,7 +446,8 @@ impl QuantizedNet {
         since: &mut Instant,
     ) {
         let Floats { x, t, r, out } = acts;
-        nchw_to_nhwc(input, 3, size, size, x, |v| v);
+        nchw_to_nhwc(input, size, size, x, |v| v);
+        lap(profile, since, "input");
         if let Some(ranges) = observe.as_deref_mut() {
             ranges.observe(INPUT, x);
         }
@@ -497,28 +499,31 @@ fn requant(layer: &QLayer) -> &Requant {
     requant.expect("a calibrated network has a requantization for every layer")
 }
 
-/// Reorders the NCHW input to NHWC, mapping each value (to levels on the static path); image
-/// rows are split over the current rayon pool.
+/// Reorders the NCHW RGB input to NHWC, mapping each value (to levels on the static path);
+/// image rows are split over the current rayon pool.
 fn nchw_to_nhwc<T: Copy + Default + Send>(
     input: &[f32],
-    channels: usize,
     h: usize,
     w: usize,
     out: &mut Vec<T>,
     map: impl Fn(f32) -> T + Sync,
 ) {
-    out.resize(input.len(), T::default());
     let plane = h * w;
+    // `Model::forward` checked the input size.
+    assert_eq!(input.len(), 3 * plane, "input size");
+    out.resize(input.len(), T::default());
     if plane == 0 {
         return;
     }
-    out.par_chunks_mut(w * channels)
-        .enumerate()
-        .for_each(|(y, row)| {
-            for (x, pixel) in row.chunks_exact_mut(channels).enumerate() {
-                for (c, v) in pixel.iter_mut().enumerate() {
-                    *v = map(input[c * plane + y * w + x]);
-                }
+    let (red, rest) = input.split_at(plane);
+    let (green, blue) = rest.split_at(plane);
+    out.par_chunks_mut(w * 3)
+        .zip(red.par_chunks(w))
+        .zip(green.par_chunks(w).zip(blue.par_chunks(w)))
+        .for_each(|((row, r), (g, b))| {
+            let pixels = row.as_chunks_mut::<3>().0.iter_mut();
+            for (pixel, ((&r, &g), &b)) in pixels.zip(r.iter().zip(g).zip(b)) {
+                *pixel = [map(r), map(g), map(b)];
             }
         });
 }
@@ -529,12 +534,17 @@ mod tests {
 
     #[test]
     fn layout_conversion_and_average_pool() {
-        let nchw = [1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0];
+        let nchw = [
+            1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0, 100.0, 200.0, 300.0, 400.0,
+        ];
         let mut nhwc = Vec::new();
-        nchw_to_nhwc(&nchw, 2, 2, 2, &mut nhwc, |v| v);
-        assert_eq!(nhwc, vec![1.0, 10.0, 2.0, 20.0, 3.0, 30.0, 4.0, 40.0]);
+        nchw_to_nhwc(&nchw, 2, 2, &mut nhwc, |v| v);
+        let expect = [
+            1.0, 10.0, 100.0, 2.0, 20.0, 200.0, 3.0, 30.0, 300.0, 4.0, 40.0, 400.0,
+        ];
+        assert_eq!(nhwc, expect);
         let mut pooled = Vec::new();
-        global_avg_pool(&nhwc, 2, 2, 2, &mut pooled);
-        assert_eq!(pooled, vec![2.5, 25.0]);
+        global_avg_pool(&nhwc, 2, 2, 3, &mut pooled);
+        assert_eq!(pooled, vec![2.5, 25.0, 250.0]);
     }
 }

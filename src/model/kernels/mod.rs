@@ -1136,9 +1136,9 @@ fn finish(
     }
 }
 
-/// Gathers the receptive field of output pixel `(y, x)` as one `[kh][kw][in]` row, then pads
-/// it with zeros to the packed depth; taps that fall in the image padding read `zero_point`
-/// (the value 0). For one kernel row the taps are adjacent pixels, so each is one copy.
+/// Gathers the receptive field of output pixel `(y, x)` as one `[kh][kw][in]` row (of the
+/// packed depth; the rest is left as is); taps that fall in the image padding read
+/// `zero_point` (the value 0). For one kernel row the taps are adjacent pixels, so each is one copy.
 #[allow(clippy::too_many_arguments)]
 fn im2col_row(
     input: &[u8],
@@ -1188,9 +1188,7 @@ fn im2col_row(
             dst[last * cin..].fill(zero_point);
         }
     }
-    if k * span < row.len() {
-        row[k * span..].fill(0);
-    }
+    // The depth padding `row[k * span..]` meets zero weights: whatever it holds adds nothing.
 }
 
 #[cfg(test)]
