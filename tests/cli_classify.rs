@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use edgeclass::model::{Model, Precision};
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -231,6 +233,26 @@ fn quantize_calibrates_on_a_folder_and_names_bad_folders() {
         std::fs::read(plain).unwrap(),
         std::fs::read(&gguf).unwrap(),
         "same weights and ranges as calibrating from safetensors"
+    );
+
+    // fetch-model with local weights calibrates the same way.
+    let fetched = dir.path().join("fetched.gguf");
+    let fetched = fetched.to_str().unwrap();
+    let out = edgeclass(&[
+        "fetch-model",
+        "--weights",
+        &tiny(),
+        "--output",
+        fetched,
+        "--calibrate",
+        images.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let model = Model::load(Path::new(fetched), Precision::Q8_0, 1).unwrap();
+    assert_eq!(model.activation_scales(), "calibrated");
+    assert_eq!(
+        std::fs::read(fetched).unwrap(),
+        std::fs::read(&gguf).unwrap()
     );
 
     // A folder without images, and a missing folder: exit 66 naming the folder.

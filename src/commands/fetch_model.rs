@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::model::fetch::{self, WeightsSource};
-use crate::model::{write_gguf, Network, Precision, StorageDtype};
+use crate::model::{Network, Precision, StorageDtype};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -88,11 +88,8 @@ pub fn fetch_into(
             Precision::Q8_0 => StorageDtype::Q8_0,
             Precision::Q4_0 => StorageDtype::Q4_0,
         };
-        let mut network = Network::load(&safetensors)?;
-        if let Some(dir) = calibrate {
-            network = super::quantize::calibrate_on_folder(network, dtype, dir, 0)?;
-        }
-        write_gguf(&network, dtype, output)?;
+        let network = Network::load(&safetensors)?;
+        super::quantize::write_model(network, dtype, output, calibrate, 0)?;
     } else if safetensors != output {
         std::fs::copy(&safetensors, output)
             .with_context(|| format!("cannot copy to {}", output.display()))?;

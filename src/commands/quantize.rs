@@ -32,21 +32,19 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut network = match (&args.input, args.synthetic) {
+    let network = match (&args.input, args.synthetic) {
         (_, Some(seed)) => Network::synthetic(seed),
         (Some(input), None) => Network::load(input)?,
         (None, None) => anyhow::bail!("--input is required"),
     };
-    if let Some(dir) = &args.calibrate {
-        network = calibrate_on_folder(network, args.dtype, dir, args.threads)?;
-    }
-    let size = write_gguf(&network, args.dtype, &args.output)?;
+    let calibrate = args.calibrate.as_deref();
+    let size = write_model(network, args.dtype, &args.output, calibrate, args.threads)?;
     println!(
         "wrote {} ({}, {:.2} MiB{})",
         args.output.display(),
         args.dtype,
         size as f64 / (1024.0 * 1024.0),
-        match &args.calibrate {
+        match calibrate {
             Some(_) => ", calibrated activations",
             None => "",
         }
@@ -54,8 +52,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `network` to `output` as GGUF with `dtype` weights, with activation ranges measured
+/// on the images in `calibrate` if given (on `threads` threads). Returns the file size.
+pub fn write_model(
+    network: Network,
+    dtype: StorageDtype,
+    output: &Path,
+    calibrate: Option<&Path>,
+    threads: usize,
+) -> anyhow::Result<u64> {
+    let network = match calibrate {
+        Some(dir) => calibrate_on_folder(network, dtype, dir, threads)?,
+        None => network,
+    };
+    Ok(write_gguf(&network, dtype, output)?)
+}
+
 /// Calibrates `network` for weights stored as `dtype` on the images in `dir`.
-pub fn calibrate_on_folder(
+fn calibrate_on_folder(
     network: Network,
     dtype: StorageDtype,
     dir: &Path,

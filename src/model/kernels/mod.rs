@@ -152,7 +152,7 @@ fn quantize_slice(quant: ActQuant, input: &[f32], out: &mut [u8]) {
 
 /// `(min(0, values..), max(0, values..))`, NaN ignored. Eight independent lanes of selects, so
 /// it vectorizes (a single `f32::min` chain does not).
-pub fn range_with_zero(values: &[f32]) -> (f32, f32) {
+fn range_with_zero(values: &[f32]) -> (f32, f32) {
     const LANES: usize = 8;
     let (mut lo, mut hi) = ([0f32; LANES], [0f32; LANES]);
     let chunks = values.chunks_exact(LANES);
@@ -412,10 +412,7 @@ pub struct Requant {
 }
 
 impl Requant {
-    pub fn input(&self) -> ActQuant {
-        self.input
-    }
-
+    /// The quantization of the convolution's output levels.
     pub fn output(&self) -> ActQuant {
         self.output
     }
@@ -606,7 +603,7 @@ impl QConv2d {
         self.geometry.output_dims(height, width)
     }
 
-    /// The static path: convolves quantized `input` (NHWC levels of `requant.input()`) into
+    /// The static path: convolves quantized `input` (NHWC levels of the input quantization `requant` was made for) into
     /// `out` (levels of `requant.output()`) and, if given, `real_out` (the same outputs as f32,
     /// before rounding to levels), adding `residual` before the optional ReLU. No pass over
     /// the tensor besides the GEMM itself.
