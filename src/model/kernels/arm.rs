@@ -8,7 +8,7 @@
 //! leave callee-saved d8-d15 unsaved), and the path is chosen at run time from the kernel's
 //! hardware capabilities. It therefore builds and is correct with or without `+neon`.
 
-use super::{Acc, MicroKernel, MAX_NR, PANEL};
+use super::{Acc, MicroKernel, Rows, MAX_NR, PANEL};
 use std::arch::asm;
 
 /// 2 rows x 16 channels with `vmull.s8`/`vmlal.s8`/`vpadal.s16`; see [`kernel_armv7_neon`].
@@ -36,11 +36,12 @@ pub(super) fn has_neon() -> bool {
 /// end. Activations (`0..=127`) are read as s8.
 ///
 /// Registers: q0-q3 weights (two steps x 8 channels), d8-d11 activations (two rows x two
-/// steps), q6-q7 products, q8-q11 row 0 and q12-q15 row 1 accumulators.
+/// steps), q6-q7 products, q8-q11 row 0 and q12-q15 row 1 accumulators. The outer loop walks
+/// the rows' runs ([`Rows`]); the weights continue from one run to the next.
 ///
 /// # Safety
 /// See [`MicroKernel`]; needs NEON ([`has_neon`]).
-unsafe fn kernel_armv7_neon(a: *const u8, kp: usize, w: *const i8, _panels: usize, acc: &mut Acc) {
+unsafe fn kernel_armv7_neon(a: Rows, w: *const i8, _panels: usize, acc: &mut Acc) {
     const HALF: usize = PANEL / 2;
     // One weight step: 16 channels x 4 bytes.
     const STEP_BYTES: usize = 4 * PANEL;
@@ -56,6 +57,11 @@ unsafe fn kernel_armv7_neon(a: *const u8, kp: usize, w: *const i8, _panels: usiz
             "vmov.i32 q13, #0",
             "vmov.i32 q14, #0",
             "vmov.i32 q15, #0",
+            // Next run: row 0's start, row 1's one table row further.
+            "3:",
+            "ldr {a1}, [{starts}, {row_stride}]",
+            "ldr {a0}, [{starts}], #4",
+            "mov {pairs}, {run_pairs}",
             "2:",
             // Channels 0-7 of this half for steps j and j + 1 (each load then moves a step on).
             "vld1.8 {{d0-d3}}, [{w}], {step}",
@@ -95,6 +101,8 @@ unsafe fn kernel_armv7_neon(a: *const u8, kp: usize, w: *const i8, _panels: usiz
             "vpadal.s16 q15, q7",
             "subs {pairs}, {pairs}, #1",
             "bne 2b",
+            "subs {runs}, {runs}, #1",
+            "bne 3b",
             // Merge the two partial sums of each channel: d16-d19 become row 0's 8 channels,
             // d24-d27 row 1's (each vpadd reads its sources before overwriting them).
             "vpadd.i32 d16, d16, d17",
@@ -105,17 +113,22 @@ unsafe fn kernel_armv7_neon(a: *const u8, kp: usize, w: *const i8, _panels: usiz
             "vpadd.i32 d25, d26, d27",
             "vpadd.i32 d26, d28, d29",
             "vpadd.i32 d27, d30, d31",
-            "vst1.32 {{d16-d19}}, [{out0}]",
-            "vst1.32 {{d24-d27}}, [{out1}]",
+            "vst1.32 {{d16-d19}}, [{out}]",
+            "add {a1}, {out}, #{row_bytes}",
+            "vst1.32 {{d24-d27}}, [{a1}]",
             w = inout(reg) w.add(half * HALF * 4) => _,
             step = in(reg) STEP_BYTES,
-            a0 = inout(reg) a => _,
-            a1 = inout(reg) a.add(kp) => _,
-            // Two depth steps (8 bytes of a row) per iteration; `kp` is a positive multiple
-            // of 16.
-            pairs = inout(reg) kp / 8 => _,
-            out0 = in(reg) out,
-            out1 = in(reg) out.add(MAX_NR),
+            starts = inout(reg) a.starts => _,
+            row_stride = in(reg) a.segments * size_of::<*const u8>(),
+            runs = inout(reg) a.segments => _,
+            // Two depth steps (8 bytes of a row) per iteration; a run is a positive multiple
+            // of 16 bytes.
+            run_pairs = in(reg) a.segment_len / 8,
+            a0 = out(reg) _,
+            a1 = out(reg) _,
+            pairs = out(reg) _,
+            out = in(reg) out,
+            row_bytes = const MAX_NR * size_of::<i32>(),
             // q0-q15 are d0-d31. Without `+neon` the build has no d16-d31 (these clobbers are
             // then dropped), so compiled code keeps nothing there.
             out("d0") _, out("d1") _, out("d2") _, out("d3") _,

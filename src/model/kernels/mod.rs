@@ -41,6 +41,9 @@ const PANEL: usize = 16;
 /// The depth (`K`) is padded to this, so every micro-kernel walks whole steps (NEON `sdot`
 /// consumes 16 activation bytes per load).
 const K_ALIGN: usize = 16;
+/// Most runs one activation row is split into (see [`Rows`]): the kernel rows of a 3x3
+/// convolution.
+const MAX_SEGMENTS: usize = 3;
 /// Channels one micro-kernel call can produce (two panels).
 const MAX_NR: usize = 2 * PANEL;
 /// Most rows one micro-kernel call produces; packed activations are padded to a multiple of it.
@@ -81,6 +84,23 @@ impl ConvGeometry {
     /// `patch_len` rounded up to the packed depth.
     fn padded_patch_len(&self) -> usize {
         self.patch_len().div_ceil(K_ALIGN) * K_ALIGN
+    }
+
+    /// Whether the micro-kernels can read patches straight from the input: one kernel row of
+    /// taps is `kernel * in_channels` adjacent NHWC bytes, which must be whole `K_ALIGN` steps
+    /// (every layer but conv1, whose 21 bytes are gathered), in at most `MAX_SEGMENTS` runs.
+    fn reads_input_directly(&self) -> bool {
+        (self.kernel * self.in_channels).is_multiple_of(K_ALIGN) && self.kernel <= MAX_SEGMENTS
+    }
+
+    /// [`Rows::segments`]: the kernel rows when patches are read from the input, otherwise
+    /// one gathered patch.
+    fn segments(&self) -> usize {
+        if self.reads_input_directly() {
+            self.kernel
+        } else {
+            1
+        }
     }
 }
 
@@ -323,18 +343,50 @@ fn aarch64_has(_: Isa) -> bool {
     false
 }
 
+/// Where a micro-kernel call reads its activation rows. The packed depth `kp` of row `r` is
+/// `segments` runs of `segment_len` bytes; run `s` starts at `starts[r * segments + s]`. A run
+/// is one kernel row of taps read straight from the input tensor, or a whole patch gathered
+/// into a buffer (pixels at the border, and conv1).
+#[derive(Clone, Copy)]
+struct Rows {
+    starts: *const *const u8,
+    segments: usize,
+    /// A multiple of `K_ALIGN`.
+    segment_len: usize,
+    /// Rows the caller keeps (at most the kernel's `rows`, fewer at the end of a tile): a
+    /// kernel may skip the others.
+    needed: usize,
+}
+
+impl Rows {
+    /// Where run `segment` of row `row` starts.
+    ///
+    /// # Safety
+    /// `row` must be one of the rows the table was made for.
+    #[inline(always)]
+    unsafe fn start(&self, row: usize, segment: usize) -> *const u8 {
+        *self.starts.add(row * self.segments + segment)
+    }
+
+    /// The packed depth: the length of a weight panel's column.
+    #[inline(always)]
+    fn depth(&self) -> usize {
+        self.segments * self.segment_len
+    }
+}
+
 /// A micro-kernel computes `rows x (panels * 16)` accumulators of `A * W` over the whole
-/// padded depth `kp`.
+/// packed depth `kp`.
 ///
-/// `run(a, kp, w, panels, acc)`: `a` points at `rows` packed activation rows of `kp` bytes
-/// each; `w` at `panels` (at most `max_panels`) consecutive weight panels of `kp * 16` bytes;
-/// results go to `acc[row * MAX_NR + channel]`. Safety: the caller guarantees those ranges are
-/// readable and that the CPU supports the kernel's instructions.
+/// `run(a, w, panels, acc)`: `a` locates `rows` activation rows of `kp` bytes each; `w` points
+/// at `panels` (at most `max_panels`) consecutive weight panels of `kp * 16` bytes; results go
+/// to `acc[row * MAX_NR + channel]`. Safety: the caller guarantees those ranges are readable
+/// and that the CPU supports the kernel's instructions.
 #[derive(Clone, Copy)]
 struct MicroKernel {
     rows: usize,
     max_panels: usize,
-    run: unsafe fn(*const u8, usize, *const i8, usize, &mut Acc),
+    run: unsafe fn(Rows, *const i8, usize, &mut Acc),
     /// [`Epilogue::store`] compiled for the path's instruction set (wider vectors for the
     /// float arithmetic; the same IEEE operations, so the same results).
     store: StoreFn,
@@ -370,16 +422,17 @@ const SCALAR: MicroKernel = MicroKernel {
 ///
 /// # Safety
 /// See [`MicroKernel`].
-unsafe fn kernel_scalar(a: *const u8, kp: usize, w: *const i8, _panels: usize, acc: &mut Acc) {
+unsafe fn kernel_scalar(a: Rows, w: *const i8, _panels: usize, acc: &mut Acc) {
     const ROWS: usize = SCALAR.rows;
-    let a = std::slice::from_raw_parts(a, ROWS * kp);
-    let w = std::slice::from_raw_parts(w, kp * PANEL);
+    let w = std::slice::from_raw_parts(w, a.depth() * PANEL);
     let mut sums = [[0i32; PANEL]; ROWS];
-    for (step, w_step) in w.chunks_exact(4 * PANEL).enumerate() {
-        for (r, row) in sums.iter_mut().enumerate() {
-            let a4 = &a[r * kp + step * 4..][..4];
-            for (sum, w4) in row.iter_mut().zip(w_step.chunks_exact(4)) {
-                *sum += (0..4).map(|j| a4[j] as i32 * w4[j] as i32).sum::<i32>();
+    for (segment, w) in w.chunks_exact(a.segment_len * PANEL).enumerate() {
+        for (r, row) in sums.iter_mut().enumerate().take(a.needed) {
+            let a = std::slice::from_raw_parts(a.start(r, segment), a.segment_len);
+            for (a4, w_step) in a.chunks_exact(4).zip(w.chunks_exact(4 * PANEL)) {
+                for (sum, w4) in row.iter_mut().zip(w_step.chunks_exact(4)) {
+                    *sum += (0..4).map(|j| a4[j] as i32 * w4[j] as i32).sum::<i32>();
+                }
             }
         }
     }
@@ -694,10 +747,11 @@ impl QConv2d {
     }
 
     /// `out[m][n] = epilogue(patches[m] . weights[n])`, split over output-pixel tiles and, when
-    /// there are too few tiles to keep every thread busy, over output channels. Each work item
-    /// gathers the patches (im2col) of its own tile into a per-thread buffer, so the gather
-    /// runs in parallel, lands in cache right before the micro-kernel reads it, and needs no
-    /// tensor-sized buffer or extra pass.
+    /// there are too few tiles to keep every thread busy, over output channels. The
+    /// micro-kernels read the patches of pixels away from the border straight from the input
+    /// (implicit GEMM); each work item gathers the others (im2col) of its own tile into a
+    /// per-thread buffer, so the gather runs in parallel, lands in cache right before the
+    /// micro-kernel reads it, and needs no tensor-sized buffer or extra pass.
     fn gemm(
         &self,
         kernel: MicroKernel,
@@ -714,56 +768,65 @@ impl QConv2d {
         let m = oh * ow;
         let panels = n.div_ceil(PANEL);
         let threads = rayon::current_num_threads();
-        // Equal tiles, as many as a multiple of the thread count where the rounding to whole
-        // micro-kernel calls (MAX_MR, a multiple of every kernel's rows) allows.
-        let tile_rows = m
-            .div_ceil(m.div_ceil(TILE_ROWS).next_multiple_of(threads).max(1))
-            .next_multiple_of(MAX_MR);
+        // Where the weights outweigh the patches (layer3 and layer4: few pixels, many
+        // channels), threads split the output channels, so each core's cache holds only its
+        // share of the weights (2 threads: layer4 0.34 -> 0.27 ms); elsewhere they split the
+        // pixels.
+        let split_channels = threads > 1 && n > m;
+        let mut tiles = m.div_ceil(TILE_ROWS);
+        if !split_channels {
+            tiles = tiles.next_multiple_of(threads);
+        }
+        // Equal tiles, where the rounding to whole micro-kernel calls (MAX_MR, a multiple of
+        // every kernel's rows) allows.
+        let tile_rows = m.div_ceil(tiles.max(1)).next_multiple_of(MAX_MR);
         let m_tiles = m.div_ceil(tile_rows);
         let wanted = ITEMS_PER_THREAD * threads;
         let panel_groups = panels.div_ceil(kernel.max_panels);
-        let n_blocks = wanted.div_ceil(m_tiles).clamp(1, panel_groups);
+        let mut n_blocks = wanted.div_ceil(m_tiles);
+        if split_channels {
+            n_blocks = n_blocks.max(threads);
+        }
+        let n_blocks = n_blocks.clamp(1, panel_groups);
         let panels_per_block = panel_groups.div_ceil(n_blocks) * kernel.max_panels;
         let n_blocks = panels.div_ceil(panels_per_block);
-        // Items of one tile are adjacent, so a thread usually finds its tile already gathered.
+        // Items that share weights (splitting channels) or patches (splitting pixels) are
+        // adjacent, so a thread tends to take them in a row: its weights stay in cache, or
+        // it finds its tile already gathered.
+        let segments = g.segments();
+        let segment_len = kp / segments;
         let call = GEMM_CALLS.fetch_add(1, Ordering::Relaxed);
         (0..m_tiles * n_blocks).into_par_iter().for_each(|item| {
-            let (tile, block) = (item / n_blocks, item % n_blocks);
+            let (tile, block) = match split_channels {
+                true => (item % m_tiles, item / m_tiles),
+                false => (item / n_blocks, item % n_blocks),
+            };
             let rows = tile * tile_rows..((tile + 1) * tile_rows).min(m);
             let first_panel = block * panels_per_block;
             let last_panel = (first_panel + panels_per_block).min(panels);
             TILE.with_borrow_mut(|gathered| {
                 if gathered.key != (call, tile) {
                     gathered.key = (call, tile);
-                    let len = rows.len().next_multiple_of(MAX_MR) * kp;
-                    if gathered.patches.len() < len {
-                        gathered.patches.resize(len, 0);
-                    }
-                    let patches = gathered.patches[..rows.len() * kp].chunks_exact_mut(kp);
-                    let (mut y, mut x) = (rows.start / ow, rows.start % ow);
-                    for row in patches {
-                        im2col_row(input, height, width, g, y, x, quant.zero_point, row);
-                        x += 1;
-                        if x == ow {
-                            (y, x) = (y + 1, 0);
-                        }
-                    }
+                    gathered.locate(input, height, width, g, quant.zero_point, rows.clone());
                 }
-                let patches = &gathered.patches;
                 let mut acc: Acc = [0; MAX_MR * MAX_NR];
                 for p in (first_panel..last_panel).step_by(kernel.max_panels) {
                     let np = kernel.max_panels.min(last_panel - p);
                     let channels = p * PANEL..((p + np) * PANEL).min(n);
                     let weights = &self.packed[p * PANEL * kp..][..np * PANEL * kp];
                     for r0 in rows.clone().step_by(kernel.rows) {
-                        let block_rows = &patches[(r0 - rows.start) * kp..][..kernel.rows * kp];
-                        // SAFETY: `patches` has `kernel.rows` rows from `r0` (the tile is
-                        // padded to MAX_MR rows, a multiple of every kernel's rows), `weights`
-                        // holds `np` panels, and `isa.is_available()` was checked.
-                        unsafe {
-                            (kernel.run)(block_rows.as_ptr(), kp, weights.as_ptr(), np, &mut acc)
-                        };
                         let count = (r0 + kernel.rows).min(rows.end) - r0;
+                        let a = Rows {
+                            starts: gathered.starts[(r0 - rows.start) * segments..].as_ptr(),
+                            segments,
+                            segment_len,
+                            needed: count,
+                        };
+                        // SAFETY: the tile's table locates `kernel.rows` readable rows from
+                        // `r0` (it is padded to MAX_MR rows, a multiple of every kernel's
+                        // rows), `weights` holds `np` panels, and `isa.is_available()` was
+                        // checked.
+                        unsafe { (kernel.run)(a, weights.as_ptr(), np, &mut acc) };
                         // SAFETY: work items own disjoint (row x channel) blocks of the
                         // output, which outlives the parallel loop.
                         unsafe {
@@ -786,11 +849,73 @@ impl ConvGeometry {
 /// Numbers each GEMM call, so a thread can tell whether its gathered tile is current.
 static GEMM_CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// The im2col rows of one tile, gathered by the thread that multiplies them.
+/// Where the micro-kernels read the patches of one tile, located (and where needed gathered)
+/// by the thread that multiplies them.
 struct GatheredTile {
     /// `(GEMM call, tile)` the rows belong to.
     key: (u64, usize),
+    /// The gathered patches, at their row's place in the tile.
     patches: Vec<u8>,
+    /// [`Rows::starts`] of the tile's rows, padded to a multiple of MAX_MR rows.
+    starts: Vec<*const u8>,
+}
+
+impl GatheredTile {
+    /// Fills `starts` for output pixels `rows` of a convolution of `input`
+    /// (`height x width`): pointers into `input` where the patch lies inside the image and the
+    /// geometry allows it, otherwise into the patch gathered here.
+    fn locate(
+        &mut self,
+        input: &[u8],
+        height: usize,
+        width: usize,
+        g: ConvGeometry,
+        zero_point: u8,
+        rows: Range<usize>,
+    ) {
+        let (direct, kp, segments) = (g.reads_input_directly(), g.padded_patch_len(), g.segments());
+        let segment_len = kp / segments;
+        let padded_rows = rows.len().next_multiple_of(MAX_MR);
+        if self.patches.len() < padded_rows * kp {
+            self.patches.resize(padded_rows * kp, 0);
+        }
+        self.starts.clear();
+        // Every pointer into the buffer comes from this one, so they stay valid together.
+        let patches = self.patches.as_mut_ptr();
+        let ow = g.output_size(width);
+        let (mut y, mut x) = (rows.start / ow, rows.start % ow);
+        for i in 0..rows.len() {
+            let (y0, x0) = (y * g.stride, x * g.stride);
+            let inside = y0 >= g.padding
+                && x0 >= g.padding
+                && y0 + g.kernel <= height + g.padding
+                && x0 + g.kernel <= width + g.padding;
+            if direct && inside {
+                let first = ((y0 - g.padding) * width + x0 - g.padding) * g.in_channels;
+                let starts =
+                    (0..segments).map(|s| input[first + s * width * g.in_channels..].as_ptr());
+                self.starts.extend(starts);
+            } else {
+                // SAFETY: row `i` of the buffer (resized above) is borrowed by no one else.
+                let row = unsafe { std::slice::from_raw_parts_mut(patches.add(i * kp), kp) };
+                im2col_row(input, height, width, g, y, x, zero_point, row);
+                // SAFETY: inside row `i`.
+                let starts = (0..segments)
+                    .map(|s| unsafe { patches.add(i * kp + s * segment_len).cast_const() });
+                self.starts.extend(starts);
+            }
+            x += 1;
+            if x == ow {
+                (y, x) = (y + 1, 0);
+            }
+        }
+        // Rows past the end of the output are computed and dropped: any readable row will do.
+        for _ in rows.len()..padded_rows {
+            for s in 0..segments {
+                self.starts.push(self.starts[s]);
+            }
+        }
+    }
 }
 
 /// Sizes every `pool` thread's gather buffer for the largest tile of `convs`, so that no
@@ -810,6 +935,10 @@ pub fn reserve_gather_buffers<'a>(
             if gathered.patches.len() < bytes {
                 gathered.patches.resize(bytes, 0);
             }
+            let starts = TILE_ROWS.next_multiple_of(MAX_MR) * MAX_SEGMENTS;
+            if gathered.starts.capacity() < starts {
+                gathered.starts.reserve(starts - gathered.starts.len());
+            }
         })
     });
 }
@@ -820,6 +949,7 @@ thread_local! {
         RefCell::new(GatheredTile {
             key: (u64::MAX, 0),
             patches: Vec::new(),
+            starts: Vec::new(),
         })
     };
 }

@@ -260,7 +260,7 @@ fn every_path_is_bit_identical_to_the_integer_reference() {
 
 /// (geometry, height, width, signed input, residual + relu): shapes that reach every corner of
 /// the tiling, packing and padding code.
-const SHAPES: [(ConvGeometry, usize, usize, bool, bool); 8] = [
+const SHAPES: [(ConvGeometry, usize, usize, bool, bool); 9] = [
     (geometry(3, 64, 7, 2, 3), 23, 21, true, false), // conv1: K = 147
     (geometry(5, 7, 3, 2, 1), 9, 6, true, false),
     (geometry(64, 64, 3, 1, 1), 10, 9, false, true), // M = 90: partial tile
@@ -269,6 +269,7 @@ const SHAPES: [(ConvGeometry, usize, usize, bool, bool); 8] = [
     (geometry(24, 1000, 1, 1, 0), 1, 1, false, false), // fc
     (geometry(20, 5, 3, 1, 0), 5, 4, true, true),
     (geometry(16, 48, 3, 2, 1), 3, 3, false, true), // padding on every side
+    (geometry(32, 24, 3, 2, 1), 11, 9, false, false), // stride 2 inside the image
 ];
 
 #[test]

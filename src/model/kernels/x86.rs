@@ -3,7 +3,7 @@
 //! channels' weights in one instruction.
 
 use super::{
-    Acc, ActQuant, Block16, Epilogue, MicroKernel, Portable, QConv2d, Residual, MAX_NR, PANEL,
+    Acc, ActQuant, Block16, Epilogue, MicroKernel, Portable, QConv2d, Residual, Rows, MAX_NR, PANEL,
 };
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -121,28 +121,48 @@ unsafe fn store_avx2(
 /// # Safety
 /// See [`MicroKernel`]; needs AVX-512 F, BW and VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn kernel_avx512vnni(a: *const u8, kp: usize, w: *const i8, panels: usize, acc: &mut Acc) {
+unsafe fn kernel_avx512vnni(a: Rows, w: *const i8, panels: usize, acc: &mut Acc) {
+    // The last call of a tile computes only the rows it needs: layer4's 49 pixels are six
+    // calls of 8 rows and one of 1, which costs a fraction of a full call.
+    macro_rules! rows {
+        ($np:literal) => {
+            match a.needed {
+                1 => vnni::<$np, 1>(a, w, acc),
+                2 => vnni::<$np, 2>(a, w, acc),
+                3 => vnni::<$np, 3>(a, w, acc),
+                4 => vnni::<$np, 4>(a, w, acc),
+                5 => vnni::<$np, 5>(a, w, acc),
+                6 => vnni::<$np, 6>(a, w, acc),
+                7 => vnni::<$np, 7>(a, w, acc),
+                _ => vnni::<$np, { AVX512_VNNI.rows }>(a, w, acc),
+            }
+        };
+    }
     if panels == 2 {
-        vnni::<2>(a, kp, w, acc)
+        rows!(2)
     } else {
-        vnni::<1>(a, kp, w, acc)
+        rows!(1)
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-unsafe fn vnni<const NP: usize>(a: *const u8, kp: usize, w: *const i8, acc: &mut Acc) {
-    const ROWS: usize = AVX512_VNNI.rows;
+unsafe fn vnni<const NP: usize, const ROWS: usize>(a: Rows, w: *const i8, acc: &mut Acc) {
+    let kp = a.depth();
     let mut sums = [[_mm512_setzero_si512(); NP]; ROWS];
-    for step in 0..kp / 4 {
-        let mut wv = [_mm512_setzero_si512(); NP];
-        for (p, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_loadu_si512(w.add(p * kp * PANEL + step * 4 * PANEL).cast());
-        }
-        for (r, row) in sums.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32(a.add(r * kp + step * 4).cast::<i32>().read_unaligned());
-            for (s, &v) in row.iter_mut().zip(&wv) {
-                *s = _mm512_dpbusd_epi32(*s, av, v);
+    for segment in 0..a.segments {
+        let rows: [*const u8; ROWS] = std::array::from_fn(|r| a.start(r, segment));
+        let w = w.add(segment * a.segment_len * PANEL);
+        for step in 0..a.segment_len / 4 {
+            let mut wv = [_mm512_setzero_si512(); NP];
+            for (p, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(w.add(p * kp * PANEL + step * 4 * PANEL).cast());
+            }
+            for (row, &at) in sums.iter_mut().zip(&rows) {
+                let av = _mm512_set1_epi32(at.add(step * 4).cast::<i32>().read_unaligned());
+                for (s, &v) in row.iter_mut().zip(&wv) {
+                    *s = _mm512_dpbusd_epi32(*s, av, v);
+                }
             }
         }
     }
@@ -159,23 +179,27 @@ unsafe fn vnni<const NP: usize>(a: *const u8, kp: usize, w: *const i8, acc: &mut
 /// # Safety
 /// See [`MicroKernel`]; needs AVX2.
 #[target_feature(enable = "avx2")]
-unsafe fn kernel_avx2(a: *const u8, kp: usize, w: *const i8, _panels: usize, acc: &mut Acc) {
+unsafe fn kernel_avx2(a: Rows, w: *const i8, _panels: usize, acc: &mut Acc) {
     const ROWS: usize = AVX2.rows;
     let ones = _mm256_set1_epi16(1);
     let mut sums = [[_mm256_setzero_si256(); 2]; ROWS];
-    for step in 0..kp / 4 {
-        let w0 = _mm256_loadu_si256(w.add(step * 4 * PANEL).cast());
-        let w1 = _mm256_loadu_si256(w.add(step * 4 * PANEL + 32).cast());
-        for (r, row) in sums.iter_mut().enumerate() {
-            let av = _mm256_set1_epi32(a.add(r * kp + step * 4).cast::<i32>().read_unaligned());
-            row[0] = _mm256_add_epi32(
-                row[0],
-                _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones),
-            );
-            row[1] = _mm256_add_epi32(
-                row[1],
-                _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones),
-            );
+    for segment in 0..a.segments {
+        let rows: [*const u8; ROWS] = std::array::from_fn(|r| a.start(r, segment));
+        let w = w.add(segment * a.segment_len * PANEL);
+        for step in 0..a.segment_len / 4 {
+            let w0 = _mm256_loadu_si256(w.add(step * 4 * PANEL).cast());
+            let w1 = _mm256_loadu_si256(w.add(step * 4 * PANEL + 32).cast());
+            for (row, &at) in sums.iter_mut().zip(&rows) {
+                let av = _mm256_set1_epi32(at.add(step * 4).cast::<i32>().read_unaligned());
+                row[0] = _mm256_add_epi32(
+                    row[0],
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones),
+                );
+                row[1] = _mm256_add_epi32(
+                    row[1],
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones),
+                );
+            }
         }
     }
     for (r, row) in sums.iter().enumerate() {
