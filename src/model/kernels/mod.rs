@@ -879,30 +879,36 @@ impl GatheredTile {
         if self.patches.len() < padded_rows * kp {
             self.patches.resize(padded_rows * kp, 0);
         }
-        self.starts.clear();
+        // Within the capacity reserved by `reserve_gather_buffers`: no allocation.
+        self.starts.resize(padded_rows * segments, std::ptr::null());
+        let (starts, padding) = self.starts.split_at_mut(rows.len() * segments);
         // Every pointer into the buffer comes from this one, so they stay valid together.
         let patches = self.patches.as_mut_ptr();
         let ow = g.output_size(width);
+        let row_bytes = width * g.in_channels;
         let (mut y, mut x) = (rows.start / ow, rows.start % ow);
-        for i in 0..rows.len() {
+        for (i, starts) in starts.chunks_exact_mut(segments).enumerate() {
             let (y0, x0) = (y * g.stride, x * g.stride);
             let inside = y0 >= g.padding
                 && x0 >= g.padding
                 && y0 + g.kernel <= height + g.padding
                 && x0 + g.kernel <= width + g.padding;
-            if direct && inside {
-                let first = ((y0 - g.padding) * width + x0 - g.padding) * g.in_channels;
-                let starts =
-                    (0..segments).map(|s| input[first + s * width * g.in_channels..].as_ptr());
-                self.starts.extend(starts);
+            let first = inside.then(|| ((y0 - g.padding) * width + x0 - g.padding) * g.in_channels);
+            if let (true, Some(first)) = (direct, first) {
+                for (s, start) in starts.iter_mut().enumerate() {
+                    *start = input[first + s * row_bytes..].as_ptr();
+                }
             } else {
                 // SAFETY: row `i` of the buffer (resized above) is borrowed by no one else.
                 let row = unsafe { std::slice::from_raw_parts_mut(patches.add(i * kp), kp) };
-                im2col_row(input, height, width, g, y, x, zero_point, row);
-                // SAFETY: inside row `i`.
-                let starts = (0..segments)
-                    .map(|s| unsafe { patches.add(i * kp + s * segment_len).cast_const() });
-                self.starts.extend(starts);
+                match first {
+                    Some(first) => gather_inside(input, first, row_bytes, g, row),
+                    None => im2col_row(input, height, width, g, y, x, zero_point, row),
+                }
+                for (s, start) in starts.iter_mut().enumerate() {
+                    // SAFETY: inside row `i`.
+                    *start = unsafe { patches.add(i * kp + s * segment_len) };
+                }
             }
             x += 1;
             if x == ow {
@@ -910,10 +916,8 @@ impl GatheredTile {
             }
         }
         // Rows past the end of the output are computed and dropped: any readable row will do.
-        for _ in rows.len()..padded_rows {
-            for s in 0..segments {
-                self.starts.push(self.starts[s]);
-            }
+        for (s, start) in padding.iter_mut().enumerate() {
+            *start = starts[s % segments];
         }
     }
 }
@@ -1261,6 +1265,31 @@ fn finish(
             }
         }
     }
+}
+
+/// Gathers a receptive field that lies inside the image, starting at byte `first` of `input`
+/// (rows of `row_bytes`), as one `[kh][kw][in]` row of the packed depth: one copy per kernel
+/// row, without [`im2col_row`]'s border cases.
+fn gather_inside(input: &[u8], first: usize, row_bytes: usize, g: ConvGeometry, row: &mut [u8]) {
+    let (k, span) = (g.kernel, g.kernel * g.in_channels);
+    let last = first + (k - 1) * row_bytes;
+    if span <= SHORT_COPY
+        && (k - 1) * span + SHORT_COPY <= row.len()
+        && last + SHORT_COPY <= input.len()
+    {
+        // Few input channels (conv1: 21 bytes per kernel row): one fixed-size copy instead of
+        // a memcpy call. It runs over into the next kernel row (written next) or the depth
+        // padding (which meets zero weights).
+        for ky in 0..k {
+            let src = &input[first + ky * row_bytes..][..SHORT_COPY];
+            row[ky * span..][..SHORT_COPY].copy_from_slice(src);
+        }
+    } else {
+        for ky in 0..k {
+            row[ky * span..][..span].copy_from_slice(&input[first + ky * row_bytes..][..span]);
+        }
+    }
+    // The depth padding `row[k * span..]` meets zero weights: whatever it holds adds nothing.
 }
 
 /// Gathers the receptive field of output pixel `(y, x)` as one `[kh][kw][in]` row (of the
