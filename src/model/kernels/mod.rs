@@ -50,8 +50,6 @@ const MAX_NR: usize = 2 * PANEL;
 const MAX_MR: usize = 8;
 /// im2col copies up to this many bytes as one fixed-size block.
 const SHORT_COPY: usize = 32;
-/// im2col copies spans that are a multiple of this as fixed-size blocks.
-const BLOCK_COPY: usize = 64;
 /// Most output pixels per work item.
 const TILE_ROWS: usize = 64;
 /// Work items per thread to aim for, so a thread slowed by other load does not stall the layer.
@@ -1294,7 +1292,8 @@ fn gather_inside(input: &[u8], first: usize, row_bytes: usize, g: ConvGeometry, 
 
 /// Gathers the receptive field of output pixel `(y, x)` as one `[kh][kw][in]` row (of the
 /// packed depth; the rest is left as is); taps that fall in the image padding read
-/// `zero_point` (the value 0). For one kernel row the taps are adjacent pixels, so each is one copy.
+/// `zero_point` (the value 0). For one kernel row the taps are adjacent pixels, so each is one
+/// copy. Used at the border; [`gather_inside`] is the fast path elsewhere.
 #[allow(clippy::too_many_arguments)]
 fn im2col_row(
     input: &[u8],
@@ -1319,30 +1318,10 @@ fn im2col_row(
             continue;
         }
         let src = (iy as usize * width + (x0 + first as isize) as usize) * cin;
-        let (start, len) = (ky * span + first * cin, (last - first) * cin);
-        if len <= SHORT_COPY && start + SHORT_COPY <= row.len() && src + SHORT_COPY <= input.len() {
-            // Few input channels (conv1: 21 bytes): one fixed-size copy instead of a memcpy
-            // call. It overruns into bytes written later (the fills below, the next kernel
-            // row, the depth padding), all inside this row.
-            row[start..start + SHORT_COPY].copy_from_slice(&input[src..src + SHORT_COPY]);
-        } else if len.is_multiple_of(BLOCK_COPY) {
-            // Whole 64-byte blocks (every layer after the stem): inline vector moves rather
-            // than a memcpy call per kernel row.
-            let dst = row[start..start + len].chunks_exact_mut(BLOCK_COPY);
-            for (d, s) in dst.zip(input[src..src + len].chunks_exact(BLOCK_COPY)) {
-                d.copy_from_slice(s);
-            }
-        } else {
-            row[start..start + len].copy_from_slice(&input[src..src + len]);
-        }
-        // Only border pixels have taps in the padding: skip the (memset) calls elsewhere.
         let dst = &mut row[ky * span..][..span];
-        if first > 0 {
-            dst[..first * cin].fill(zero_point);
-        }
-        if last < k {
-            dst[last * cin..].fill(zero_point);
-        }
+        dst[..first * cin].fill(zero_point);
+        dst[first * cin..last * cin].copy_from_slice(&input[src..][..(last - first) * cin]);
+        dst[last * cin..].fill(zero_point);
     }
     // The depth padding `row[k * span..]` meets zero weights: whatever it holds adds nothing.
 }
