@@ -984,7 +984,7 @@ enum Epilogue<'a> {
         residual: Option<&'a [f32]>,
         relu: bool,
     },
-    /// Static path: requantize to the output's levels (see [`requantize`]).
+    /// Static path: requantize to the output's levels (see [`requantize_fixed`]).
     Quantized {
         out: Shared<u8>,
         real_out: Option<Shared<f32>>,
@@ -1051,22 +1051,33 @@ impl Epilogue<'_> {
                 floor,
             } => {
                 let (scales, offsets) = (&requant.scales[c.clone()], &requant.offsets[c]);
-                for (row, acc) in pixels {
-                    let at = row * n + channels.start;
-                    let residual = residual.map(|r| match r {
-                        Residual::Levels(levels, q) => Residual::Levels(&levels[at..at + len], q),
-                        Residual::Float(values) => Residual::Float(&values[at..at + len]),
-                    });
-                    requantize::<B>(
-                        &acc[..len],
-                        scales,
-                        offsets,
-                        residual,
-                        requant.output,
-                        *floor,
-                        out.slice(at, len),
-                        real_out.map(|real| real.slice(at, len)),
-                    );
+                let at = first_row * n + channels.start;
+                let finish = Finish {
+                    residual: *residual,
+                    output: requant.output,
+                    floor: *floor,
+                    out: *out,
+                    real_out: *real_out,
+                };
+                // Whole columns of 16 channels as vectors; the rest (fc's last 8 of 1000)
+                // one by one.
+                let whole = len - len % COLUMN;
+                for c in (0..whole).step_by(COLUMN) {
+                    let column = Column {
+                        acc: &acc[c..],
+                        rows,
+                        scales: &scales[c..c + COLUMN],
+                        offsets: &offsets[c..c + COLUMN],
+                        at: at + c,
+                        stride: n,
+                    };
+                    B::requantize(column, &finish);
+                }
+                for (r, acc) in acc.chunks_exact(MAX_NR).take(rows).enumerate() {
+                    for c in whole..len {
+                        let at = at + r * n + c;
+                        requantize_fixed::<1>(&acc[c..], &scales[c..], &offsets[c..], &finish, at);
+                    }
                 }
             }
         }
@@ -1109,81 +1120,39 @@ fn epilogue(
     }
 }
 
-/// `acc * scale + offset (+ residual)` in units of `output` levels, nothing below `floor`
-/// (the ReLU), rounded to levels in `out` and, if given, converted to real values in
-/// `real_out`. Shared by every path like [`epilogue`].
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn requantize<B: Block16>(
-    acc: &[i32],
-    scales: &[f32],
-    offsets: &[f32],
-    residual: Option<Residual>,
+/// Channels per [`Column`].
+const COLUMN: usize = 16;
+
+/// The static path's per-layer constants of [`requantize_fixed`], and the tensors it writes.
+struct Finish<'a> {
+    residual: Option<Residual<'a>>,
     output: ActQuant,
+    /// Nothing below this (the ReLU, in levels).
     floor: f32,
-    out: &mut [u8],
-    mut real_out: Option<&mut [f32]>,
-) {
-    // Blocks of a fixed 16 channels compile to straight vector code; a loop of variable
-    // length over the usual 32 channels spends more on loop set-up than on arithmetic.
-    const BLOCK: usize = 16;
-    let mut start = 0;
-    while start < acc.len() {
-        let at = start..acc.len();
-        let residual = residual.map(|r| match r {
-            Residual::Levels(levels, q) => Residual::Levels(&levels[at.clone()], q),
-            Residual::Float(values) => Residual::Float(&values[at.clone()]),
-        });
-        let real = real_out.as_deref_mut().map(|real| &mut real[at.clone()]);
-        let (acc, scales, offsets) = (&acc[at.clone()], &scales[at.clone()], &offsets[at.clone()]);
-        if at.len() >= BLOCK {
-            // SAFETY: `store` runs only on CPUs with the instructions of its `B`.
-            unsafe {
-                B::requantize(
-                    acc,
-                    scales,
-                    offsets,
-                    residual,
-                    output,
-                    floor,
-                    &mut out[at],
-                    real,
-                )
-            };
-            start += BLOCK;
-        } else {
-            requantize_fixed::<1>(
-                acc,
-                scales,
-                offsets,
-                residual,
-                output,
-                floor,
-                &mut out[at],
-                real,
-            );
-            start += 1;
-        }
-    }
+    out: Shared<u8>,
+    real_out: Option<Shared<f32>>,
 }
 
-/// Finishes 16 channels for [`requantize`]: [`requantize_fixed`], or the same IEEE
-/// operations in the same order written with one instruction set's intrinsics (tested
-/// bit-identical).
+/// 16 output channels of the pixels of one micro-kernel call.
+struct Column<'a> {
+    /// Row `r`'s accumulators start at `acc[r * MAX_NR]`.
+    acc: &'a [i32],
+    rows: usize,
+    scales: &'a [f32],
+    offsets: &'a [f32],
+    /// Where row 0's first channel is in the output and shortcut tensors; rows are `stride`
+    /// apart.
+    at: usize,
+    stride: usize,
+}
+
+/// Finishes a [`Column`]: [`requantize_fixed`] on each row, or the same IEEE operations in
+/// the same order written with one instruction set's intrinsics (tested bit-identical).
 trait Block16 {
     /// # Safety
-    /// The CPU must support the implementation's instructions; the slices hold at least 16.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn requantize(
-        acc: &[i32],
-        scales: &[f32],
-        offsets: &[f32],
-        residual: Option<Residual>,
-        output: ActQuant,
-        floor: f32,
-        out: &mut [u8],
-        real_out: Option<&mut [f32]>,
-    );
+    /// The CPU must support the implementation's instructions; the column's outputs must be
+    /// inside the tensors and written by no one else meanwhile.
+    unsafe fn requantize(column: Column, finish: &Finish);
 }
 
 /// [`Block16`] in portable Rust.
@@ -1191,54 +1160,59 @@ struct Portable;
 
 impl Block16 for Portable {
     #[inline(always)]
-    unsafe fn requantize(
-        acc: &[i32],
-        scales: &[f32],
-        offsets: &[f32],
-        residual: Option<Residual>,
-        output: ActQuant,
-        floor: f32,
-        out: &mut [u8],
-        real_out: Option<&mut [f32]>,
-    ) {
-        requantize_fixed::<16>(acc, scales, offsets, residual, output, floor, out, real_out)
+    unsafe fn requantize(c: Column, finish: &Finish) {
+        for (r, acc) in c.acc.chunks(MAX_NR).take(c.rows).enumerate() {
+            requantize_fixed::<COLUMN>(acc, c.scales, c.offsets, finish, c.at + r * c.stride);
+        }
     }
 }
 
-/// [`requantize`] on the first `N` channels of its arguments.
-#[allow(clippy::too_many_arguments)]
+/// `acc * scale + offset (+ residual)` in units of `output` levels, nothing below `floor`
+/// (the ReLU), rounded to levels in `out` and, if given, converted to real values in
+/// `real_out`, for the `N` channels from `at` of the tensors. Shared by every path like
+/// [`epilogue`].
+///
+/// # Safety
+/// Those outputs must be inside the tensors and written by no one else meanwhile.
 #[inline(always)]
-fn requantize_fixed<const N: usize>(
+unsafe fn requantize_fixed<const N: usize>(
     acc: &[i32],
     scales: &[f32],
     offsets: &[f32],
-    residual: Option<Residual>,
-    output: ActQuant,
-    floor: f32,
-    out: &mut [u8],
-    real_out: Option<&mut [f32]>,
+    finish: &Finish,
+    at: usize,
 ) {
+    let Finish {
+        residual,
+        output,
+        floor,
+        out,
+        real_out,
+    } = *finish;
     let args = (&acc[..N], &scales[..N], &offsets[..N], output, floor);
-    let (out, real_out) = (&mut out[..N], real_out.map(|r| &mut r[..N]));
+    let (out, real_out) = (out.slice(at, N), real_out.map(|r| r.slice(at, N)));
     // One loop per kind of shortcut, over zipped fixed-length slices: that vectorizes.
     match residual {
-        None => finish(args, std::iter::repeat(0.0), out, real_out),
+        None => finish_values(args, std::iter::repeat(0.0), out, real_out),
         Some(Residual::Levels(levels, q)) => {
             let factor = q.scale / output.scale;
             let offset = -(q.zero_point as f32) * factor;
-            let shortcut = levels[..N].iter().map(|&r| r as f32 * factor + offset);
-            finish(args, shortcut, out, real_out)
+            let shortcut = levels[at..at + N]
+                .iter()
+                .map(|&r| r as f32 * factor + offset);
+            finish_values(args, shortcut, out, real_out)
         }
         Some(Residual::Float(values)) => {
             let inv = 1.0 / output.scale;
-            finish(args, values[..N].iter().map(|&r| r * inv), out, real_out)
+            let shortcut = values[at..at + N].iter().map(|&r| r * inv);
+            finish_values(args, shortcut, out, real_out)
         }
     }
 }
 
 /// The arithmetic of [`requantize_fixed`], with the shortcut in output-level units.
 #[inline(always)]
-fn finish(
+fn finish_values(
     (acc, scales, offsets, output, floor): (&[i32], &[f32], &[f32], ActQuant, f32),
     shortcut: impl Iterator<Item = f32>,
     out: &mut [u8],

@@ -3,7 +3,8 @@
 //! channels' weights in one instruction.
 
 use super::{
-    Acc, ActQuant, Block16, Epilogue, MicroKernel, Portable, QConv2d, Residual, Rows, MAX_NR, PANEL,
+    Acc, ActQuant, Block16, Column, Epilogue, Finish, MicroKernel, Portable, QConv2d, Residual,
+    Rows, COLUMN, MAX_NR, PANEL,
 };
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -45,57 +46,56 @@ struct Avx512;
 impl Block16 for Avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn requantize(
-        acc: &[i32],
-        scales: &[f32],
-        offsets: &[f32],
-        residual: Option<Residual>,
-        output: ActQuant,
-        floor: f32,
-        out: &mut [u8],
-        real_out: Option<&mut [f32]>,
-    ) {
-        let load = |v: &[f32]| _mm512_loadu_ps(v[..16].as_ptr());
-        let acc = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc[..16].as_ptr().cast()));
-        // `a * s + o + r`, rounded after each operation like the portable code (no FMA).
-        let v = _mm512_add_ps(_mm512_mul_ps(acc, load(scales)), load(offsets));
-        let shortcut = match residual {
-            None => _mm512_setzero_ps(),
-            Some(Residual::Levels(levels, q)) => {
+    unsafe fn requantize(c: Column, finish: &Finish) {
+        let load = |v: &[f32]| _mm512_loadu_ps(v[..COLUMN].as_ptr());
+        // Per column rather than per row: the channel constants, and which shortcut.
+        let (scales, offsets) = (load(c.scales), load(c.offsets));
+        let output = finish.output;
+        let floor = _mm512_set1_ps(finish.floor);
+        let max = _mm512_set1_ps(ActQuant::MAX as f32);
+        let half = _mm512_set1_ps(0.5);
+        let bytes_in_order = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+        let zero_point = _mm512_set1_ps(output.zero_point as f32);
+        let scale = _mm512_set1_ps(output.scale);
+        let (factor, offset) = match finish.residual {
+            Some(Residual::Levels(_, q)) => {
                 let factor = q.scale / output.scale;
-                let offset = -(q.zero_point as f32) * factor;
-                let bytes = _mm_loadu_si128(levels[..16].as_ptr().cast());
-                let r = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
-                _mm512_add_ps(
-                    _mm512_mul_ps(r, _mm512_set1_ps(factor)),
-                    _mm512_set1_ps(offset),
-                )
+                (factor, -(q.zero_point as f32) * factor)
             }
-            Some(Residual::Float(values)) => {
-                _mm512_mul_ps(load(values), _mm512_set1_ps(1.0 / output.scale))
-            }
+            Some(Residual::Float(_)) => (1.0 / output.scale, 0.0),
+            None => (0.0, 0.0),
         };
-        let v = _mm512_add_ps(v, shortcut);
-        // `to_u7`: MAXPS/MINPS pick the first operand exactly when the portable selects do.
-        let low = _mm512_max_ps(v, _mm512_set1_ps(floor));
-        let clamped = _mm512_min_ps(low, _mm512_set1_ps(ActQuant::MAX as f32));
-        let levels = _mm512_cvttps_epi32(_mm512_add_ps(clamped, _mm512_set1_ps(0.5)));
-        // Levels (0..=127) to bytes with packs and one permute: the compiler would fold
-        // `_mm512_cvtepi32_epi8` into VPMOVDB to memory, which is microcoded on AMD Zen 4.
-        let words = _mm512_packus_epi32(levels, levels);
-        let bytes = _mm512_packus_epi16(words, words);
-        let in_order = _mm512_permutexvar_epi32(
-            _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
-            bytes,
-        );
-        _mm_storeu_si128(
-            out[..16].as_mut_ptr().cast(),
-            _mm512_castsi512_si128(in_order),
-        );
-        if let Some(real) = real_out {
-            let zp = _mm512_set1_ps(output.zero_point as f32);
-            let r = _mm512_mul_ps(_mm512_sub_ps(low, zp), _mm512_set1_ps(output.scale));
-            _mm512_storeu_ps(real[..16].as_mut_ptr(), r);
+        let (factor, offset) = (_mm512_set1_ps(factor), _mm512_set1_ps(offset));
+        for r in 0..c.rows {
+            let at = c.at + r * c.stride;
+            let acc = _mm512_loadu_si512(c.acc[r * MAX_NR..][..COLUMN].as_ptr().cast());
+            // `a * s + o + r`, rounded after each operation like the portable code (no FMA).
+            let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), scales), offsets);
+            let shortcut = match finish.residual {
+                None => _mm512_setzero_ps(),
+                Some(Residual::Levels(levels, _)) => {
+                    let bytes = _mm_loadu_si128(levels[at..at + COLUMN].as_ptr().cast());
+                    let r = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
+                    _mm512_add_ps(_mm512_mul_ps(r, factor), offset)
+                }
+                Some(Residual::Float(values)) => _mm512_mul_ps(load(&values[at..]), factor),
+            };
+            let v = _mm512_add_ps(v, shortcut);
+            // `to_u7`: MAXPS/MINPS pick the first operand exactly when the portable selects do.
+            let low = _mm512_max_ps(v, floor);
+            let clamped = _mm512_min_ps(low, max);
+            let levels = _mm512_cvttps_epi32(_mm512_add_ps(clamped, half));
+            // Levels (0..=127) to bytes with packs and one permute: the compiler would fold
+            // `_mm512_cvtepi32_epi8` into VPMOVDB to memory, which is microcoded on AMD Zen 4.
+            let words = _mm512_packus_epi32(levels, levels);
+            let bytes = _mm512_packus_epi16(words, words);
+            let in_order = _mm512_permutexvar_epi32(bytes_in_order, bytes);
+            let out = finish.out.slice(at, COLUMN);
+            _mm_storeu_si128(out.as_mut_ptr().cast(), _mm512_castsi512_si128(in_order));
+            if let Some(real) = finish.real_out {
+                let r = _mm512_mul_ps(_mm512_sub_ps(low, zero_point), scale);
+                _mm512_storeu_ps(real.slice(at, COLUMN).as_mut_ptr(), r);
+            }
         }
     }
 }
