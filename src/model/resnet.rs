@@ -427,6 +427,8 @@ impl QuantizedNet {
             (h, w, x_quant, x_is_real) = (h1, w1, requant(conv2).output(), output_real);
         }
         let channels = self.layers.fc.conv.geometry().in_channels;
+        // Pooled from the real values: pooling the levels lowers the reference network's
+        // calibrated cosine vs f32 from 0.99907 to 0.99896, below the 0.999 bar.
         global_avg_pool(x_real, h, w, channels, pooled);
     }
 

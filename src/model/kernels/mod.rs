@@ -788,12 +788,12 @@ impl QConv2d {
         let n_blocks = n_blocks.clamp(1, panel_groups);
         let panels_per_block = panel_groups.div_ceil(n_blocks) * kernel.max_panels;
         let n_blocks = panels.div_ceil(panels_per_block);
-        // Items that share weights (splitting channels) or patches (splitting pixels) are
-        // adjacent, so a thread tends to take them in a row: its weights stay in cache, or
-        // it finds its tile already gathered.
         let segments = g.segments();
         let segment_len = kp / segments;
         let call = GEMM_CALLS.fetch_add(1, Ordering::Relaxed);
+        // Items that share weights (splitting channels) or patches (splitting pixels) are
+        // adjacent, so a thread tends to take them in a row: its weights stay in cache, or
+        // it finds its tile already located.
         (0..m_tiles * n_blocks).into_par_iter().for_each(|item| {
             let (tile, block) = match split_channels {
                 true => (item % m_tiles, item / m_tiles),
