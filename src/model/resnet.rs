@@ -366,12 +366,22 @@ impl QuantizedNet {
         nchw_to_nhwc(input, size, size, x, |v| input_quant.quantize(v));
         lap(profile, since, "input");
         let stem = &self.layers.stem;
-        let (mut h, mut w) =
-            stem.conv
-                .forward_quantized(pool, x, size, size, requant(stem), None, true, t, None);
+        let (h1, w1, stem_len) = output_shape(stem, size, size);
+        let stem_out = grown(t, stem_len);
+        stem.conv.forward_quantized(
+            pool,
+            x,
+            size,
+            size,
+            requant(stem),
+            None,
+            true,
+            stem_out,
+            None,
+        );
         lap(profile, since, &stem.name);
-        let channels = stem.conv.geometry().out_channels;
-        (h, w) = max_pool_3x3_s2(t, h, w, channels, x);
+        let mut channels = stem.conv.geometry().out_channels;
+        let (mut h, mut w) = max_pool_3x3_s2(stem_out, h1, w1, channels, x);
         lap(profile, since, "maxpool");
         // The first block adds the pooled stem output (levels); later ones the real values
         // of the previous block's output.
@@ -384,52 +394,64 @@ impl QuantizedNet {
             let output_real = blocks
                 .get(i + 1)
                 .is_none_or(|next| next.downsample.is_none());
+            let x_len = h * w * channels;
             let conv1 = &block.conv1;
-            let (h1, w1) =
-                conv1
-                    .conv
-                    .forward_quantized(pool, x, h, w, requant(conv1), None, true, t, None);
+            let (h1, w1, len) = output_shape(conv1, h, w);
+            let input = &x[..x_len];
+            conv1.conv.forward_quantized(
+                pool,
+                input,
+                h,
+                w,
+                requant(conv1),
+                None,
+                true,
+                grown(t, len),
+                None,
+            );
             lap(profile, since, &conv1.name);
             let residual = match &block.downsample {
                 Some(ds) => {
+                    let len = output_shape(ds, h, w).2;
                     ds.conv.forward_quantized(
                         pool,
-                        x,
+                        input,
                         h,
                         w,
                         requant(ds),
                         None,
                         false,
-                        r,
-                        Some(r_real),
+                        grown(r, len),
+                        Some(grown(r_real, len)),
                     );
                     lap(profile, since, &ds.name);
-                    Residual::Float(r_real)
+                    Residual::Float(&r_real[..len])
                 }
-                None if x_is_real => Residual::Float(x_real),
-                None => Residual::Levels(x, x_quant),
+                None if x_is_real => Residual::Float(&x_real[..x_len]),
+                None => Residual::Levels(input, x_quant),
             };
             let conv2 = &block.conv2;
+            let out_len = output_shape(conv2, h1, w1).2;
             conv2.conv.forward_quantized(
                 pool,
-                t,
+                &t[..len],
                 h1,
                 w1,
                 requant(conv2),
                 Some(residual),
                 true,
-                out,
-                output_real.then_some(&mut *out_real),
+                grown(out, out_len),
+                output_real.then(|| grown(out_real, out_len)),
             );
             lap(profile, since, &conv2.name);
             std::mem::swap(x, out);
             std::mem::swap(x_real, out_real);
+            channels = conv2.conv.geometry().out_channels;
             (h, w, x_quant, x_is_real) = (h1, w1, requant(conv2).output(), output_real);
         }
-        let channels = self.layers.fc.conv.geometry().in_channels;
         // Pooled from the real values: pooling the levels lowers the reference network's
         // calibrated cosine vs f32 from 0.99907 to 0.99896, below the 0.999 bar.
-        global_avg_pool(x_real, h, w, channels, pooled);
+        global_avg_pool(&x_real[..h * w * channels], h, w, channels, pooled);
     }
 
     /// The dynamic path up to the pooled features: f32 between layers, each convolution
@@ -499,6 +521,23 @@ impl QuantizedNet {
 fn requant(layer: &QLayer) -> &Requant {
     let requant = layer.requant.as_ref();
     requant.expect("a calibrated network has a requantization for every layer")
+}
+
+/// Output height, width and element count of `layer` on an `height x width` input.
+fn output_shape(layer: &QLayer, height: usize, width: usize) -> (usize, usize, usize) {
+    let g = layer.conv.geometry();
+    let (h, w) = g.output_dims(height, width);
+    (h, w, h * w * g.out_channels)
+}
+
+/// The first `len` elements of `buf`, grown if needed but never shrunk: the static path's
+/// buffers keep their largest size from frame to frame, so no frame refills them (each layer
+/// writes its whole output before anything reads it).
+fn grown<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buf.len() < len {
+        buf.resize(len, T::default());
+    }
+    &mut buf[..len]
 }
 
 /// Reorders the NCHW RGB input to NHWC, mapping each value (to levels on the static path);

@@ -654,10 +654,12 @@ impl QConv2d {
         self.geometry.output_dims(height, width)
     }
 
-    /// The static path: convolves quantized `input` (NHWC levels of the input quantization `requant` was made for) into
-    /// `out` (levels of `requant.output()`) and, if given, `real_out` (the same outputs as f32,
-    /// before rounding to levels), adding `residual` before the optional ReLU. No pass over
-    /// the tensor besides the GEMM itself.
+    /// The static path: convolves quantized `input` (NHWC levels of the input quantization
+    /// `requant` was made for) into `out` (levels of `requant.output()`) and, if given,
+    /// `real_out` (the same outputs as f32, before rounding to levels), adding `residual`
+    /// before the optional ReLU. No pass over the tensor besides the GEMM itself. The outputs
+    /// are slices of the output's size ([`ConvGeometry::output_dims`]), so the caller can keep
+    /// buffers at their largest size instead of refilling them whenever they grow.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_quantized(
         &self,
@@ -668,8 +670,8 @@ impl QConv2d {
         requant: &Requant,
         residual: Option<Residual>,
         relu: bool,
-        out: &mut Vec<u8>,
-        real_out: Option<&mut Vec<f32>>,
+        out: &mut [u8],
+        real_out: Option<&mut [f32]>,
     ) -> (usize, usize) {
         self.forward_quantized_with_isa(
             Isa::cached(),
@@ -697,17 +699,17 @@ impl QConv2d {
         requant: &Requant,
         residual: Option<Residual>,
         relu: bool,
-        out: &mut Vec<u8>,
-        real_out: Option<&mut Vec<f32>>,
+        out: &mut [u8],
+        real_out: Option<&mut [f32]>,
     ) -> (usize, usize) {
         assert_eq!(requant.scales.len(), self.geometry.out_channels, "requant");
         let m = self.check_shapes(isa, input.len(), height, width);
-        out.resize(m * self.geometry.out_channels, 0);
+        assert_eq!(out.len(), m * self.geometry.out_channels, "output size");
         if let Some(r) = &residual {
             assert_eq!(r.len(), out.len(), "residual size");
         }
         let real_out = real_out.map(|real| {
-            real.resize(out.len(), 0.0);
+            assert_eq!(real.len(), out.len(), "real output size");
             Shared(real.as_mut_ptr())
         });
         let epilogue = Epilogue::Quantized {
@@ -839,7 +841,7 @@ impl QConv2d {
 
 impl ConvGeometry {
     /// Output height and width for an input of `height x width`.
-    fn output_dims(&self, height: usize, width: usize) -> (usize, usize) {
+    pub fn output_dims(&self, height: usize, width: usize) -> (usize, usize) {
         (self.output_size(height), self.output_size(width))
     }
 }
