@@ -8,9 +8,12 @@
 //!
 //! Tensors are NHWC. A convolution is a GEMM of im2col patches with weights packed at load
 //! time, multiplied by a micro-kernel chosen at run time ([`Isa`]). The patches are not a
-//! tensor: each work item (a tile of output pixels x a block of output channels) gathers its
-//! tile's patches into a per-thread buffer right before multiplying them. One scalar epilogue,
-//! shared by every path (so the results are bit-identical too), finishes each output:
+//! tensor: for a pixel whose receptive field lies inside the image, the micro-kernel reads
+//! each kernel row of it (adjacent NHWC bytes) straight from the input (implicit GEMM); each
+//! work item (a tile of output pixels x a block of output channels) gathers the other patches
+//! of its tile (the border, and conv1's 3-channel rows) into a per-thread buffer right before
+//! multiplying them. One epilogue, shared by every path (so the results are bit-identical
+//! too), finishes each output:
 //!
 //! - static path ([`QConv2d::forward_quantized`], calibrated models): `u8` levels in, `u8`
 //!   levels out, scale, bias, zero points, residual and ReLU folded into one multiply-add
@@ -48,7 +51,7 @@ const MAX_SEGMENTS: usize = 3;
 const MAX_NR: usize = 2 * PANEL;
 /// Most rows one micro-kernel call produces; packed activations are padded to a multiple of it.
 const MAX_MR: usize = 8;
-/// im2col copies up to this many bytes as one fixed-size block.
+/// Patches inside the image copy kernel rows of up to this many bytes as one fixed-size block.
 const SHORT_COPY: usize = 32;
 /// Most output pixels per work item.
 const TILE_ROWS: usize = 64;
