@@ -37,7 +37,7 @@ pub(super) fn has_neon() -> bool {
 ///
 /// Registers: q0-q3 weights (two steps x 8 channels), d8-d11 activations (two rows x two
 /// steps), q6-q7 products, q8-q11 row 0 and q12-q15 row 1 accumulators. The outer loop walks
-/// the rows' runs ([`Rows`]); the weights continue from one run to the next.
+/// the rows' segments ([`Rows`]); the weights continue from one segment to the next.
 ///
 /// # Safety
 /// See [`MicroKernel`]; needs NEON ([`has_neon`]).
@@ -57,11 +57,11 @@ unsafe fn kernel_armv7_neon(a: Rows, w: *const i8, _panels: usize, acc: &mut Acc
             "vmov.i32 q13, #0",
             "vmov.i32 q14, #0",
             "vmov.i32 q15, #0",
-            // Next run: row 0's start, row 1's one table row further.
+            // Next segment: row 0's start, row 1's one table row further.
             "3:",
             "ldr {a1}, [{starts}, {row_stride}]",
             "ldr {a0}, [{starts}], #4",
-            "mov {pairs}, {run_pairs}",
+            "mov {pairs}, {segment_pairs}",
             "2:",
             // Channels 0-7 of this half for steps j and j + 1 (each load then moves a step on).
             "vld1.8 {{d0-d3}}, [{w}], {step}",
@@ -101,7 +101,7 @@ unsafe fn kernel_armv7_neon(a: Rows, w: *const i8, _panels: usize, acc: &mut Acc
             "vpadal.s16 q15, q7",
             "subs {pairs}, {pairs}, #1",
             "bne 2b",
-            "subs {runs}, {runs}, #1",
+            "subs {segments}, {segments}, #1",
             "bne 3b",
             // Merge the two partial sums of each channel: d16-d19 become row 0's 8 channels,
             // d24-d27 row 1's (each vpadd reads its sources before overwriting them).
@@ -120,10 +120,10 @@ unsafe fn kernel_armv7_neon(a: Rows, w: *const i8, _panels: usize, acc: &mut Acc
             step = in(reg) STEP_BYTES,
             starts = inout(reg) a.starts => _,
             row_stride = in(reg) a.segments * size_of::<*const u8>(),
-            runs = inout(reg) a.segments => _,
-            // Two depth steps (8 bytes of a row) per iteration; a run is a positive multiple
+            segments = inout(reg) a.segments => _,
+            // Two depth steps (8 bytes of a row) per iteration; a segment is a positive multiple
             // of 16 bytes.
-            run_pairs = in(reg) a.segment_len / 8,
+            segment_pairs = in(reg) a.segment_len / 8,
             a0 = out(reg) _,
             a1 = out(reg) _,
             pairs = out(reg) _,

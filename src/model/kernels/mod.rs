@@ -44,7 +44,7 @@ const PANEL: usize = 16;
 /// The depth (`K`) is padded to this, so every micro-kernel walks whole steps (NEON `sdot`
 /// consumes 16 activation bytes per load).
 const K_ALIGN: usize = 16;
-/// Most runs one activation row is split into (see [`Rows`]): the kernel rows of a 3x3
+/// Most segments one activation row is split into (see [`Rows`]): the kernel rows of a 3x3
 /// convolution.
 const MAX_SEGMENTS: usize = 3;
 /// Channels one micro-kernel call can produce (two panels).
@@ -89,7 +89,7 @@ impl ConvGeometry {
 
     /// Whether the micro-kernels can read patches straight from the input: one kernel row of
     /// taps is `kernel * in_channels` adjacent NHWC bytes, which must be whole `K_ALIGN` steps
-    /// (every layer but conv1, whose 21 bytes are gathered), in at most `MAX_SEGMENTS` runs.
+    /// (every layer but conv1, whose 21 bytes are gathered), in at most `MAX_SEGMENTS` segments.
     fn reads_input_directly(&self) -> bool {
         (self.kernel * self.in_channels).is_multiple_of(K_ALIGN) && self.kernel <= MAX_SEGMENTS
     }
@@ -345,9 +345,9 @@ fn aarch64_has(_: Isa) -> bool {
 }
 
 /// Where a micro-kernel call reads its activation rows. The packed depth `kp` of row `r` is
-/// `segments` runs of `segment_len` bytes; run `s` starts at `starts[r * segments + s]`. A run
-/// is one kernel row of taps read straight from the input tensor, or a whole patch gathered
-/// into a buffer (pixels at the border, and conv1).
+/// `segments` segments of `segment_len` bytes; segment `s` starts at
+/// `starts[r * segments + s]`. A segment is one kernel row of taps read straight from the input
+/// tensor, or a whole patch gathered into a buffer (pixels at the border, and conv1).
 #[derive(Clone, Copy)]
 struct Rows {
     starts: *const *const u8,
@@ -360,7 +360,7 @@ struct Rows {
 }
 
 impl Rows {
-    /// Where run `segment` of row `row` starts.
+    /// Where segment `segment` of row `row` starts.
     ///
     /// # Safety
     /// `row` must be one of the rows the table was made for.
