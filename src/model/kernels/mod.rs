@@ -490,6 +490,19 @@ impl Residual<'_> {
             Residual::Float(values) => values.len(),
         }
     }
+
+    /// `(factor, offset)` that put a shortcut value in `output` level units: `v * factor +
+    /// offset` for levels, `v * factor` for real values (offset 0). Every path uses these same
+    /// constants, so they round alike.
+    fn output_units(self, output: ActQuant) -> (f32, f32) {
+        match self {
+            Residual::Levels(_, q) => {
+                let factor = q.scale / output.scale;
+                (factor, -(q.zero_point as f32) * factor)
+            }
+            Residual::Float(_) => (1.0 / output.scale, 0.0),
+        }
+    }
 }
 
 /// One int8 convolution (BatchNorm already folded into weights and bias).
@@ -1197,19 +1210,17 @@ unsafe fn requantize_fixed<const N: usize>(
     let args = (&acc[..N], &scales[..N], &offsets[..N], output, floor);
     let (out, real_out) = (out.slice(at, N), real_out.map(|r| r.slice(at, N)));
     // One loop per kind of shortcut, over zipped fixed-length slices: that vectorizes.
+    let (factor, offset) = residual.map_or((0.0, 0.0), |r| r.output_units(output));
     match residual {
         None => finish_values(args, std::iter::repeat(0.0), out, real_out),
-        Some(Residual::Levels(levels, q)) => {
-            let factor = q.scale / output.scale;
-            let offset = -(q.zero_point as f32) * factor;
+        Some(Residual::Levels(levels, _)) => {
             let shortcut = levels[at..at + N]
                 .iter()
                 .map(|&r| r as f32 * factor + offset);
             finish_values(args, shortcut, out, real_out)
         }
         Some(Residual::Float(values)) => {
-            let inv = 1.0 / output.scale;
-            let shortcut = values[at..at + N].iter().map(|&r| r * inv);
+            let shortcut = values[at..at + N].iter().map(|&r| r * factor);
             finish_values(args, shortcut, out, real_out)
         }
     }

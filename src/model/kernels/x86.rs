@@ -57,14 +57,9 @@ impl Block16 for Avx512 {
         let bytes_in_order = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
         let zero_point = _mm512_set1_ps(output.zero_point as f32);
         let scale = _mm512_set1_ps(output.scale);
-        let (factor, offset) = match finish.residual {
-            Some(Residual::Levels(_, q)) => {
-                let factor = q.scale / output.scale;
-                (factor, -(q.zero_point as f32) * factor)
-            }
-            Some(Residual::Float(_)) => (1.0 / output.scale, 0.0),
-            None => (0.0, 0.0),
-        };
+        let (factor, offset) = finish
+            .residual
+            .map_or((0.0, 0.0), |r| r.output_units(output));
         let (factor, offset) = (_mm512_set1_ps(factor), _mm512_set1_ps(offset));
         for r in 0..c.rows {
             let at = c.at + r * c.stride;
