@@ -13,6 +13,7 @@ use crate::model::Precision;
 use crate::postprocess::{PolicyConfig, PostprocessConfig};
 use crate::preprocess::PreprocessConfig;
 use crate::publish::MqttConfig;
+use crate::sysexits::Sysexit;
 
 /// Prefix of environment overrides: `EDGECLASS__MQTT__URL` sets `mqtt.url`.
 pub const ENV_PREFIX: &str = "EDGECLASS";
@@ -91,7 +92,7 @@ impl Default for LogConfig {
 /// A configuration problem, always naming the file and, where there is one, the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source}", file.display())]
+    #[error("cannot read config file {}", file.display())]
     Read {
         file: PathBuf,
         source: std::io::Error,
@@ -113,9 +114,10 @@ pub enum ConfigError {
     },
 }
 
-impl crate::exit::ExitCode for ConfigError {
-    fn exit_code(&self) -> i32 {
-        crate::exit::CONFIG
+impl ConfigError {
+    /// The kind of failure, for the process exit status: always a configuration error.
+    pub fn sysexit(&self) -> Sysexit {
+        Sysexit::Config
     }
 }
 

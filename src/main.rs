@@ -1,8 +1,11 @@
-//! The `edgeclass` command line: parses arguments, calls into the library, maps errors to
-//! sysexits codes.
+//! The `edgeclass` command line: parses arguments, calls into the library, and decides the
+//! process exit status from the error chain (sysexits codes).
+
+use std::error::Error;
 
 use clap::{Parser, Subcommand};
 use edgeclass::commands;
+use edgeclass::sysexits::Sysexit;
 
 #[derive(Parser)]
 #[command(
@@ -45,7 +48,43 @@ fn main() {
         Command::ListCameras(args) => commands::list_cameras::run(args),
     };
     if let Err(err) = result {
-        eprintln!("edgeclass: {}", edgeclass::exit::message_of(&err));
-        std::process::exit(edgeclass::exit::code_of(&err));
+        // `{:#}` names each cause once: no error repeats its source in its own message.
+        eprintln!("edgeclass: {err:#}");
+        std::process::exit(exit_code(&err));
     }
+}
+
+/// The exit status of a failed command: the outermost error in the chain that knows what kind
+/// of failure it is decides; anything else is a generic failure (1).
+fn exit_code(err: &anyhow::Error) -> i32 {
+    err.chain().find_map(sysexit_of).map_or(1, Sysexit::code)
+}
+
+/// The stage errors that classify themselves, and I/O errors.
+fn sysexit_of(cause: &(dyn Error + 'static)) -> Option<Sysexit> {
+    use edgeclass::{capture, config, model, postprocess, preprocess, publish};
+    if let Some(e) = cause.downcast_ref::<config::ConfigError>() {
+        return Some(e.sysexit());
+    }
+    if let Some(e) = cause.downcast_ref::<capture::CaptureError>() {
+        return Some(e.sysexit());
+    }
+    if let Some(e) = cause.downcast_ref::<preprocess::PreprocessError>() {
+        return Some(e.sysexit());
+    }
+    if let Some(e) = cause.downcast_ref::<model::ModelError>() {
+        return Some(e.sysexit());
+    }
+    if let Some(e) = cause.downcast_ref::<model::fetch::FetchError>() {
+        return Some(e.sysexit());
+    }
+    if let Some(e) = cause.downcast_ref::<postprocess::PostprocessError>() {
+        return Some(e.sysexit());
+    }
+    if let Some(e) = cause.downcast_ref::<publish::PublishError>() {
+        return Some(e.sysexit());
+    }
+    cause
+        .downcast_ref::<std::io::Error>()
+        .map(|_| Sysexit::IoErr)
 }

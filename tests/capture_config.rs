@@ -245,8 +245,5 @@ fn validation_names_the_key() {
 fn config_errors_exit_with_the_config_code() {
     let error = validate_cameras(&parse("[[cameras]]\nid = \"\"\nsource = \"v4l2:0\"\n").unwrap())
         .unwrap_err();
-    assert_eq!(
-        edgeclass::exit::code_of(&anyhow::Error::new(error)),
-        edgeclass::exit::CONFIG
-    );
+    assert_eq!(error.sysexit(), edgeclass::sysexits::Sysexit::Config);
 }

@@ -195,7 +195,7 @@ fn dir_entries(dir: &Path) -> Vec<String> {
 }
 
 fn exit_code(err: FetchError) -> i32 {
-    edgeclass::exit::code_of(&anyhow::Error::from(err))
+    err.sysexit().code()
 }
 
 #[test]

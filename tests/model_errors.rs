@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use edgeclass::model::{quantize_file, Model, ModelError, Precision, StorageDtype};
+use edgeclass::sysexits::Sysexit;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -59,8 +60,7 @@ fn unreadable_path() {
     let path = Path::new("/nonexistent/edgeclass/resnet18.safetensors");
     let (err, message) = load_error(path);
     assert!(matches!(err, ModelError::Open { .. }), "{message}");
-    let code = edgeclass::exit::code_of(&anyhow::Error::new(err));
-    assert_eq!(code, edgeclass::exit::NO_INPUT);
+    assert_eq!(err.sysexit(), Sysexit::NoInput);
 }
 
 #[test]
@@ -74,8 +74,7 @@ fn wrong_format() {
         message.contains("neither GGUF nor safetensors"),
         "{message}"
     );
-    let code = edgeclass::exit::code_of(&anyhow::Error::new(err));
-    assert_eq!(code, edgeclass::exit::DATA_ERR);
+    assert_eq!(err.sysexit(), Sysexit::DataErr);
     // An empty file too.
     std::fs::write(&path, b"").unwrap();
     assert!(matches!(

@@ -484,10 +484,7 @@ fn bad_files_name_file_line_entry_and_problem() {
     .unwrap_err();
     assert!(matches!(err, PostprocessError::Read { .. }));
     assert!(err.to_string().contains("nope.toml"));
-    assert_eq!(
-        edgeclass::exit::code_of(&anyhow::Error::new(err)),
-        edgeclass::exit::CONFIG
-    );
+    assert_eq!(err.sysexit(), edgeclass::sysexits::Sysexit::Config);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use edgeclass::capture::{Frame, PixelFormat};
 use edgeclass::preprocess::{read_image_file, PreprocessConfig, PreprocessError, Preprocessor};
+use edgeclass::sysexits::Sysexit;
 use image::codecs::jpeg::JpegEncoder;
 use image::{ImageEncoder, RgbImage};
 
@@ -411,10 +412,10 @@ fn mjpeg_frames_decode_with_and_without_huffman_tables() {
 }
 
 /// Runs `frame` and returns the error's message chain and exit code.
-fn failure(preprocessor: &mut Preprocessor, frame: &Frame) -> (String, i32) {
+fn failure(preprocessor: &mut Preprocessor, frame: &Frame) -> (String, Sysexit) {
     let err: PreprocessError = preprocessor.run(frame).unwrap_err();
-    let err = anyhow::Error::from(err);
-    (format!("{err:#}"), edgeclass::exit::code_of(&err))
+    let sysexit = err.sysexit();
+    (format!("{:#}", anyhow::Error::from(err)), sysexit)
 }
 
 #[test]
@@ -502,7 +503,7 @@ fn bad_frames_give_errors_naming_origin() {
         eprintln!("{message}");
         assert!(message.contains(&bad.origin), "{message}");
         assert!(message.contains(expected), "{message}");
-        assert_eq!(code, edgeclass::exit::DATA_ERR, "{message}");
+        assert_eq!(code, Sysexit::DataErr, "{message}");
         // After a failure the last image is empty, so the tensor is all padding.
         let config = PreprocessConfig::default();
         let padding = -config.mean[0] / config.std[0];
@@ -519,10 +520,10 @@ fn bad_frames_give_errors_naming_origin() {
 #[test]
 fn missing_file_error_names_path() {
     let path = fixture("no_such_image.png");
-    let err = anyhow::Error::from(read_image_file(&path).unwrap_err());
-    let message = format!("{err:#}");
+    let err = read_image_file(&path).unwrap_err();
+    assert_eq!(err.sysexit(), Sysexit::NoInput);
+    let message = format!("{:#}", anyhow::Error::from(err));
     assert!(message.contains("no_such_image.png"), "{message}");
-    assert_eq!(edgeclass::exit::code_of(&err), edgeclass::exit::NO_INPUT);
 }
 
 #[test]

@@ -9,9 +9,8 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use common::mosquitto::{free_port, write_password_file, Mosquitto, Received, Subscriber};
-use edgeclass::publish::{
-    EmbeddedBroker, Event, EventPrediction, MqttConfig, PublishError, Publisher,
-};
+use edgeclass::postprocess::Prediction;
+use edgeclass::publish::{EmbeddedBroker, Event, MqttConfig, PublishError, Publisher};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -40,21 +39,21 @@ fn event(camera: &str, frame: u64, label: &str) -> Event {
         score: 0.75,
         unknown: false,
         top3: vec![
-            EventPrediction {
+            Prediction {
                 label: label.into(),
                 raw_label: "tabby, tabby cat".into(),
                 index: 281,
                 wnid: "n02123045".into(),
                 score: 0.75,
             },
-            EventPrediction {
+            Prediction {
                 label: "tiger cat".into(),
                 raw_label: "tiger cat".into(),
                 index: 282,
                 wnid: "n02123159".into(),
                 score: 0.15,
             },
-            EventPrediction {
+            Prediction {
                 label: "Egyptian cat".into(),
                 raw_label: "Egyptian cat".into(),
                 index: 285,

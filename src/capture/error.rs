@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::exit;
+use crate::sysexits::Sysexit;
 
 /// What went wrong while configuring or reading a frame source.
 ///
@@ -13,7 +13,7 @@ pub enum CaptureError {
     Config { key: String, message: String },
 
     /// An image file or folder could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
@@ -45,16 +45,17 @@ pub enum CaptureError {
     CameraSupportDisabled,
 }
 
-impl exit::ExitCode for CaptureError {
-    fn exit_code(&self) -> i32 {
+impl CaptureError {
+    /// The kind of failure, for the process exit status.
+    pub fn sysexit(&self) -> Sysexit {
         match self {
-            CaptureError::Config { .. } => exit::CONFIG,
-            CaptureError::Read { .. } | CaptureError::NoImages { .. } => exit::NO_INPUT,
-            CaptureError::Empty { .. } => exit::DATA_ERR,
+            CaptureError::Config { .. } => Sysexit::Config,
+            CaptureError::Read { .. } | CaptureError::NoImages { .. } => Sysexit::NoInput,
+            CaptureError::Empty { .. } => Sysexit::DataErr,
             CaptureError::Http { .. }
             | CaptureError::HttpTimeout { .. }
             | CaptureError::Camera { .. }
-            | CaptureError::CameraSupportDisabled => exit::UNAVAILABLE,
+            | CaptureError::CameraSupportDisabled => Sysexit::Unavailable,
         }
     }
 }

@@ -78,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let result = classify();
         if let Err(err) = result {
-            eprintln!("edgeclass: {}", crate::exit::message_of(&err));
+            eprintln!("edgeclass: {err:#}");
             failures += 1;
             first_failure.get_or_insert(err);
             continue;

@@ -1,11 +1,10 @@
 //! `edgeclass fetch-model`: download the torchvision ImageNet weights, verify, quantize, cache.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::Context;
+use std::path::PathBuf;
 
 use crate::model::fetch::{self, WeightsSource};
-use crate::model::{Network, Precision, StorageDtype};
+use crate::model::install::install;
+use crate::model::Precision;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -42,61 +41,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(|| WeightsSource::default().sha256),
         ..WeightsSource::default()
     };
-    fetch_into(
+    let written = install(
         &output,
         args.precision,
         &source,
         args.weights.as_deref(),
         args.calibrate.as_deref(),
     )?;
+    if let Some(images) = &written.calibration {
+        super::report_calibration(images);
+    }
     println!("{}", output.display());
     Ok(())
-}
-
-/// Puts a model of `precision` at `output`: from `local` weights if given, else downloaded
-/// (and checksum-verified) next to `output`. GGUF outputs are quantized, and calibrated on
-/// the images in `calibrate` if given; a `.safetensors` output is the verified download itself.
-pub fn fetch_into(
-    output: &Path,
-    precision: Precision,
-    source: &WeightsSource,
-    local: Option<&Path>,
-    calibrate: Option<&Path>,
-) -> anyhow::Result<()> {
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create model directory {}", dir.display()))?;
-    let safetensors = match local {
-        Some(path) => path.to_path_buf(),
-        None => {
-            let dest = if is_safetensors_path(output) {
-                output.to_path_buf()
-            } else {
-                dir.join(&source.file)
-            };
-            log::info!("downloading {}", source.url());
-            fetch::download(source, &dest, true)?
-        }
-    };
-    if !is_safetensors_path(output) {
-        // f32 is stored as f16: half the size, and the f32 path computes in f32 after loading.
-        let dtype = match precision {
-            Precision::F32 => StorageDtype::F16,
-            Precision::Q8_0 => StorageDtype::Q8_0,
-            Precision::Q4_0 => StorageDtype::Q4_0,
-        };
-        let network = Network::load(&safetensors)?;
-        super::quantize::write_model(network, dtype, output, calibrate, 0)?;
-    } else if safetensors != output {
-        std::fs::copy(&safetensors, output)
-            .with_context(|| format!("cannot copy to {}", output.display()))?;
-    }
-    Ok(())
-}
-
-fn is_safetensors_path(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "safetensors")
 }

@@ -7,3 +7,16 @@ pub mod fetch_model;
 pub mod list_cameras;
 pub mod quantize;
 pub mod run;
+
+/// Tells which calibration images were measured and which were skipped (on stderr, so stdout
+/// stays the command's result).
+fn report_calibration(images: &crate::model::install::CalibrationImages) {
+    for (path, reason) in &images.skipped {
+        eprintln!("edgeclass: calibration skips {}: {reason}", path.display());
+    }
+    eprintln!(
+        "edgeclass: calibrated activation ranges on {} images from {}",
+        images.used,
+        images.dir.display()
+    );
+}

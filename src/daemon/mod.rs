@@ -79,13 +79,7 @@ pub fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
             ..WeightsSource::default()
         };
         log::info!("model {} is missing: fetching it", config.weights.display());
-        crate::commands::fetch_model::fetch_into(
-            &config.weights,
-            config.precision,
-            &source,
-            None,
-            None,
-        )?;
+        crate::model::install::install(&config.weights, config.precision, &source, None, None)?;
     }
     Ok(Model::load(
         &config.weights,
@@ -240,9 +234,6 @@ fn reload(config_file: &Path, settings: &RwLock<Arc<Reloadable>>) {
                 config_file.display()
             );
         }
-        Err(err) => log::error!(
-            "reload failed, keeping the previous settings: {}",
-            crate::exit::message_of(&err)
-        ),
+        Err(err) => log::error!("reload failed, keeping the previous settings: {err:#}"),
     }
 }

@@ -13,7 +13,7 @@ use crate::postprocess::{
     Classification, Decision, PolicyConfig, Postprocessor, PublishMode, PublishPolicy,
 };
 use crate::preprocess::{PreprocessConfig, Preprocessor};
-use crate::publish::{Event, EventPrediction, Publisher};
+use crate::publish::{Event, Publisher};
 
 use super::service::Progress;
 
@@ -85,11 +85,7 @@ impl Pipeline {
             match self.slot.take(FRAME_WAIT) {
                 Some(frame) => {
                     if let Err(err) = self.process(&frame) {
-                        log::warn!(
-                            "camera {}: {}",
-                            self.camera.id,
-                            crate::exit::message_of(&err)
-                        );
+                        log::warn!("camera {}: {err:#}", self.camera.id);
                     }
                 }
                 None => self.heartbeat_if_due(),
@@ -144,17 +140,6 @@ impl Pipeline {
     }
 
     fn event(&self, frame: &Frame, classification: Classification, latency_ms: f32) -> Event {
-        let top3 = classification
-            .top
-            .into_iter()
-            .map(|p| EventPrediction {
-                label: p.label,
-                raw_label: p.raw_label,
-                index: p.index,
-                wnid: p.wnid,
-                score: p.score,
-            })
-            .collect();
         Event {
             camera: self.camera.id.clone(),
             seq: 0, // assigned by the publisher
@@ -163,7 +148,7 @@ impl Pipeline {
             label: classification.label,
             score: classification.score,
             unknown: classification.unknown,
-            top3,
+            top3: classification.top,
             model: self.shared.model.description(),
             latency_ms,
             heartbeat: false,

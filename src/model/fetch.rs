@@ -14,6 +14,8 @@ use std::time::Duration;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
+use crate::sysexits::Sysexit;
+
 /// Where a weights file comes from and what it must hash to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WeightsSource {
@@ -102,12 +104,13 @@ pub enum FetchError {
     },
 }
 
-impl crate::exit::ExitCode for FetchError {
-    fn exit_code(&self) -> i32 {
+impl FetchError {
+    /// The kind of failure, for the process exit status.
+    pub fn sysexit(&self) -> Sysexit {
         match self {
-            Self::Http { .. } | Self::Network { .. } => crate::exit::UNAVAILABLE,
-            Self::Checksum { .. } | Self::Truncated { .. } => crate::exit::DATA_ERR,
-            Self::Io { .. } => crate::exit::IO_ERR,
+            Self::Http { .. } | Self::Network { .. } => Sysexit::Unavailable,
+            Self::Checksum { .. } | Self::Truncated { .. } => Sysexit::DataErr,
+            Self::Io { .. } => Sysexit::IoErr,
         }
     }
 }

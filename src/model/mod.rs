@@ -8,6 +8,7 @@
 
 mod calibration;
 pub mod fetch;
+pub mod install;
 pub mod kernels;
 mod quantize;
 mod resnet;
@@ -17,6 +18,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+
+use crate::sysexits::Sysexit;
 
 pub use calibration::ActivationRanges;
 pub use quantize::{quantize_file, write_gguf, StorageDtype};
@@ -117,12 +120,12 @@ impl WeightBits {
 /// What went wrong loading, writing or running a model; names the file and tensor involved.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read model file {}: {source}", path.display())]
+    #[error("cannot read model file {}", path.display())]
     Open {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write model file {}: {source}", path.display())]
+    #[error("cannot write model file {}", path.display())]
     Write {
         path: PathBuf,
         source: std::io::Error,
@@ -155,21 +158,21 @@ pub enum ModelError {
     CalibrationImages { dir: PathBuf, reason: String },
     #[error("cannot start {threads} inference threads: {reason}")]
     ThreadPool { threads: usize, reason: String },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Candle {
         context: String,
         source: candle_core::Error,
     },
 }
 
-impl crate::exit::ExitCode for ModelError {
-    fn exit_code(&self) -> i32 {
-        use crate::exit;
+impl ModelError {
+    /// The kind of failure, for the process exit status.
+    pub fn sysexit(&self) -> Sysexit {
         match self {
-            ModelError::Open { .. } | ModelError::CalibrationImages { .. } => exit::NO_INPUT,
-            ModelError::Write { .. } => exit::IO_ERR,
-            ModelError::ThreadPool { .. } | ModelError::Candle { .. } => exit::SOFTWARE,
-            _ => exit::DATA_ERR,
+            ModelError::Open { .. } | ModelError::CalibrationImages { .. } => Sysexit::NoInput,
+            ModelError::Write { .. } => Sysexit::IoErr,
+            ModelError::ThreadPool { .. } | ModelError::Candle { .. } => Sysexit::Software,
+            _ => Sysexit::DataErr,
         }
     }
 }

@@ -6,8 +6,8 @@ use super::labels::{class_by_key, imagenet, load_groups, Group, LabelMap};
 use super::topk::{softmax_in_place, top_k};
 use super::{PostprocessConfig, PostprocessError};
 
-/// One entry of the top-k.
-#[derive(Debug, Clone, PartialEq)]
+/// One entry of the top-k; serialized as is in the MQTT event's `top3`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Prediction {
     /// Output label: mapped name, group label, or the English name.
     pub label: String,

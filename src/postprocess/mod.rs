@@ -95,6 +95,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::sysexits::Sysexit;
+
 pub use classify::{Classification, Postprocessor, Prediction};
 pub use policy::{Decision, PolicyConfig, PublishMode, PublishPolicy};
 
@@ -148,7 +150,7 @@ impl std::fmt::Display for FileKind {
 /// Why a [`Postprocessor`] or [`PublishPolicy`] could not be built from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum PostprocessError {
-    #[error("reading {kind} file {}: {source}", path.display())]
+    #[error("reading {kind} file {}", path.display())]
     Read {
         kind: FileKind,
         path: PathBuf,
@@ -176,10 +178,11 @@ pub enum PostprocessError {
     Config { key: String, problem: String },
 }
 
-impl crate::exit::ExitCode for PostprocessError {
-    fn exit_code(&self) -> i32 {
+impl PostprocessError {
+    /// The kind of failure, for the process exit status.
+    pub fn sysexit(&self) -> Sysexit {
         // Every variant is a configuration mistake (a missing label file is referenced from the
         // config), so systemd should not restart-loop on it.
-        crate::exit::CONFIG
+        Sysexit::Config
     }
 }

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 
 use crate::capture::{Frame, PixelFormat};
-use crate::exit::{self, ExitCode};
+use crate::sysexits::Sysexit;
 use decode::FrameDecoder;
 use resample::{CropResampler, NormalizeTable};
 
@@ -143,12 +143,13 @@ pub enum PreprocessError {
     InvalidConfig { problem: String },
 }
 
-impl ExitCode for PreprocessError {
-    fn exit_code(&self) -> i32 {
+impl PreprocessError {
+    /// The kind of failure, for the process exit status.
+    pub fn sysexit(&self) -> Sysexit {
         match self {
-            Self::ReadFile { .. } => exit::NO_INPUT,
-            Self::InvalidConfig { .. } => exit::CONFIG,
-            _ => exit::DATA_ERR,
+            Self::ReadFile { .. } => Sysexit::NoInput,
+            Self::InvalidConfig { .. } => Sysexit::Config,
+            _ => Sysexit::DataErr,
         }
     }
 }
@@ -307,7 +308,7 @@ mod tests {
         for (config, expected) in cases {
             let err = config.validate().unwrap_err();
             assert!(err.to_string().contains(expected), "{err}");
-            assert_eq!(err.exit_code(), exit::CONFIG);
+            assert_eq!(err.sysexit(), Sysexit::Config);
         }
     }
 }

@@ -4,6 +4,8 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
+use crate::postprocess::Prediction;
+
 /// One classification of one frame, as published on `<prefix>/<camera>/event`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
@@ -24,7 +26,7 @@ pub struct Event {
     /// True when the top-1 score was below the threshold.
     pub unknown: bool,
     /// Best three predictions, best first.
-    pub top3: Vec<EventPrediction>,
+    pub top3: Vec<Prediction>,
     /// Model name (and quantization).
     pub model: String,
     /// Preprocess + inference + postprocess time in milliseconds.
@@ -32,21 +34,6 @@ pub struct Event {
     /// True when this repeats the last classification as a sign of life (the scene did not
     /// change, or the publish policy's heartbeat interval passed).
     pub heartbeat: bool,
-}
-
-/// One entry of [`Event::top3`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EventPrediction {
-    /// Label after mapping (what users see).
-    pub label: String,
-    /// The model's own class name.
-    pub raw_label: String,
-    /// Class index (0..1000 for ImageNet-1k).
-    pub index: usize,
-    /// WordNet id of the class, e.g. `n02123045`.
-    pub wnid: String,
-    /// Softmax score (0..1).
-    pub score: f32,
 }
 
 fn rfc3339<S: Serializer>(ts: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
@@ -68,7 +55,7 @@ mod tests {
             label: "cat".into(),
             score: 0.5,
             unknown: false,
-            top3: vec![EventPrediction {
+            top3: vec![Prediction {
                 label: "cat".into(),
                 raw_label: "tabby".into(),
                 index: 281,

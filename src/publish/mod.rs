@@ -23,9 +23,11 @@ mod outbox;
 
 use std::path::PathBuf;
 
+use crate::sysexits::Sysexit;
+
 pub use broker::EmbeddedBroker;
 pub use config::{DiscoveryConfig, MqttConfig, SnapshotConfig};
-pub use event::{Event, EventPrediction};
+pub use event::Event;
 pub use mqtt::{PublishStats, Publisher};
 
 /// What went wrong while configuring, starting or stopping MQTT publishing.
@@ -35,7 +37,7 @@ pub enum PublishError {
     #[error("invalid MQTT config {key}: {reason}")]
     Config { key: &'static str, reason: String },
     /// A file named by a config key could not be read.
-    #[error("reading {key} file {}: {source}", path.display())]
+    #[error("reading {key} file {}", path.display())]
     ReadFile {
         key: &'static str,
         path: PathBuf,
@@ -59,13 +61,14 @@ pub enum PublishError {
     ShutdownIncomplete { broker: String, unsent: usize },
 }
 
-impl crate::exit::ExitCode for PublishError {
-    fn exit_code(&self) -> i32 {
+impl PublishError {
+    /// The kind of failure, for the process exit status.
+    pub fn sysexit(&self) -> Sysexit {
         match self {
-            PublishError::Config { .. } | PublishError::Tls { .. } => crate::exit::CONFIG,
-            PublishError::ReadFile { .. } => crate::exit::NO_INPUT,
+            PublishError::Config { .. } | PublishError::Tls { .. } => Sysexit::Config,
+            PublishError::ReadFile { .. } => Sysexit::NoInput,
             PublishError::EmbeddedBroker { .. } | PublishError::ShutdownIncomplete { .. } => {
-                crate::exit::UNAVAILABLE
+                Sysexit::Unavailable
             }
         }
     }
