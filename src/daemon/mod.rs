@@ -21,9 +21,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::capture::{self, CameraEvent, FrameSlot};
-use crate::config::{Config, ModelConfig};
+use crate::config::Config;
 use crate::model::fetch::WeightsSource;
-use crate::model::Model;
+use crate::model::{Model, ModelConfig};
 use crate::postprocess::Postprocessor;
 use crate::publish::{EmbeddedBroker, Publisher};
 
@@ -67,20 +67,21 @@ pub fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
         log::warn!("using synthetic weights (seed {seed}): classifications are meaningless");
         return Ok(Model::synthetic(seed, config.precision, config.threads)?);
     }
-    if !config.weights.exists() {
+    let weights = config.weights_path();
+    if !weights.exists() {
         anyhow::ensure!(
             config.fetch,
             "model file {} does not exist and [model] fetch is false",
-            config.weights.display()
+            weights.display()
         );
         let source = WeightsSource {
             base_url: config.base_url.clone(),
             sha256: config.sha256.clone(),
             ..WeightsSource::default()
         };
-        log::info!("model {} is missing: fetching it", config.weights.display());
+        log::info!("model {} is missing: fetching it", weights.display());
         crate::commands::fetch_model::fetch_into(
-            &config.weights,
+            &weights,
             config.precision,
             &source,
             None,
@@ -88,7 +89,7 @@ pub fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
         )?;
     }
     Ok(Model::load(
-        &config.weights,
+        &weights,
         config.precision,
         config.threads,
     )?)
@@ -99,7 +100,7 @@ async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyho
         Some(_) => None,
         None => Some(EmbeddedBroker::start(config.mqtt.embedded_listen)?),
     };
-    let camera_ids: Vec<String> = config.cameras.iter().map(|c| c.id.clone()).collect();
+    let camera_ids: Vec<_> = config.cameras.iter().map(|c| c.id.clone()).collect();
     let publisher = Publisher::start(&config.mqtt, &camera_ids, &model.description()).await?;
 
     let progress = Arc::new(Progress::default());

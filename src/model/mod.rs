@@ -7,6 +7,7 @@
 //! One [`Model`] is shared by every camera: [`Model::forward`] takes `&self`.
 
 mod calibration;
+mod config;
 pub mod fetch;
 pub mod kernels;
 mod quantize;
@@ -19,6 +20,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use calibration::ActivationRanges;
+pub use config::{default_weights_path, ModelConfig};
 pub use quantize::{quantize_file, write_gguf, StorageDtype};
 pub use weights::Network;
 
