@@ -167,10 +167,12 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Result<Self, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            file: file.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    file: file.to_path_buf(),
+                    message: e.to_string(),
+                })?;
         let mut root = Node::from(toml::Value::Table(table));
         let overrides = Overrides::apply(file, &mut root, env)?;
         let errors = Errors {
@@ -459,10 +461,7 @@ mod tests {
             ("mqtt.qos", Some("EDGECLASS__MQTT__QOS"))
         );
 
-        let (key, var, _) = key_error(
-            CAMERA,
-            &[("EDGECLASS__POSTPROCESS__THRESHOLDS__DOG", "2")],
-        );
+        let (key, var, _) = key_error(CAMERA, &[("EDGECLASS__POSTPROCESS__THRESHOLDS__DOG", "2")]);
         assert_eq!(key, "postprocess.thresholds.\"dog\"");
         assert_eq!(
             var.as_deref(),
@@ -483,7 +482,8 @@ mod tests {
         .unwrap_err();
         let text = error.to_string();
         assert!(
-            text.contains("EDGECLASS__LOG__LEVEL__X") && text.contains("`log.level` is not a table"),
+            text.contains("EDGECLASS__LOG__LEVEL__X")
+                && text.contains("`log.level` is not a table"),
             "{text}"
         );
         let error = load(CAMERA, &[("EDGECLASS__MQTT____QOS", "1")]).unwrap_err();
@@ -517,7 +517,7 @@ mod tests {
     }
 
     #[test]
-    fn the_default_model_weights_are_resolved_at_load_not_in_default() {
+    fn the_default_weights_path_is_resolved_when_asked_not_in_default() {
         assert_eq!(ModelConfig::default().weights, None);
         let config = load(CAMERA, &[]).unwrap();
         assert_eq!(

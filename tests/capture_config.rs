@@ -245,7 +245,10 @@ fn camera_ids_are_topic_levels() {
     }
     for bad in ["", "front door", "a/b", "a+", "#", "bad\0id", "tür"] {
         let error = bad.parse::<CameraId>().unwrap_err().to_string();
-        assert!(error.contains(&format!("{bad:?}")) && error.contains("MQTT"), "{error}");
+        assert!(
+            error.contains(&format!("{bad:?}")) && error.contains("MQTT"),
+            "{error}"
+        );
     }
     for id in ["front door", ""] {
         let text = format!("[[cameras]]\nid = {id:?}\nsource = \"v4l2:0\"\n");

@@ -455,5 +455,8 @@ fn spawn_refuses_an_invalid_config_instead_of_panicking() {
     );
     let error = result.expect_err("a zero interval is refused");
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
-    assert!(error.to_string().contains("cameras[0].interval_ms"), "{error}");
+    assert!(
+        error.to_string().contains("cameras[0].interval_ms"),
+        "{error}"
+    );
 }

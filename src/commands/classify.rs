@@ -51,7 +51,9 @@ struct Guess<'a> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let weights = args.weights.unwrap_or_else(crate::model::default_weights_path);
+    let weights = args
+        .weights
+        .unwrap_or_else(crate::model::default_weights_path);
     let model = Model::load(&weights, args.precision, args.threads).context(
         "no usable model (download one with `edgeclass fetch-model`, or pass --weights)",
     )?;

@@ -80,19 +80,9 @@ pub fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
             ..WeightsSource::default()
         };
         log::info!("model {} is missing: fetching it", weights.display());
-        crate::commands::fetch_model::fetch_into(
-            &weights,
-            config.precision,
-            &source,
-            None,
-            None,
-        )?;
+        crate::commands::fetch_model::fetch_into(&weights, config.precision, &source, None, None)?;
     }
-    Ok(Model::load(
-        &weights,
-        config.precision,
-        config.threads,
-    )?)
+    Ok(Model::load(&weights, config.precision, config.threads)?)
 }
 
 async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyhow::Result<()> {

@@ -43,7 +43,11 @@ impl Announcement<'_> {
     }
 
     fn object_id(&self, camera: &CameraId, what: &str) -> String {
-        format!("edgeclass_{}_{}_{what}", self.node_id, slug(camera.as_str()))
+        format!(
+            "edgeclass_{}_{}_{what}",
+            self.node_id,
+            slug(camera.as_str())
+        )
     }
 
     fn config_topic(&self, component: &str, object_id: &str) -> String {

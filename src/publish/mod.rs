@@ -106,4 +106,3 @@ impl Topics {
         format!("{}/{camera}/availability", self.prefix)
     }
 }
-
