@@ -3,17 +3,28 @@
 //! Every section is owned by the stage it configures (`capture::CameraConfig`,
 //! `publish::MqttConfig`, ...); this module only assembles them, reports errors with the key
 //! path and the file, and checks rules that span sections.
+//!
+//! Loading merges the file and the overrides into one tree ([`tree`]), deserializes it while
+//! `serde_path_to_error` tracks the key path, then runs every section's own validation, so a
+//! configuration that loads is one `run` accepts.
 
+mod tree;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::capture::CameraConfig;
-use crate::model::Precision;
-use crate::postprocess::{PolicyConfig, PostprocessConfig};
-use crate::preprocess::PreprocessConfig;
-use crate::publish::MqttConfig;
+use crate::capture::{CameraConfig, CaptureError};
+use crate::model::ModelConfig;
+use crate::postprocess::{PolicyConfig, PostprocessConfig, PostprocessError};
+use crate::preprocess::{PreprocessConfig, PreprocessError};
+use crate::publish::{MqttConfig, PublishError};
 use crate::sysexits::Sysexit;
+
+use tree::{Node, TreeError};
 
 /// Prefix of environment overrides: `EDGECLASS__MQTT__URL` sets `mqtt.url`.
 pub const ENV_PREFIX: &str = "EDGECLASS";
@@ -23,51 +34,26 @@ const ENV_SEPARATOR: &str = "__";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[model]`
     #[serde(default)]
     pub model: ModelConfig,
+    /// `[preprocess]`
     #[serde(default)]
     pub preprocess: PreprocessConfig,
+    /// `[postprocess]`
     #[serde(default)]
     pub postprocess: PostprocessConfig,
+    /// `[publish_policy]`
     #[serde(default)]
     pub publish_policy: PolicyConfig,
+    /// `[mqtt]`
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// `[[cameras]]`, at least one.
     pub cameras: Vec<CameraConfig>,
+    /// `[log]`
     #[serde(default)]
     pub log: LogConfig,
-}
-
-/// `[model]`: which weights, at which precision, on how many threads.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// safetensors or GGUF; downloaded (and quantized) on first start when missing.
-    pub weights: PathBuf,
-    pub precision: Precision,
-    /// Inference threads; 0 means one per core.
-    pub threads: usize,
-    /// Download missing weights from `base_url` (a Hugging Face hub or a mirror of it).
-    pub fetch: bool,
-    pub base_url: String,
-    /// Expected SHA-256 of the download (default: the pinned torchvision weights).
-    pub sha256: String,
-    /// Seeded random weights of the real shapes instead of a file: for tests and benchmarks.
-    pub synthetic_seed: Option<u64>,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            weights: crate::model::fetch::data_dir().join("resnet18-q8_0.gguf"),
-            precision: Precision::Q8_0,
-            threads: 0,
-            fetch: true,
-            base_url: crate::model::fetch::WeightsSource::default().base_url,
-            sha256: crate::model::fetch::WeightsSource::default().sha256,
-            synthetic_seed: None,
-        }
-    }
 }
 
 /// `[log]`
@@ -92,26 +78,67 @@ impl Default for LogConfig {
 /// A configuration problem, always naming the file and, where there is one, the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read config file {}", file.display())]
     Read {
+        /// The configuration file.
         file: PathBuf,
+        /// Why reading failed.
+        #[source]
         source: std::io::Error,
     },
+    /// The file is not valid TOML (the message has the line and column).
     #[error("config file {}: {message}", file.display())]
-    Syntax { file: PathBuf, message: String },
-    #[error("config file {}: key `{key}`{origin}: {message}", file.display())]
+    Syntax {
+        /// The configuration file.
+        file: PathBuf,
+        /// The TOML parser's description.
+        message: String,
+    },
+    /// An `EDGECLASS__...` variable that cannot be applied as an override.
+    #[error("config file {}: environment variable {var}: {message}", file.display())]
+    Override {
+        /// The configuration file the override applies to.
+        file: PathBuf,
+        /// The variable's name (lossily converted if it is not UTF-8).
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A key is missing, unknown or has an invalid value.
+    #[error("config file {}: key `{key}`{}: {message}", file.display(), Origin(from_env.as_deref()))]
     Key {
+        /// The configuration file.
         file: PathBuf,
+        /// Path of the key, e.g. `cameras[0].id` or `mqtt.qos`.
         key: String,
-        origin: String,
+        /// The environment variable that set the key, if one did.
+        from_env: Option<String>,
+        /// The problem and, where it helps, the expected form.
         message: String,
     },
-    #[error("config file {}: {message}{origin}", file.display())]
-    Invalid {
+    /// A section refers to something that is unusable, e.g. a label file that cannot be read.
+    #[error("config file {}", file.display())]
+    Section {
+        /// The configuration file.
         file: PathBuf,
-        message: String,
-        origin: String,
+        /// The section's error, which names what it refers to.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// ` (from environment variable X)` after a key an override set, so users look in the right
+/// place.
+struct Origin<'a>(Option<&'a str>);
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(var) => write!(f, " (from environment variable {var})"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl ConfigError {
@@ -121,22 +148,8 @@ impl ConfigError {
     }
 }
 
-impl ConfigError {
-    /// An invalid value at `key`, with the form that was expected.
-    pub fn invalid(file: &Path, key: impl Into<String>, expected: impl std::fmt::Display) -> Self {
-        let key = key.into();
-        let origin = env_origin(&key);
-        Self::Key {
-            file: file.to_path_buf(),
-            key,
-            origin,
-            message: format!("expected {expected}"),
-        }
-    }
-}
-
 impl Config {
-    /// Reads `file`, applies environment overrides, deserializes and validates.
+    /// Reads `file`, applies environment overrides, deserializes and validates every section.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_path_buf(),
@@ -147,117 +160,371 @@ impl Config {
 
     /// Like [`Config::load`] with the file's text already read (`file` names it in errors).
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let merged = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator(ENV_SEPARATOR)
-                    .separator(ENV_SEPARATOR)
-                    .try_parsing(true),
-            )
-            .build()
-            .map_err(|e| ConfigError::Syntax {
-                file: file.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        let value: config::Value = merged.try_deserialize().map_err(|e| ConfigError::Syntax {
-            file: file.to_path_buf(),
-            message: e.to_string(),
+        Self::from_sources(file, text, std::env::vars_os())
+    }
+
+    /// [`Config::parse`] with the environment given, so tests need not change the process's.
+    fn from_sources(
+        file: &Path,
+        text: &str,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Self, ConfigError> {
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    file: file.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+        let mut root = Node::from(toml::Value::Table(table));
+        let overrides = Overrides::apply(file, &mut root, env)?;
+        let errors = Errors {
+            file,
+            overrides: &overrides,
+        };
+        let config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
+            let key = match e.inner() {
+                TreeError::MissingField(field) => key_path(e.path(), Some(field)),
+                TreeError::Invalid(_) => key_path(e.path(), None),
+            };
+            let message = e.into_inner().to_string();
+            errors.key(key, message)
         })?;
-        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
-            // The `config` crate appends " for key `...`"; the key is named separately.
-            let message = e.inner().to_string();
-            let message = message
-                .split(" for key `")
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            let key = key_of(&e.path().to_string(), &message);
-            let origin = env_origin(&key);
-            ConfigError::Key {
-                file: file.to_path_buf(),
-                key,
-                origin,
-                message,
-            }
-        })?;
-        config.validate(file)?;
+        config.validate(&errors)?;
         Ok(config)
     }
 
-    /// Rules serde cannot express: ranges, uniqueness, cross-key consistency. Each stage checks
-    /// its own section; this adds the file name.
-    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+    /// Rules serde cannot express: ranges, uniqueness, cross-key consistency, files the
+    /// postprocess section names. Each stage checks its own section.
+    fn validate(&self, errors: &Errors) -> Result<(), ConfigError> {
         if self.cameras.is_empty() {
-            return Err(ConfigError::invalid(
-                file,
-                "cameras",
-                "at least one [[cameras]] table",
+            return Err(errors.key(
+                "cameras".into(),
+                "expected at least one [[cameras]] table".into(),
             ));
         }
-        let in_file = |error: &dyn std::error::Error| {
-            let message = error.to_string();
-            let origin = env_origin_in(&message);
-            ConfigError::Invalid {
-                file: file.to_path_buf(),
-                message,
-                origin,
-            }
-        };
-        crate::capture::validate_cameras(&self.cameras).map_err(|e| in_file(&e))?;
-        self.mqtt.validate().map_err(|e| in_file(&e))?;
-        self.publish_policy.validate().map_err(|e| in_file(&e))?;
-        self.preprocess.validate().map_err(|e| in_file(&e))?;
+        crate::capture::validate_cameras(&self.cameras).map_err(|e| errors.stage(e))?;
+        self.mqtt.validate().map_err(|e| errors.stage(e))?;
+        self.preprocess.validate().map_err(|e| errors.stage(e))?;
+        self.postprocess.validate().map_err(|e| errors.stage(e))?;
+        self.publish_policy
+            .validate()
+            .map_err(|e| errors.stage(e))?;
         Ok(())
     }
 }
 
-/// ` (from environment variable X)` when an override for `key` is set, so users look in the
-/// right place.
-fn env_origin(key: &str) -> String {
-    let var = std::iter::once(ENV_PREFIX.to_string())
-        .chain(key.split('.').map(str::to_uppercase))
-        .collect::<Vec<_>>()
-        .join(ENV_SEPARATOR);
-    if std::env::var_os(&var).is_some() {
-        format!(" (from environment variable {var})")
-    } else {
-        String::new()
+/// `cameras[0].id`: serde_path_to_error's path, plus the field a missing-field error names (it
+/// is reported at its parent's path).
+fn key_path(path: &serde_path_to_error::Path, field: Option<&str>) -> String {
+    let parent = path.to_string();
+    match field {
+        Some(field) if path.iter().next().is_none() => field.to_string(),
+        Some(field) => format!("{parent}.{field}"),
+        None => parent,
     }
 }
 
-/// The same for a stage's message that names its key itself (`mqtt.qos: ...`).
-fn env_origin_in(message: &str) -> String {
-    std::env::vars()
-        .filter_map(|(var, _)| {
-            let key = var.strip_prefix(ENV_PREFIX)?.strip_prefix(ENV_SEPARATOR)?;
-            let key = key.to_lowercase().replace(ENV_SEPARATOR, ".");
-            message
-                .contains(&key)
-                .then(|| format!(" (from environment variable {var})"))
-        })
-        .next()
-        .unwrap_or_default()
+/// The `EDGECLASS__...` variables applied to the tree, by the key path each set.
+struct Overrides {
+    var_of_key: BTreeMap<String, String>,
 }
 
-/// The key an error is about: serde reports a missing field at its parent's path, and the
-/// `config` crate names it with its own path syntax (`cameras[0]id`).
-fn key_of(path: &str, message: &str) -> String {
-    let missing = message
-        .strip_prefix("missing configuration field \"")
-        .or_else(|| message.strip_prefix("missing field `"))
-        .and_then(|rest| rest.split(['"', '`']).next())
-        .map(|field| {
-            field
-                .replace("]", "].")
-                .replace("].[", "][")
-                .replace("]..", "].")
-        });
-    match missing {
-        Some(field) if path == "." || field.contains(['[', '.']) => {
-            field.trim_end_matches('.').to_string()
+impl Overrides {
+    /// Writes every `EDGECLASS__SECTION__KEY` variable of `env` into `root` as an untyped
+    /// [`Node::Override`]; nested tables are created as needed. Keys are lowercase, as written
+    /// in the file.
+    fn apply(
+        file: &Path,
+        root: &mut Node,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Self, ConfigError> {
+        let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+        let mut vars: Vec<(String, OsString)> = env
+            .into_iter()
+            .filter_map(|(var, value)| {
+                let var = var.to_string_lossy().into_owned();
+                var.starts_with(&prefix).then_some((var, value))
+            })
+            .collect();
+        // A fixed order, so which of two clashing variables is reported does not vary.
+        vars.sort();
+        let mut var_of_key = BTreeMap::new();
+        for (var, value) in vars {
+            let invalid = |message: String| ConfigError::Override {
+                file: file.to_path_buf(),
+                var: var.clone(),
+                message,
+            };
+            let Some(value) = value.to_str() else {
+                return Err(invalid("value is not UTF-8".into()));
+            };
+            let segments: Vec<String> = var[prefix.len()..]
+                .split(ENV_SEPARATOR)
+                .map(str::to_lowercase)
+                .collect();
+            if segments.iter().any(String::is_empty) {
+                return Err(invalid(format!(
+                    "expected {prefix}SECTION{ENV_SEPARATOR}KEY with non-empty parts"
+                )));
+            }
+            let key = segments.join(".");
+            set(root, &segments, value).map_err(|parent| {
+                invalid(format!("cannot set `{key}`: `{parent}` is not a table"))
+            })?;
+            var_of_key.insert(key, var);
         }
-        Some(field) => format!("{path}.{field}"),
-        None => path.to_string(),
+        Ok(Self { var_of_key })
+    }
+
+    /// The variable that set `key`. Stage errors quote map keys that may hold dots
+    /// (`postprocess.thresholds."dog"`); an override's key never holds a quote.
+    fn var_of(&self, key: &str) -> Option<&str> {
+        self.var_of_key
+            .get(&key.replace('"', ""))
+            .map(String::as_str)
+    }
+}
+
+/// Sets `path` in `node` to the override `value`; `Err` is the path of a value in the way.
+fn set(node: &mut Node, path: &[String], value: &str) -> Result<(), String> {
+    let Node::Table(table) = node else {
+        return Err(String::new());
+    };
+    let (first, rest) = path.split_first().ok_or_else(String::new)?;
+    if rest.is_empty() {
+        table.insert(first.clone(), Node::Override(value.to_string()));
+        return Ok(());
+    }
+    let child = table
+        .entry(first.clone())
+        .or_insert_with(|| Node::Table(BTreeMap::new()));
+    set(child, rest, value).map_err(|inner| {
+        if inner.is_empty() {
+            first.clone()
+        } else {
+            format!("{first}.{inner}")
+        }
+    })
+}
+
+/// Builds [`ConfigError`]s naming the file and, for keys an override set, the variable.
+struct Errors<'a> {
+    file: &'a Path,
+    overrides: &'a Overrides,
+}
+
+impl Errors<'_> {
+    fn key(&self, key: String, message: String) -> ConfigError {
+        ConfigError::Key {
+            file: self.file.to_path_buf(),
+            from_env: self.overrides.var_of(&key).map(str::to_string),
+            key,
+            message,
+        }
+    }
+
+    /// A stage's validation error: a key error when it names one, else a section error.
+    fn stage(&self, error: impl StageError) -> ConfigError {
+        match error.into_key() {
+            Ok((key, message)) => self.key(key, message),
+            Err(other) => ConfigError::Section {
+                file: self.file.to_path_buf(),
+                source: Box::new(other),
+            },
+        }
+    }
+}
+
+/// A stage's validation error, which carries the key it is about when it is about one.
+trait StageError: std::error::Error + Send + Sync + Sized + 'static {
+    /// `(key path, problem)`, or the error itself when it is not about one key.
+    fn into_key(self) -> Result<(String, String), Self>;
+}
+
+impl StageError for CaptureError {
+    fn into_key(self) -> Result<(String, String), Self> {
+        match self {
+            CaptureError::Config { key, message } => Ok((key, message)),
+            other => Err(other),
+        }
+    }
+}
+
+impl StageError for PublishError {
+    fn into_key(self) -> Result<(String, String), Self> {
+        match self {
+            PublishError::Config { key, reason } => Ok((key.to_string(), reason)),
+            other => Err(other),
+        }
+    }
+}
+
+impl StageError for PreprocessError {
+    fn into_key(self) -> Result<(String, String), Self> {
+        match self {
+            PreprocessError::InvalidConfig { key, problem } => Ok((key.to_string(), problem)),
+            other => Err(other),
+        }
+    }
+}
+
+impl StageError for PostprocessError {
+    fn into_key(self) -> Result<(String, String), Self> {
+        match self {
+            PostprocessError::Config { key, problem } => Ok((key, problem)),
+            other => Err(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAMERA: &str = "[[cameras]]\nid = \"door\"\nsource = \"file:/tmp\"\n";
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(var, value)| (OsString::from(var), OsString::from(value)));
+        Config::from_sources(Path::new("/etc/edgeclass.toml"), text, env)
+    }
+
+    fn key_error(text: &str, env: &[(&str, &str)]) -> (String, Option<String>, String) {
+        match load(text, env) {
+            Err(ConfigError::Key {
+                key,
+                from_env,
+                message,
+                ..
+            }) => (key, from_env, message),
+            other => panic!("expected a key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_unknown_and_invalid_keys_are_named_by_path() {
+        let (key, _, message) = key_error("[[cameras]]\nid = \"door\"\n", &[]);
+        assert_eq!(key, "cameras[0].source");
+        assert!(message.contains("missing"), "{message}");
+
+        let (key, _, _) = key_error("[model]\nthreads = 2\n", &[]);
+        assert_eq!(key, "cameras");
+
+        let (key, _, message) = key_error(&format!("{CAMERA}[mqtt]\nqso = 1\n"), &[]);
+        assert!(key.starts_with("mqtt"), "{key}");
+        assert!(message.contains("qso"), "{message}");
+
+        let (key, _, message) = key_error(&format!("{CAMERA}[mqtt]\nqos = \"high\"\n"), &[]);
+        assert_eq!(key, "mqtt.qos");
+        assert!(message.contains("u8"), "{message}");
+
+        let (key, _, message) = key_error(
+            "[[cameras]]\nid = \"front door\"\nsource = \"file:/tmp\"\n",
+            &[],
+        );
+        assert_eq!(key, "cameras[0].id");
+        assert!(message.contains("MQTT"), "{message}");
+    }
+
+    #[test]
+    fn overrides_are_typed_by_their_field_and_named_in_errors() {
+        let config = load(
+            CAMERA,
+            &[
+                ("EDGECLASS__MQTT__PASSWORD", "1234"),
+                ("EDGECLASS__MQTT__USERNAME", "true"),
+                ("EDGECLASS__MQTT__KEEP_ALIVE_S", "15"),
+                ("EDGECLASS__MQTT__SNAPSHOT__ENABLED", "false"),
+                ("EDGECLASS__PUBLISH_POLICY__MODE", "every"),
+                ("EDGECLASS__POSTPROCESS__THRESHOLD", "0.5"),
+                ("EDGECLASS_ISA", "scalar"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.mqtt.password.as_deref(), Some("1234"));
+        assert_eq!(config.mqtt.username.as_deref(), Some("true"));
+        assert_eq!(config.mqtt.keep_alive_s, 15);
+        assert!(!config.mqtt.snapshot.enabled);
+        assert_eq!(
+            config.publish_policy.mode,
+            crate::postprocess::PublishMode::Every
+        );
+        assert_eq!(config.postprocess.threshold, 0.5);
+
+        let (key, var, message) = key_error(CAMERA, &[("EDGECLASS__MQTT__QOS", "5")]);
+        assert_eq!(key, "mqtt.qos");
+        assert_eq!(var.as_deref(), Some("EDGECLASS__MQTT__QOS"));
+        assert!(message.contains("not 0, 1 or 2"), "{message}");
+
+        let (key, var, _) = key_error(CAMERA, &[("EDGECLASS__MQTT__QOS", "often")]);
+        assert_eq!(
+            (key.as_str(), var.as_deref()),
+            ("mqtt.qos", Some("EDGECLASS__MQTT__QOS"))
+        );
+
+        let (key, var, _) = key_error(CAMERA, &[("EDGECLASS__POSTPROCESS__THRESHOLDS__DOG", "2")]);
+        assert_eq!(key, "postprocess.thresholds.\"dog\"");
+        assert_eq!(
+            var.as_deref(),
+            Some("EDGECLASS__POSTPROCESS__THRESHOLDS__DOG")
+        );
+
+        // The same error from the file names no variable.
+        let (_, var, _) = key_error(&format!("{CAMERA}[mqtt]\nqos = 5\n"), &[]);
+        assert_eq!(var, None);
+    }
+
+    #[test]
+    fn overrides_that_do_not_fit_the_tree_are_refused() {
+        let error = load(
+            &format!("{CAMERA}[log]\nlevel = \"info\"\n"),
+            &[("EDGECLASS__LOG__LEVEL__X", "1")],
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("EDGECLASS__LOG__LEVEL__X")
+                && text.contains("`log.level` is not a table"),
+            "{text}"
+        );
+        let error = load(CAMERA, &[("EDGECLASS__MQTT____QOS", "1")]).unwrap_err();
+        assert!(matches!(error, ConfigError::Override { .. }), "{error}");
+    }
+
+    #[test]
+    fn every_section_is_validated_at_load() {
+        let (key, _, _) = key_error(&format!("{CAMERA}[postprocess]\ntop_k = 0\n"), &[]);
+        assert_eq!(key, "postprocess.top_k");
+        let (key, _, _) = key_error(&format!("{CAMERA}[preprocess]\ncrop = 0\n"), &[]);
+        assert_eq!(key, "preprocess.crop");
+        let (key, _, _) = key_error(&format!("{CAMERA}[publish_policy]\nhold = 0\n"), &[]);
+        assert_eq!(key, "publish_policy.hold");
+        let error = load(
+            &format!("{CAMERA}[postprocess]\nlabel_map = \"/nonexistent/map.toml\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(matches!(error, ConfigError::Section { .. }), "{error}");
+    }
+
+    #[test]
+    fn table_keys_keep_their_case() {
+        let config = load(
+            &format!("{CAMERA}[postprocess.thresholds]\nChihuahua = 0.7\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.postprocess.thresholds["Chihuahua"], 0.7);
+    }
+
+    #[test]
+    fn the_default_weights_path_is_resolved_when_asked_not_in_default() {
+        assert_eq!(ModelConfig::default().weights, None);
+        let config = load(CAMERA, &[]).unwrap();
+        assert_eq!(
+            config.model.weights_path(),
+            crate::model::default_weights_path()
+        );
     }
 }

@@ -1,11 +1,12 @@
 //! `[[cameras]]` parsing and validation: source specs, defaults, and errors that name the key.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use edgeclass::capture::{
-    validate_cameras, CameraConfig, CaptureError, MotionConfig, PixelFormatPreference, SourceSpec,
-    V4l2Device,
+    validate_cameras, CameraConfig, CameraId, CaptureError, MotionConfig, PixelFormatPreference,
+    SourceSpec, V4l2Device,
 };
+use edgeclass::config::{Config, ConfigError};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -189,11 +190,6 @@ fn config_error(text: &str) -> (String, String) {
 fn validation_names_the_key() {
     let cases = [
         (
-            "id = \"front door\"\nsource = \"v4l2:0\"",
-            "cameras[0].id",
-            "MQTT",
-        ),
-        (
             "id = \"a\"\nsource = \"v4l2:0\"\ninterval_ms = 0",
             "cameras[0].interval_ms",
             "outside 1..=86400000",
@@ -241,9 +237,36 @@ fn validation_names_the_key() {
     assert!(message.contains("earlier camera"), "{message}");
 }
 
+/// Ids are checked once, when a [`CameraId`] is made: the config loader names the key.
+#[test]
+fn camera_ids_are_topic_levels() {
+    for good in ["door", "Front_Door-2"] {
+        assert_eq!(good.parse::<CameraId>().unwrap().as_str(), good);
+    }
+    for bad in ["", "front door", "a/b", "a+", "#", "bad\0id", "tür"] {
+        let error = bad.parse::<CameraId>().unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("{bad:?}")) && error.contains("MQTT"),
+            "{error}"
+        );
+    }
+    for id in ["front door", ""] {
+        let text = format!("[[cameras]]\nid = {id:?}\nsource = \"v4l2:0\"\n");
+        match Config::parse(Path::new("cameras.toml"), &text) {
+            Err(ConfigError::Key { key, message, .. }) => {
+                assert_eq!(key, "cameras[0].id");
+                assert!(message.contains("MQTT"), "{message}");
+            }
+            other => panic!("expected a key error, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn config_errors_exit_with_the_config_code() {
-    let error = validate_cameras(&parse("[[cameras]]\nid = \"\"\nsource = \"v4l2:0\"\n").unwrap())
-        .unwrap_err();
+    let error = validate_cameras(
+        &parse("[[cameras]]\nid = \"a\"\nsource = \"v4l2:0\"\ninterval_ms = 0\n").unwrap(),
+    )
+    .unwrap_err();
     assert_eq!(error.sysexit(), edgeclass::sysexits::Sysexit::Config);
 }

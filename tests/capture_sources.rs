@@ -71,7 +71,7 @@ impl Running {
     }
 
     fn expect_online(&self) {
-        assert_eq!(self.event(), CameraEvent::Online("test".into()));
+        assert_eq!(self.event(), CameraEvent::Online("test".parse().unwrap()));
     }
 
     /// Stops the thread and checks it ended without panicking.
@@ -445,7 +445,7 @@ fn missing_v4l2_device_goes_offline_with_a_clear_error_without_panicking() {
 #[test]
 fn spawn_refuses_an_invalid_config_instead_of_panicking() {
     let mut config = camera("file:x.jpg", "");
-    config.id = "bad\0id".into();
+    config.interval_ms = 0;
     let (sender, _events) = mpsc::channel();
     let result = spawn(
         config,
@@ -453,7 +453,10 @@ fn spawn_refuses_an_invalid_config_instead_of_panicking() {
         sender,
         Arc::new(AtomicBool::new(false)),
     );
-    let error = result.expect_err("an id with a NUL byte is refused");
+    let error = result.expect_err("a zero interval is refused");
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
-    assert!(error.to_string().contains("cameras[0].id"), "{error}");
+    assert!(
+        error.to_string().contains("cameras[0].interval_ms"),
+        "{error}"
+    );
 }

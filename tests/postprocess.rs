@@ -877,30 +877,30 @@ fn postprocessor_is_shareable_across_inference_threads() {
 
 #[test]
 fn daemon_config_loader_reads_the_tables() {
-    // The daemon loads TOML through the `config` crate: keys (mixed case, Chinese) must survive.
-    #[derive(serde::Deserialize)]
-    struct Daemon {
-        postprocess: PostprocessConfig,
-        publish_policy: PolicyConfig,
-    }
-    let text = r#"
+    // The daemon's loader must keep keys as written (mixed case, Chinese), validating them
+    // against the label files the section names.
+    let text = format!(
+        r#"
         [postprocess]
-        groups = "/etc/edgeclass/labels/groups-home.toml"
+        groups = {groups:?}
+        label_map = {label_map:?}
         [postprocess.thresholds]
         "狗" = 0.4
-        Chihuahua = 0.7
+        "Granny Smith" = 0.7
         [publish_policy]
         mode = "every"
         heartbeat_s = 30
-    "#;
-    let daemon: Daemon = config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .unwrap();
+        [[cameras]]
+        id = "door"
+        source = "file:/tmp"
+    "#,
+        groups = shipped("groups-home.toml"),
+        label_map = shipped("zh.toml"),
+    );
+    let daemon = edgeclass::config::Config::parse(Path::new("daemon.toml"), &text).unwrap();
     assert_eq!(
         daemon.postprocess.thresholds,
-        with_thresholds(&[("Chihuahua", 0.7), ("狗", 0.4)])
+        with_thresholds(&[("Granny Smith", 0.7), ("狗", 0.4)])
     );
     assert_eq!(daemon.postprocess.top_k, 3);
     assert_eq!(daemon.publish_policy.mode, PublishMode::Every);

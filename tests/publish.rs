@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use common::mosquitto::{free_port, write_password_file, Mosquitto, Received, Subscriber};
+use edgeclass::capture::CameraId;
 use edgeclass::postprocess::Prediction;
 use edgeclass::publish::{EmbeddedBroker, Event, MqttConfig, PublishError, Publisher};
 
@@ -25,13 +26,17 @@ fn config(url: Option<String>) -> MqttConfig {
     cfg
 }
 
-fn cameras(names: &[&str]) -> Vec<String> {
-    names.iter().map(|s| s.to_string()).collect()
+fn cameras(names: &[&str]) -> Vec<CameraId> {
+    names.iter().map(|name| id(name)).collect()
+}
+
+fn id(name: &str) -> CameraId {
+    name.parse().expect("test camera id")
 }
 
 fn event(camera: &str, frame: u64, label: &str) -> Event {
     Event {
-        camera: camera.into(),
+        camera: id(camera),
         seq: 0,
         ts: SystemTime::now(),
         frame,
@@ -313,8 +318,8 @@ async fn snapshots_are_retained_and_size_capped() {
         .unwrap();
     // Bigger than rumqttc's 10 KiB default packet limit, within ours.
     let jpeg: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
-    publisher.snapshot("door", &jpeg);
-    publisher.snapshot("door", &vec![0u8; 100_001]);
+    publisher.snapshot(&id("door"), &jpeg);
+    publisher.snapshot(&id("door"), &vec![0u8; 100_001]);
     assert_eq!(publisher.stats().oversized_snapshots, 1);
     wait_connected(&publisher).await;
     publisher.shutdown(WAIT).await.unwrap();

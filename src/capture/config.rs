@@ -11,8 +11,8 @@ use super::CaptureError;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
-    /// Stable identifier used in MQTT topics and Home Assistant unique ids: `[A-Za-z0-9_-]+`.
-    pub id: String,
+    /// Stable identifier used in MQTT topics and Home Assistant unique ids.
+    pub id: CameraId,
     /// Display name for Home Assistant; defaults to `id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -39,6 +39,73 @@ pub struct CameraConfig {
     /// Skip inference while the scene does not change.
     #[serde(default)]
     pub motion: MotionConfig,
+}
+
+/// A camera's stable identifier: one MQTT topic level and part of Home Assistant ids, so
+/// non-empty ASCII letters, digits, `_` and `-`. Checked when parsed or deserialized, so every
+/// `CameraId` in the program is valid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CameraId(String);
+
+/// Why a string is not a [`CameraId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} must be non-empty ASCII letters, digits, '_' or '-' (it goes into MQTT topics)")]
+pub struct InvalidCameraId(String);
+
+impl CameraId {
+    /// The id as written in the config.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for CameraId {
+    type Error = InvalidCameraId;
+
+    fn try_from(id: String) -> Result<Self, Self::Error> {
+        let valid = !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if valid {
+            Ok(CameraId(id))
+        } else {
+            Err(InvalidCameraId(id))
+        }
+    }
+}
+
+impl FromStr for CameraId {
+    type Err = InvalidCameraId;
+
+    fn from_str(id: &str) -> Result<Self, Self::Err> {
+        id.to_owned().try_into()
+    }
+}
+
+impl From<CameraId> for String {
+    fn from(id: CameraId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for CameraId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for CameraId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for CameraId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
 }
 
 /// `[cameras.motion]`: skip inference while a downscaled grayscale frame stays close to the last
@@ -216,11 +283,11 @@ impl Serialize for SourceSpec {
 impl CameraConfig {
     /// The name shown in Home Assistant: `name`, or `id` when unset.
     pub fn display_name(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.id)
+        self.name.as_deref().unwrap_or(self.id.as_str())
     }
 }
 
-/// Checks what serde cannot: id syntax and uniqueness, value ranges, and keys that do not apply
+/// Checks what serde cannot: id uniqueness, value ranges, and keys that do not apply
 /// to the camera's kind of source. Errors name the key, e.g. `cameras[1].width`.
 pub fn validate_cameras(cameras: &[CameraConfig]) -> Result<(), CaptureError> {
     let mut seen = HashSet::new();
@@ -229,24 +296,10 @@ pub fn validate_cameras(cameras: &[CameraConfig]) -> Result<(), CaptureError> {
             key: format!("cameras[{index}].{key}"),
             message,
         };
-        if camera.id.is_empty()
-            || !camera
-                .id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if !seen.insert(&camera.id) {
             return Err(error(
                 "id",
-                format!(
-                    "{:?} must be non-empty ASCII letters, digits, '_' or '-' (it goes into MQTT topics)",
-                    camera.id
-                ),
-            ));
-        }
-        if !seen.insert(camera.id.as_str()) {
-            return Err(error(
-                "id",
-                format!("{:?} is used by an earlier camera", camera.id),
+                format!("{:?} is used by an earlier camera", camera.id.as_str()),
             ));
         }
         for (key, value, max) in [

@@ -4,15 +4,15 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::{validate_cameras, CameraConfig, CaptureError, Frame, FrameSlot, SourceSpec};
+use super::{validate_cameras, CameraConfig, CameraId, CaptureError, Frame, FrameSlot, SourceSpec};
 
 /// A camera's availability changed; sent once per transition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CameraEvent {
     /// The camera delivered its first frame since start or since an outage. Carries the camera id.
-    Online(String),
+    Online(CameraId),
     /// The camera failed; it is retried with backoff until it recovers.
-    Offline { camera: String, reason: String },
+    Offline { camera: CameraId, reason: String },
 }
 
 /// A frame source, driven by the camera thread that created it (nokhwa's camera is not `Send`).
@@ -136,7 +136,7 @@ fn run(
     cancel: &Cancel,
     events: &Sender<CameraEvent>,
 ) {
-    let camera = config.id.as_str();
+    let camera = &config.id;
     let interval = Duration::from_millis(config.interval_ms);
     let mut status = Status::Starting;
     let mut backoff = Backoff::new();
@@ -151,7 +151,7 @@ fn run(
                     log::info!("camera {camera}: online ({})", config.source);
                     status = Status::Online;
                     // A closed receiver only means nobody listens for events.
-                    let _ = events.send(CameraEvent::Online(camera.to_owned()));
+                    let _ = events.send(CameraEvent::Online(camera.clone()));
                 }
                 backoff.reset();
                 frame.seq = seq;
@@ -168,7 +168,7 @@ fn run(
                     log::warn!("camera {camera}: offline: {error}; retrying with backoff");
                     status = Status::Offline;
                     let _ = events.send(CameraEvent::Offline {
-                        camera: camera.to_owned(),
+                        camera: camera.clone(),
                         reason: error.to_string(),
                     });
                 }

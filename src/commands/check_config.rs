@@ -8,10 +8,9 @@ pub struct Args {
     pub file: PathBuf,
 }
 
+/// Loads `args.file` exactly as `run` does (every section validated, label files read).
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = crate::config::Config::load(&args.file)?;
-    // Label and threshold files are part of the configuration: load them too.
-    crate::postprocess::Postprocessor::new(&config.postprocess)?;
     println!(
         "{}: OK ({} camera(s))",
         args.file.display(),

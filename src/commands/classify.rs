@@ -11,11 +11,6 @@ use crate::postprocess::labels::imagenet;
 use crate::postprocess::topk::{softmax_in_place, top_k};
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
-/// Where `edgeclass fetch-model` puts the default model.
-fn default_weights() -> PathBuf {
-    crate::model::fetch::data_dir().join("resnet18-q8_0.gguf")
-}
-
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Image files (JPEG, PNG, BMP, GIF, TIFF, WebP, PNM).
@@ -56,7 +51,9 @@ struct Guess<'a> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let weights = args.weights.unwrap_or_else(default_weights);
+    let weights = args
+        .weights
+        .unwrap_or_else(crate::model::default_weights_path);
     let model = Model::load(&weights, args.precision, args.threads).context(
         "no usable model (download one with `edgeclass fetch-model`, or pass --weights)",
     )?;

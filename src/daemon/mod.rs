@@ -21,9 +21,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::capture::{self, CameraEvent, FrameSlot};
-use crate::config::{Config, ModelConfig};
+use crate::config::Config;
 use crate::model::fetch::WeightsSource;
-use crate::model::Model;
+use crate::model::{Model, ModelConfig};
 use crate::postprocess::Postprocessor;
 use crate::publish::{EmbeddedBroker, Publisher};
 
@@ -67,25 +67,22 @@ pub fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
         log::warn!("using synthetic weights (seed {seed}): classifications are meaningless");
         return Ok(Model::synthetic(seed, config.precision, config.threads)?);
     }
-    if !config.weights.exists() {
+    let weights = config.weights_path();
+    if !weights.exists() {
         anyhow::ensure!(
             config.fetch,
             "model file {} does not exist and [model] fetch is false",
-            config.weights.display()
+            weights.display()
         );
         let source = WeightsSource {
             base_url: config.base_url.clone(),
             sha256: config.sha256.clone(),
             ..WeightsSource::default()
         };
-        log::info!("model {} is missing: fetching it", config.weights.display());
-        crate::model::install::install(&config.weights, config.precision, &source, None, None)?;
+        log::info!("model {} is missing: fetching it", weights.display());
+        crate::model::install::install(&weights, config.precision, &source, None, None)?;
     }
-    Ok(Model::load(
-        &config.weights,
-        config.precision,
-        config.threads,
-    )?)
+    Ok(Model::load(&weights, config.precision, config.threads)?)
 }
 
 async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyhow::Result<()> {
@@ -93,7 +90,7 @@ async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyho
         Some(_) => None,
         None => Some(EmbeddedBroker::start(config.mqtt.embedded_listen)?),
     };
-    let camera_ids: Vec<String> = config.cameras.iter().map(|c| c.id.clone()).collect();
+    let camera_ids: Vec<_> = config.cameras.iter().map(|c| c.id.clone()).collect();
     let publisher = Publisher::start(&config.mqtt, &camera_ids, &model.description()).await?;
 
     let progress = Arc::new(Progress::default());

@@ -7,6 +7,7 @@
 //! One [`Model`] is shared by every camera: [`Model::forward`] takes `&self`.
 
 mod calibration;
+mod config;
 pub mod fetch;
 pub mod install;
 pub mod kernels;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use crate::sysexits::Sysexit;
 
 pub use calibration::ActivationRanges;
+pub use config::{default_weights_path, ModelConfig};
 pub use quantize::{quantize_file, write_gguf, StorageDtype};
 pub use weights::Network;
 

@@ -131,6 +131,14 @@ impl Default for PostprocessConfig {
     }
 }
 
+impl PostprocessConfig {
+    /// Checks every key. Thresholds name outputs of the label map and groups files, so this
+    /// loads them: it is [`Postprocessor::new`] with the result dropped.
+    pub fn validate(&self) -> Result<(), PostprocessError> {
+        Postprocessor::new(self).map(drop)
+    }
+}
+
 /// Which kind of file a [`PostprocessError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {

@@ -75,18 +75,30 @@ impl PreprocessConfig {
 
     /// Checks the values a config file could get wrong; call it when loading configuration.
     pub fn validate(&self) -> Result<(), PreprocessError> {
-        let problem = if !(1..=MAX_SIDE).contains(&self.resize) {
-            format!("resize = {} must be between 1 and {MAX_SIDE}", self.resize)
+        let (key, problem) = if !(1..=MAX_SIDE).contains(&self.resize) {
+            (
+                "preprocess.resize",
+                format!("resize = {} must be between 1 and {MAX_SIDE}", self.resize),
+            )
         } else if !(1..=MAX_SIDE).contains(&self.crop) {
-            format!("crop = {} must be between 1 and {MAX_SIDE}", self.crop)
+            (
+                "preprocess.crop",
+                format!("crop = {} must be between 1 and {MAX_SIDE}", self.crop),
+            )
         } else if let Some(mean) = self.mean.iter().find(|m| !m.is_finite()) {
-            format!("mean contains {mean}, which is not a finite number")
+            (
+                "preprocess.mean",
+                format!("mean contains {mean}, which is not a finite number"),
+            )
         } else if let Some(std) = self.std.iter().find(|s| !s.is_finite() || **s <= 0.0) {
-            format!("std contains {std}, but every std must be a finite number above 0")
+            (
+                "preprocess.std",
+                format!("std contains {std}, but every std must be a finite number above 0"),
+            )
         } else {
             return Ok(());
         };
-        Err(PreprocessError::InvalidConfig { problem })
+        Err(PreprocessError::InvalidConfig { key, problem })
     }
 }
 
@@ -138,9 +150,9 @@ pub enum PreprocessError {
         #[source]
         source: image::ImageError,
     },
-    /// A [`PreprocessConfig`] value out of range.
+    /// A [`PreprocessConfig`] value out of range; `key` is its path, e.g. `preprocess.crop`.
     #[error("invalid preprocess configuration: {problem}")]
-    InvalidConfig { problem: String },
+    InvalidConfig { key: &'static str, problem: String },
 }
 
 impl PreprocessError {

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::config::slug;
 use super::outbox::Message;
 use super::Topics;
+use crate::capture::CameraId;
 
 /// What the discovery payloads are built from.
 pub(crate) struct Announcement<'a> {
@@ -27,7 +28,7 @@ const ATTRIBUTES_TEMPLATE: &str = "{{ {'top3': value_json.top3, 'score': value_j
 impl Announcement<'_> {
     /// The retained config messages for every camera. With snapshots off the image entity's
     /// config is an empty retained payload, which removes an entity announced earlier.
-    pub fn messages(&self, cameras: &[String]) -> Vec<Message> {
+    pub fn messages(&self, cameras: &[CameraId]) -> Vec<Message> {
         let mut messages = Vec::with_capacity(cameras.len() * 2);
         for camera in cameras {
             messages.push(self.sensor(camera));
@@ -41,8 +42,12 @@ impl Announcement<'_> {
         format!("{}/status", self.discovery_prefix)
     }
 
-    fn object_id(&self, camera: &str, what: &str) -> String {
-        format!("edgeclass_{}_{}_{what}", self.node_id, slug(camera))
+    fn object_id(&self, camera: &CameraId, what: &str) -> String {
+        format!(
+            "edgeclass_{}_{}_{what}",
+            self.node_id,
+            slug(camera.as_str())
+        )
     }
 
     fn config_topic(&self, component: &str, object_id: &str) -> String {
@@ -52,7 +57,7 @@ impl Announcement<'_> {
         )
     }
 
-    fn common(&self, camera: &str, component: &str, what: &str) -> serde_json::Value {
+    fn common(&self, camera: &CameraId, component: &str, what: &str) -> serde_json::Value {
         let object_id = self.object_id(camera, what);
         json!({
             "name": format!("{camera} {what}"),
@@ -77,7 +82,7 @@ impl Announcement<'_> {
         })
     }
 
-    fn sensor(&self, camera: &str) -> Message {
+    fn sensor(&self, camera: &CameraId) -> Message {
         let mut config = self.common(camera, "sensor", "label");
         config["state_topic"] = self.topics.label(camera).into();
         config["json_attributes_topic"] = self.topics.event(camera).into();
@@ -87,7 +92,7 @@ impl Announcement<'_> {
         Message::state(topic, config.to_string())
     }
 
-    fn image(&self, camera: &str) -> Message {
+    fn image(&self, camera: &CameraId) -> Message {
         let topic = self.config_topic("image", &self.object_id(camera, "snapshot"));
         if !self.snapshots {
             return Message::state(topic, Vec::new());

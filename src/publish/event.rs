@@ -4,13 +4,14 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
+use crate::capture::CameraId;
 use crate::postprocess::Prediction;
 
 /// One classification of one frame, as published on `<prefix>/<camera>/event`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     /// Camera id (also the topic level).
-    pub camera: String,
+    pub camera: CameraId,
     /// Per-camera event number, assigned by [`super::Publisher::event`] (the value passed in is
     /// replaced): consecutive from 1 per publisher, so a gap means lost events.
     pub seq: u64,
@@ -48,7 +49,7 @@ mod tests {
     #[test]
     fn serializes_with_rfc3339_timestamp_and_all_fields() {
         let event = Event {
-            camera: "door".into(),
+            camera: "door".parse().unwrap(),
             seq: 7,
             ts: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             frame: 42,

@@ -23,6 +23,7 @@ mod outbox;
 
 use std::path::PathBuf;
 
+use crate::capture::CameraId;
 use crate::sysexits::Sysexit;
 
 pub use broker::EmbeddedBroker;
@@ -91,24 +92,19 @@ impl Topics {
         format!("{}/status", self.prefix)
     }
 
-    pub fn event(&self, camera: &str) -> String {
+    pub fn event(&self, camera: &CameraId) -> String {
         format!("{}/{camera}/event", self.prefix)
     }
 
-    pub fn label(&self, camera: &str) -> String {
+    pub fn label(&self, camera: &CameraId) -> String {
         format!("{}/{camera}/label", self.prefix)
     }
 
-    pub fn snapshot(&self, camera: &str) -> String {
+    pub fn snapshot(&self, camera: &CameraId) -> String {
         format!("{}/{camera}/snapshot", self.prefix)
     }
 
-    pub fn availability(&self, camera: &str) -> String {
+    pub fn availability(&self, camera: &CameraId) -> String {
         format!("{}/{camera}/availability", self.prefix)
     }
-}
-
-/// A camera id becomes one topic level: non-empty, no `/`, no wildcards.
-pub(crate) fn valid_camera_id(camera: &str) -> bool {
-    !camera.is_empty() && !camera.contains(['/', '+', '#', '\0'])
 }

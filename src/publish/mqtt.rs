@@ -21,14 +21,15 @@ use super::config::{MqttConfig, SnapshotConfig};
 use super::connection::{mqtt_options, qos_of, SEND_WINDOW};
 use super::discovery::Announcement;
 use super::outbox::{Message, Outbox};
-use super::{valid_camera_id, Event, PublishError, Topics};
+use super::{Event, PublishError, Topics};
+use crate::capture::CameraId;
 
 /// Counters for logs and health checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PublishStats {
     /// Events waiting for the broker (queued or unacknowledged).
     pub queued: usize,
-    /// Events dropped because the queue limit was hit (or their camera id is not a topic level).
+    /// Events dropped because the queue limit was hit (or they could not be serialized).
     pub dropped: u64,
     /// Events acknowledged by the broker (written, for QoS 0).
     pub sent: u64,
@@ -55,7 +56,7 @@ struct Inner {
     topics: Topics,
     qos: QoS,
     snapshot: SnapshotConfig,
-    cameras: Vec<String>,
+    cameras: Vec<CameraId>,
     broker: String,
     reconnect_min: Duration,
     reconnect_max: Duration,
@@ -82,8 +83,8 @@ struct State {
     /// Latest retained value per topic, re-published after every connect so a broker that
     /// restarted without persistence gets the state back.
     retained: BTreeMap<String, Message>,
-    seqs: HashMap<String, u64>,
-    labels: HashMap<String, String>,
+    seqs: HashMap<CameraId, u64>,
+    labels: HashMap<CameraId, String>,
     sent: u64,
     invalid: u64,
     oversized_snapshots: u64,
@@ -105,19 +106,12 @@ impl Publisher {
     /// announces `online`, every camera `online` and the discovery configs, then serves
     /// [`Publisher::event`] & co. Returns without waiting for the connection: while the broker is
     /// unreachable events queue up (bounded by `queue_limit`). Errors are configuration errors
-    /// (keys, password file, TLS files) and invalid camera ids. Must be called within a tokio
-    /// runtime.
+    /// (keys, password file, TLS files). Must be called within a tokio runtime.
     pub async fn start(
         cfg: &MqttConfig,
-        cameras: &[String],
+        cameras: &[CameraId],
         model: &str,
     ) -> Result<Publisher, PublishError> {
-        if let Some(bad) = cameras.iter().find(|c| !valid_camera_id(c)) {
-            return Err(PublishError::Config {
-                key: "cameras",
-                reason: format!("camera id {bad:?} must be non-empty without '/', '+' or '#'"),
-            });
-        }
         let topics = Topics::new(&cfg.topic_prefix);
         let options = mqtt_options(cfg, &topics)?;
         let endpoint = cfg.endpoint()?;
@@ -194,14 +188,6 @@ impl Publisher {
         let seq = state.seqs.entry(event.camera.clone()).or_insert(0);
         *seq += 1;
         event.seq = *seq;
-        if !valid_camera_id(&event.camera) {
-            state.invalid += 1;
-            log::warn!(
-                "not publishing event of camera {:?}: not a topic level",
-                event.camera
-            );
-            return event.seq;
-        }
         let payload = match serde_json::to_vec(&event) {
             Ok(payload) => payload,
             Err(e) => {
@@ -228,9 +214,9 @@ impl Publisher {
 
     /// Queues a JPEG for the retained `<prefix>/<camera>/snapshot` (latest wins). Ignored when
     /// snapshots are disabled; counted and skipped when larger than `snapshot.max_bytes`.
-    pub fn snapshot(&self, camera: &str, jpeg: &[u8]) {
+    pub fn snapshot(&self, camera: &CameraId, jpeg: &[u8]) {
         let inner = &self.inner;
-        if !inner.snapshot.enabled || !valid_camera_id(camera) {
+        if !inner.snapshot.enabled {
             return;
         }
         let mut state = inner.lock();
@@ -244,11 +230,8 @@ impl Publisher {
     }
 
     /// Publishes the retained `<prefix>/<camera>/availability` (`online` / `offline`).
-    pub fn camera_available(&self, camera: &str, online: bool) {
+    pub fn camera_available(&self, camera: &CameraId, online: bool) {
         let inner = &self.inner;
-        if !valid_camera_id(camera) {
-            return;
-        }
         let payload = if online { "online" } else { "offline" };
         inner
             .lock()
