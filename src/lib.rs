@@ -6,7 +6,9 @@
 //! capture ──Frame──▶ preprocess ──tensor──▶ model ──logits──▶ postprocess ──Classification──▶ publish
 //! ```
 //!
-//! The [`daemon`] wires the stages together and owns the lifecycle (config, signals, systemd).
+//! The [`daemon`] wires the stages together and owns the lifecycle (config, signals, systemd):
+//! every thread and task stops on one [`shutdown::Shutdown`], and every worker thread reports a
+//! [`heartbeat::Heartbeat`] that the systemd watchdog checks.
 //! [`commands`] holds one module per CLI subcommand; `main.rs` only parses arguments and maps
 //! errors to exit codes.
 
@@ -14,8 +16,10 @@ pub mod capture;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod heartbeat;
 pub mod model;
 pub mod postprocess;
 pub mod preprocess;
 pub mod publish;
+pub mod shutdown;
 pub mod sysexits;

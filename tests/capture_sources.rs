@@ -4,13 +4,14 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use edgeclass::capture::{spawn, CameraConfig, CameraEvent, Frame, FrameSlot, PixelFormat};
+use edgeclass::heartbeat::Heartbeat;
+use edgeclass::shutdown::Shutdown;
 
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -26,11 +27,11 @@ fn camera(source: &str, extra: &str) -> CameraConfig {
         .unwrap_or_else(|e| panic!("test camera config: {e}"))
 }
 
-/// A camera thread plus what the daemon would hold: its slot, its events, its stop flag.
+/// A camera thread plus what the daemon would hold: its slot, its events, its shutdown signal.
 struct Running {
     slot: Arc<FrameSlot>,
     events: Receiver<CameraEvent>,
-    stop: Arc<AtomicBool>,
+    shutdown: Shutdown,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -38,12 +39,20 @@ impl Running {
     fn start(config: CameraConfig) -> Self {
         let slot = Arc::new(FrameSlot::new());
         let (sender, events) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = spawn(config, Arc::clone(&slot), sender, Arc::clone(&stop)).unwrap();
+        let shutdown = Shutdown::new();
+        let heartbeat = Arc::new(Heartbeat::new());
+        let thread = spawn(
+            config,
+            Arc::clone(&slot),
+            sender,
+            shutdown.clone(),
+            heartbeat,
+        )
+        .unwrap();
         Running {
             slot,
             events,
-            stop,
+            shutdown,
             thread: Some(thread),
         }
     }
@@ -76,7 +85,7 @@ impl Running {
 
     /// Stops the thread and checks it ended without panicking.
     fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shutdown.trigger();
         let thread = self.thread.take().unwrap();
         assert!(thread.join().is_ok(), "camera thread panicked");
     }
@@ -84,7 +93,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shutdown.trigger();
     }
 }
 
@@ -451,7 +460,8 @@ fn spawn_refuses_an_invalid_config_instead_of_panicking() {
         config,
         Arc::new(FrameSlot::new()),
         sender,
-        Arc::new(AtomicBool::new(false)),
+        Shutdown::new(),
+        Arc::new(Heartbeat::new()),
     );
     let error = result.expect_err("a zero interval is refused");
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);

@@ -1,10 +1,11 @@
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::{validate_cameras, CameraConfig, CameraId, CaptureError, Frame, FrameSlot, SourceSpec};
+use crate::heartbeat::Heartbeat;
+use crate::shutdown::Shutdown;
 
 /// A camera's availability changed; sent once per transition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,32 +24,21 @@ pub(super) trait FrameSource {
     fn next_frame(&mut self, due: Instant, cancel: &Cancel) -> Result<Option<Frame>, CaptureError>;
 }
 
-/// Tells a camera thread to stop: the daemon's stop flag, or the slot being closed.
+/// Tells a camera thread to stop: the daemon's shutdown, or the slot being closed.
 pub(super) struct Cancel {
-    stop: Arc<AtomicBool>,
+    shutdown: Shutdown,
     slot: Arc<FrameSlot>,
 }
 
-/// Longest uninterrupted sleep, so a stop request is noticed within this time.
-const CANCEL_POLL: Duration = Duration::from_millis(250);
-
 impl Cancel {
     pub(super) fn is_set(&self) -> bool {
-        self.stop.load(Ordering::Relaxed) || self.slot.is_closed()
+        self.shutdown.is_triggered() || self.slot.is_closed()
     }
 
-    /// Sleeps until `deadline`; returns `true` if cancelled meanwhile.
+    /// Sleeps until `deadline`; returns `true` if cancelled meanwhile. Shutdown wakes the sleep
+    /// at once; a closed slot (which has no way to wake it) is noticed when it ends.
     pub(super) fn sleep_until(&self, deadline: Instant) -> bool {
-        loop {
-            if self.is_set() {
-                return true;
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return false;
-            }
-            thread::sleep(remaining.min(CANCEL_POLL));
-        }
+        self.shutdown.sleep_until(deadline) || self.slot.is_closed()
     }
 }
 
@@ -79,22 +69,37 @@ impl Backoff {
 
 /// Starts the camera's capture thread (named `cam-<id>`). It delivers at most one frame per
 /// `interval_ms` into `slot`, reports [`CameraEvent`]s on `events` (a closed receiver is fine),
-/// retries failures with backoff, and ends when `stop` is set or `slot` is closed.
+/// retries failures with backoff, and keeps `heartbeat` on its schedule: each capture is due by
+/// its interval (plus the HTTP timeout), each retry by its backoff.
+///
+/// The thread ends when `shutdown` is triggered (at once, unless it is inside a blocking read:
+/// then after that read) or, at its next step, when `slot` is closed.
 ///
 /// Fails with `InvalidInput` if `config` does not pass [`validate_cameras`].
 pub fn spawn(
     config: CameraConfig,
     slot: Arc<FrameSlot>,
     events: Sender<CameraEvent>,
-    stop: Arc<AtomicBool>,
+    shutdown: Shutdown,
+    heartbeat: Arc<Heartbeat>,
 ) -> std::io::Result<JoinHandle<()>> {
     // Validated values keep the thread name and deadline arithmetic from panicking.
     validate_cameras(std::slice::from_ref(&config))
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let cancel = Cancel { stop, slot };
+    let cancel = Cancel { shutdown, slot };
     thread::Builder::new()
         .name(format!("cam-{}", config.id))
-        .spawn(move || run(&config, open_source(&config), &cancel, &events))
+        .spawn(move || run(&config, open_source(&config), &cancel, &events, &heartbeat))
+}
+
+/// How long one capture may block after its due time: HTTP requests up to their configured
+/// timeout; file reads and V4L2 dequeues (at most one frame period) have no timeout of their
+/// own, and the watchdog's tolerance covers them.
+fn read_allowance(config: &CameraConfig) -> Duration {
+    match config.source {
+        SourceSpec::Http(_) => Duration::from_millis(config.timeout_ms),
+        _ => Duration::ZERO,
+    }
 }
 
 fn open_source(config: &CameraConfig) -> Box<dyn FrameSource> {
@@ -135,15 +140,18 @@ fn run(
     mut source: Box<dyn FrameSource>,
     cancel: &Cancel,
     events: &Sender<CameraEvent>,
+    heartbeat: &Heartbeat,
 ) {
     let camera = &config.id;
     let interval = Duration::from_millis(config.interval_ms);
+    let read_allowance = read_allowance(config);
     let mut status = Status::Starting;
     let mut backoff = Backoff::new();
     let mut seq = 0;
     let mut due = Instant::now();
     log::debug!("camera {camera}: starting ({})", config.source);
     while !cancel.is_set() {
+        heartbeat.expect_by(due + read_allowance);
         match source.next_frame(due, cancel) {
             Ok(None) => break,
             Ok(Some(mut frame)) => {
@@ -172,19 +180,71 @@ fn run(
                         reason: error.to_string(),
                     });
                 }
-                if cancel.sleep_until(Instant::now() + delay) {
+                // Offline and retrying on schedule is alive as far as the watchdog is concerned.
+                due = Instant::now() + delay;
+                heartbeat.expect_by(due + read_allowance);
+                if cancel.sleep_until(due) {
                     break;
                 }
-                due = Instant::now();
             }
         }
     }
+    heartbeat.idle();
     log::debug!("camera {camera}: stopped");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Far longer than a wake-up takes on a loaded machine, far shorter than the interval below.
+    const PROMPT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn shutdown_ends_a_camera_waiting_for_its_next_frame_at_once() {
+        let image = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/images/coffee.jpg"
+        );
+        let config: CameraConfig = toml::from_str(&format!(
+            "id = \"hourly\"\nsource = \"file:{image}\"\ninterval_ms = 3600000"
+        ))
+        .expect("test camera config");
+        let slot = Arc::new(FrameSlot::new());
+        let (events, _) = std::sync::mpsc::channel();
+        let shutdown = Shutdown::new();
+        let heartbeat = Arc::new(Heartbeat::new());
+        let thread = spawn(
+            config,
+            slot.clone(),
+            events,
+            shutdown.clone(),
+            heartbeat.clone(),
+        )
+        .expect("camera thread");
+        assert!(slot.take(PROMPT).is_some(), "the first frame comes at once");
+        // Waiting an hour for the next frame is on schedule, not a stall.
+        let deadline = Instant::now() + PROMPT;
+        while heartbeat.lateness(Instant::now() + Duration::from_secs(1800)) > Duration::ZERO {
+            assert!(
+                Instant::now() < deadline,
+                "the camera schedules its next frame"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+
+        let triggered_at = Instant::now();
+        shutdown.trigger();
+        while !thread.is_finished() {
+            assert!(
+                triggered_at.elapsed() < PROMPT,
+                "the camera thread did not wake"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(thread.join().is_ok());
+        assert_eq!(heartbeat.lateness(Instant::now() + PROMPT), Duration::ZERO);
+    }
 
     #[test]
     fn backoff_doubles_to_a_minute_and_resets() {

@@ -5,34 +5,39 @@
 //!   (one per camera)      (latest wins)        (shared Model)
 //! ```
 //! The daemon owns the lifecycle: it loads the config and the model, starts the broker
-//! connection (or the embedded broker), tells systemd it is ready, feeds the watchdog from
-//! pipeline progress, reloads thresholds/labels/policy on SIGHUP and shuts down cleanly on
-//! SIGTERM/SIGINT.
+//! connection (or the embedded broker), tells systemd it is ready, pets the watchdog while every
+//! camera's threads keep their schedule, reloads thresholds/labels/policy on SIGHUP and shuts
+//! down cleanly on SIGTERM/SIGINT (the stop order is written down in `serve`).
 
 mod pipeline;
 pub mod service;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::watch;
 
 use crate::capture::{self, CameraEvent, FrameSlot};
 use crate::config::Config;
+use crate::heartbeat::Heartbeat;
 use crate::model::fetch::WeightsSource;
 use crate::model::{Model, ModelConfig};
 use crate::postprocess::Postprocessor;
 use crate::publish::{EmbeddedBroker, Publisher};
+use crate::shutdown::Shutdown;
 
 use pipeline::{Pipeline, Reloadable, Shared};
-use service::Progress;
+use service::CameraHeartbeats;
 
 /// How long shutdown may take to flush events and say `offline` (systemd's stop timeout is
 /// longer; users expect a prompt exit).
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+
+/// How long shutdown waits for the camera and pipeline threads before going on without them.
+const THREADS_JOIN: Duration = Duration::from_secs(1);
 
 /// Runs the daemon until SIGTERM/SIGINT. Errors before the pipeline starts are returned (the
 /// caller maps config errors to exit code 78); afterwards problems degrade and recover.
@@ -58,7 +63,11 @@ pub fn run(config_file: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, config_file.to_path_buf(), model))
+    let result = runtime.block_on(serve(config, config_file.to_path_buf(), model));
+    // `serve` gave up on threads still blocked after `THREADS_JOIN`; dropping the runtime would
+    // wait for their join forever, so leave them to the process exit.
+    runtime.shutdown_background();
+    result
 }
 
 /// The model named by the config, fetched and quantized on first start when missing.
@@ -93,37 +102,40 @@ async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyho
     let camera_ids: Vec<_> = config.cameras.iter().map(|c| c.id.clone()).collect();
     let publisher = Publisher::start(&config.mqtt, &camera_ids, &model.description()).await?;
 
-    let progress = Arc::new(Progress::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let settings = Arc::new(RwLock::new(Arc::new(Reloadable {
-        postprocessor: Arc::new(Postprocessor::new(&config.postprocess)?),
-        policy: config.publish_policy.clone(),
-        generation: 0,
-    })));
+    let shutdown = Shutdown::new();
     let shared = Arc::new(Shared {
         model,
         publisher: publisher.clone(),
-        settings: settings.clone(),
-        progress: progress.clone(),
-        stop: stop.clone(),
+        settings: watch::Sender::new(Reloadable {
+            postprocessor: Arc::new(Postprocessor::new(&config.postprocess)?),
+            policy: config.publish_policy.clone(),
+        }),
         snapshots: config.mqtt.snapshot.enabled,
         print_events: config.log.print_events,
     });
 
     let (camera_events, camera_status) = mpsc::channel();
     let mut slots = Vec::new();
+    let mut heartbeats = Vec::new();
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for camera in &config.cameras {
         let slot = Arc::new(FrameSlot::new());
+        let camera_heartbeats = CameraHeartbeats {
+            camera: camera.id.clone(),
+            capture: Arc::new(Heartbeat::new()),
+            pipeline: Arc::new(Heartbeat::new()),
+        };
         threads.push(capture::spawn(
             camera.clone(),
             slot.clone(),
             camera_events.clone(),
-            stop.clone(),
+            shutdown.clone(),
+            camera_heartbeats.capture.clone(),
         )?);
         let pipeline = Pipeline::new(
             camera.clone(),
             slot.clone(),
+            camera_heartbeats.pipeline.clone(),
             config.preprocess.clone(),
             shared.clone(),
         )?;
@@ -134,19 +146,34 @@ async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyho
                 .context("cannot start a pipeline thread")?,
         );
         slots.push((camera.id.clone(), slot));
+        heartbeats.push(camera_heartbeats);
     }
     drop(camera_events);
-    forward_camera_status(camera_status, publisher.clone());
+    threads.push(forward_camera_status(camera_status, publisher.clone())?);
 
     service::ready(&format!("classifying {} camera(s)", config.cameras.len()));
-    service::spawn_watchdog(progress);
+    service::spawn_watchdog(heartbeats, shutdown.clone());
     log::info!("ready: {} camera(s)", config.cameras.len());
 
-    wait_for_shutdown(&config_file, &settings).await;
+    wait_for_shutdown(&config_file, &shared.settings).await;
 
+    // The stop order, in one place:
+    // 1. SIGTERM/SIGINT ended the wait above.
+    // 2. systemd hears STOPPING.
+    // 3. Shutdown is triggered: capture threads sleeping until their next frame or retry wake at
+    //    once and end; the watchdog task ends.
+    // 4. The slots are closed: pipelines waiting for a frame wake at once and end (one busy with
+    //    a frame finishes it first); late frames are no longer accepted.
+    // 5. Camera, pipeline and status threads are joined, for at most `THREADS_JOIN`: a capture
+    //    inside a blocking read (V4L2 dequeue, HTTP request) only notices shutdown when the read
+    //    returns, up to its timeout, and the daemon exits without waiting for that. The status
+    //    thread ends once every camera thread has.
+    // 6. MQTT flushes queued events and says `offline` for every camera and the instance, for at
+    //    most `SHUTDOWN_FLUSH`, then disconnects cleanly.
+    // 7. `run` returns and the process exits.
     service::stopping();
     log::info!("stopping");
-    stop.store(true, Ordering::Relaxed);
+    shutdown.trigger();
     for (camera, slot) in &slots {
         slot.close();
         let stats = slot.stats();
@@ -156,15 +183,11 @@ async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyho
             stats.dropped
         );
     }
-    // Capture threads may sit in a blocking read up to their timeout; pipelines notice `stop`
-    // within one slot wait. Join off the runtime so the flush below is not delayed by them.
+    // Joined off the runtime so a blocked thread cannot hold up the timer or the flush.
     let joined =
         tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())));
-    if tokio::time::timeout(Duration::from_secs(1), joined)
-        .await
-        .is_err()
-    {
-        log::warn!("a camera thread is still blocked; exiting without it");
+    if tokio::time::timeout(THREADS_JOIN, joined).await.is_err() {
+        log::warn!("a camera thread is still blocked in a read; exiting without it");
     }
     let stats = publisher.stats();
     log::info!(
@@ -177,20 +200,29 @@ async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyho
     Ok(())
 }
 
-/// Camera threads report online/offline on a std channel; relay that to MQTT availability.
-fn forward_camera_status(status: mpsc::Receiver<CameraEvent>, publisher: Publisher) {
-    std::thread::spawn(move || {
-        for event in status {
-            match event {
-                CameraEvent::Online(camera) => publisher.camera_available(&camera, true),
-                CameraEvent::Offline { camera, .. } => publisher.camera_available(&camera, false),
+/// Relays the camera threads' online/offline reports (a std channel) to MQTT availability.
+/// The thread ends when the last camera thread has ended and dropped its sender.
+fn forward_camera_status(
+    status: mpsc::Receiver<CameraEvent>,
+    publisher: Publisher,
+) -> anyhow::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("camera-status".into())
+        .spawn(move || {
+            for event in status {
+                match event {
+                    CameraEvent::Online(camera) => publisher.camera_available(&camera, true),
+                    CameraEvent::Offline { camera, .. } => {
+                        publisher.camera_available(&camera, false)
+                    }
+                }
             }
-        }
-    });
+        })
+        .context("cannot start the camera status thread")
 }
 
 /// Waits for SIGTERM/SIGINT; on SIGHUP reloads thresholds, label maps and the publish policy.
-async fn wait_for_shutdown(config_file: &Path, settings: &RwLock<Arc<Reloadable>>) {
+async fn wait_for_shutdown(config_file: &Path, settings: &watch::Sender<Reloadable>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -210,7 +242,7 @@ async fn wait_for_shutdown(config_file: &Path, settings: &RwLock<Arc<Reloadable>
 }
 
 /// Rebuilds the reloadable settings from the config file; a bad file keeps the old ones.
-fn reload(config_file: &Path, settings: &RwLock<Arc<Reloadable>>) {
+fn reload(config_file: &Path, settings: &watch::Sender<Reloadable>) {
     let result = Config::load(config_file)
         .map_err(anyhow::Error::from)
         .and_then(|config| {
@@ -219,12 +251,10 @@ fn reload(config_file: &Path, settings: &RwLock<Arc<Reloadable>>) {
         });
     match result {
         Ok((postprocessor, policy)) => {
-            let mut current = settings.write().unwrap_or_else(|e| e.into_inner());
-            let generation = current.generation + 1;
-            *current = Arc::new(Reloadable {
+            // Each pipeline sees the change before its next frame.
+            settings.send_replace(Reloadable {
                 postprocessor: Arc::new(postprocessor),
                 policy,
-                generation,
             });
             log::info!(
                 "reloaded thresholds, label maps and publish policy from {}",

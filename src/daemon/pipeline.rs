@@ -1,13 +1,14 @@
 //! One camera's path from frame to event: decode, motion gate, model, postprocess, policy,
 //! publish. Runs on its own thread; the model is shared with the other cameras.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use tokio::sync::watch;
 
 use crate::capture::{CameraConfig, Frame, FrameSlot, MotionGate, PixelFormat};
+use crate::heartbeat::Heartbeat;
 use crate::model::Model;
 use crate::postprocess::{
     Classification, Decision, PolicyConfig, Postprocessor, PublishMode, PublishPolicy,
@@ -15,26 +16,22 @@ use crate::postprocess::{
 use crate::preprocess::{PreprocessConfig, Preprocessor};
 use crate::publish::{Event, Publisher};
 
-use super::service::Progress;
-
-/// How long a pipeline waits for a frame before checking for shutdown and heartbeats.
+/// How long a pipeline waits for a frame before checking whether a heartbeat event is due.
+/// (Shutdown does not wait for it: closing the slot ends the wait at once.)
 const FRAME_WAIT: Duration = Duration::from_millis(250);
 
 /// Settings that SIGHUP replaces while the pipelines run.
 pub struct Reloadable {
     pub postprocessor: Arc<Postprocessor>,
     pub policy: PolicyConfig,
-    /// Bumped on every reload so pipelines pick up the new policy once.
-    pub generation: u64,
 }
 
 /// What the pipelines share with the daemon.
 pub struct Shared {
     pub model: Arc<Model>,
     pub publisher: Publisher,
-    pub settings: Arc<RwLock<Arc<Reloadable>>>,
-    pub progress: Arc<Progress>,
-    pub stop: Arc<AtomicBool>,
+    /// The daemon sends reloaded settings here; each pipeline holds a receiver.
+    pub settings: watch::Sender<Reloadable>,
     pub snapshots: bool,
     pub print_events: bool,
 }
@@ -44,10 +41,12 @@ pub struct Pipeline {
     camera: CameraConfig,
     slot: Arc<FrameSlot>,
     shared: Arc<Shared>,
+    settings: watch::Receiver<Reloadable>,
+    /// Idle while waiting for a frame, due at once while working on one.
+    heartbeat: Arc<Heartbeat>,
     preprocessor: Preprocessor,
     motion: MotionGate,
     policy: PublishPolicy,
-    generation: u64,
     logits: Vec<f32>,
     jpeg: Vec<u8>,
     /// The last model output and its latency, standing for frames the motion gate skips.
@@ -59,14 +58,17 @@ impl Pipeline {
     pub fn new(
         camera: CameraConfig,
         slot: Arc<FrameSlot>,
+        heartbeat: Arc<Heartbeat>,
         preprocess: PreprocessConfig,
         shared: Arc<Shared>,
     ) -> anyhow::Result<Self> {
-        let settings = current(&shared.settings);
+        let settings = shared.settings.subscribe();
+        let policy = PublishPolicy::new(&settings.borrow().policy)?;
         Ok(Self {
             motion: MotionGate::new(&camera.motion),
-            policy: PublishPolicy::new(&settings.policy)?,
-            generation: settings.generation,
+            policy,
+            settings,
+            heartbeat,
             preprocessor: Preprocessor::new(preprocess),
             logits: Vec::with_capacity(1000),
             jpeg: Vec::new(),
@@ -78,38 +80,45 @@ impl Pipeline {
         })
     }
 
-    /// Runs until the daemon stops; a frame that fails is logged and skipped.
+    /// Runs until the daemon closes the slot; a frame that fails is logged and skipped.
     pub fn run(mut self) {
-        while !self.shared.stop.load(Ordering::Relaxed) {
-            self.shared.progress.tick();
-            match self.slot.take(FRAME_WAIT) {
+        loop {
+            // The camera thread has its own heartbeat, so waiting for it is never late.
+            self.heartbeat.idle();
+            let frame = self.slot.take(FRAME_WAIT);
+            self.heartbeat.expect_by(Instant::now());
+            match frame {
                 Some(frame) => {
                     if let Err(err) = self.process(&frame) {
                         log::warn!("camera {}: {err:#}", self.camera.id);
                     }
                 }
+                None if self.slot.is_closed() => break,
                 None => self.heartbeat_if_due(),
             }
         }
+        self.heartbeat.idle();
     }
 
     fn process(&mut self, frame: &Frame) -> anyhow::Result<()> {
-        let settings = current(&self.shared.settings);
-        if settings.generation != self.generation {
+        let settings = self.settings.borrow_and_update();
+        if settings.has_changed() {
             if let Err(err) = self.policy.reconfigure(&settings.policy) {
                 log::error!(
                     "camera {}: keeping the previous publish policy: {err}",
                     self.camera.id
                 );
             }
-            self.generation = settings.generation;
         }
+        // Cloned out so a reload is not held up by the model run below.
+        let postprocessor = Arc::clone(&settings.postprocessor);
+        drop(settings);
         let started = Instant::now();
         let rgb = self.preprocessor.decode(frame)?;
         let (classification, latency_ms) = if self.motion.changed(rgb) {
             let input = self.preprocessor.normalize();
             self.shared.model.forward(input, &mut self.logits)?;
-            let classification = settings.postprocessor.classify(&self.logits);
+            let classification = postprocessor.classify(&self.logits);
             let latency_ms = started.elapsed().as_secs_f32() * 1e3;
             self.last_classification = Some((classification.clone(), latency_ms));
             (classification, latency_ms)
@@ -202,9 +211,4 @@ impl Pipeline {
             println!("{line}");
         }
     }
-}
-
-fn current(settings: &RwLock<Arc<Reloadable>>) -> Arc<Reloadable> {
-    // A poisoned lock means a reload panicked while swapping an Arc: the value is intact.
-    settings.read().unwrap_or_else(|e| e.into_inner()).clone()
 }

@@ -1,22 +1,53 @@
-//! systemd integration: readiness, watchdog fed by pipeline progress, journald logging.
+//! systemd integration: readiness, a watchdog fed by every camera's heartbeats, journald logging.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-/// Counts pipeline iterations; the watchdog only pets systemd while this moves.
-#[derive(Debug, Default)]
-pub struct Progress(AtomicU64);
+use crate::capture::CameraId;
+use crate::heartbeat::Heartbeat;
+use crate::shutdown::Shutdown;
 
-impl Progress {
-    pub fn tick(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
+/// The heartbeats of one camera's two threads.
+pub struct CameraHeartbeats {
+    /// The camera's id, for the log line that names a stalled camera.
+    pub camera: CameraId,
+    /// The capture thread's: due by each capture, or by the next retry while offline.
+    pub capture: Arc<Heartbeat>,
+    /// The pipeline thread's: idle while waiting for a frame, due at once while processing one.
+    pub pipeline: Arc<Heartbeat>,
+}
 
-    fn count(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+/// A thread the watchdog found later than it tolerates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    /// The camera whose thread is late.
+    pub camera: CameraId,
+    /// Which of its threads: `"capture"` or `"pipeline"`.
+    pub thread: &'static str,
+    /// How far past its deadline the thread is.
+    pub late: Duration,
+}
+
+/// Every thread more than `tolerance` past its deadline at `now`. The watchdog is petted only
+/// when this is empty, so one hung camera is not hidden by a healthy one.
+pub fn stalls(cameras: &[CameraHeartbeats], now: Instant, tolerance: Duration) -> Vec<Stall> {
+    cameras
+        .iter()
+        .flat_map(|camera| {
+            [("capture", &camera.capture), ("pipeline", &camera.pipeline)]
+                .into_iter()
+                .filter_map(move |(thread, heartbeat)| {
+                    let late = heartbeat.lateness(now);
+                    (late > tolerance).then(|| Stall {
+                        camera: camera.camera.clone(),
+                        thread,
+                        late,
+                    })
+                })
+        })
+        .collect()
 }
 
 /// Logs to journald when systemd connected our stderr to the journal, else to stderr.
@@ -77,33 +108,98 @@ fn notify(state: &[NotifyState]) {
     }
 }
 
+/// Tells systemd it is ready, with `status` for `systemctl status`.
 pub fn ready(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Tells systemd the daemon is stopping.
 pub fn stopping() {
     notify(&[NotifyState::Stopping]);
 }
 
-/// Pets the systemd watchdog at half its interval, but only when `progress` moved since the
-/// last pet: a stuck pipeline gets the service restarted.
-pub fn spawn_watchdog(progress: Arc<Progress>) {
+/// When systemd asks for a watchdog, pets it at half its interval while no camera thread is
+/// more than that half interval behind its schedule (a stuck camera gets the service
+/// restarted). Ends on shutdown.
+pub fn spawn_watchdog(cameras: Vec<CameraHeartbeats>, shutdown: Shutdown) {
     let Some(timeout) = sd_notify::watchdog_enabled().filter(|t| !t.is_zero()) else {
         return;
     };
     let period = timeout / 2;
     tokio::spawn(async move {
-        let mut last = progress.count();
         let mut ticker = tokio::time::interval(period);
         loop {
-            ticker.tick().await;
-            let now = progress.count();
-            if now != last {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = shutdown.recv() => return,
+            }
+            let stalled = stalls(&cameras, Instant::now(), period);
+            for stall in &stalled {
+                log::warn!(
+                    "camera {}: {} thread is {:?} behind schedule; not petting the watchdog",
+                    stall.camera,
+                    stall.thread,
+                    stall.late
+                );
+            }
+            if stalled.is_empty() {
                 notify(&[NotifyState::Watchdog]);
-                last = now;
-            } else {
-                log::warn!("pipeline made no progress for {period:?}; not petting the watchdog");
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOLERANCE: Duration = Duration::from_secs(15);
+
+    fn camera(id: &str) -> CameraHeartbeats {
+        CameraHeartbeats {
+            camera: id.parse().expect("valid camera id"),
+            capture: Arc::new(Heartbeat::new()),
+            pipeline: Arc::new(Heartbeat::new()),
+        }
+    }
+
+    #[test]
+    fn idle_and_on_schedule_threads_pet_the_watchdog() {
+        let now = Instant::now();
+        let waiting = camera("waiting"); // both idle: a pipeline waiting, a thread ended
+        let slow = camera("slow"); // next capture in an hour, pipeline just started a frame
+        slow.capture.expect_by(now + Duration::from_secs(3600));
+        slow.pipeline.expect_by(now);
+        let offline = camera("offline"); // retrying in a minute
+        offline.capture.expect_by(now + Duration::from_secs(60));
+        let busy = camera("busy"); // inference a little slow, within the tolerance
+        busy.pipeline.expect_by(now - Duration::from_secs(10));
+        assert_eq!(stalls(&[waiting, slow, offline, busy], now, TOLERANCE), []);
+    }
+
+    #[test]
+    fn one_hung_camera_stops_the_pets_and_is_named() {
+        let now = Instant::now();
+        let healthy = camera("porch");
+        healthy.capture.expect_by(now + Duration::from_secs(1));
+        let hung_read = camera("garage");
+        hung_read.capture.expect_by(now - Duration::from_secs(20));
+        let hung_model = camera("yard");
+        hung_model.pipeline.expect_by(now - Duration::from_secs(16));
+        assert_eq!(
+            stalls(&[healthy, hung_read, hung_model], now, TOLERANCE),
+            [
+                Stall {
+                    camera: "garage".parse().unwrap(),
+                    thread: "capture",
+                    late: Duration::from_secs(20),
+                },
+                Stall {
+                    camera: "yard".parse().unwrap(),
+                    thread: "pipeline",
+                    late: Duration::from_secs(16),
+                },
+            ]
+        );
+    }
 }

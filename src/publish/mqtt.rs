@@ -61,7 +61,16 @@ struct Inner {
     reconnect_min: Duration,
     reconnect_max: Duration,
     discovery: Option<Discovery>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Taken by [`Publisher::shutdown`].
+    tasks: Mutex<Option<Tasks>>,
+}
+
+/// The publisher's background tasks.
+struct Tasks {
+    /// Drives rumqttc; ends by itself after a clean DISCONNECT.
+    network: JoinHandle<()>,
+    /// Feeds the queue into rumqttc; runs until aborted.
+    feeder: JoinHandle<()>,
 }
 
 /// Precomputed discovery messages and Home Assistant's status topic.
@@ -172,11 +181,12 @@ impl Publisher {
             reconnect_min: Duration::from_millis(cfg.reconnect_min_ms),
             reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
             discovery,
-            tasks: Mutex::new(Vec::new()),
+            tasks: Mutex::new(None),
         });
-        let network = tokio::spawn(drive(Arc::clone(&inner), eventloop));
-        let feeder = tokio::spawn(feed_loop(Arc::clone(&inner)));
-        lock_tasks(&inner).extend([network, feeder]);
+        *lock_tasks(&inner) = Some(Tasks {
+            network: tokio::spawn(drive(Arc::clone(&inner), eventloop)),
+            feeder: tokio::spawn(feed_loop(Arc::clone(&inner))),
+        });
         Ok(Publisher { inner })
     }
 
@@ -274,19 +284,16 @@ impl Publisher {
                 break unsent;
             }
         };
-        let tasks = std::mem::take(&mut *lock_tasks(inner));
-        if unsent == 0 {
-            // The network task ends once rumqttc has written the DISCONNECT.
-            if inner.client.try_disconnect().is_ok() {
-                if let Some(network) = tasks.first() {
-                    while !network.is_finished() && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
+        // Only the first shutdown finds the tasks; a second one has nothing left to stop.
+        let tasks = lock_tasks(inner).take();
+        if let Some(mut tasks) = tasks {
+            if unsent == 0 && inner.client.try_disconnect().is_ok() {
+                // The network task ends once rumqttc has written the DISCONNECT; past the
+                // deadline it is aborted below like the feeder.
+                let _ = timeout_at(deadline, &mut tasks.network).await;
             }
-        }
-        for task in &tasks {
-            task.abort();
+            tasks.network.abort();
+            tasks.feeder.abort();
         }
         if unsent > 0 {
             return Err(PublishError::ShutdownIncomplete {
@@ -427,7 +434,7 @@ impl Inner {
     }
 }
 
-fn lock_tasks(inner: &Inner) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+fn lock_tasks(inner: &Inner) -> MutexGuard<'_, Option<Tasks>> {
     inner.tasks.lock().unwrap_or_else(|p| p.into_inner())
 }
 
