@@ -154,6 +154,11 @@ async fn event_schema_retained_state_and_offline_on_shutdown() {
         "events are not retained"
     );
 
+    // The subscriber can have both events before the publisher has processed their PUBACKs.
+    wait_for("both events to be acknowledged", || {
+        publisher.stats().queued == 0
+    })
+    .await;
     let stats = publisher.stats();
     assert_eq!((stats.sent, stats.dropped, stats.queued), (2, 0, 0));
 
