@@ -1,10 +1,15 @@
 //! The hand-over slot and the motion gate, on real frames decoded from the sample JPEGs.
 
+mod common {
+    pub mod wait;
+}
+
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::wait::{current_thread_id, wait_until_asleep};
 use edgeclass::capture::{Frame, FrameSlot, MotionConfig, MotionGate, PixelFormat, SlotStats};
 use image::RgbImage;
 
@@ -35,8 +40,9 @@ fn newest_frame_wins_and_replaced_frames_count_as_dropped() {
             dropped: 4
         }
     );
+    // Nothing else can put a frame, so waiting could not change the answer.
     assert!(
-        slot.take(Duration::from_millis(20)).is_none(),
+        slot.take(Duration::ZERO).is_none(),
         "slot holds one frame at most"
     );
     assert_eq!(
@@ -48,34 +54,43 @@ fn newest_frame_wins_and_replaced_frames_count_as_dropped() {
     );
 }
 
+/// Runs `take` on a thread of its own and returns once that thread is blocked waiting in it
+/// (a frame put or a close after that must wake it), with the result: the frame and how long
+/// `take` waited.
+fn spawn_waiting_take(
+    slot: &Arc<FrameSlot>,
+    timeout: Duration,
+) -> thread::JoinHandle<(Option<Frame>, Duration)> {
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let consumer = {
+        let slot = Arc::clone(slot);
+        thread::spawn(move || {
+            tid_tx.send(current_thread_id()).expect("send thread id");
+            let started = Instant::now();
+            (slot.take(timeout), started.elapsed())
+        })
+    };
+    let tid = tid_rx.recv().expect("consumer thread id");
+    assert!(
+        wait_until_asleep(tid, Duration::from_secs(30)),
+        "consumer never blocked in take"
+    );
+    consumer
+}
+
 #[test]
 fn take_waits_for_a_frame_from_another_thread() {
     let slot = Arc::new(FrameSlot::new());
-    let producer = {
-        let slot = Arc::clone(&slot);
-        thread::spawn(move || {
-            thread::sleep(Duration::from_millis(50));
-            slot.put(frame(7));
-        })
-    };
-    let taken = slot
-        .take(Duration::from_secs(30))
-        .expect("producer puts a frame");
-    assert_eq!(taken.seq, 7);
-    producer.join().unwrap();
+    let consumer = spawn_waiting_take(&slot, Duration::from_secs(30));
+    slot.put(frame(7));
+    let (taken, _) = consumer.join().unwrap();
+    assert_eq!(taken.expect("producer puts a frame").seq, 7);
 }
 
 #[test]
 fn close_wakes_a_waiting_consumer_and_ignores_later_frames() {
     let slot = Arc::new(FrameSlot::new());
-    let consumer = {
-        let slot = Arc::clone(&slot);
-        thread::spawn(move || {
-            let started = Instant::now();
-            (slot.take(Duration::from_secs(60)), started.elapsed())
-        })
-    };
-    thread::sleep(Duration::from_millis(50));
+    let consumer = spawn_waiting_take(&slot, Duration::from_secs(60));
     slot.close();
     let (taken, waited) = consumer.join().unwrap();
     assert!(taken.is_none());

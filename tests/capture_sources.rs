@@ -1,6 +1,10 @@
 //! Camera threads end to end: real files and folders, a real HTTP server on 127.0.0.1, and a
 //! V4L2 device that does not exist. Frames are read from the slot the way the daemon reads them.
 
+mod common {
+    pub mod wait;
+}
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -9,12 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::wait::poll_until;
 use edgeclass::capture::{spawn, CameraConfig, CameraEvent, Frame, FrameSlot, PixelFormat};
 use edgeclass::heartbeat::Heartbeat;
 use edgeclass::shutdown::Shutdown;
 
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long an offline camera is watched for a frame that must not come. Nothing signals "still
+/// no frame", so this stays a window; it is many times the 10 ms capture interval.
+const NO_FRAME_WINDOW: Duration = Duration::from_millis(100);
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -173,7 +182,7 @@ fn missing_path_goes_offline_naming_it_and_recovers_when_it_appears() {
     let reason = running.offline_reason();
     assert!(reason.contains(&path.display().to_string()), "{reason}");
     assert!(reason.contains("No such file"), "{reason}");
-    assert!(running.slot.take(Duration::from_millis(100)).is_none());
+    assert!(running.slot.take(NO_FRAME_WINDOW).is_none());
 
     std::fs::copy(fixture("coffee.jpg"), &path).unwrap();
     running.expect_online();
@@ -399,17 +408,21 @@ fn http_server_error_goes_offline_once_then_recovers() {
         reason.contains(&server.url) && reason.contains("500"),
         "{reason}"
     );
-    // Retries (1 s, then 2 s) must not repeat the event while the outage lasts.
-    thread::sleep(Duration::from_millis(3500));
+    // Retries (1 s, then 2 s later) must not repeat the event while the outage lasts. The
+    // camera thread sends a failure's event before it sleeps and retries, so once the third
+    // request was answered, the first retry's failure has been fully handled.
+    let requests = || server.requests.lock().unwrap().len();
+    assert!(
+        poll_until(PATIENCE, || requests() >= 3),
+        "retried twice: {} requests",
+        requests()
+    );
     assert!(
         running.events.try_recv().is_err(),
         "one Offline event per outage"
     );
-    assert!(
-        server.requests.lock().unwrap().len() >= 2,
-        "retried meanwhile"
-    );
 
+    // The second retry failed too; the next event must be Online, not a repeated Offline.
     server.set_reply(jpeg_reply());
     running.expect_online();
     assert_eq!(running.frame().data, jpeg_reply().body);
@@ -446,7 +459,7 @@ fn missing_v4l2_device_goes_offline_with_a_clear_error_without_panicking() {
         let running = Running::start(camera(source, "interval_ms = 10"));
         let reason = running.offline_reason();
         assert!(reason.contains(device), "{source}: {reason}");
-        assert!(running.slot.take(Duration::from_millis(50)).is_none());
+        assert!(running.slot.take(NO_FRAME_WINDOW).is_none());
         running.stop();
     }
 }

@@ -3,18 +3,24 @@
 
 mod common {
     pub mod mosquitto;
+    pub mod wait;
 }
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::mosquitto::{free_port, Mosquitto, Received, Subscriber};
+use common::wait::{is_listening, poll_until};
 
 const WAIT: Duration = Duration::from_secs(30);
+
+/// How long a steady scene is watched for an event that must not come. No message tells that
+/// the daemon classified a frame and decided to stay silent, so this stays a window: at one
+/// frame per 100 ms it spans some twenty frames, far more than `hold = 3`.
+const QUIET_WINDOW: Duration = Duration::from_secs(2);
 
 fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -65,18 +71,26 @@ impl Daemon {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit within {timeout:?}\n{}",
-                self.stderr()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        let mut status = None;
+        poll_until(timeout, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status
+            .unwrap_or_else(|| panic!("daemon did not exit within {timeout:?}\n{}", self.stderr()))
+    }
+
+    /// The highest `seq` among the events printed on stdout (`[log] print_events = true`): how
+    /// many events the daemon has handed to its publisher so far, broker up or not.
+    fn last_printed_seq(&self) -> u64 {
+        fs::read_to_string(self.dir.path().join("stdout"))
+            .unwrap_or_default()
+            .lines()
+            // The line being written may be incomplete.
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|event| event["seq"].as_u64())
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -171,7 +185,7 @@ fn publishes_events_state_and_discovery_then_goes_offline_on_sigterm() {
 
     // Retained state, availability and Home Assistant discovery, as a late subscriber sees them.
     let late = Subscriber::connect(broker.port(), &["edgeclass/#", "homeassistant/#"]);
-    let retained = late.drain_for(Duration::from_millis(500));
+    let retained = late.drain_pending();
     let text = |topic: &str| {
         retained
             .iter()
@@ -292,7 +306,7 @@ fn on_change_publishes_a_steady_scene_once() {
     let first = sub.wait_for_topic("edgeclass/door/event", WAIT);
     assert!(first.is_some(), "no event\n{}", daemon.stderr());
     // Frames keep coming every 100 ms and keep being classified, but nothing changes.
-    let more = sub.drain_for(Duration::from_secs(2));
+    let more = sub.drain_for(QUIET_WINDOW);
     assert!(
         more.is_empty(),
         "on_change re-published a steady scene: {} events",
@@ -313,7 +327,7 @@ fn static_scene_behind_the_motion_gate_still_publishes_its_state_once() {
         "a static scene never published\n{}",
         daemon.stderr()
     );
-    let more = sub.drain_for(Duration::from_millis(1500));
+    let more = sub.drain_for(QUIET_WINDOW);
     assert!(more.is_empty(), "re-published: {} events", more.len());
 }
 
@@ -323,21 +337,71 @@ fn motion_gate_skips_repeated_frames_and_sends_heartbeats() {
     let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
     let extra = "[publish_policy]\nmode = \"every\"\nheartbeat_s = 1\n[cameras.motion]\nenabled = true\nmax_skip_s = 0\n";
     let daemon = Daemon::start(&config(&broker.url(), &sample("chelsea.jpg"), extra));
-    let first = sub.wait_for_topic("edgeclass/door/event", WAIT);
-    assert!(first.is_some(), "no event\n{}", daemon.stderr());
-    let later = events(&sub.drain_for(Duration::from_millis(3500)));
+    let first = sub
+        .wait_for_topic("edgeclass/door/event", WAIT)
+        .unwrap_or_else(|| panic!("no event\n{}", daemon.stderr()))
+        .json();
     // With policy `every`, each classification would publish; the gate lets only the first
     // frame through, and the heartbeat repeats it as a sign of life.
-    let classified: Vec<_> = later.iter().filter(|e| e["heartbeat"] == false).collect();
-    let heartbeats = later.iter().filter(|e| e["heartbeat"] == true).count();
+    let mut heartbeats = Vec::new();
+    while heartbeats.len() < 3 {
+        let event = sub
+            .wait_for_topic("edgeclass/door/event", WAIT)
+            .unwrap_or_else(|| panic!("{} heartbeats at heartbeat_s = 1", heartbeats.len()))
+            .json();
+        assert_eq!(
+            event["heartbeat"], true,
+            "a repeated frame was classified: {event}"
+        );
+        assert_eq!(event["frame"], first["frame"], "{event}");
+        heartbeats.push(event);
+    }
+    // One heartbeat a second, by the daemon's clock: a heartbeat's `ts` is when it was sent (the
+    // first event's is its frame's capture, before the classification that starts the period).
+    let ts = |event: &serde_json::Value| {
+        let text = event["ts"].as_str().expect("ts is a string");
+        humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("ts {text}: {e}"))
+    };
+    let sent: Vec<SystemTime> = std::iter::once(&first).chain(&heartbeats).map(ts).collect();
+    let gaps: Vec<Duration> = sent
+        .windows(2)
+        .map(|pair| pair[1].duration_since(pair[0]).unwrap_or_default())
+        .collect();
+    // `ts` has millisecond resolution and the period is timed on the monotonic clock.
     assert!(
-        classified.is_empty(),
-        "repeated frames were classified: {classified:?}"
+        gaps.iter().all(|gap| *gap >= Duration::from_millis(900)),
+        "heartbeats faster than heartbeat_s = 1: {gaps:?}"
     );
     assert!(
-        (2..=4).contains(&heartbeats),
-        "{heartbeats} heartbeats in 3.5 s at heartbeat_s = 1"
+        gaps[1..]
+            .iter()
+            .all(|gap| *gap <= Duration::from_millis(1750)),
+        "heartbeats slower than heartbeat_s = 1: {gaps:?}"
     );
+}
+
+/// The `seq` of every event among `messages`.
+fn seqs(messages: &[Received]) -> impl Iterator<Item = u64> + '_ {
+    events(messages)
+        .into_iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+}
+
+/// Reads events from `sub` into `seen` until `done(seen)`; false if that takes longer than WAIT.
+fn record_until(
+    sub: &Subscriber,
+    seen: &mut BTreeSet<u64>,
+    done: impl Fn(&BTreeSet<u64>) -> bool,
+) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while !done(seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match sub.recv(left) {
+            Some(message) => seen.extend(seqs(&[message])),
+            None => return false,
+        }
+    }
+    true
 }
 
 #[test]
@@ -350,35 +414,43 @@ fn broker_restart_mid_stream_loses_no_event() {
     });
     let port = broker.port();
     let sub = Subscriber::persistent(port, "daemon-restart-sub", &["edgeclass/door/event"]);
-    let extra = "[publish_policy]\nmode = \"every\"\n[cameras.motion]\nenabled = false\n";
+    // Printed events tell how far the daemon got while no subscriber can see it.
+    let extra = "[publish_policy]\nmode = \"every\"\n[cameras.motion]\nenabled = false\n[log]\nprint_events = true\n";
     let mut daemon = Daemon::start(&config(&broker.url(), &sample("chelsea.jpg"), extra));
     let first = sub
         .wait_for_topic("edgeclass/door/event", WAIT)
         .unwrap_or_else(|| panic!("no event\n{}", daemon.stderr()));
-    let mut seen: BTreeSet<u64> = BTreeSet::new();
-    let mut record = |messages: Vec<Received>| {
-        for e in events(&messages) {
-            seen.insert(e["seq"].as_u64().expect("seq"));
-        }
-    };
-    record(vec![first]);
-    record(sub.drain_for(Duration::from_millis(500)));
-    drop(sub);
+    let mut seen: BTreeSet<u64> = seqs(&[first]).collect();
+    seen.extend(seqs(&sub.close()));
 
     broker.stop();
-    thread::sleep(Duration::from_millis(1500)); // the daemon keeps classifying into its queue
+    // The daemon keeps classifying into its queue: a second's worth of frames.
+    let at_stop = daemon.last_printed_seq();
+    assert!(
+        poll_until(WAIT, || daemon.last_printed_seq() >= at_stop + 10),
+        "no events while the broker was down\n{}",
+        daemon.stderr()
+    );
+    let at_restart = daemon.last_printed_seq();
     broker.restart();
     let sub = Subscriber::persistent(port, "daemon-restart-sub", &["edgeclass/door/event"]);
-    record(sub.drain_for(Duration::from_secs(2)));
+    let continued = (at_restart + 1).max(20);
+    assert!(
+        record_until(&sub, &mut seen, |s| s.contains(&continued)),
+        "the stream did not continue across the restart: no event {continued} (seen {seen:?})\n{}",
+        daemon.stderr()
+    );
     daemon.signal(libc::SIGTERM);
     assert!(
         daemon.wait_exit(Duration::from_secs(5)).success(),
         "{}",
         daemon.stderr()
     );
-    record(sub.drain_for(Duration::from_millis(500)));
+    // A clean exit means the broker acknowledged every event the daemon made (the publisher's
+    // shutdown fails otherwise), so each one reaches the persistent session.
+    let last = daemon.last_printed_seq();
+    record_until(&sub, &mut seen, |s| (1..=last).all(|q| s.contains(&q)));
 
-    let last = *seen.last().expect("events");
     let missing: Vec<u64> = (1..=last).filter(|s| !seen.contains(s)).collect();
     assert!(
         last >= 20,
@@ -401,15 +473,11 @@ fn embedded_broker_serves_a_real_client_when_no_url_is_configured() {
         &format!("embedded_listen = \"127.0.0.1:{port}\"\n"),
     );
     let daemon = Daemon::start(&cfg);
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "embedded broker not listening\n{}",
-            daemon.stderr()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        poll_until(WAIT, || is_listening(port)),
+        "embedded broker not listening\n{}",
+        daemon.stderr()
+    );
     let sub = Subscriber::connect(port, &["edgeclass/#"]);
     let event = sub
         .wait_for_topic("edgeclass/door/event", WAIT)
@@ -595,11 +663,10 @@ fn first_start_fetches_verifies_and_quantizes_a_missing_model() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start python3 -m http.server");
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "http.server not listening");
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        poll_until(WAIT, || is_listening(port)),
+        "http.server not listening"
+    );
 
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);

@@ -2,6 +2,7 @@
 
 mod common {
     pub mod mosquitto;
+    pub mod wait;
 }
 
 use std::collections::BTreeSet;
@@ -139,7 +140,7 @@ async fn event_schema_retained_state_and_offline_on_shutdown() {
         move || {
             let late = Subscriber::connect(port, &["edgeclass/#"]);
             let mut seen = std::collections::BTreeMap::new();
-            for m in late.drain_for(Duration::from_millis(500)) {
+            for m in late.drain_pending() {
                 seen.insert(m.topic.clone(), (m.text(), m.retain));
             }
             seen
@@ -157,6 +158,11 @@ async fn event_schema_retained_state_and_offline_on_shutdown() {
         "events are not retained"
     );
 
+    // The subscriber can have both events before the publisher has processed their PUBACKs.
+    wait_for("both events to be acknowledged", || {
+        publisher.stats().queued == 0
+    })
+    .await;
     let stats = publisher.stats();
     assert_eq!((stats.sent, stats.dropped, stats.queued), (2, 0, 0));
 
@@ -446,7 +452,7 @@ async fn broker_restart_mid_stream_loses_nothing_within_the_queue_bound() {
 
     let all = blocking(move || {
         // What the first subscriber received (and acknowledged) before the broker died.
-        seqs.extend(sub.drain_for(Duration::from_millis(100)).iter().map(seq_of));
+        seqs.extend(sub.close().iter().map(seq_of));
         let sub = Subscriber::persistent(port, "restart-sub", &["edgeclass/+/event"]);
         while !(1..=TOTAL).all(|s| seqs.contains(&s)) {
             match sub.wait_for_topic("edgeclass/door/event", WAIT) {

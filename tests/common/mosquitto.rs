@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 
+use super::wait::poll_until;
+
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -95,27 +97,33 @@ impl Mosquitto {
             .expect("spawn /usr/sbin/mosquitto");
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let mut stderr = String::new();
-                    if let Some(mut err) = child.stderr.take() {
-                        let _ = err.read_to_string(&mut stderr);
-                    }
-                    panic!(
-                        "mosquitto exited ({status}) on port {}: {stderr}\n{}",
-                        self.port,
-                        self.log()
-                    );
-                }
+        let listening = poll_until(READY_TIMEOUT, || {
+            self.panic_if_exited();
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        assert!(
+            listening,
+            "mosquitto not listening on {addr}\n{}",
+            self.log()
+        );
+    }
+
+    /// A broker that died while starting (bad config, port taken) fails the test with its
+    /// stderr and log rather than a bare timeout.
+    fn panic_if_exited(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut stderr);
             }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto not listening on {addr}\n{}",
+            panic!(
+                "mosquitto exited ({status}) on port {}: {stderr}\n{}",
+                self.port,
                 self.log()
             );
-            thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -147,12 +155,10 @@ impl Mosquitto {
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
+        if poll_until(Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        }) {
+            return;
         }
         let _ = child.kill();
         let _ = child.wait();
@@ -208,6 +214,8 @@ impl Received {
 pub struct Subscriber {
     client: Client,
     messages: mpsc::Receiver<Received>,
+    /// Where [`Subscriber::drain_pending`] sends its marker to itself; unique per client id.
+    marker_topic: String,
 }
 
 impl Subscriber {
@@ -227,6 +235,7 @@ impl Subscriber {
 
     /// Any options (credentials, ...); the packet limit is raised for snapshots.
     pub fn connect_with(mut options: MqttOptions, filters: &[&str]) -> Subscriber {
+        let marker_topic = format!("edgeclass-test/marker/{}", options.client_id());
         options
             .set_max_packet_size(64 * 1024 * 1024, 64 * 1024)
             .set_keep_alive(Duration::from_secs(30));
@@ -279,7 +288,11 @@ impl Subscriber {
             Ok(Err(e)) => panic!("subscriber failed to connect: {e}"),
             Err(_) => panic!("subscriber got no SUBACK within {READY_TIMEOUT:?}"),
         }
-        Subscriber { client, messages }
+        Subscriber {
+            client,
+            messages,
+            marker_topic,
+        }
     }
 
     /// The next message, or None after `timeout`.
@@ -333,6 +346,57 @@ impl Subscriber {
             }
         }
         out
+    }
+
+    /// Everything the broker had sent or queued for this subscriber when called (for a new
+    /// subscriber: exactly its retained messages, plus any live ones). Subscribes to a topic of
+    /// its own and publishes a marker there: the broker handles one client's packets in order and
+    /// delivers to it in order, so the marker comes back after every message queued before it.
+    pub fn drain_pending(&self) -> Vec<Received> {
+        let marker = format!("marker-{}", rand_suffix());
+        self.client
+            .subscribe(self.marker_topic.as_str(), QoS::AtLeastOnce)
+            .expect("queue SUBSCRIBE");
+        self.client
+            .publish(
+                self.marker_topic.as_str(),
+                QoS::AtLeastOnce,
+                false,
+                marker.as_bytes().to_vec(),
+            )
+            .expect("queue PUBLISH");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = self
+                .recv(left)
+                .unwrap_or_else(|| panic!("marker not back within {READY_TIMEOUT:?}"));
+            if message.topic == self.marker_topic && message.payload == marker.as_bytes() {
+                return out;
+            }
+            out.push(message);
+        }
+    }
+
+    /// Disconnects and returns every message received before the connection ended (nothing
+    /// received is lost to the test, unlike dropping the subscriber after a guessed window).
+    /// Works the same after the broker went away.
+    pub fn close(self) -> Vec<Received> {
+        let _ = self.client.try_disconnect();
+        // The connection thread ends once the connection does and then drops its sender.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.messages.recv_timeout(left) {
+                Ok(message) => out.push(message),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return out,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("subscriber connection still open {READY_TIMEOUT:?} after DISCONNECT")
+                }
+            }
+        }
     }
 
     /// Publishes from the subscriber's connection (e.g. Home Assistant's birth message).
