@@ -6,6 +6,8 @@
 //! capture ──Frame──▶ preprocess ──tensor──▶ model ──logits──▶ postprocess ──Classification──▶ publish
 //! ```
 //!
+//! [`evaluate`] measures a model on labelled images (`edgeclass eval`).
+//!
 //! The [`daemon`] wires the stages together and owns the lifecycle (config, signals, systemd).
 //! [`commands`] holds one module per CLI subcommand; `main.rs` only parses arguments and maps
 //! errors to exit codes.
@@ -14,6 +16,7 @@ pub mod capture;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod evaluate;
 pub mod exit;
 pub mod model;
 pub mod postprocess;
