@@ -301,7 +301,7 @@ fn eval_matches_an_independent_computation() {
         assert!(covered_accuracy(below as f32).is_none_or(|a| a < target));
     }
 
-    // Temperature scaling: the binary's ECE figures match, and scaling does not raise it.
+    // Temperature scaling: the binary's ECE figures match.
     let conf: Vec<f64> = probs.iter().map(|p| p[argmax(p)]).collect();
     let raw_ece = ece(&conf, &correct);
     let calibration = &v["calibration"];
@@ -316,8 +316,11 @@ fn eval_matches_an_independent_computation() {
         &calibration["ece_calibrated"],
         ece(&scaled, &correct)
     ));
+    // The fit minimizes the NLL. ECE is not its objective: on this set (deliberate errors at
+    // every confidence level) it moves from 0.398 to 0.401, so only the NLL is asserted here;
+    // the unit tests show ECE falling where a temperature can fix the miscalibration.
     assert!(
-        calibration["ece_calibrated"].as_f64().unwrap() <= raw_ece,
+        calibration["nll_calibrated"].as_f64().unwrap() <= calibration["nll"].as_f64().unwrap(),
         "{calibration}"
     );
 

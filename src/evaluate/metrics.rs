@@ -379,5 +379,10 @@ mod tests {
         assert!((t - 4.0 / 3f64.ln()).abs() < 1e-6, "{t}");
         let probs = softmax_with_temperature(&logits[0], t);
         assert!((probs[0] - 0.75).abs() < 1e-6, "{probs:?}");
+        // Overconfident (0.98 for 75 % right) before, calibrated after.
+        let correct = [true, true, true, false];
+        let (_, before) = calibration(&[0.98; 4], &correct);
+        let (_, after) = calibration(&[probs[0] as f64; 4], &correct);
+        assert!(before > 0.2 && after < 1e-6, "{before} -> {after}");
     }
 }
