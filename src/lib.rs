@@ -1,21 +1,45 @@
 //! edgeclass: classify camera frames on the edge and publish Top-3 events over MQTT.
 //!
-//! A frame flows one way through the stages, each a module with a small public surface:
+//! # How a frame flows
+//!
+//! A frame flows one way through the stages, each a module with a small public surface and its
+//! own tests:
 //!
 //! ```text
 //! capture ──Frame──▶ preprocess ──tensor──▶ model ──logits──▶ postprocess ──Classification──▶ publish
 //! ```
 //!
-//! The [`daemon`] wires the stages together and owns the lifecycle (config, signals, systemd):
-//! every thread and task stops on one [`shutdown::Shutdown`], and every worker thread reports a
-//! [`heartbeat::Heartbeat`] that the systemd watchdog checks.
-//! [`commands`] holds one module per CLI subcommand; `main.rs` only parses arguments and maps
-//! errors to exit codes.
+//! | stage | module | what it owns |
+//! |---|---|---|
+//! | capture | [`capture`] | frame sources (V4L2 cameras, files, folders, HTTP snapshots), one thread per camera, the latest-frame-wins [`capture::FrameSlot`], the motion gate, [`capture::CameraId`] |
+//! | preprocess | [`preprocess`] | decoding (JPEG, YUYV, NV12, ...) and torchvision's eval transform into a reused tensor |
+//! | model | [`model`] | ResNet-18 in f32 or int8 ([`model::kernels`]); loading, quantizing and calibrating; fetching the weights ([`model::install`]) |
+//! | postprocess | [`postprocess`] | softmax, top-k, thresholds, label maps, groups, the publish policy |
+//! | publish | [`publish`] | MQTT events, retained state, snapshots, availability, Home Assistant discovery, the embedded broker |
+//!
+//! # Around the stages
+//!
+//! - The [`daemon`] wires the stages together and owns the lifecycle: it loads the [`config`]
+//!   (each section owned by its stage), starts one capture thread and one pipeline thread per
+//!   camera, tells systemd it is ready, reloads thresholds and labels on SIGHUP, and stops
+//!   every thread and task through one [`shutdown::Shutdown`]. Every worker thread reports a
+//!   [`heartbeat::Heartbeat`], and the systemd watchdog is fed only while all of them are on
+//!   schedule.
+//! - [`evaluate`] measures a model on labelled images (`edgeclass eval`): accuracy, confusion,
+//!   calibration, and the thresholds that reach a target precision.
+//! - [`commands`] holds one thin module per CLI verb.
+//!
+//! # Errors and exit codes
+//!
+//! Each stage's error type names the file, key, URL or device it failed on and says which
+//! [`sysexits::Sysexit`] it deserves (`sysexit()`); `main` walks the error chain and decides the
+//! process exit status there, and prints the chain once (no error repeats its source).
 
 pub mod capture;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod evaluate;
 pub mod heartbeat;
 pub mod model;
 pub mod postprocess;

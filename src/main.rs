@@ -26,6 +26,8 @@ enum Command {
     CheckConfig(commands::check_config::Args),
     /// Print the Top-3 classes of image files.
     Classify(commands::classify::Args),
+    /// Measure accuracy, calibration and thresholds on labelled images.
+    Eval(commands::eval::Args),
     /// Convert safetensors weights to a quantized GGUF file.
     Quantize(commands::quantize::Args),
     /// Download, verify, quantize and cache the ImageNet weights.
@@ -42,6 +44,7 @@ fn main() {
         Command::Run(args) => commands::run::run(args),
         Command::CheckConfig(args) => commands::check_config::run(args),
         Command::Classify(args) => commands::classify::run(args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
         Command::FetchModel(args) => commands::fetch_model::run(args),
         Command::Bench(args) => commands::bench::run(args),

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check_config;
 pub mod classify;
+pub mod eval;
 pub mod fetch_model;
 pub mod list_cameras;
 pub mod quantize;

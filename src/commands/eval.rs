@@ -1,0 +1,180 @@
+//! `edgeclass eval DATA`: accuracy, calibration and threshold trade-offs of a model on a
+//! labelled folder of images (one sub-folder per class, named by ImageNet WordNet id or
+//! English name). The figures come from [`crate::evaluate`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use crate::evaluate::{report, Evaluation, LabelledClass, Sample};
+use crate::model::{Model, Precision, IMAGENET_CLASSES};
+use crate::postprocess::labels::{class_by_key, imagenet};
+use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Labelled images: one folder per class, named by WordNet id (`n02123045`) or English
+    /// name (`tabby`).
+    pub data: PathBuf,
+    /// Model weights: torchvision ResNet-18 safetensors or an edgeclass GGUF.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Compute precision (safetensors weights are quantized at load).
+    #[arg(long, default_value = "q8_0")]
+    pub precision: Precision,
+    /// Inference threads; 0 uses every core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write a self-contained HTML report with the plots.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// Recommend the lowest global and per-class thresholds whose covered accuracy reaches P.
+    #[arg(long, value_name = "P", value_parser = parse_probability)]
+    pub target_precision: Option<f64>,
+    /// Write the recommended thresholds as a `[postprocess]` TOML snippet (needs
+    /// --target-precision).
+    #[arg(long, value_name = "FILE", requires = "target_precision")]
+    pub write_thresholds: Option<PathBuf>,
+}
+
+fn parse_probability(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a probability in 0.0..=1.0")),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let folders = class_folders(&args.data)?;
+    let model = Model::load(&args.weights, args.precision, args.threads)?;
+    model.require_classes(IMAGENET_CLASSES)?;
+    let mut preprocessor =
+        Preprocessor::new(PreprocessConfig::for_input_size(model.input_size() as u32));
+    let mut samples = Vec::new();
+    let mut skipped = 0usize;
+    for (class, folder) in &folders {
+        for path in images_in(folder)? {
+            let mut classify = |logits: &mut Vec<f32>| -> anyhow::Result<()> {
+                let frame = read_image_file(&path)?;
+                model.forward(preprocessor.run(&frame)?, logits)?;
+                Ok(())
+            };
+            let mut logits = Vec::with_capacity(IMAGENET_CLASSES);
+            match classify(&mut logits) {
+                Ok(()) => samples.push(Sample {
+                    logits,
+                    truth: class.index,
+                }),
+                Err(err) => {
+                    skipped += 1;
+                    eprintln!("edgeclass: skipping {}: {err:#}", path.display());
+                }
+            }
+        }
+    }
+    if skipped > 0 {
+        eprintln!("edgeclass: skipped {skipped} unreadable images");
+    }
+    if samples.is_empty() {
+        bail!(
+            "no readable images in the class folders of {}",
+            args.data.display()
+        );
+    }
+    let classes = folders.into_iter().map(|(class, _)| class).collect();
+    let evaluation = Evaluation::new(&samples, classes, args.target_precision);
+
+    if let Some(path) = &args.report {
+        let title = args.data.display().to_string();
+        std::fs::write(path, report::html(&evaluation, &title))
+            .with_context(|| format!("writing report {}", path.display()))?;
+    }
+    if let (Some(path), Some(toml)) = (&args.write_thresholds, evaluation.thresholds_toml()) {
+        std::fs::write(path, toml)
+            .with_context(|| format!("writing thresholds {}", path.display()))?;
+    }
+    if args.json {
+        let mut value = serde_json::to_value(&evaluation)?;
+        value["skipped"] = skipped.into();
+        value["model"] = model.description().into();
+        println!("{value}");
+    } else {
+        print!("{}", evaluation.text());
+        if skipped > 0 {
+            println!("{skipped} unreadable images skipped");
+        }
+    }
+    Ok(())
+}
+
+/// The class sub-folders of `data`, sorted by name, each resolved to an ImageNet class. Files
+/// beside them are ignored; a folder naming no class, or a class named twice, is an error.
+fn class_folders(data: &Path) -> anyhow::Result<Vec<(LabelledClass, PathBuf)>> {
+    let mut folders = Vec::new();
+    for entry in std::fs::read_dir(data)
+        .with_context(|| format!("reading DATA folder {}", data.display()))?
+    {
+        let entry = entry.with_context(|| format!("reading DATA folder {}", data.display()))?;
+        if entry.path().is_dir() {
+            folders.push(entry.path());
+        }
+    }
+    folders.sort();
+    let classes = imagenet();
+    let mut resolved: Vec<(LabelledClass, PathBuf)> = Vec::new();
+    for folder in folders {
+        let name = folder
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let index = class_by_key(&name).map_err(|why| {
+            anyhow::anyhow!(
+                "class folder {}: {name:?} names no ImageNet-1k class: {why}",
+                folder.display()
+            )
+        })?;
+        if let Some((_, other)) = resolved.iter().find(|(c, _)| c.index == index) {
+            bail!(
+                "class folders {} and {} both name class {index} ({})",
+                other.display(),
+                folder.display(),
+                classes[index].name
+            );
+        }
+        resolved.push((
+            LabelledClass {
+                index,
+                key: classes[index].wnid.clone(),
+                name: classes[index].name.clone(),
+            },
+            folder,
+        ));
+    }
+    if resolved.is_empty() {
+        bail!(
+            "DATA folder {} has no class folders (expected one folder per class, e.g. n02123045/ or tabby/)",
+            data.display()
+        );
+    }
+    Ok(resolved)
+}
+
+/// The files in `folder`, sorted; hidden files are left out.
+fn images_in(folder: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let reading = || format!("reading class folder {}", folder.display());
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(folder).with_context(reading)? {
+        let path = entry.with_context(reading)?.path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if path.is_file() && !hidden {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
