@@ -35,6 +35,8 @@
 //! [`sysexits::Sysexit`] it deserves (`sysexit()`); `main` walks the error chain and decides the
 //! process exit status there, and prints the chain once (no error repeats its source).
 
+#![warn(missing_docs)]
+
 pub mod capture;
 pub mod commands;
 pub mod config;

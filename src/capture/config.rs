@@ -139,7 +139,9 @@ pub enum PixelFormatPreference {
     /// MJPEG if offered (least USB bandwidth), else YUYV, NV12, RGB.
     #[default]
     Auto,
+    /// Only MJPEG; a camera that does not offer it is an error.
     Mjpeg,
+    /// Only YUYV (uncompressed, more USB bandwidth); a camera that does not offer it is an error.
     Yuyv,
 }
 
@@ -169,6 +171,7 @@ pub enum V4l2Device {
 /// Where a camera's frames come from; parsed from the `source` key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
+    /// A V4L2 camera: `v4l2:N` or `v4l2:/dev/...`.
     V4l2(V4l2Device),
     /// One image, or a folder whose images are looped in name order.
     File(PathBuf),

@@ -19,9 +19,13 @@ pub enum PixelFormat {
 /// One captured frame, handed from `capture` to `preprocess`.
 #[derive(Debug, Clone)]
 pub struct Frame {
+    /// How `data` is laid out.
     pub format: PixelFormat,
+    /// Width in pixels; 0 for [`PixelFormat::Encoded`] until decoded.
     pub width: u32,
+    /// Height in pixels; 0 for [`PixelFormat::Encoded`] until decoded.
     pub height: u32,
+    /// The frame's bytes, in `format`.
     pub data: Vec<u8>,
     /// Wall-clock time of capture (event timestamps).
     pub captured_at: SystemTime,

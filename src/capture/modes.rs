@@ -7,7 +7,9 @@ use super::PixelFormat;
 pub struct CameraInfo {
     /// N of `/dev/videoN`; usable as `source = "v4l2:N"`.
     pub index: u32,
+    /// The device node, `/dev/videoN`.
     pub path: String,
+    /// The name the driver reports, e.g. the webcam's product name.
     pub name: String,
     /// Every mode the device offers, sorted by format, size and rate.
     pub modes: Vec<CameraMode>,
@@ -22,8 +24,11 @@ pub struct CameraMode {
     pub format: String,
     /// How edgeclass would hand the frames over; `None` if it cannot use this format.
     pub pixel_format: Option<PixelFormat>,
+    /// Frame width in pixels.
     pub width: u32,
+    /// Frame height in pixels.
     pub height: u32,
+    /// Frames per second.
     pub fps: u32,
 }
 

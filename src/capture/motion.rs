@@ -30,6 +30,8 @@ pub struct MotionGate {
 }
 
 impl MotionGate {
+    /// A gate with no reference thumbnail yet: its first [`MotionGate::changed`] call returns
+    /// `true`.
     pub fn new(config: &MotionConfig) -> Self {
         MotionGate {
             enabled: config.enabled,

@@ -13,7 +13,12 @@ pub enum CameraEvent {
     /// The camera delivered its first frame since start or since an outage. Carries the camera id.
     Online(CameraId),
     /// The camera failed; it is retried with backoff until it recovers.
-    Offline { camera: CameraId, reason: String },
+    Offline {
+        /// The camera that failed.
+        camera: CameraId,
+        /// The error that took it offline.
+        reason: String,
+    },
 }
 
 /// A frame source, driven by the camera thread that created it (nokhwa's camera is not `Send`).

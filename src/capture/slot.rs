@@ -30,6 +30,7 @@ pub struct SlotStats {
 }
 
 impl FrameSlot {
+    /// An empty, open slot.
     pub fn new() -> Self {
         Self::default()
     }
@@ -82,10 +83,12 @@ impl FrameSlot {
         self.frame_ready.notify_all();
     }
 
+    /// Whether [`FrameSlot::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.lock().closed
     }
 
+    /// Frames delivered and dropped so far.
     pub fn stats(&self) -> SlotStats {
         self.lock().stats
     }

@@ -16,6 +16,8 @@ use crate::postprocess::topk::{softmax_in_place, top_k};
 /// Seed of the synthetic network and input used without `--weights`.
 const SYNTHETIC_SEED: u64 = 18;
 
+/// Arguments of `edgeclass bench`: the weights (or a synthetic network), the precisions and
+/// thread counts to measure, and how many runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Weights to measure; without it, a seeded synthetic full-size ResNet-18 calibrated on
@@ -68,6 +70,9 @@ struct Measurement {
     layers: Vec<(String, f64)>,
 }
 
+/// Measures every (thread count, precision) pair in its own child process and prints median and
+/// p90 latency, images per second, peak RSS and the speedup over f32, as a table or JSON lines.
+/// With `--child`, measures the single configuration given in this process instead.
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.runs == 0 {
         anyhow::bail!("--runs must be at least 1");

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+/// Arguments of `edgeclass check-config`: the configuration file.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Configuration file to validate.

@@ -11,6 +11,8 @@ use crate::postprocess::labels::imagenet;
 use crate::postprocess::topk::{softmax_in_place, top_k};
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
+/// Arguments of `edgeclass classify`: image files, the weights, precision and thread count,
+/// and the output form.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Image files (JPEG, PNG, BMP, GIF, TIFF, WebP, PNM).
@@ -50,6 +52,9 @@ struct Guess<'a> {
     score: f32,
 }
 
+/// Prints the Top-3 ImageNet classes of each image (with the latency of reading, decoding,
+/// preprocessing and inference) as a table or JSON lines. An image that fails is reported on
+/// stderr and the others are still classified; the command then fails, saying how many failed.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let weights = args
         .weights

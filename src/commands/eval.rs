@@ -11,6 +11,8 @@ use crate::model::{Model, Precision, IMAGENET_CLASSES};
 use crate::postprocess::labels::{class_by_key, imagenet};
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
+/// Arguments of `edgeclass eval`: the labelled folder, the model, the output forms and the
+/// precision to recommend thresholds for.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Labelled images: one folder per class, named by WordNet id (`n02123045`) or English
@@ -47,6 +49,9 @@ fn parse_probability(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Classifies every image of the labelled folder and prints the [`Evaluation`] as text or JSON;
+/// optionally writes the HTML report and the recommended thresholds. Unreadable images are
+/// skipped and counted; the command fails if none is readable.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let folders = class_folders(&args.data)?;
     let model = Model::load(&args.weights, args.precision, args.threads)?;

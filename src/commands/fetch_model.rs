@@ -6,6 +6,8 @@ use crate::model::fetch::{self, WeightsSource};
 use crate::model::install::install;
 use crate::model::Precision;
 
+/// Arguments of `edgeclass fetch-model`: where the weights come from, the precision and the
+/// output path, and optional calibration images.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Use this local safetensors file instead of downloading.
@@ -30,6 +32,9 @@ pub struct Args {
     pub calibrate: Option<PathBuf>,
 }
 
+/// Puts the model at `--output` (default: `resnet18-<precision>.gguf` in the data directory)
+/// with [`install`]: the weights are downloaded and verified unless `--weights` is given, and a
+/// GGUF output is quantized (and calibrated with `--calibrate`). Prints the output path.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let output = args
         .output

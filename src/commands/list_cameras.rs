@@ -4,9 +4,12 @@ use std::fmt::Write;
 
 use crate::capture::{list_cameras, CameraInfo};
 
+/// Arguments of `edgeclass list-cameras`: none.
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
+/// Prints every V4L2 device with its `source` value and the formats, sizes and frame rates it
+/// offers, marking the formats edgeclass cannot use.
 pub fn run(_args: Args) -> anyhow::Result<()> {
     let cameras = list_cameras()?;
     print!("{}", render(&cameras));

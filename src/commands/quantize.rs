@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use crate::model::install::write_model;
 use crate::model::{Network, StorageDtype};
 
+/// Arguments of `edgeclass quantize`: the source weights, the GGUF to write, its weight
+/// storage, and optional calibration images.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Source weights: torchvision ResNet-18 safetensors (or an edgeclass GGUF).
@@ -29,6 +31,8 @@ pub struct Args {
     pub synthetic: Option<u64>,
 }
 
+/// Loads the source weights, writes them as GGUF with `--dtype` weights (calibrated on the
+/// `--calibrate` images if given) and prints the file written and its size.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let network = match (&args.input, args.synthetic) {
         (_, Some(seed)) => Network::synthetic(seed),

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+/// Arguments of `edgeclass run`: the configuration file.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Configuration file (TOML); keys can be overridden with EDGECLASS__SECTION__KEY.
@@ -9,6 +10,8 @@ pub struct Args {
     pub config: PathBuf,
 }
 
+/// Runs the daemon with the configuration in `--config` until SIGTERM or SIGINT; see
+/// [`crate::daemon::run`].
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::daemon::run(&args.config)
 }

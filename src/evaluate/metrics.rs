@@ -99,6 +99,7 @@ pub fn class_scores(matrix: &[Vec<usize>]) -> Vec<ClassScores> {
 pub struct CalibrationBin {
     /// Confidence range `(lower, upper]` (the first bin also holds 0).
     pub lower: f64,
+    /// Upper end of the range, included in the bin.
     pub upper: f64,
     /// Frames whose top-1 score falls in the bin.
     pub count: usize,
@@ -146,6 +147,7 @@ pub fn calibration(confidence: &[f64], correct: &[bool]) -> (Vec<CalibrationBin>
 /// One point of the threshold trade-off.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct TradeOff {
+    /// The threshold the top-1 score is compared with (0.00..=0.99 in steps of 0.01).
     pub threshold: f32,
     /// Share of the frames whose top-1 score reaches the threshold (the rest are "unknown").
     pub coverage: f64,

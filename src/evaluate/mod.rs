@@ -23,7 +23,9 @@ use metrics::{CalibrationBin, ClassScores, TradeOff};
 /// One labelled frame: the model's logits and the index of its true class.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// The model's raw logits for the frame, one per class (before softmax).
     pub logits: Vec<f32>,
+    /// Model output index of the frame's true class.
     pub truth: usize,
 }
 
@@ -60,8 +62,10 @@ impl Recommendation {
 /// Figures of one class of the set.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassReport {
+    /// Which class (its fields are flattened into the JSON object).
     #[serde(flatten)]
     pub class: LabelledClass,
+    /// Its support, precision, recall and F1 (flattened into the JSON object).
     #[serde(flatten)]
     pub scores: ClassScores,
     /// Frames whose top-1 is this class (right or wrong).
@@ -78,26 +82,34 @@ pub struct ClassReport {
 pub struct Calibration {
     /// Expected calibration error of the raw softmax.
     pub ece: f64,
+    /// Reliability diagram of the raw softmax, [`metrics::CALIBRATION_BINS`] equal-width bins.
     pub bins: Vec<CalibrationBin>,
     /// The temperature minimizing the negative log-likelihood on this set.
     pub temperature: f64,
+    /// Mean negative log-likelihood of the true classes under the raw softmax.
     pub nll: f64,
+    /// Mean negative log-likelihood of the true classes under softmax(logits / temperature).
     pub nll_calibrated: f64,
     /// Expected calibration error of softmax(logits / temperature).
     pub ece_calibrated: f64,
+    /// Reliability diagram of softmax(logits / temperature).
     pub bins_calibrated: Vec<CalibrationBin>,
 }
 
 /// Every figure of `edgeclass eval` for one labelled set.
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
+    /// Number of frames evaluated.
     pub images: usize,
+    /// Share of frames whose top-1 is the true class, in [0, 1].
     pub top1_accuracy: f64,
+    /// Share of frames whose true class is among the five highest scores, in [0, 1].
     pub top5_accuracy: f64,
     /// In the order of the confusion matrix's rows.
     pub classes: Vec<ClassReport>,
     /// Rows: true class; columns: predicted class, then "other" (outside the set).
     pub confusion: Vec<Vec<usize>>,
+    /// Calibration of the raw softmax, and after temperature scaling.
     pub calibration: Calibration,
     /// Global trade-off over all frames.
     pub trade_off: Vec<TradeOff>,

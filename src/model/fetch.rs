@@ -66,11 +66,18 @@ impl WeightsSource {
 pub enum FetchError {
     /// The server answered with a non-success status.
     #[error("downloading {url} failed: the server answered HTTP status {status}")]
-    Http { url: String, status: u16 },
+    Http {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
     /// Connecting, a timeout, TLS or a broken connection.
     #[error("downloading {url} failed")]
     Network {
+        /// The URL requested.
         url: String,
+        /// The HTTP client's error.
         #[source]
         source: ureq::Error,
     },
@@ -80,8 +87,11 @@ pub enum FetchError {
          the download was deleted"
     )]
     Checksum {
+        /// The URL downloaded.
         url: String,
+        /// The SHA-256 the [`WeightsSource`] expects, lowercase hex.
         expected: String,
+        /// The SHA-256 of the bytes received, lowercase hex.
         actual: String,
     },
     /// The connection ended before the announced number of bytes arrived.
@@ -90,15 +100,21 @@ pub enum FetchError {
          the partial download was deleted"
     )]
     Truncated {
+        /// The URL downloaded.
         url: String,
+        /// Bytes announced by `Content-Length` (or [`WeightsSource::size`] without one).
         expected_len: u64,
+        /// Bytes received.
         got: u64,
     },
     /// A local file operation failed; `action` says which ("writing", "reading", ...).
     #[error("{action} {}", path.display())]
     Io {
+        /// What was being done, e.g. `creating the directory`.
         action: &'static str,
+        /// The file or directory acted on.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },

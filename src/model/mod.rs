@@ -39,8 +39,12 @@ pub const DEFAULT_INPUT_SIZE: usize = 224;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "&'static str")]
 pub enum Precision {
+    /// Float weights and activations through candle: the reference the quantized paths are
+    /// measured against.
     F32,
+    /// int8 kernels with 8-bit weights (`-127..=127`, one scale per output channel).
     Q8_0,
+    /// int8 kernels with 4-bit weights (`-7..=7`, one scale per output channel).
     Q4_0,
 }
 
@@ -59,8 +63,11 @@ impl From<Precision> for &'static str {
 }
 
 impl Precision {
+    /// Every precision; parsing a name matches against this list.
     pub const ALL: [Precision; 3] = [Precision::F32, Precision::Q8_0, Precision::Q4_0];
 
+    /// The name used in configs, on the command line and in [`Model::description`]: `f32`,
+    /// `q8_0` or `q4_0`.
     pub fn as_str(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
@@ -122,47 +129,101 @@ impl WeightBits {
 /// What went wrong loading, writing or running a model; names the file and tensor involved.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// The model file cannot be opened or memory-mapped.
     #[error("cannot read model file {}", path.display())]
     Open {
+        /// The model file.
         path: PathBuf,
+        /// Why opening or mapping failed.
         source: std::io::Error,
     },
+    /// Writing a GGUF model file failed.
     #[error("cannot write model file {}", path.display())]
     Write {
+        /// The file being written.
         path: PathBuf,
+        /// Why writing failed.
         source: std::io::Error,
     },
+    /// The file starts with neither the GGUF magic nor a safetensors header.
     #[error("model file {} is neither GGUF nor safetensors (it starts with {magic:02x?})", path.display())]
-    UnknownFormat { path: PathBuf, magic: Vec<u8> },
+    UnknownFormat {
+        /// The model file.
+        path: PathBuf,
+        /// Its first bytes (at most 8), shown in hex.
+        magic: Vec<u8>,
+    },
+    /// The header or metadata cannot be parsed, or describe something edgeclass does not run
+    /// (another architecture, an input size outside `32..=4096`, unusable activation ranges).
     #[error("model file {} is malformed or truncated: {reason}", path.display())]
-    Malformed { path: PathBuf, reason: String },
+    Malformed {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tensor a ResNet-18 needs is not in the file.
     #[error("model file {} has no tensor `{tensor}`", path.display())]
-    MissingTensor { path: PathBuf, tensor: String },
+    MissingTensor {
+        /// The model file.
+        path: PathBuf,
+        /// Name of the missing tensor, as the file would spell it.
+        tensor: String,
+    },
+    /// A tensor is present but unusable: wrong shape or dtype, a non-finite value, a negative
+    /// BatchNorm variance, ...
     #[error("tensor `{tensor}` in model file {}: {problem}", path.display())]
     BadTensor {
+        /// The model file.
         path: PathBuf,
+        /// Name of the tensor in the file.
         tensor: String,
+        /// What is wrong with it.
         problem: String,
     },
+    /// The model has another number of classes than the caller needs
+    /// ([`Model::require_classes`]).
     #[error("model file {} classifies into {found} classes, but {expected} are required", path.display())]
     ClassCount {
+        /// Where the weights came from (a synthetic model has a descriptive pseudo-path).
         path: PathBuf,
+        /// Classes the model outputs.
         found: usize,
+        /// Classes the caller needs (1000 for the ImageNet label table).
         expected: usize,
     },
+    /// An input tensor given to [`Model::forward`] or [`calibrate`] is not `1x3xSxS`.
     #[error("input tensor has {found} values, the model needs 1x3x{size}x{size} = {expected}")]
     InputSize {
+        /// Number of values given.
         found: usize,
+        /// Number of values needed: `3 * size * size`.
         expected: usize,
+        /// The model's input side `S`, in pixels.
         size: usize,
     },
+    /// The calibration folder cannot be listed or holds no readable image.
     #[error("calibration images in {}: {reason}", dir.display())]
-    CalibrationImages { dir: PathBuf, reason: String },
+    CalibrationImages {
+        /// The calibration folder.
+        dir: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The inference thread pool cannot be created.
     #[error("cannot start {threads} inference threads: {reason}")]
-    ThreadPool { threads: usize, reason: String },
+    ThreadPool {
+        /// Requested pool size; 0 means one per core.
+        threads: usize,
+        /// rayon's error message.
+        reason: String,
+    },
+    /// A candle operation failed while building, running or encoding the network.
     #[error("{context}")]
     Candle {
+        /// What was being done, e.g. `running the f32 network`.
         context: String,
+        /// candle's error.
         source: candle_core::Error,
     },
 }
@@ -295,10 +356,12 @@ impl Model {
         }
     }
 
+    /// Number of classes, i.e. of logits [`Model::forward`] writes.
     pub fn num_classes(&self) -> usize {
         self.num_classes
     }
 
+    /// The precision the model computes in, as requested when it was loaded or built.
     pub fn precision(&self) -> Precision {
         self.precision
     }

@@ -20,17 +20,24 @@ use super::{ModelError, Network, WeightBits};
 /// How `quantize` stores weight matrices (biases are always F32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StorageDtype {
+    /// Half-precision floats: weights rounded to f16, not quantized.
     #[serde(rename = "f16")]
     F16,
+    /// GGML Q8_0 blocks with one scale per output channel (`max|w| / 127`); a layer whose rows
+    /// are not whole 32-value blocks (the stem) is stored as f32.
     #[serde(rename = "q8_0")]
     Q8_0,
+    /// GGML Q4_0 blocks with one scale per output channel (`max|w| / 7`); a layer whose rows
+    /// are not whole 32-value blocks (the stem) is stored as f32.
     #[serde(rename = "q4_0")]
     Q4_0,
 }
 
 impl StorageDtype {
+    /// Every storage dtype; parsing a name matches against this list.
     pub const ALL: [StorageDtype; 3] = [StorageDtype::F16, StorageDtype::Q8_0, StorageDtype::Q4_0];
 
+    /// The name used on the command line (`--dtype`): `f16`, `q8_0` or `q4_0`.
     pub fn as_str(self) -> &'static str {
         match self {
             StorageDtype::F16 => "f16",

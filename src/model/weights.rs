@@ -231,6 +231,7 @@ pub struct Network {
 }
 
 impl Network {
+    /// Number of classes, the output channels of the final `fc` layer.
     pub fn num_classes(&self) -> usize {
         self.layers.fc.geometry.out_channels
     }

@@ -14,6 +14,7 @@ use super::{FileKind, PostprocessError};
 /// One ImageNet-1k class.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageNetClass {
+    /// Model output index, 0..=999.
     pub index: usize,
     /// WordNet id, e.g. `n02123045`.
     pub wnid: String,

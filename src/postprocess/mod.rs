@@ -142,7 +142,9 @@ impl PostprocessConfig {
 /// Which kind of file a [`PostprocessError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
+    /// The `label_map` file (friendly or translated names).
     LabelMap,
+    /// The `groups` file (classes whose probabilities are summed).
     Groups,
 }
 
@@ -158,32 +160,50 @@ impl std::fmt::Display for FileKind {
 /// Why a [`Postprocessor`] or [`PublishPolicy`] could not be built from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum PostprocessError {
+    /// A label map or groups file cannot be read.
     #[error("reading {kind} file {}", path.display())]
     Read {
+        /// Which of the two files.
         kind: FileKind,
+        /// The path as configured.
         path: PathBuf,
+        /// Why reading failed.
         source: std::io::Error,
     },
+    /// A label map or groups file is not valid TOML or does not match the file format.
     #[error("parsing {kind} file {}, line {line}: {message}", path.display())]
     Parse {
+        /// Which of the two files.
         kind: FileKind,
+        /// The path as configured.
         path: PathBuf,
+        /// 1-based line of the problem.
         line: usize,
+        /// The TOML parser's description.
         message: String,
     },
     /// An entry parsed but does not make sense (unknown class, bad range, duplicate, ...).
     #[error("{kind} file {}, line {line}, {entry}: {problem}", path.display())]
     Entry {
+        /// Which of the two files.
         kind: FileKind,
+        /// The path as configured.
         path: PathBuf,
+        /// 1-based line of the entry.
         line: usize,
         /// Where in the file, e.g. `names."n99999999"` or `groups.dog.members "151-"`.
         entry: String,
+        /// What is wrong with the entry.
         problem: String,
     },
     /// A config value is out of range or names nothing, e.g. `postprocess.thresholds.dgo`.
     #[error("config key {key}: {problem}")]
-    Config { key: String, problem: String },
+    Config {
+        /// Path of the key, e.g. `postprocess.top_k` or `publish_policy.hold`.
+        key: String,
+        /// What is wrong with its value.
+        problem: String,
+    },
 }
 
 impl PostprocessError {

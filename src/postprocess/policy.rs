@@ -21,6 +21,7 @@ pub enum PublishMode {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
+    /// Publish every classification, or only label changes (the default).
     pub mode: PublishMode,
     /// Consecutive classifications with the same new label before it is published (`on_change`).
     pub hold: u32,

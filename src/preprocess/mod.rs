@@ -108,16 +108,22 @@ pub enum PreprocessError {
     /// An image file could not be read from disk.
     #[error("cannot read image file {}", path.display())]
     ReadFile {
+        /// The image file.
         path: PathBuf,
+        /// Why reading failed.
         #[source]
         source: std::io::Error,
     },
     /// The frame carries no bytes at all.
     #[error("frame from {origin} is empty ({} {width}x{height}, 0 bytes)", format_name(*format))]
     EmptyFrame {
+        /// Where the frame came from ([`Frame::origin`]).
         origin: String,
+        /// The frame's declared pixel format.
         format: PixelFormat,
+        /// The frame's declared width in pixels (0 for encoded files).
         width: u32,
+        /// The frame's declared height in pixels (0 for encoded files).
         height: u32,
     },
     /// A raw frame whose byte count does not match its format and dimensions.
@@ -126,33 +132,52 @@ pub enum PreprocessError {
         format_name(*format)
     )]
     WrongBufferSize {
+        /// Where the frame came from ([`Frame::origin`]).
         origin: String,
+        /// The frame's pixel format.
         format: PixelFormat,
+        /// The frame's declared width in pixels.
         width: u32,
+        /// The frame's declared height in pixels.
         height: u32,
+        /// Bytes the format needs at that size.
         expected: u64,
+        /// Bytes the frame carries.
         actual: usize,
     },
     /// A frame layout this module does not handle.
     #[error("frame from {origin} ({} {width}x{height}) is unsupported: {problem}", format_name(*format))]
     Unsupported {
+        /// Where the frame came from ([`Frame::origin`]).
         origin: String,
+        /// The frame's pixel format.
         format: PixelFormat,
+        /// The frame's declared width in pixels.
         width: u32,
+        /// The frame's declared height in pixels.
         height: u32,
+        /// What about the layout is not handled.
         problem: &'static str,
     },
     /// Compressed bytes that do not decode: corrupt, truncated or of an unknown format.
     #[error("cannot decode {} from {origin}", format_name(*format))]
     Decode {
+        /// Where the frame came from ([`Frame::origin`]).
         origin: String,
+        /// The frame's pixel format ([`PixelFormat::Mjpeg`] or [`PixelFormat::Encoded`]).
         format: PixelFormat,
+        /// The `image` crate's decoding error.
         #[source]
         source: image::ImageError,
     },
     /// A [`PreprocessConfig`] value out of range; `key` is its path, e.g. `preprocess.crop`.
     #[error("invalid preprocess configuration: {problem}")]
-    InvalidConfig { key: &'static str, problem: String },
+    InvalidConfig {
+        /// Path of the offending key, e.g. `preprocess.crop`.
+        key: &'static str,
+        /// The value and the accepted range.
+        problem: String,
+    },
 }
 
 impl PreprocessError {

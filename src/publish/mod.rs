@@ -36,30 +36,48 @@ pub use mqtt::{PublishStats, Publisher};
 pub enum PublishError {
     /// A config key has an invalid value.
     #[error("invalid MQTT config {key}: {reason}")]
-    Config { key: &'static str, reason: String },
+    Config {
+        /// Path of the key, e.g. `mqtt.qos`.
+        key: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
     /// A file named by a config key could not be read.
     #[error("reading {key} file {}", path.display())]
     ReadFile {
+        /// The key naming the file, e.g. `mqtt.password_file`.
         key: &'static str,
+        /// The file.
         path: PathBuf,
+        /// Why reading failed.
         source: std::io::Error,
     },
     /// A certificate or key file named by a config key is unusable.
     #[error("TLS setup from {key} ({}): {reason}", path.display())]
     Tls {
+        /// The key naming the file, e.g. `mqtt.ca_file` or `mqtt.client_key`.
         key: &'static str,
+        /// The certificate or key file.
         path: PathBuf,
+        /// Why it is unusable (no PEM certificate or key in it, or rejected by rustls).
         reason: String,
     },
     /// The embedded broker could not start.
     #[error("starting the embedded MQTT broker on {listen}: {reason}")]
     EmbeddedBroker {
+        /// The address it was to listen on.
         listen: std::net::SocketAddr,
+        /// Why it failed, e.g. the address is already in use.
         reason: String,
     },
     /// Shutdown ran out of time before the broker acknowledged everything.
     #[error("MQTT shutdown timed out with {unsent} message(s) not delivered to {broker}")]
-    ShutdownIncomplete { broker: String, unsent: usize },
+    ShutdownIncomplete {
+        /// The broker as `host:port`.
+        broker: String,
+        /// Messages still queued or unacknowledged.
+        unsent: usize,
+    },
 }
 
 impl PublishError {
