@@ -4,9 +4,9 @@
 //! `publish::MqttConfig`, ...); this module only assembles them, reports errors with the key
 //! path and the file, and checks rules that span sections.
 //!
-//! Loading merges the file and the overrides into one tree (the private `tree` module), deserializes it while
-//! `serde_path_to_error` tracks the key path, then runs every section's own validation, so a
-//! configuration that loads is one `run` accepts.
+//! Loading merges the file and the overrides into one tree (the private `tree` module),
+//! deserializes it while `serde_path_to_error` tracks the key path, then runs every section's
+//! own validation, so a configuration that loads is one `run` accepts.
 
 mod tree;
 
