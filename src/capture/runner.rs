@@ -174,6 +174,8 @@ fn run(
                 due = (due + interval).max(Instant::now());
             }
             Err(error) => {
+                // The reason names each cause once, e.g. "cannot read X: No such file ...".
+                let error = format!("{:#}", anyhow::Error::new(error));
                 let delay = backoff.delay();
                 if status == Status::Offline {
                     log::debug!("camera {camera}: still offline: {error}; retry in {delay:?}");
@@ -182,7 +184,7 @@ fn run(
                     status = Status::Offline;
                     let _ = events.send(CameraEvent::Offline {
                         camera: camera.clone(),
-                        reason: error.to_string(),
+                        reason: error,
                     });
                 }
                 // Offline and retrying on schedule is alive as far as the watchdog is concerned.
