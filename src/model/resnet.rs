@@ -15,8 +15,8 @@ use rayon::prelude::*;
 
 use super::calibration::{ActivationRanges, INPUT};
 use super::kernels::{
-    global_avg_pool, max_pool_3x3_s2, reserve_gather_buffers, ActQuant, QConv2d, Requant, Residual,
-    Scratch,
+    global_avg_pool, max_pool_3x3_s2, reserve_gather_buffers, ActQuant, ForwardOptions,
+    ForwardQuantizedOptions, Nhwc, QConv2d, Requant, Residual, Scratch,
 };
 use super::weights::{Layer, Layers};
 use super::{ModelError, Network, Precision, WeightBits};
@@ -334,8 +334,13 @@ impl QuantizedNet {
             }
             lap(profile, &mut since, "avgpool");
             // fc's 512 inputs are quantized per frame on both paths: it costs nothing.
+            let features = Nhwc {
+                values: &pooled[..],
+                height: 1,
+                width: 1,
+            };
             fc.conv
-                .forward(pool, pooled, 1, 1, None, None, false, logits, kernel);
+                .forward(pool, features, logits, kernel, ForwardOptions::default());
             lap(profile, &mut since, &fc.name);
         });
     }
@@ -368,17 +373,17 @@ impl QuantizedNet {
         let stem = &self.layers.stem;
         let (h1, w1, stem_len) = output_shape(stem, size, size);
         let stem_out = grown(t, stem_len);
-        stem.conv.forward_quantized(
-            pool,
-            x,
-            size,
-            size,
-            requant(stem),
-            None,
-            true,
-            stem_out,
-            None,
-        );
+        let image = Nhwc {
+            values: &x[..],
+            height: size,
+            width: size,
+        };
+        let relu = || ForwardQuantizedOptions {
+            relu: true,
+            ..Default::default()
+        };
+        stem.conv
+            .forward_quantized(pool, image, requant(stem), stem_out, relu());
         lap(profile, since, &stem.name);
         let mut channels = stem.conv.geometry().out_channels;
         let (mut h, mut w) = max_pool_3x3_s2(stem_out, h1, w1, channels, x);
@@ -397,51 +402,49 @@ impl QuantizedNet {
             let x_len = h * w * channels;
             let conv1 = &block.conv1;
             let (h1, w1, len) = output_shape(conv1, h, w);
-            let input = &x[..x_len];
-            conv1.conv.forward_quantized(
-                pool,
-                input,
-                h,
-                w,
-                requant(conv1),
-                None,
-                true,
-                grown(t, len),
-                None,
-            );
+            let input = Nhwc {
+                values: &x[..x_len],
+                height: h,
+                width: w,
+            };
+            conv1
+                .conv
+                .forward_quantized(pool, input, requant(conv1), grown(t, len), relu());
             lap(profile, since, &conv1.name);
             let residual = match &block.downsample {
                 Some(ds) => {
                     let len = output_shape(ds, h, w).2;
-                    ds.conv.forward_quantized(
-                        pool,
-                        input,
-                        h,
-                        w,
-                        requant(ds),
-                        None,
-                        false,
-                        grown(r, len),
-                        Some(grown(r_real, len)),
-                    );
+                    let also_real = ForwardQuantizedOptions {
+                        real_out: Some(grown(r_real, len)),
+                        ..Default::default()
+                    };
+                    ds.conv
+                        .forward_quantized(pool, input, requant(ds), grown(r, len), also_real);
                     lap(profile, since, &ds.name);
                     Residual::Float(&r_real[..len])
                 }
                 None if x_is_real => Residual::Float(&x_real[..x_len]),
-                None => Residual::Levels(input, x_quant),
+                None => Residual::Levels(input.values, x_quant),
             };
             let conv2 = &block.conv2;
             let out_len = output_shape(conv2, h1, w1).2;
+            let block_input = Nhwc {
+                values: &t[..len],
+                height: h1,
+                width: w1,
+            };
+            let options = ForwardQuantizedOptions {
+                residual: Some(residual),
+                relu: true,
+                real_out: output_real.then(|| grown(out_real, out_len)),
+                isa: None,
+            };
             conv2.conv.forward_quantized(
                 pool,
-                &t[..len],
-                h1,
-                w1,
+                block_input,
                 requant(conv2),
-                Some(residual),
-                true,
                 grown(out, out_len),
-                output_real.then(|| grown(out_real, out_len)),
+                options,
             );
             lap(profile, since, &conv2.name);
             std::mem::swap(x, out);
@@ -476,37 +479,47 @@ impl QuantizedNet {
             ranges.observe(INPUT, x);
         }
         let mut conv = |layer: &QLayer,
-                        input: &[f32],
-                        (h, w): (usize, usize),
-                        residual: Option<&[f32]>,
-                        relu: bool,
-                        out: &mut Vec<f32>| {
-            let dims = layer
-                .conv
-                .forward(pool, input, h, w, None, residual, relu, out, kernel);
+                        values: &[f32],
+                        (height, width): (usize, usize),
+                        out: &mut Vec<f32>,
+                        options: ForwardOptions| {
+            let input = Nhwc {
+                values,
+                height,
+                width,
+            };
+            let dims = layer.conv.forward(pool, input, out, kernel, options);
             if let Some(ranges) = observe.as_deref_mut() {
                 ranges.observe(&layer.name, out);
             }
             dims
         };
         let stem = &self.layers.stem;
-        let (mut h, mut w) = conv(stem, x, (size, size), None, true, t);
+        let relu = ForwardOptions {
+            relu: true,
+            ..Default::default()
+        };
+        let (mut h, mut w) = conv(stem, x, (size, size), t, relu);
         lap(profile, since, &stem.name);
         let channels = stem.conv.geometry().out_channels;
         (h, w) = max_pool_3x3_s2(t, h, w, channels, x);
         lap(profile, since, "maxpool");
         for block in &self.layers.blocks {
-            let (h1, w1) = conv(&block.conv1, x, (h, w), None, true, t);
+            let (h1, w1) = conv(&block.conv1, x, (h, w), t, relu);
             lap(profile, since, &block.conv1.name);
             let residual = match &block.downsample {
                 Some(ds) => {
-                    conv(ds, x, (h, w), None, false, r);
+                    conv(ds, x, (h, w), r, ForwardOptions::default());
                     lap(profile, since, &ds.name);
                     &*r
                 }
                 None => &*x,
             };
-            conv(&block.conv2, t, (h1, w1), Some(residual), true, out);
+            let shortcut_relu = ForwardOptions {
+                residual: Some(residual),
+                ..relu
+            };
+            conv(&block.conv2, t, (h1, w1), out, shortcut_relu);
             lap(profile, since, &block.conv2.name);
             std::mem::swap(x, out);
             (h, w) = (h1, w1);

@@ -1,7 +1,8 @@
 //! aarch64 micro-kernels. Weight panels hold, for each group of 4 depth steps, 16 channels x 4
 //! bytes: four q registers of 4 channels each. Activations (`0..=127`) are read as s8.
 
-use super::{Acc, MicroKernel, Rows, MAX_NR, PANEL};
+use super::epilogue::store_baseline;
+use super::micro_kernel::{Acc, MicroKernel, Rows, MAX_NR, PANEL};
 use std::arch::aarch64::*;
 use std::arch::asm;
 
@@ -9,28 +10,32 @@ pub(super) const NEON_DOTPROD: MicroKernel = MicroKernel {
     rows: 4,
     max_panels: 1,
     run: kernel_neon_dotprod,
-    store: super::store_baseline,
+    store: store_baseline,
 };
 
 pub(super) const NEON: MicroKernel = MicroKernel {
     rows: 2,
     max_panels: 1,
     run: kernel_neon,
-    store: super::store_baseline,
+    store: store_baseline,
 };
 
 /// `acc += dot(w[4 lanes of 4 bytes], a.4b[LANE])`. Inline assembly because the `vdotq_laneq`
-/// intrinsics are not stable yet.
+/// intrinsics are not stable yet. Use it only where the dot-product extension is enabled.
 macro_rules! sdot_lane {
     ($acc:expr, $w:expr, $a:expr, $lane:literal) => {
-        asm!(
-            "sdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[{lane}]",
-            acc = inout(vreg) $acc,
-            w = in(vreg) $w,
-            a = in(vreg) $a,
-            lane = const $lane,
-            options(pure, nomem, nostack, preserves_flags)
-        )
+        // SAFETY: one instruction on registers only (no memory, stack or flags), of the
+        // dot-product extension the enclosing function's caller guarantees.
+        unsafe {
+            asm!(
+                "sdot {acc:v}.4s, {w:v}.16b, {a:v}.4b[{lane}]",
+                acc = inout(vreg) $acc,
+                w = in(vreg) $w,
+                a = in(vreg) $a,
+                lane = const $lane,
+                options(pure, nomem, nostack, preserves_flags)
+            )
+        }
     };
 }
 
@@ -41,11 +46,12 @@ macro_rules! sdot_lane {
 #[target_feature(enable = "neon")]
 #[inline]
 unsafe fn load_step(w: *const i8) -> [int8x16_t; 4] {
+    // SAFETY (each load): 16 of the 64 bytes the caller guarantees.
     [
-        vld1q_s8(w),
-        vld1q_s8(w.add(16)),
-        vld1q_s8(w.add(32)),
-        vld1q_s8(w.add(48)),
+        unsafe { vld1q_s8(w) },
+        unsafe { vld1q_s8(w.add(16)) },
+        unsafe { vld1q_s8(w.add(32)) },
+        unsafe { vld1q_s8(w.add(48)) },
     ]
 }
 
@@ -59,17 +65,24 @@ unsafe fn kernel_neon_dotprod(a: Rows, w: *const i8, _panels: usize, acc: &mut A
     const ROWS: usize = NEON_DOTPROD.rows;
     let mut sums = [[vdupq_n_s32(0); 4]; ROWS];
     for segment in 0..a.segments {
-        let rows: [*const u8; ROWS] = std::array::from_fn(|r| a.start(r, segment));
-        let w = w.add(segment * a.segment_len * PANEL);
+        // SAFETY: the caller located `ROWS` rows.
+        let rows: [*const u8; ROWS] = std::array::from_fn(|r| unsafe { a.start(r, segment) });
+        // SAFETY: the segment's weights are inside the caller's panel.
+        let w = unsafe { w.add(segment * a.segment_len * PANEL) };
         for block in 0..a.segment_len / 16 {
             let mut av = [vdupq_n_s8(0); ROWS];
             for (v, &at) in av.iter_mut().zip(&rows) {
-                *v = vld1q_s8(at.add(block * 16).cast());
+                // SAFETY: block `block` (16 bytes) is inside the row's segment.
+                let at = unsafe { at.add(block * 16) };
+                // SAFETY: the block's 16 bytes.
+                *v = unsafe { vld1q_s8(at.cast()) };
             }
             macro_rules! step {
                 ($j:literal) => {{
-                    let wp = w.add((block * 4 + $j) * 4 * PANEL);
-                    let wv = load_step(wp);
+                    // SAFETY: step `4 * block + j` of the segment is inside the panel.
+                    let wp = unsafe { w.add((block * 4 + $j) * 4 * PANEL) };
+                    // SAFETY: a step is 16 channels x 4 bytes.
+                    let wv = unsafe { load_step(wp) };
                     for (row, &a) in sums.iter_mut().zip(&av) {
                         for (s, &v) in row.iter_mut().zip(&wv) {
                             sdot_lane!(*s, v, a, $j);
@@ -85,7 +98,9 @@ unsafe fn kernel_neon_dotprod(a: Rows, w: *const i8, _panels: usize, acc: &mut A
     }
     for (r, row) in sums.iter().enumerate() {
         for (q, &s) in row.iter().enumerate() {
-            vst1q_s32(acc.as_mut_ptr().add(r * MAX_NR + q * 4), s);
+            let channels = &mut acc[r * MAX_NR + q * 4..][..4];
+            // SAFETY: `channels` (bounds-checked) is the 4 i32 written.
+            unsafe { vst1q_s32(channels.as_mut_ptr(), s) };
         }
     }
 }
@@ -101,16 +116,25 @@ unsafe fn kernel_neon(a: Rows, w: *const i8, _panels: usize, acc: &mut Acc) {
     const ROWS: usize = NEON.rows;
     let mut sums = [[vdupq_n_s32(0); 8]; ROWS];
     for segment in 0..a.segments {
-        let rows: [*const u8; ROWS] = std::array::from_fn(|r| a.start(r, segment));
-        let w = w.add(segment * a.segment_len * PANEL);
+        // SAFETY: the caller located `ROWS` rows.
+        let rows: [*const u8; ROWS] = std::array::from_fn(|r| unsafe { a.start(r, segment) });
+        // SAFETY: the segment's weights are inside the caller's panel.
+        let w = unsafe { w.add(segment * a.segment_len * PANEL) };
         for step in (0..a.segment_len / 4).step_by(2) {
-            let wp = w.add(step * 4 * PANEL);
-            let w0 = load_step(wp);
-            let w1 = load_step(wp.add(4 * PANEL));
+            // SAFETY: steps `step` and `step + 1` of the segment (an even number of steps)
+            // are inside the panel.
+            let wp = unsafe { w.add(step * 4 * PANEL) };
+            // SAFETY: a step is 16 channels x 4 bytes.
+            let w0 = unsafe { load_step(wp) };
+            // SAFETY: the next step.
+            let w1 = unsafe { load_step(wp.add(4 * PANEL)) };
             for (row, &at) in sums.iter_mut().zip(&rows) {
-                let ap = at.add(step * 4).cast::<u32>();
-                let a0 = vreinterpretq_s8_u32(vdupq_n_u32(ap.read_unaligned()));
-                let a1 = vreinterpretq_s8_u32(vdupq_n_u32(ap.add(1).read_unaligned()));
+                // SAFETY: steps `step` and `step + 1` are inside the row's segment.
+                let ap = unsafe { at.add(step * 4) }.cast::<u32>();
+                // SAFETY: step `step`'s 4 bytes.
+                let a0 = vreinterpretq_s8_u32(vdupq_n_u32(unsafe { ap.read_unaligned() }));
+                // SAFETY: step `step + 1`'s 4 bytes.
+                let a1 = vreinterpretq_s8_u32(vdupq_n_u32(unsafe { ap.add(1).read_unaligned() }));
                 for ((&w0, &w1), pair) in w0.iter().zip(&w1).zip(row.chunks_exact_mut(2)) {
                     let lo = vmlal_s8(
                         vmull_s8(vget_low_s8(w0), vget_low_s8(a0)),
@@ -127,7 +151,9 @@ unsafe fn kernel_neon(a: Rows, w: *const i8, _panels: usize, acc: &mut Acc) {
     for (r, row) in sums.iter().enumerate() {
         for (q, pair) in row.chunks_exact(2).enumerate() {
             let channels = vpaddq_s32(pair[0], pair[1]);
-            vst1q_s32(acc.as_mut_ptr().add(r * MAX_NR + q * 4), channels);
+            let out = &mut acc[r * MAX_NR + q * 4..][..4];
+            // SAFETY: `out` (bounds-checked) is the 4 i32 written.
+            unsafe { vst1q_s32(out.as_mut_ptr(), channels) };
         }
     }
 }

@@ -1,3 +1,5 @@
+use super::epilogue::{dequantize_row, requantize_fixed, Finish, Shared};
+use super::quantization::range_with_zero;
 use super::*;
 
 /// Deterministic pseudo-random numbers (an LCG), so failures reproduce.
@@ -129,7 +131,7 @@ impl Case {
         let scales: Vec<f32> = self.scales.iter().map(|&s| q.scale * s).collect();
         let mut out = vec![0f32; acc.len()];
         for (at, (acc, out)) in (0..).step_by(n).zip(acc.chunks(n).zip(out.chunks_mut(n))) {
-            epilogue(
+            dequantize_row(
                 acc,
                 q.zero_point,
                 &sums,
@@ -202,19 +204,20 @@ fn matches_dequantized_reference_with_padding_and_signed_input() {
         .map(|i| ((i * 7919) % 200) as f32 / 50.0 - 2.0)
         .collect();
     let mut out = Vec::new();
+    let input = Nhwc {
+        values: &input[..],
+        height: h,
+        width: w,
+    };
     let dims = case.conv.forward(
         &pool(2),
-        &input,
-        h,
-        w,
-        None,
-        None,
-        false,
+        input,
         &mut out,
         &mut Scratch::default(),
+        ForwardOptions::default(),
     );
     assert_eq!(dims, (5, 3));
-    let expect = case.dequantized_reference(&input, h, w, ActQuant::for_tensor(&input));
+    let expect = case.dequantized_reference(input.values, h, w, ActQuant::for_tensor(input.values));
     for (a, b) in out.iter().zip(&expect) {
         assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{a} vs {b}");
     }
@@ -235,18 +238,20 @@ fn every_path_is_bit_identical_to_the_integer_reference() {
             let expect = case.integer_reference(&input, h, w, q, residual.as_deref(), fused);
             for isa in Isa::available() {
                 let mut out = vec![f32::NAN; 3];
-                let dims = case.conv.forward_with_isa(
-                    isa,
-                    &pool,
-                    &input,
-                    h,
-                    w,
-                    quant,
-                    residual.as_deref(),
-                    fused,
-                    &mut out,
-                    &mut Scratch::default(),
-                );
+                let input = Nhwc {
+                    values: &input[..],
+                    height: h,
+                    width: w,
+                };
+                let options = ForwardOptions {
+                    input_quant: quant,
+                    residual: residual.as_deref(),
+                    relu: fused,
+                    isa: Some(isa),
+                };
+                let dims =
+                    case.conv
+                        .forward(&pool, input, &mut out, &mut Scratch::default(), options);
                 assert_eq!(dims, (oh, ow));
                 assert!(
                     bits(&out) == bits(&expect),
@@ -282,6 +287,11 @@ fn static_path_is_bit_identical_on_every_path_and_matches_float_arithmetic() {
         let levels: Vec<u8> = (0..h * w * g.in_channels)
             .map(|_| (rng.next() % 128) as u8)
             .collect();
+        let input = Nhwc {
+            values: &levels[..],
+            height: h,
+            width: w,
+        };
         let (oh, ow) = (g.output_size(h), g.output_size(w));
         let n = g.out_channels;
         let res_quant = ActQuant::for_range(-1.0, 1.5);
@@ -324,18 +334,15 @@ fn static_path_is_bit_identical_on_every_path_and_matches_float_arithmetic() {
             }
             for isa in Isa::available() {
                 let (mut out, mut real) = (vec![99; acc.len()], vec![f32::NAN; acc.len()]);
-                let dims = case.conv.forward_quantized_with_isa(
-                    isa,
-                    &pool,
-                    &levels,
-                    h,
-                    w,
-                    &requant,
-                    shortcut,
-                    fused,
-                    &mut out,
-                    Some(&mut real),
-                );
+                let options = ForwardQuantizedOptions {
+                    residual: shortcut,
+                    relu: fused,
+                    real_out: Some(&mut real),
+                    isa: Some(isa),
+                };
+                let dims = case
+                    .conv
+                    .forward_quantized(&pool, input, &requant, &mut out, options);
                 assert_eq!(dims, (oh, ow));
                 assert!(out == expect, "{} differs for {g:?} on {h}x{w}", isa.name());
                 assert!(
@@ -352,17 +359,13 @@ fn static_path_is_bit_identical_on_every_path_and_matches_float_arithmetic() {
         }
         let expect = {
             let mut out = vec![0; oh * ow * n];
-            case.conv.forward_quantized(
-                &pool,
-                &levels,
-                h,
-                w,
-                &requant,
-                shortcuts[0],
-                fused,
-                &mut out,
-                None,
-            );
+            let options = ForwardQuantizedOptions {
+                residual: shortcuts[0],
+                relu: fused,
+                ..Default::default()
+            };
+            case.conv
+                .forward_quantized(&pool, input, &requant, &mut out, options);
             out
         };
 
@@ -408,12 +411,23 @@ fn one_and_two_threads_and_reused_scratch_give_identical_outputs() {
     let run = |threads: usize, scratch: &mut Scratch| {
         let pool = pool(threads);
         let (mut mid, mut out) = (Vec::new(), Vec::new());
-        let (h, w) = first
-            .conv
-            .forward(&pool, &input, 29, 30, None, None, true, &mut mid, scratch);
-        second
-            .conv
-            .forward(&pool, &mid, h, w, None, None, false, &mut out, scratch);
+        let input = Nhwc {
+            values: &input[..],
+            height: 29,
+            width: 30,
+        };
+        let relu = ForwardOptions {
+            relu: true,
+            ..Default::default()
+        };
+        let (height, width) = first.conv.forward(&pool, input, &mut mid, scratch, relu);
+        let mid = Nhwc {
+            values: &mid[..],
+            height,
+            width,
+        };
+        let plain = ForwardOptions::default();
+        second.conv.forward(&pool, mid, &mut out, scratch, plain);
         out
     };
     let mut scratch = Scratch::default();
@@ -537,17 +551,16 @@ fn resnet18_timings() {
         let input = rng.floats(size * size * g.in_channels, -1.0, 2.0);
         let (mut out, mut scratch) = (Vec::new(), Scratch::default());
         time_layer(name, count, &mut |pool| {
-            case.conv.forward(
-                pool,
-                &input,
-                size,
-                size,
-                None,
-                None,
-                true,
-                &mut out,
-                &mut scratch,
-            );
+            let input = Nhwc {
+                values: &input[..],
+                height: size,
+                width: size,
+            };
+            let relu = ForwardOptions {
+                relu: true,
+                ..Default::default()
+            };
+            case.conv.forward(pool, input, &mut out, &mut scratch, relu);
         });
     }
     let input = rng.floats(112 * 112 * 64, 0.0, 2.0);
