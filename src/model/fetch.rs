@@ -288,7 +288,7 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
     let mut file = File::open(path).map_err(io_error("opening", path))?;
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher).map_err(io_error("reading", path))?;
-    Ok(to_hex(&hasher.finalize()))
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 fn existing_matches(source: &WeightsSource, dest: &Path) -> Result<bool, FetchError> {
@@ -395,7 +395,7 @@ fn copy_hashing(
         file.write_all(&buffer[..n]).map_err(CopyError::Write)?;
         progress.advance(n as u64);
     }
-    Ok((to_hex(&hasher.finalize()), progress.done))
+    Ok((format!("{:x}", hasher.finalize()), progress.done))
 }
 
 /// Download progress: an interactive bar, or log lines at each quarter for journals and pipes.
@@ -478,16 +478,6 @@ fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) 
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,7 +524,14 @@ mod tests {
     }
 
     #[test]
-    fn hex_is_lowercase_and_zero_padded() {
-        assert_eq!(to_hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+    fn sha256_hex_is_lowercase_and_zero_padded() {
+        // FIPS 180-2's "abc" vector: its digest has bytes below 0x10 (01, 03, 00) and above 0x9f.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        fs::write(&path, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&path).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

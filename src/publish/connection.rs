@@ -1,12 +1,11 @@
 //! rumqttc options from [`MqttConfig`]: credentials, last will, packet limits and TLS.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
@@ -73,23 +72,26 @@ fn tls_error(key: &'static str, path: &Path, reason: impl ToString) -> PublishEr
     }
 }
 
-fn open(key: &'static str, path: &Path) -> Result<BufReader<File>, PublishError> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|source| PublishError::ReadFile {
+/// Why a PEM file named by `key` could not be used: the file itself (I/O) or its contents.
+fn pem_error(key: &'static str, path: &Path, err: pem::Error) -> PublishError {
+    match err {
+        pem::Error::Io(source) => PublishError::ReadFile {
             key,
             path: path.to_path_buf(),
             source,
-        })
+        },
+        other => tls_error(key, path, other),
+    }
 }
 
 fn read_certs(
     key: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, PublishError> {
-    let certs = rustls_pemfile::certs(&mut open(key, path)?)
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(key, path, e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_error(key, path, e))?;
+        .map_err(|e| pem_error(key, path, e))?;
     if certs.is_empty() {
         return Err(tls_error(key, path, "no PEM certificate found"));
     }
@@ -116,12 +118,12 @@ fn tls_config(cfg: &MqttConfig) -> Result<ClientConfig, PublishError> {
     match (&cfg.client_cert, &cfg.client_key) {
         (Some(cert_path), Some(key_path)) => {
             let certs = read_certs("mqtt.client_cert", cert_path)?;
-            let key: PrivateKeyDer<'static> =
-                rustls_pemfile::private_key(&mut open("mqtt.client_key", key_path)?)
-                    .map_err(|e| tls_error("mqtt.client_key", key_path, e))?
-                    .ok_or_else(|| {
-                        tls_error("mqtt.client_key", key_path, "no PEM private key found")
-                    })?;
+            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| match e {
+                pem::Error::NoItemsFound => {
+                    tls_error("mqtt.client_key", key_path, "no PEM private key found")
+                }
+                other => pem_error("mqtt.client_key", key_path, other),
+            })?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| tls_error("mqtt.client_key", key_path, e))
