@@ -23,8 +23,7 @@ use tokio::sync::watch;
 use crate::capture::{self, CameraEvent, FrameSlot};
 use crate::config::Config;
 use crate::heartbeat::Heartbeat;
-use crate::model::fetch::WeightsSource;
-use crate::model::{Model, ModelConfig};
+use crate::model::Model;
 use crate::postprocess::Postprocessor;
 use crate::publish::{EmbeddedBroker, Publisher};
 use crate::shutdown::Shutdown;
@@ -50,7 +49,7 @@ pub fn run(config_file: &Path) -> anyhow::Result<()> {
         config_file.display()
     );
 
-    let model = Arc::new(load_model(&config.model)?);
+    let model = Arc::new(crate::model::install::load_configured(&config.model)?);
     log::info!(
         "model {} loaded ({} classes)",
         model.description(),
@@ -68,30 +67,6 @@ pub fn run(config_file: &Path) -> anyhow::Result<()> {
     // wait for their join forever, so leave them to the process exit.
     runtime.shutdown_background();
     result
-}
-
-/// The model named by the config, fetched and quantized on first start when missing.
-pub fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
-    if let Some(seed) = config.synthetic_seed {
-        log::warn!("using synthetic weights (seed {seed}): classifications are meaningless");
-        return Ok(Model::synthetic(seed, config.precision, config.threads)?);
-    }
-    let weights = config.weights_path();
-    if !weights.exists() {
-        anyhow::ensure!(
-            config.fetch,
-            "model file {} does not exist and [model] fetch is false",
-            weights.display()
-        );
-        let source = WeightsSource {
-            base_url: config.base_url.clone(),
-            sha256: config.sha256.clone(),
-            ..WeightsSource::default()
-        };
-        log::info!("model {} is missing: fetching it", weights.display());
-        crate::model::install::install(&weights, config.precision, &source, None, None)?;
-    }
-    Ok(Model::load(&weights, config.precision, config.threads)?)
 }
 
 async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyhow::Result<()> {

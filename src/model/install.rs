@@ -1,14 +1,17 @@
 //! Putting a model file in place: the ImageNet weights downloaded (or a local safetensors file),
 //! quantized to GGUF and, given a folder of sample images, calibrated for the static int8 path.
 //!
-//! `edgeclass quantize`, `edgeclass fetch-model` and the daemon's first start all end here.
+//! `edgeclass quantize`, `edgeclass fetch-model` and the daemon's first start
+//! ([`load_configured`]) all end here.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use super::fetch::{self, FetchError, WeightsSource};
-use super::{calibrate, write_gguf, ModelError, Network, Precision, StorageDtype};
+use super::{
+    calibrate, write_gguf, Model, ModelConfig, ModelError, Network, Precision, StorageDtype,
+};
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
 /// What [`write_model`] (or [`install`]) wrote.
@@ -29,6 +32,30 @@ pub struct CalibrationImages {
     pub used: usize,
     /// Files that are not readable images, each with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// The model named by the config, fetched and quantized on first start when missing.
+pub fn load_configured(config: &ModelConfig) -> anyhow::Result<Model> {
+    if let Some(seed) = config.synthetic_seed {
+        log::warn!("using synthetic weights (seed {seed}): classifications are meaningless");
+        return Ok(Model::synthetic(seed, config.precision, config.threads)?);
+    }
+    let weights = config.weights_path();
+    if !weights.exists() {
+        anyhow::ensure!(
+            config.fetch,
+            "model file {} does not exist and [model] fetch is false",
+            weights.display()
+        );
+        let source = WeightsSource {
+            base_url: config.base_url.clone(),
+            sha256: config.sha256.clone(),
+            ..WeightsSource::default()
+        };
+        log::info!("model {} is missing: fetching it", weights.display());
+        install(&weights, config.precision, &source, None, None)?;
+    }
+    Ok(Model::load(&weights, config.precision, config.threads)?)
 }
 
 /// Puts a model of `precision` at `output`: from `local` weights if given, else downloaded
