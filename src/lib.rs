@@ -36,6 +36,7 @@
 //! process exit status there, and prints the chain once (no error repeats its source).
 
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod capture;
 pub mod commands;

@@ -38,9 +38,7 @@
 //! - `pooling.rs`: the max and average pooling layers.
 //!
 //! Every `unsafe` operation is in its own `unsafe` block with the reason it is sound, also
-//! inside `unsafe fn`s (`unsafe_op_in_unsafe_fn` is denied).
-
-#![deny(unsafe_op_in_unsafe_fn)]
+//! inside `unsafe fn`s (`unsafe_op_in_unsafe_fn` is denied for the whole crate).
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
