@@ -1,26 +1,14 @@
 //! The `classify`, `quantize` and `bench` subcommands, run as the real binary.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common {
+    pub mod cli;
+}
 
+use std::path::Path;
+use std::process::Output;
+
+use common::cli::{edgeclass, fixture, text};
 use edgeclass::model::{Model, Precision};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn edgeclass(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgeclass"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn tiny() -> String {
     fixture("model_tiny_resnet18.safetensors")

@@ -2,10 +2,14 @@
 //! labels are the reference model's own top-1 plus deliberate errors, and every figure is
 //! recomputed here from the model's logits.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common {
+    pub mod cli;
+}
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use common::cli::{edgeclass, fixture, text};
 use edgeclass::config::Config;
 use edgeclass::evaluate::{report, Evaluation, LabelledClass, Sample};
 use edgeclass::model::{Model, Precision};
@@ -13,23 +17,6 @@ use edgeclass::postprocess::labels::imagenet;
 use edgeclass::postprocess::Postprocessor;
 use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn edgeclass(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgeclass"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn tiny() -> PathBuf {
     fixture("model_tiny_resnet18.safetensors")
