@@ -11,6 +11,8 @@ use crate::postprocess::labels::imagenet;
 use crate::postprocess::topk::{softmax_in_place, top_k};
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
+use super::InferenceArgs;
+
 /// Arguments of `edgeclass classify`: image files, the weights, precision and thread count,
 /// and the output form.
 #[derive(Debug, clap::Args)]
@@ -22,12 +24,9 @@ pub struct Args {
     /// [default: resnet18-q8_0.gguf in the data directory, as `edgeclass fetch-model` writes it].
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Compute precision (safetensors weights are quantized at load).
-    #[arg(long, default_value = "q8_0")]
-    pub precision: Precision,
-    /// Inference threads; 0 uses every core.
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Compute precision and threads.
+    #[command(flatten)]
+    pub inference: InferenceArgs,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -59,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let weights = args
         .weights
         .unwrap_or_else(crate::model::default_weights_path);
-    let model = Model::load(&weights, args.precision, args.threads).context(
+    let model = Model::load(&weights, args.inference.precision, args.inference.threads).context(
         "no usable model (download one with `edgeclass fetch-model`, or pass --weights)",
     )?;
     model.require_classes(IMAGENET_CLASSES)?;

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use crate::evaluate::{report, Evaluation, LabelledClass, Sample};
-use crate::model::{Model, Precision, IMAGENET_CLASSES};
+use crate::model::{Model, IMAGENET_CLASSES};
 use crate::postprocess::labels::{class_by_key, imagenet};
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
+
+use super::InferenceArgs;
 
 /// Arguments of `edgeclass eval`: the labelled folder, the model, the output forms and the
 /// precision to recommend thresholds for.
@@ -21,12 +23,9 @@ pub struct Args {
     /// Model weights: torchvision ResNet-18 safetensors or an edgeclass GGUF.
     #[arg(long)]
     pub weights: PathBuf,
-    /// Compute precision (safetensors weights are quantized at load).
-    #[arg(long, default_value = "q8_0")]
-    pub precision: Precision,
-    /// Inference threads; 0 uses every core.
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Compute precision and threads.
+    #[command(flatten)]
+    pub inference: InferenceArgs,
     /// One JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -54,7 +53,11 @@ fn parse_probability(text: &str) -> Result<f64, String> {
 /// skipped and counted; the command fails if none is readable.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let folders = class_folders(&args.data)?;
-    let model = Model::load(&args.weights, args.precision, args.threads)?;
+    let model = Model::load(
+        &args.weights,
+        args.inference.precision,
+        args.inference.threads,
+    )?;
     model.require_classes(IMAGENET_CLASSES)?;
     let mut preprocessor =
         Preprocessor::new(PreprocessConfig::for_input_size(model.input_size() as u32));

@@ -9,6 +9,17 @@ pub mod list_cameras;
 pub mod quantize;
 pub mod run;
 
+/// How a command that runs the model computes: `--precision` and `--threads`.
+#[derive(Debug, clap::Args)]
+pub struct InferenceArgs {
+    /// Compute precision (safetensors weights are quantized at load).
+    #[arg(long, default_value = "q8_0")]
+    pub precision: crate::model::Precision,
+    /// Inference threads; 0 uses every core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
 /// Tells which calibration images were measured and which were skipped (on stderr, so stdout
 /// stays the command's result).
 fn report_calibration(images: &crate::model::install::CalibrationImages) {
