@@ -65,7 +65,7 @@ fn exit_code(err: &anyhow::Error) -> i32 {
 
 /// The stage errors that classify themselves, and I/O errors.
 fn sysexit_of(cause: &(dyn Error + 'static)) -> Option<Sysexit> {
-    use edgeclass::{capture, config, model, postprocess, preprocess, publish};
+    use edgeclass::{capture, config, evaluate, model, postprocess, preprocess, publish};
     if let Some(e) = cause.downcast_ref::<config::ConfigError>() {
         return Some(e.sysexit());
     }
@@ -85,6 +85,9 @@ fn sysexit_of(cause: &(dyn Error + 'static)) -> Option<Sysexit> {
         return Some(e.sysexit());
     }
     if let Some(e) = cause.downcast_ref::<publish::PublishError>() {
+        return Some(e.sysexit());
+    }
+    if let Some(e) = cause.downcast_ref::<evaluate::dataset::DatasetError>() {
         return Some(e.sysexit());
     }
     cause

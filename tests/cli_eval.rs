@@ -374,8 +374,8 @@ fn unknown_class_folder_is_an_error_naming_it() {
         "--weights",
         tiny().to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
     let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
     assert!(
         stderr.contains("unicorn") && stderr.contains("names no ImageNet-1k class"),
         "{stderr}"

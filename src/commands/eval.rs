@@ -2,13 +2,13 @@
 //! labelled folder of images (one sub-folder per class, named by ImageNet WordNet id or
 //! English name). The figures come from [`crate::evaluate`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::evaluate::{report, Evaluation, LabelledClass, Sample};
+use crate::evaluate::dataset::{class_folders, images_in};
+use crate::evaluate::{report, Evaluation, Sample};
 use crate::model::{Model, IMAGENET_CLASSES};
-use crate::postprocess::labels::{class_by_key, imagenet};
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
 use super::InferenceArgs;
@@ -116,73 +116,4 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The class sub-folders of `data`, sorted by name, each resolved to an ImageNet class. Files
-/// beside them are ignored; a folder naming no class, or a class named twice, is an error.
-fn class_folders(data: &Path) -> anyhow::Result<Vec<(LabelledClass, PathBuf)>> {
-    let mut folders = Vec::new();
-    for entry in std::fs::read_dir(data)
-        .with_context(|| format!("reading DATA folder {}", data.display()))?
-    {
-        let entry = entry.with_context(|| format!("reading DATA folder {}", data.display()))?;
-        if entry.path().is_dir() {
-            folders.push(entry.path());
-        }
-    }
-    folders.sort();
-    let classes = imagenet();
-    let mut resolved: Vec<(LabelledClass, PathBuf)> = Vec::new();
-    for folder in folders {
-        let name = folder
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let index = class_by_key(&name).map_err(|why| {
-            anyhow::anyhow!(
-                "class folder {}: {name:?} names no ImageNet-1k class: {why}",
-                folder.display()
-            )
-        })?;
-        if let Some((_, other)) = resolved.iter().find(|(c, _)| c.index == index) {
-            bail!(
-                "class folders {} and {} both name class {index} ({})",
-                other.display(),
-                folder.display(),
-                classes[index].name
-            );
-        }
-        resolved.push((
-            LabelledClass {
-                index,
-                key: classes[index].wnid.clone(),
-                name: classes[index].name.clone(),
-            },
-            folder,
-        ));
-    }
-    if resolved.is_empty() {
-        bail!(
-            "DATA folder {} has no class folders (expected one folder per class, e.g. n02123045/ or tabby/)",
-            data.display()
-        );
-    }
-    Ok(resolved)
-}
-
-/// The files in `folder`, sorted; hidden files are left out.
-fn images_in(folder: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let reading = || format!("reading class folder {}", folder.display());
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(folder).with_context(reading)? {
-        let path = entry.with_context(reading)?.path();
-        let hidden = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if path.is_file() && !hidden {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
 }
