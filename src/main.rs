@@ -51,10 +51,24 @@ fn main() {
         Command::ListCameras(args) => commands::list_cameras::run(args),
     };
     if let Err(err) = result {
+        // A reader that stopped reading (`edgeclass classify --json ... | head -1`) is not a
+        // failure: end quietly with success, as ripgrep does.
+        if is_broken_pipe(&err) {
+            std::process::exit(0);
+        }
         // `{:#}` names each cause once: no error repeats its source in its own message.
         eprintln!("edgeclass: {err:#}");
         std::process::exit(exit_code(&err));
     }
+}
+
+/// Whether the command failed only because its stdout was closed.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The exit status of a failed command: the outermost error in the chain that knows what kind

@@ -320,3 +320,25 @@ fn bench_json_and_layers_per_configuration() {
     }
     assert!(stdout.contains("vs f32"), "{stdout}");
 }
+
+/// `edgeclass classify --json a.jpg b.jpg | head -1`: a reader that closed the pipe ends the
+/// command quietly with success, not with a panic (exit 101).
+#[test]
+fn closed_stdout_ends_quietly_with_success() {
+    for format in [&["--json"][..], &[][..]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgeclass"))
+            .args(["classify", "--weights", &tiny()])
+            .args(format)
+            .args([cat(), cat()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before anything is written: every write then fails with EPIPE.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{format:?}: {stderr}");
+        assert!(stderr.is_empty(), "{format:?}: {stderr}");
+    }
+}

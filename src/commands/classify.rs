@@ -1,5 +1,6 @@
 //! `edgeclass classify IMAGE...`: the Top-3 ImageNet classes of image files.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -68,6 +69,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut logits = Vec::with_capacity(IMAGENET_CLASSES);
     let mut first_failure = None;
     let mut failures = 0;
+    // Write errors end the command (a closed pipe is a quiet success, decided in main).
+    let mut out = std::io::stdout().lock();
     for path in &args.images {
         let started = Instant::now();
         let mut classify = || -> anyhow::Result<()> {
@@ -103,9 +106,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             latency_ms,
         };
         if args.json {
-            println!("{}", serde_json::to_string(&report)?);
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
         } else {
-            print_table(&report);
+            write_table(&mut out, &report)?;
         }
     }
     match first_failure {
@@ -117,21 +120,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn print_table(report: &Report) {
-    println!(
+fn write_table(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    writeln!(
+        out,
         "{}  ({}, {:.1} ms)",
         report.file.display(),
         report.model,
         report.latency_ms
-    );
+    )?;
     for (rank, guess) in report.top3.iter().enumerate() {
-        println!(
+        writeln!(
+            out,
             "  {}. {:>5.1}%  {:<30} {} #{}",
             rank + 1,
             guess.score * 100.0,
             guess.label,
             guess.wnid,
             guess.index
-        );
+        )?;
     }
+    Ok(())
 }
