@@ -345,15 +345,31 @@ pub(crate) fn slug(raw: &str) -> String {
     out
 }
 
+/// The machine's host name from gethostname(2): `/proc/sys/kernel/hostname` does not exist
+/// under the shipped unit's `ProcSubset=pid`, and an empty name gave every Pi the same client
+/// id. Empty only if the call fails.
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_default()
+    let mut name = [0u8; 256];
+    // SAFETY: `name` is writable for its whole length, which is what the call is told.
+    let status = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) };
+    if status != 0 {
+        return String::new();
+    }
+    // POSIX leaves a truncated name unterminated: then the whole buffer is the name.
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    String::from_utf8_lossy(&name[..end]).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_name_is_the_kernels() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert!(!kernel.trim().is_empty());
+        assert_eq!(host_name(), kernel.trim());
+    }
 
     fn parse(toml_text: &str) -> MqttConfig {
         toml::from_str(toml_text).expect("test TOML parses")
