@@ -334,9 +334,9 @@ fn eval_matches_an_independent_computation() {
     let html = std::fs::read_to_string(&report_path).unwrap();
     well_formed(&html);
     assert_eq!(html.matches("<svg ").count(), 3);
-    if folders.contains_key("potter's wheel") {
-        assert!(html.contains("potter&#39;s wheel") && !html.contains("potter's"));
-    }
+    // Every sixth image is labelled "potter's wheel" (or predicted as it), so the folder exists.
+    assert!(folders.contains_key("potter's wheel"), "{folders:?}");
+    assert!(html.contains("potter&#39;s wheel") && !html.contains("potter's"));
 }
 
 #[test]
