@@ -80,30 +80,26 @@ fn exit_code(err: &anyhow::Error) -> i32 {
 /// The stage errors that classify themselves, and I/O errors.
 fn sysexit_of(cause: &(dyn Error + 'static)) -> Option<Sysexit> {
     use edgeclass::{capture, config, evaluate, model, postprocess, preprocess, publish};
-    if let Some(e) = cause.downcast_ref::<config::ConfigError>() {
-        return Some(e.sysexit());
+    // Each stage error type has an inherent `sysexit()`; try them in turn.
+    macro_rules! sysexit_of_any {
+        ($($error:ty),+ $(,)?) => {
+            $(
+                if let Some(e) = cause.downcast_ref::<$error>() {
+                    return Some(e.sysexit());
+                }
+            )+
+        };
     }
-    if let Some(e) = cause.downcast_ref::<capture::CaptureError>() {
-        return Some(e.sysexit());
-    }
-    if let Some(e) = cause.downcast_ref::<preprocess::PreprocessError>() {
-        return Some(e.sysexit());
-    }
-    if let Some(e) = cause.downcast_ref::<model::ModelError>() {
-        return Some(e.sysexit());
-    }
-    if let Some(e) = cause.downcast_ref::<model::fetch::FetchError>() {
-        return Some(e.sysexit());
-    }
-    if let Some(e) = cause.downcast_ref::<postprocess::PostprocessError>() {
-        return Some(e.sysexit());
-    }
-    if let Some(e) = cause.downcast_ref::<publish::PublishError>() {
-        return Some(e.sysexit());
-    }
-    if let Some(e) = cause.downcast_ref::<evaluate::dataset::DatasetError>() {
-        return Some(e.sysexit());
-    }
+    sysexit_of_any!(
+        config::ConfigError,
+        capture::CaptureError,
+        preprocess::PreprocessError,
+        model::ModelError,
+        model::fetch::FetchError,
+        postprocess::PostprocessError,
+        publish::PublishError,
+        evaluate::dataset::DatasetError,
+    );
     cause
         .downcast_ref::<std::io::Error>()
         .map(|_| Sysexit::IoErr)
