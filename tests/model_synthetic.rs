@@ -67,7 +67,44 @@ fn full_size_q8_0_gguf_matches_synthetic_model() {
     println!("full-size q8_0 GGUF: {:.2} MiB", size as f64 / 1048576.0);
     assert!(size < 14 * 1024 * 1024, "{size} bytes");
     let input = synthetic_input(SEED, 224);
-    let from_file = logits(&Model::load(&path, Precision::Q8_0, 2).unwrap(), &input);
-    let in_memory = logits(&Model::synthetic(SEED, Precision::Q8_0, 2).unwrap(), &input);
-    assert_eq!(from_file, in_memory);
+    let file_model = Model::load(&path, Precision::Q8_0, 2).unwrap();
+    let memory_model = Model::synthetic(SEED, Precision::Q8_0, 2).unwrap();
+    assert_eq!(logits(&file_model, &input), logits(&memory_model, &input));
+    // Heads trained on one may run on the other: the backbone is the same.
+    assert_eq!(file_model.fingerprint(), memory_model.fingerprint());
+    let other_seed = Model::synthetic(SEED + 1, Precision::Q8_0, 2).unwrap();
+    assert_ne!(file_model.fingerprint(), other_seed.fingerprint());
+}
+
+/// The features a head classifies are fc's input: on the f32 path fc applied to them by hand
+/// gives the logits, and asking for features leaves the logits unchanged on every path.
+#[test]
+fn features_are_what_fc_classifies() {
+    let input = synthetic_input(SEED, 224);
+    let network = Network::synthetic(SEED);
+    for precision in Precision::ALL {
+        let model = Model::synthetic(SEED, precision, 2).unwrap();
+        let (mut with, mut features) = (Vec::new(), Vec::new());
+        model
+            .forward_with_features(&input, &mut with, &mut features)
+            .unwrap();
+        assert_eq!(with, logits(&model, &input), "{precision}");
+        assert_eq!(features.len(), model.feature_len());
+        assert_eq!(model.feature_len(), 512);
+        // Pooled after a ReLU: non-negative, and not all zero.
+        assert!(features.iter().all(|&f| f >= 0.0), "{precision}");
+        assert!(features.iter().any(|&f| f > 0.0), "{precision}");
+        if precision == Precision::F32 {
+            let (weight, bias) = network.fc();
+            for (class, &logit) in with.iter().enumerate().step_by(97) {
+                let row = &weight[class * 512..(class + 1) * 512];
+                let by_hand =
+                    bias[class] + row.iter().zip(&features).map(|(w, f)| w * f).sum::<f32>();
+                assert!(
+                    (by_hand - logit).abs() < 1e-3,
+                    "class {class}: {by_hand} vs {logit}"
+                );
+            }
+        }
+    }
 }

@@ -9,6 +9,7 @@
 mod calibration;
 mod config;
 pub mod fetch;
+mod head;
 pub mod install;
 pub mod kernels;
 mod quantize;
@@ -24,6 +25,7 @@ use crate::sysexits::Sysexit;
 
 pub use calibration::ActivationRanges;
 pub use config::{default_weights_path, ModelConfig};
+pub use head::{is_head_file, BackboneRef, Dense, Head, HEAD_ARCHITECTURE};
 pub use quantize::{quantize_file, write_gguf, StorageDtype};
 pub use weights::Network;
 
@@ -246,6 +248,9 @@ pub struct Model {
     precision: Precision,
     input_size: usize,
     num_classes: usize,
+    feature_len: usize,
+    /// [`Network::backbone_fingerprint`]: which trained heads can run on this backbone.
+    fingerprint: String,
     /// Where the weights came from, for error messages.
     source: PathBuf,
     pool: rayon::ThreadPool,
@@ -306,6 +311,8 @@ impl Model {
     ) -> Result<Model, ModelError> {
         let pool = thread_pool(threads)?;
         let (input_size, num_classes) = (network.input_size, network.num_classes());
+        let feature_len = network.layers.fc.geometry.in_channels;
+        let fingerprint = network.backbone_fingerprint();
         let engine = Engine::new(&network, precision)?;
         engine.prepare(&pool);
         Ok(Model {
@@ -313,6 +320,8 @@ impl Model {
             precision,
             input_size,
             num_classes,
+            feature_len,
+            fingerprint,
             source,
             pool,
         })
@@ -323,7 +332,26 @@ impl Model {
     pub fn forward(&self, input_nchw: &[f32], logits: &mut Vec<f32>) -> Result<(), ModelError> {
         self.check_input(input_nchw)?;
         self.engine
-            .forward(&self.pool, input_nchw, self.input_size, logits)
+            .forward(&self.pool, input_nchw, self.input_size, logits, None)
+    }
+
+    /// Like [`Model::forward`], also writing the backbone's pooled features (the
+    /// [`Model::feature_len`] values fc classifies) into `features`: what a trained
+    /// [`Head`] classifies, so one backbone pass serves the ImageNet classes and every head.
+    pub fn forward_with_features(
+        &self,
+        input_nchw: &[f32],
+        logits: &mut Vec<f32>,
+        features: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        self.check_input(input_nchw)?;
+        self.engine.forward(
+            &self.pool,
+            input_nchw,
+            self.input_size,
+            logits,
+            Some(features),
+        )
     }
 
     /// Like [`Model::forward`], also returning the time spent in each layer (stem, each
@@ -359,6 +387,22 @@ impl Model {
     /// Number of classes, i.e. of logits [`Model::forward`] writes.
     pub fn num_classes(&self) -> usize {
         self.num_classes
+    }
+
+    /// Number of backbone features [`Model::forward_with_features`] writes (512 for
+    /// ResNet-18).
+    pub fn feature_len(&self) -> usize {
+        self.feature_len
+    }
+
+    /// The backbone's [`Network::backbone_fingerprint`].
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Where the weights came from (a synthetic model has a descriptive pseudo-path).
+    pub fn source(&self) -> &Path {
+        &self.source
     }
 
     /// The precision the model computes in, as requested when it was loaded or built.

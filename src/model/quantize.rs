@@ -82,10 +82,6 @@ pub fn write_gguf(
     dtype: StorageDtype,
     output: &Path,
 ) -> Result<u64, ModelError> {
-    let write_error = |source| ModelError::Write {
-        path: output.to_path_buf(),
-        source,
-    };
     let candle_error = |source| ModelError::Candle {
         context: format!("encoding GGUF tensors for {}", output.display()),
         source,
@@ -146,7 +142,20 @@ pub fn write_gguf(
         .chain(calibration.iter().map(|(k, v)| (k.as_str(), v)))
         .collect();
     let tensors: Vec<(&str, &QTensor)> = names.iter().map(String::as_str).zip(&tensors).collect();
+    write_gguf_file(output, &metadata, &tensors)
+}
 
+/// Writes a GGUF file atomically (a temporary file in the same folder, renamed into place)
+/// and readable by the service user. Returns its size in bytes.
+pub(crate) fn write_gguf_file(
+    output: &Path,
+    metadata: &[(&str, &gguf_file::Value)],
+    tensors: &[(&str, &QTensor)],
+) -> Result<u64, ModelError> {
+    let write_error = |source| ModelError::Write {
+        path: output.to_path_buf(),
+        source,
+    };
     let dir = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -154,9 +163,12 @@ pub fn write_gguf(
     let mut file = tempfile::NamedTempFile::new_in(dir).map_err(write_error)?;
     {
         let mut writer = BufWriter::new(file.as_file_mut());
-        gguf_file::write(&mut writer, &metadata, &tensors).map_err(|e| match e {
+        gguf_file::write(&mut writer, metadata, tensors).map_err(|e| match e {
             candle_core::Error::Io(io) => write_error(io),
-            other => candle_error(other),
+            other => ModelError::Candle {
+                context: format!("encoding GGUF tensors for {}", output.display()),
+                source: other,
+            },
         })?;
         writer.flush().map_err(write_error)?;
     }
@@ -174,7 +186,7 @@ pub fn write_gguf(
     Ok(size)
 }
 
-fn f32_tensor(values: Vec<f32>, shape: &[usize]) -> candle_core::Result<QTensor> {
+pub(crate) fn f32_tensor(values: Vec<f32>, shape: &[usize]) -> candle_core::Result<QTensor> {
     QTensor::quantize(
         &Tensor::from_vec(values, shape, &Device::Cpu)?,
         GgmlDType::F32,

@@ -73,18 +73,21 @@ impl Engine {
         ranges: &mut ActivationRanges,
     ) {
         if let Engine::Quantized(net) = self {
-            net.forward(pool, input, size, logits, &mut None, Some(ranges));
+            net.forward(pool, input, size, logits, None, &mut None, Some(ranges));
         }
     }
 
+    /// Writes the logits, and the pooled backbone features (fc's input) into `features` when
+    /// given.
     pub(crate) fn forward(
         &self,
         pool: &rayon::ThreadPool,
         input: &[f32],
         size: usize,
         logits: &mut Vec<f32>,
+        features: Option<&mut Vec<f32>>,
     ) -> Result<(), ModelError> {
-        self.run(pool, input, size, logits, &mut None)
+        self.run(pool, input, size, logits, features, &mut None)
     }
 
     pub(crate) fn forward_profiled(
@@ -95,7 +98,7 @@ impl Engine {
         logits: &mut Vec<f32>,
     ) -> Result<Vec<(String, Duration)>, ModelError> {
         let mut profile = Some(Vec::new());
-        self.run(pool, input, size, logits, &mut profile)?;
+        self.run(pool, input, size, logits, None, &mut profile)?;
         Ok(profile.unwrap_or_default())
     }
 
@@ -105,18 +108,19 @@ impl Engine {
         input: &[f32],
         size: usize,
         logits: &mut Vec<f32>,
+        features: Option<&mut Vec<f32>>,
         profile: &mut Profile,
     ) -> Result<(), ModelError> {
         match self {
             // candle parallelises with rayon: inside `install` it uses the model's pool.
             Engine::F32(layers) => pool
-                .install(|| forward_f32(layers, input, size, logits, profile))
+                .install(|| forward_f32(layers, input, size, logits, features, profile))
                 .map_err(|source| ModelError::Candle {
                     context: "running the f32 network".into(),
                     source,
                 }),
             Engine::Quantized(net) => {
-                net.forward(pool, input, size, logits, profile, None);
+                net.forward(pool, input, size, logits, features, profile, None);
                 Ok(())
             }
         }
@@ -164,6 +168,7 @@ fn forward_f32(
     input: &[f32],
     size: usize,
     logits: &mut Vec<f32>,
+    features: Option<&mut Vec<f32>>,
     profile: &mut Profile,
 ) -> candle_core::Result<()> {
     let mut since = Instant::now();
@@ -193,6 +198,10 @@ fn forward_f32(
     }
     x = x.mean_keepdim(3)?.mean_keepdim(2)?;
     lap(profile, &mut since, "avgpool");
+    if let Some(features) = features {
+        features.clear();
+        features.extend(x.flatten_all()?.to_vec1::<f32>()?);
+    }
     // fc is a 1x1 convolution on the 1x1 pooled map.
     let out = layers.fc.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
     logits.clear();
@@ -306,6 +315,7 @@ impl QuantizedNet {
         input: &[f32],
         size: usize,
         logits: &mut Vec<f32>,
+        features: Option<&mut Vec<f32>>,
         profile: &mut Profile,
         observe: Option<&mut ActivationRanges>,
     ) {
@@ -333,6 +343,10 @@ impl QuantizedNet {
                 ),
             }
             lap(profile, &mut since, "avgpool");
+            if let Some(features) = features {
+                features.clear();
+                features.extend_from_slice(pooled);
+            }
             // fc's 512 inputs are quantized per frame on both paths: it costs nothing.
             let features = Nhwc {
                 values: &pooled[..],

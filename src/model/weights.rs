@@ -251,6 +251,37 @@ impl Network {
         self.widths
     }
 
+    /// The classifier as floats: weights `[classes][features]` and one bias per class.
+    pub fn fc(&self) -> (Vec<f32>, &[f32]) {
+        (self.layers.fc.weights.to_f32(), &self.layers.fc.bias)
+    }
+
+    /// Identifies the backbone (every layer but fc) independently of how the file stores it:
+    /// a hex SHA-256 of the weights as 8-bit per-channel levels and scales, and the biases.
+    /// A torchvision safetensors file and its `q8_0` GGUF share a fingerprint; calibration
+    /// and the classifier do not change it. A trained [`super::Head`] records the fingerprint
+    /// of the backbone its features came from.
+    pub fn backbone_fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        let fc: *const Layer = &self.layers.fc;
+        for layer in self.layers.iter().filter(|l| !std::ptr::eq(*l, fc)) {
+            let g = layer.geometry;
+            hasher.update(layer.name.as_bytes());
+            for dim in [g.in_channels, g.out_channels, g.kernel, g.stride, g.padding] {
+                hasher.update((dim as u64).to_le_bytes());
+            }
+            let q = layer
+                .weights
+                .to_per_channel(g.out_channels, WeightBits::Eight);
+            hasher.update(q.values.iter().map(|&v| v as u8).collect::<Vec<u8>>());
+            for value in q.scales.iter().chain(&layer.bias) {
+                hasher.update(value.to_le_bytes());
+            }
+        }
+        format!("{:x}", hasher.finalize())
+    }
+
     /// Loads a safetensors or GGUF file; see [`super::Model::load`].
     pub fn load(path: &Path) -> Result<Network, ModelError> {
         load(path)
