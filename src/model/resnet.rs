@@ -309,6 +309,7 @@ impl QuantizedNet {
 
     /// Runs one frame: static when calibrated, else dynamic; with `observe`, always dynamic,
     /// widening `observe`'s ranges by every tensor it sees (calibration).
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         pool: &rayon::ThreadPool,
