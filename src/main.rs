@@ -28,6 +28,8 @@ enum Command {
     Classify(commands::classify::Args),
     /// Measure accuracy, calibration and thresholds on labelled images.
     Eval(commands::eval::Args),
+    /// Train a head for your own classes on labelled pictures.
+    Train(commands::train::Args),
     /// Convert safetensors weights to a quantized GGUF file.
     Quantize(commands::quantize::Args),
     /// Download, verify, quantize and cache the ImageNet weights.
@@ -45,6 +47,7 @@ fn main() {
         Command::CheckConfig(args) => commands::check_config::run(args),
         Command::Classify(args) => commands::classify::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Train(args) => commands::train::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
         Command::FetchModel(args) => commands::fetch_model::run(args),
         Command::Bench(args) => commands::bench::run(args),
@@ -79,7 +82,7 @@ fn exit_code(err: &anyhow::Error) -> i32 {
 
 /// The stage errors that classify themselves, and I/O errors.
 fn sysexit_of(cause: &(dyn Error + 'static)) -> Option<Sysexit> {
-    use edgeclass::{capture, config, evaluate, model, postprocess, preprocess, publish};
+    use edgeclass::{capture, config, dataset, model, postprocess, preprocess, publish, train};
     // Each stage error type has an inherent `sysexit()`; try them in turn.
     macro_rules! sysexit_of_any {
         ($($error:ty),+ $(,)?) => {
@@ -98,7 +101,8 @@ fn sysexit_of(cause: &(dyn Error + 'static)) -> Option<Sysexit> {
         model::fetch::FetchError,
         postprocess::PostprocessError,
         publish::PublishError,
-        evaluate::dataset::DatasetError,
+        dataset::DatasetError,
+        train::TrainError,
     );
     cause
         .downcast_ref::<std::io::Error>()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::evaluate::dataset::{class_folders, images_in};
+use crate::dataset::{imagenet_class_folders, images_in};
 use crate::evaluate::{report, Evaluation, Sample};
 use crate::model::{Model, IMAGENET_CLASSES};
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
@@ -52,7 +52,7 @@ fn parse_probability(text: &str) -> Result<f64, String> {
 /// optionally writes the HTML report and the recommended thresholds. Unreadable images are
 /// skipped and counted; the command fails if none is readable.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let folders = class_folders(&args.data)?;
+    let folders = imagenet_class_folders(&args.data)?;
     let model = Model::load(
         &args.weights,
         args.inference.precision,

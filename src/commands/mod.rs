@@ -8,6 +8,7 @@ pub mod fetch_model;
 pub mod list_cameras;
 pub mod quantize;
 pub mod run;
+pub mod train;
 
 /// How a command that runs the model computes: `--precision` and `--threads`.
 #[derive(Debug, clap::Args)]

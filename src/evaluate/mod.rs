@@ -1,7 +1,6 @@
 //! Measured accuracy on a labelled set: what `edgeclass eval` computes from the model's logits
 //! and each frame's true class, independent of where the frames came from.
 //!
-//! - [`dataset`]: the labelled folder on disk (one sub-folder per class);
 //! - [`metrics`]: the pure functions (accuracy, confusion matrix, calibration error, threshold
 //!   trade-off, temperature scaling);
 //! - [`Evaluation`]: all of them for one set, ready for text, JSON ([`serde::Serialize`]) and
@@ -12,7 +11,6 @@
 //! Scores are the model's raw softmax, as the daemon thresholds them; the fitted temperature is
 //! reported (with the calibration error it would give) but not applied to the thresholds.
 
-pub mod dataset;
 pub mod metrics;
 pub mod report;
 

@@ -28,6 +28,7 @@ pub use config::{default_weights_path, ModelConfig};
 pub use head::{is_head_file, BackboneRef, Dense, Head, HEAD_ARCHITECTURE};
 pub use quantize::{quantize_file, write_gguf, StorageDtype};
 pub use weights::Network;
+pub(crate) use weights::SplitMix;
 
 use resnet::Engine;
 

@@ -251,8 +251,18 @@ impl Preprocessor {
     /// The slice is the same buffer on every call. Before the first successful decode (or after
     /// a failed one) it holds the transform of an empty image: all padding.
     pub fn normalize(&mut self) -> &[f32] {
+        // Moved out and back (no copy) so `transform` can borrow the preprocessor mutably.
+        let rgb = std::mem::take(&mut self.rgb);
+        self.transform(&rgb);
+        self.rgb = rgb;
+        &self.tensor
+    }
+
+    /// The eval transform of `image` instead of the last decoded frame (training's augmented
+    /// views); the same reused buffer as [`Preprocessor::normalize`].
+    pub fn transform(&mut self, image: &RgbImage) -> &[f32] {
         self.resampler.resize_crop_normalize(
-            &self.rgb,
+            image,
             self.config.resize,
             self.config.crop,
             &self.normalize_table,

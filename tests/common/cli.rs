@@ -1,5 +1,7 @@
 //! Running the `edgeclass` binary on the repository's fixtures.
 
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

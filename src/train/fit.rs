@@ -1,0 +1,497 @@
+//! Fitting a head on cached features with candle's autograd and candle-nn: `VarMap` for the
+//! parameters, `AdamW` with weight decay, a cosine learning-rate schedule with warm-up,
+//! label smoothing, class weights, optional knowledge distillation, and early stopping that
+//! restores the best epoch. Everything random (initialization, shuffling, dropout) comes from
+//! the seed, so a run is reproducible.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Init, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use serde::Serialize;
+
+use crate::model::{Dense, SplitMix};
+
+/// Hyper-parameters of [`fit`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FitOptions {
+    /// Width of the hidden layer; 0 makes the head one linear layer.
+    pub hidden: usize,
+    /// Dropout before the output layer of an MLP head, in `[0, 1)`.
+    pub dropout: f32,
+    /// Most epochs to run.
+    pub max_epochs: usize,
+    /// Stop after this many epochs without a lower validation loss; 0 never stops early.
+    pub patience: usize,
+    /// Examples per optimizer step.
+    pub batch_size: usize,
+    /// Peak learning rate, reached after the warm-up.
+    pub learning_rate: f64,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f64,
+    /// Epochs of linear warm-up before the cosine decay.
+    pub warmup_epochs: usize,
+    /// Share of the target probability spread over the other classes.
+    pub label_smoothing: f32,
+    /// Weight examples by the inverse of their class's frequency (uneven folders).
+    pub balance_classes: bool,
+    /// Seeds initialization, shuffling and dropout.
+    pub seed: u64,
+    /// Distil from a teacher's soft targets (the examples then carry teacher logits).
+    pub distillation: Option<Distillation>,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        Self {
+            hidden: 0,
+            dropout: 0.2,
+            max_epochs: 60,
+            patience: 8,
+            batch_size: 32,
+            learning_rate: 3e-3,
+            weight_decay: 1e-2,
+            warmup_epochs: 2,
+            label_smoothing: 0.1,
+            balance_classes: true,
+            seed: 1,
+            distillation: None,
+        }
+    }
+}
+
+/// Knowledge distillation: `loss = α·T²·KL(teacher_T ‖ student_T) + (1 − α)·CE`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Distillation {
+    /// Temperature `T` both distributions are softened with.
+    pub temperature: f32,
+    /// Weight `α` of the teacher's term.
+    pub alpha: f32,
+}
+
+impl Default for Distillation {
+    fn default() -> Self {
+        Self {
+            temperature: 4.0,
+            alpha: 0.7,
+        }
+    }
+}
+
+/// One training or validation example.
+#[derive(Debug, Clone, Copy)]
+pub struct Example<'a> {
+    /// Backbone features.
+    pub features: &'a [f32],
+    /// True class.
+    pub class: usize,
+    /// The teacher's logits for these features, when distilling.
+    pub teacher: Option<&'a [f32]>,
+}
+
+/// What one epoch did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Epoch {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss (the optimized objective).
+    pub train_loss: f64,
+    /// Cross-entropy on the validation split.
+    pub val_loss: f64,
+    /// Top-1 accuracy on the validation split, in `[0, 1]`.
+    pub val_accuracy: f64,
+    /// Learning rate of the epoch's last step.
+    pub learning_rate: f64,
+}
+
+/// A fitted head's layers (feature standardization folded in) and how training went.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    /// Dense layers, first to last, reading raw backbone features.
+    pub layers: Vec<Dense>,
+    /// Every epoch run.
+    pub history: Vec<Epoch>,
+    /// The epoch whose weights were kept (lowest validation loss).
+    pub best_epoch: usize,
+    /// Whether early stopping ended training before `max_epochs`.
+    pub stopped_early: bool,
+}
+
+/// The learning rate at optimizer step `step` (0-based) of `total`: linear warm-up over the
+/// first `warmup` steps to `peak`, then a cosine decay to zero at `total`:
+/// `peak · ½ · (1 + cos(π · (step − warmup) / (total − warmup)))`.
+pub fn cosine_learning_rate(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1) as f64;
+    let progress = ((step - warmup) as f64 / span).min(1.0);
+    peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// Early stopping on the validation loss: remembers the best epoch and says when `patience`
+/// epochs have passed without improving on it.
+#[derive(Debug, Clone)]
+pub struct EarlyStopping {
+    patience: usize,
+    best: Option<(usize, f64)>,
+}
+
+impl EarlyStopping {
+    /// Stops after `patience` epochs without improvement; 0 never stops.
+    pub fn new(patience: usize) -> Self {
+        Self {
+            patience,
+            best: None,
+        }
+    }
+
+    /// Records epoch `epoch`'s validation loss; returns whether it is the best so far.
+    pub fn improved(&mut self, epoch: usize, loss: f64) -> bool {
+        let better = self.best.is_none_or(|(_, best)| loss < best);
+        if better {
+            self.best = Some((epoch, loss));
+        }
+        better
+    }
+
+    /// Whether training should stop after epoch `epoch`.
+    pub fn should_stop(&self, epoch: usize) -> bool {
+        self.patience > 0
+            && self
+                .best
+                .is_some_and(|(best, _)| epoch - best >= self.patience)
+    }
+
+    /// The best epoch so far.
+    pub fn best_epoch(&self) -> Option<usize> {
+        self.best.map(|(epoch, _)| epoch)
+    }
+}
+
+/// The training objective for a batch, averaged: cross-entropy against `targets` (smoothed
+/// one-hot rows) weighted per example by `weights`, and with `distillation`
+/// `α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − α)·CE`.
+pub fn loss(
+    student: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    teacher: Option<(&Tensor, Distillation)>,
+) -> candle_core::Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(student, D::Minus1)?;
+    let per_example = (targets * log_p)?.sum(D::Minus1)?.neg()?;
+    let ce = ((per_example * weights)?.sum_all()? / weights.sum_all()?.to_scalar::<f32>()? as f64)?;
+    let Some((teacher, d)) = teacher else {
+        return Ok(ce);
+    };
+    let t = d.temperature as f64;
+    let log_q = candle_nn::ops::log_softmax(&(student / t)?, D::Minus1)?;
+    let log_p_teacher = candle_nn::ops::log_softmax(&(teacher / t)?, D::Minus1)?;
+    let kl = (log_p_teacher.exp()? * (log_p_teacher - log_q)?)?
+        .sum(D::Minus1)?
+        .mean_all()?;
+    let alpha = d.alpha as f64;
+    (kl * (alpha * t * t))? + (ce * (1.0 - alpha))?
+}
+
+/// The network being trained: one linear layer, or two with a ReLU and dropout between.
+struct Network {
+    layers: Vec<Linear>,
+    dropout: f32,
+}
+
+impl Network {
+    fn forward(&self, x: &Tensor, dropout: Option<&mut SplitMix>) -> candle_core::Result<Tensor> {
+        let mut x = self.layers[0].forward(x)?;
+        if let Some(output) = self.layers.get(1) {
+            x = x.relu()?;
+            if let (Some(rng), true) = (dropout, self.dropout > 0.0) {
+                // candle's dropout draws from an unseeded generator; this mask is seeded.
+                let keep = 1.0 - self.dropout;
+                let mask: Vec<f32> = (0..x.elem_count())
+                    .map(|_| {
+                        if rng.next_f32() < keep {
+                            1.0 / keep
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+                x = (x * mask)?;
+            }
+            x = output.forward(&x)?;
+        }
+        Ok(x)
+    }
+}
+
+/// Per-feature mean and inverse standard deviation of the training features: the network
+/// trains on standardized inputs, and the export folds this back into the first layer.
+struct Standardization {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+}
+
+impl Standardization {
+    fn fit(examples: &[Example]) -> Self {
+        let len = examples.first().map_or(0, |e| e.features.len());
+        let n = examples.len().max(1) as f64;
+        let mut mean = vec![0f64; len];
+        let mut square = vec![0f64; len];
+        for e in examples {
+            for (i, &v) in e.features.iter().enumerate() {
+                mean[i] += v as f64 / n;
+                square[i] += (v as f64).powi(2) / n;
+            }
+        }
+        let inv_std = mean
+            .iter()
+            .zip(&square)
+            .map(|(m, s)| {
+                let std = (s - m * m).max(0.0).sqrt();
+                // A constant feature carries nothing: ignore it rather than divide by ~0.
+                if std > 1e-6 {
+                    (1.0 / std) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Self {
+            mean: mean.into_iter().map(|m| m as f32).collect(),
+            inv_std,
+        }
+    }
+
+    fn apply(&self, examples: &[Example]) -> Vec<f32> {
+        examples
+            .iter()
+            .flat_map(|e| {
+                e.features
+                    .iter()
+                    .zip(&self.mean)
+                    .zip(&self.inv_std)
+                    .map(|((v, m), s)| (v - m) * s)
+            })
+            .collect()
+    }
+
+    /// `W·((x − mean)·inv_std) + b` as `W'·x + b'`.
+    fn fold(&self, first: &mut Dense) {
+        let inputs = first.inputs();
+        for (row, bias) in first.weight.chunks_mut(inputs).zip(&mut first.bias) {
+            for ((w, m), s) in row.iter_mut().zip(&self.mean).zip(&self.inv_std) {
+                *w *= s;
+                *bias -= *w * m;
+            }
+        }
+    }
+}
+
+/// Trains a head on `train`, early-stopping on `val` (which must not be empty), and calls
+/// `progress` after each epoch.
+pub fn fit(
+    train: &[Example],
+    val: &[Example],
+    classes: usize,
+    options: &FitOptions,
+    mut progress: impl FnMut(&Epoch),
+) -> candle_core::Result<Fitted> {
+    let device = Device::Cpu;
+    let features = train.first().map_or(0, |e| e.features.len());
+    if features == 0 || val.is_empty() || classes < 2 {
+        candle_core::bail!("training needs examples, a validation split and two classes");
+    }
+    let mut rng = SplitMix::new(options.seed);
+    let standardization = Standardization::fit(train);
+
+    // Parameters live in a VarMap; initialized from the seed (PyTorch's Linear default:
+    // uniform in ±1/√fan_in) rather than candle's unseeded generator.
+    let mut varmap = VarMap::new();
+    let builder = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let widths: Vec<usize> = match options.hidden {
+        0 => vec![features, classes],
+        hidden => vec![features, hidden, classes],
+    };
+    let mut layers = Vec::new();
+    for (i, pair) in widths.windows(2).enumerate() {
+        let (inputs, outputs) = (pair[0], pair[1]);
+        let bound = 1.0 / (inputs as f32).sqrt();
+        let mut layer = |name: String, shape: &[usize]| -> candle_core::Result<Tensor> {
+            let tensor = builder.get_with_hints(shape, &name, Init::Const(0.0))?;
+            let values = (0..tensor.elem_count())
+                .map(|_| (rng.next_f32() * 2.0 - 1.0) * bound)
+                .collect();
+            varmap.set_one(&name, Tensor::from_vec(values, shape, &device)?)?;
+            Ok(tensor)
+        };
+        let weight = layer(format!("head.{i}.weight"), &[outputs, inputs])?;
+        let bias = layer(format!("head.{i}.bias"), &[outputs])?;
+        layers.push(Linear::new(weight, Some(bias)));
+    }
+    let network = Network {
+        layers,
+        dropout: options.dropout,
+    };
+
+    let x_train = Tensor::from_vec(
+        standardization.apply(train),
+        (train.len(), features),
+        &device,
+    )?;
+    let x_val = Tensor::from_vec(standardization.apply(val), (val.len(), features), &device)?;
+    let targets = smoothed_targets(train, classes, options.label_smoothing, &device)?;
+    let weights = class_weights(train, classes, options.balance_classes, &device)?;
+    let teacher = match options.distillation {
+        Some(d) => {
+            let logits: Option<Vec<f32>> = train
+                .iter()
+                .map(|e| e.teacher.map(<[f32]>::to_vec))
+                .collect::<Option<Vec<_>>>()
+                .map(|rows| rows.concat());
+            let logits = logits.ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "distillation needs the teacher's logits for every example".into(),
+                )
+            })?;
+            Some((
+                Tensor::from_vec(logits, (train.len(), classes), &device)?,
+                d,
+            ))
+        }
+        None => None,
+    };
+    let val_truth: Vec<u32> = val.iter().map(|e| e.class as u32).collect();
+    let val_truth = Tensor::from_vec(val_truth, val.len(), &device)?;
+
+    let mut optimizer = candle_nn::AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: options.learning_rate,
+            weight_decay: options.weight_decay,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let batch = options.batch_size.max(1);
+    let steps_per_epoch = train.len().div_ceil(batch);
+    let total_steps = steps_per_epoch * options.max_epochs;
+    let warmup_steps = steps_per_epoch * options.warmup_epochs;
+    let mut order: Vec<u32> = (0..train.len() as u32).collect();
+    let mut stopping = EarlyStopping::new(options.patience);
+    let mut best_layers = export(&network, &standardization)?;
+    let mut history = Vec::new();
+    let mut step = 0;
+    for epoch in 1..=options.max_epochs {
+        rng.shuffle(&mut order);
+        let mut loss_sum = 0.0;
+        let mut learning_rate = options.learning_rate;
+        for chunk in order.chunks(batch) {
+            learning_rate =
+                cosine_learning_rate(step, total_steps, warmup_steps, options.learning_rate);
+            optimizer.set_learning_rate(learning_rate);
+            let index = Tensor::from_slice(chunk, chunk.len(), &device)?;
+            let logits = network.forward(&x_train.index_select(&index, 0)?, Some(&mut rng))?;
+            let teacher_batch = match &teacher {
+                Some((t, d)) => Some((t.index_select(&index, 0)?, *d)),
+                None => None,
+            };
+            let batch_loss = loss(
+                &logits,
+                &targets.index_select(&index, 0)?,
+                &weights.index_select(&index, 0)?,
+                teacher_batch.as_ref().map(|(t, d)| (t, *d)),
+            )?;
+            optimizer.backward_step(&batch_loss)?;
+            loss_sum += batch_loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            step += 1;
+        }
+        let val_logits = network.forward(&x_val, None)?;
+        let val_loss =
+            candle_nn::loss::cross_entropy(&val_logits, &val_truth)?.to_scalar::<f32>()? as f64;
+        let predicted = val_logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let right = predicted
+            .iter()
+            .zip(val)
+            .filter(|(&p, e)| p as usize == e.class)
+            .count();
+        let record = Epoch {
+            epoch,
+            train_loss: loss_sum / train.len() as f64,
+            val_loss,
+            val_accuracy: right as f64 / val.len() as f64,
+            learning_rate,
+        };
+        history.push(record);
+        progress(&record);
+        if stopping.improved(epoch, val_loss) {
+            best_layers = export(&network, &standardization)?;
+        }
+        if stopping.should_stop(epoch) {
+            break;
+        }
+    }
+    let epochs_run = history.len();
+    Ok(Fitted {
+        layers: best_layers,
+        best_epoch: stopping.best_epoch().unwrap_or(epochs_run),
+        stopped_early: epochs_run < options.max_epochs,
+        history,
+    })
+}
+
+/// One-hot rows of the true classes, with `smoothing` spread evenly over all classes.
+fn smoothed_targets(
+    examples: &[Example],
+    classes: usize,
+    smoothing: f32,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let off = smoothing / classes as f32;
+    let mut rows = vec![off; examples.len() * classes];
+    for (row, e) in rows.chunks_mut(classes).zip(examples) {
+        row[e.class] += 1.0 - smoothing;
+    }
+    Tensor::from_vec(rows, (examples.len(), classes), device)
+}
+
+/// Per-example weights: `n / (classes · n_class)` when balancing, else 1.
+fn class_weights(
+    examples: &[Example],
+    classes: usize,
+    balance: bool,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let mut counts = vec![0usize; classes];
+    examples.iter().for_each(|e| counts[e.class] += 1);
+    let weights: Vec<f32> = examples
+        .iter()
+        .map(|e| {
+            if balance {
+                examples.len() as f32 / (classes * counts[e.class].max(1)) as f32
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    Tensor::from_vec(weights, examples.len(), device)
+}
+
+/// The network's current weights as [`Dense`] layers reading raw features.
+fn export(network: &Network, standardization: &Standardization) -> candle_core::Result<Vec<Dense>> {
+    let mut layers = network
+        .layers
+        .iter()
+        .map(|layer| {
+            Ok(Dense {
+                weight: layer.weight().flatten_all()?.to_vec1::<f32>()?,
+                bias: match layer.bias() {
+                    Some(b) => b.to_vec1::<f32>()?,
+                    None => vec![0.0; layer.weight().dim(0)?],
+                },
+            })
+        })
+        .collect::<candle_core::Result<Vec<Dense>>>()?;
+    if let Some(first) = layers.first_mut() {
+        standardization.fold(first);
+    }
+    Ok(layers)
+}

@@ -1,0 +1,439 @@
+//! Training a head for the user's own classes on the device's CPU (`edgeclass train`).
+//!
+//! The backbone stays frozen and runs on the int8 engine the daemon uses, once per picture
+//! and augmented view ([`features`]); a small head is then fitted on those cached features
+//! with candle's autograd ([`fit`]). The result is a [`Head`] file: the class names, the
+//! recommended per-class thresholds from the validation split, and this run's [`Report`].
+//!
+//! 1. [`crate::dataset::training_classes`] checks the folder before any work.
+//! 2. [`split`]: a stratified, seeded validation split, by picture (a picture's augmented
+//!    views never straddle the split).
+//! 3. [`features::extract`]: the plain view and `views` augmented ones ([`augment`]); corrupt
+//!    pictures are skipped with their name.
+//! 4. [`fit::fit`]: AdamW, cosine schedule with warm-up, label smoothing, class weights,
+//!    optional distillation from a teacher head, early stopping that restores the best epoch.
+//! 5. The validation split is evaluated with [`crate::evaluate`]: per-class precision and
+//!    recall, the confusion matrix, and thresholds reaching the target precision.
+
+pub mod augment;
+pub mod features;
+pub mod fit;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::dataset::TrainingClass;
+use crate::evaluate::{Evaluation, LabelledClass, Sample};
+use crate::model::{BackboneRef, Head, Model, ModelError, SplitMix};
+use crate::preprocess::{PreprocessConfig, Preprocessor};
+use crate::sysexits::Sysexit;
+
+use augment::Augmentation;
+use features::{Picture, Skipped};
+use fit::{Epoch, Example, FitOptions};
+
+/// Lowest recommended threshold: a perfect but small validation split would otherwise
+/// recommend 0 ("always sure"), and frames unlike any class must still be able to fall below.
+pub const MIN_RECOMMENDED_THRESHOLD: f32 = 0.5;
+
+/// How to train, beyond the fitting hyper-parameters.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOptions {
+    /// Augmented views per picture; `None` trains on the plain pictures only.
+    pub augmentation: Option<Augmentation>,
+    /// Augmented views per picture (besides the plain one).
+    pub views: usize,
+    /// Share of each class's pictures held out for validation (at least one each).
+    pub val_fraction: f64,
+    /// Precision the recommended per-class thresholds should reach on the validation split.
+    pub target_precision: f64,
+    /// The head and its optimization.
+    pub fit: FitOptions,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            augmentation: Some(Augmentation::default()),
+            views: 4,
+            val_fraction: 0.2,
+            target_precision: 0.95,
+            fit: FitOptions::default(),
+        }
+    }
+}
+
+/// Why training failed (bad data is reported before any work by
+/// [`crate::dataset::training_classes`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The backbone failed on a picture.
+    #[error("running the backbone")]
+    Model(#[from] ModelError),
+    /// Too few pictures were readable to train and validate.
+    #[error("class {class:?} has {readable} readable picture(s); training needs at least 2")]
+    TooFewReadable {
+        /// The class.
+        class: String,
+        /// Pictures that decoded.
+        readable: usize,
+    },
+    /// The teacher cannot teach this student.
+    #[error("teacher {}: {reason}", path.display())]
+    Teacher {
+        /// The teacher's file.
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+    /// candle failed while fitting.
+    #[error("fitting the head")]
+    Fit(#[source] candle_core::Error),
+}
+
+impl TrainError {
+    /// The kind of failure, for the process exit status.
+    pub fn sysexit(&self) -> Sysexit {
+        match self {
+            TrainError::Model(e) => e.sysexit(),
+            TrainError::TooFewReadable { .. } | TrainError::Teacher { .. } => Sysexit::DataErr,
+            TrainError::Fit(_) => Sysexit::Software,
+        }
+    }
+}
+
+/// A teacher for distillation: a head on the same backbone with the same classes.
+pub struct Teacher<'a> {
+    /// The teacher head.
+    pub head: &'a Head,
+    /// Its file, for messages.
+    pub path: &'a Path,
+}
+
+/// What training tells as it goes.
+pub trait Progress {
+    /// `done` of `total` pictures have been through the backbone.
+    fn picture(&mut self, done: usize, total: usize);
+    /// A picture was skipped.
+    fn skipped(&mut self, skipped: &Skipped);
+    /// An epoch ended.
+    fn epoch(&mut self, epoch: &Epoch, max_epochs: usize);
+}
+
+/// One class's pictures in the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassCounts {
+    /// The class name.
+    pub name: String,
+    /// Pictures used for training.
+    pub train: usize,
+    /// Pictures held out for validation.
+    pub validation: usize,
+}
+
+/// Wall-clock time of each phase, in seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timings {
+    /// Running the backbone over every picture and view.
+    pub features_s: f64,
+    /// Fitting the head.
+    pub fit_s: f64,
+    /// The whole run.
+    pub total_s: f64,
+}
+
+/// Everything a training run measured; stored in the head file as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Per class: pictures in each split.
+    pub classes: Vec<ClassCounts>,
+    /// Pictures that could not be used.
+    pub skipped: Vec<Skipped>,
+    /// Top-1 accuracy on the training pictures (plain view), in `[0, 1]`.
+    pub train_accuracy: f64,
+    /// Top-1 accuracy on the validation split, in `[0, 1]`.
+    pub val_accuracy: f64,
+    /// The validation split evaluated: per-class precision and recall, confusion matrix,
+    /// calibration, threshold trade-offs and recommendations.
+    pub validation: Evaluation,
+    /// Recommended threshold per class (class order), stored in the head.
+    pub thresholds: Vec<f32>,
+    /// The epoch whose weights were kept.
+    pub best_epoch: usize,
+    /// Epochs run.
+    pub epochs_run: usize,
+    /// Whether early stopping ended training.
+    pub stopped_early: bool,
+    /// Every epoch's figures.
+    pub history: Vec<Epoch>,
+    /// How long each phase took.
+    pub timings: Timings,
+    /// The options of the run.
+    pub options: TrainOptions,
+    /// The teacher distilled from, if any.
+    pub teacher: Option<PathBuf>,
+}
+
+/// A trained head and its report.
+pub struct Trained {
+    /// The head, ready to save.
+    pub head: Head,
+    /// What the run measured (also attached to the head as JSON).
+    pub report: Report,
+}
+
+/// Holds out `fraction` of each class's pictures (rounded, at least one, never all) for
+/// validation, chosen by `seed`. Returns `(train, validation)` indices into `pictures`.
+pub fn split(
+    pictures: &[Picture],
+    classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = SplitMix::new(seed ^ 0x5EED_5711);
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for class in 0..classes {
+        let mut members: Vec<usize> = (0..pictures.len())
+            .filter(|&i| pictures[i].class == class)
+            .collect();
+        rng.shuffle(&mut members);
+        let held = ((members.len() as f64 * fraction).round() as usize)
+            .clamp(1, members.len().saturating_sub(1).max(1));
+        val.extend_from_slice(&members[..held.min(members.len())]);
+        train.extend_from_slice(&members[held.min(members.len())..]);
+    }
+    train.sort_unstable();
+    val.sort_unstable();
+    (train, val)
+}
+
+/// Trains a head on `classes` over `model`'s backbone (read from `backbone_file`).
+pub fn train(
+    model: &Model,
+    backbone_file: &Path,
+    classes: &[TrainingClass],
+    options: &TrainOptions,
+    teacher: Option<Teacher>,
+    progress: &mut dyn Progress,
+) -> Result<Trained, TrainError> {
+    let started = Instant::now();
+    let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
+    let teacher = teacher
+        .map(|t| teacher_order(&t, model, &names).map(|order| (t.head, t.path, order)))
+        .transpose()?;
+
+    let total: usize = classes.iter().map(|c| c.images.len()).sum();
+    let mut preprocessor =
+        Preprocessor::new(PreprocessConfig::for_input_size(model.input_size() as u32));
+    let mut done = 0;
+    let (pictures, skipped) = features::extract(
+        model,
+        &mut preprocessor,
+        classes,
+        options.augmentation.as_ref(),
+        options.views,
+        options.fit.seed,
+        || {
+            done += 1;
+            progress.picture(done, total);
+        },
+    )?;
+    skipped.iter().for_each(|s| progress.skipped(s));
+    for (index, class) in classes.iter().enumerate() {
+        let readable = pictures.iter().filter(|p| p.class == index).count();
+        if readable < 2 {
+            return Err(TrainError::TooFewReadable {
+                class: class.name.clone(),
+                readable,
+            });
+        }
+    }
+    let features_s = started.elapsed().as_secs_f64();
+
+    let (train_ids, val_ids) = split(
+        &pictures,
+        classes.len(),
+        options.val_fraction,
+        options.fit.seed,
+    );
+    // Teacher logits, one row per view, in the class order of this run.
+    let teacher_logits: Vec<Vec<Vec<f32>>> = match &teacher {
+        Some((head, _, order)) => pictures
+            .iter()
+            .map(|p| {
+                p.views
+                    .iter()
+                    .map(|f| head_logits(head, f, order))
+                    .collect()
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let example = |picture: usize, view: usize| Example {
+        features: &pictures[picture].views[view],
+        class: pictures[picture].class,
+        teacher: teacher_logits
+            .get(picture)
+            .map(|views| views[view].as_slice()),
+    };
+    let train_examples: Vec<Example> = train_ids
+        .iter()
+        .flat_map(|&p| (0..pictures[p].views.len()).map(move |v| (p, v)))
+        .map(|(p, v)| example(p, v))
+        .collect();
+    let val_examples: Vec<Example> = val_ids.iter().map(|&p| example(p, 0)).collect();
+    let mut fit_options = options.fit.clone();
+    if teacher.is_none() {
+        fit_options.distillation = None;
+    }
+    let fit_started = Instant::now();
+    let fitted = fit::fit(
+        &train_examples,
+        &val_examples,
+        classes.len(),
+        &fit_options,
+        |epoch| progress.epoch(epoch, fit_options.max_epochs),
+    )
+    .map_err(TrainError::Fit)?;
+    let fit_s = fit_started.elapsed().as_secs_f64();
+
+    let backbone = BackboneRef {
+        fingerprint: model.fingerprint().to_string(),
+        file: backbone_file.to_path_buf(),
+    };
+    let mut head = Head::new(names.clone(), fitted.layers, model.feature_len(), backbone)
+        .map_err(|reason| TrainError::Fit(candle_core::Error::Msg(reason)))?;
+
+    let samples = |ids: &[usize]| -> Vec<Sample> {
+        let (mut hidden, mut logits) = (Vec::new(), Vec::new());
+        ids.iter()
+            .map(|&p| {
+                head.forward(pictures[p].plain(), &mut hidden, &mut logits);
+                Sample {
+                    logits: logits.clone(),
+                    truth: pictures[p].class,
+                }
+            })
+            .collect()
+    };
+    let labelled: Vec<LabelledClass> = names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| LabelledClass {
+            index,
+            key: name.clone(),
+            name: name.clone(),
+        })
+        .collect();
+    let train_eval = Evaluation::new(&samples(&train_ids), labelled.clone(), None);
+    let validation = Evaluation::new(&samples(&val_ids), labelled, Some(options.target_precision));
+    let thresholds = recommended_thresholds(&validation);
+    head.set_thresholds(thresholds.clone())
+        .map_err(|reason| TrainError::Fit(candle_core::Error::Msg(reason)))?;
+
+    let counts = classes
+        .iter()
+        .enumerate()
+        .map(|(index, class)| ClassCounts {
+            name: class.name.clone(),
+            train: train_ids
+                .iter()
+                .filter(|&&p| pictures[p].class == index)
+                .count(),
+            validation: val_ids
+                .iter()
+                .filter(|&&p| pictures[p].class == index)
+                .count(),
+        })
+        .collect();
+    let report = Report {
+        classes: counts,
+        skipped,
+        train_accuracy: train_eval.top1_accuracy,
+        val_accuracy: validation.top1_accuracy,
+        thresholds,
+        best_epoch: fitted.best_epoch,
+        epochs_run: fitted.history.len(),
+        stopped_early: fitted.stopped_early,
+        history: fitted.history,
+        validation,
+        timings: Timings {
+            features_s,
+            fit_s,
+            total_s: started.elapsed().as_secs_f64(),
+        },
+        options: TrainOptions {
+            fit: fit_options,
+            ..options.clone()
+        },
+        teacher: teacher.map(|(_, path, _)| path.to_path_buf()),
+    };
+    if let Ok(json) = serde_json::to_string(&report) {
+        head.set_report(json);
+    }
+    Ok(Trained { head, report })
+}
+
+/// Per class of the student, its index among the teacher's outputs; the teacher must run on
+/// the same backbone and know exactly the same classes.
+fn teacher_order(
+    teacher: &Teacher,
+    model: &Model,
+    names: &[String],
+) -> Result<Vec<usize>, TrainError> {
+    let error = |reason: String| TrainError::Teacher {
+        path: teacher.path.to_path_buf(),
+        reason,
+    };
+    if teacher.head.backbone().fingerprint != model.fingerprint() {
+        return Err(error(format!(
+            "it was trained on another backbone ({}) than {}",
+            teacher.head.backbone().file.display(),
+            model.source().display()
+        )));
+    }
+    let theirs = teacher.head.classes();
+    let order: Option<Vec<usize>> = names
+        .iter()
+        .map(|n| theirs.iter().position(|t| t == n))
+        .collect();
+    match order {
+        Some(order) if theirs.len() == names.len() => Ok(order),
+        _ => Err(error(format!(
+            "its classes are {}, the data's are {}",
+            theirs.join(", "),
+            names.join(", ")
+        ))),
+    }
+}
+
+/// The teacher's logits for `features`, reordered to the student's classes.
+fn head_logits(head: &Head, features: &[f32], order: &[usize]) -> Vec<f32> {
+    let (mut hidden, mut logits) = (Vec::new(), Vec::new());
+    head.forward(features, &mut hidden, &mut logits);
+    order.iter().map(|&i| logits[i]).collect()
+}
+
+/// Per class, the lowest threshold reaching the target precision on the validation split,
+/// else the global one, floored at [`MIN_RECOMMENDED_THRESHOLD`].
+fn recommended_thresholds(validation: &Evaluation) -> Vec<f32> {
+    let global = validation
+        .recommended
+        .and_then(|r| r.reached)
+        .map(|point| point.threshold);
+    validation
+        .classes
+        .iter()
+        .map(|class| {
+            class
+                .recommended
+                .and_then(|r| r.reached)
+                .map(|point| point.threshold)
+                .or(global)
+                .unwrap_or(MIN_RECOMMENDED_THRESHOLD)
+                .max(MIN_RECOMMENDED_THRESHOLD)
+        })
+        .collect()
+}
