@@ -93,7 +93,12 @@ fn trained_head_classifies_held_out_scenes_and_augmentation_carries_it_to_shifte
     let shifted = scenes(50, 20_000, Variation::SHIFTED);
 
     let (augmented, report) = train(&data, &weights, &dir.path().join("a.gguf"), &[]);
-    let (plain, _) = train(&data, &weights, &dir.path().join("p.gguf"), &["--no-augment"]);
+    let (plain, _) = train(
+        &data,
+        &weights,
+        &dir.path().join("p.gguf"),
+        &["--no-augment"],
+    );
     assert_eq!(augmented.classes(), ["closed", "open"]);
     assert_eq!(augmented.backbone().fingerprint, model.fingerprint());
     assert_eq!(report["classes"][0]["train"].as_u64(), Some(32));
@@ -105,7 +110,10 @@ fn trained_head_classifies_held_out_scenes_and_augmentation_carries_it_to_shifte
     println!(
         "held-out {held_out_accuracy:.3}; shifted scenes: augmented {with:.3}, not augmented {without:.3}"
     );
-    assert!(held_out_accuracy >= 0.95, "held-out accuracy {held_out_accuracy}");
+    assert!(
+        held_out_accuracy >= 0.95,
+        "held-out accuracy {held_out_accuracy}"
+    );
     assert!(
         with >= without + 0.04,
         "augmentation should help on shifted scenes: {with} vs {without}"

@@ -495,3 +495,226 @@ fn export(network: &Network, standardization: &Standardization) -> candle_core::
     }
     Ok(layers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_rate_warms_up_linearly_then_follows_the_cosine() {
+        let (total, warmup, peak) = (100, 10, 0.01);
+        for step in 0..warmup {
+            let expected = peak * (step + 1) as f64 / warmup as f64;
+            assert!((cosine_learning_rate(step, total, warmup, peak) - expected).abs() < 1e-12);
+        }
+        assert_eq!(cosine_learning_rate(warmup, total, warmup, peak), peak);
+        for step in [10, 25, 55, 77, 99] {
+            let t = (step - warmup) as f64 / (total - warmup) as f64;
+            let expected = 0.5 * peak * (1.0 + (std::f64::consts::PI * t).cos());
+            let lr = cosine_learning_rate(step, total, warmup, peak);
+            assert!(
+                (lr - expected).abs() < 1e-12,
+                "step {step}: {lr} vs {expected}"
+            );
+        }
+        // Half-way through the decay: half the peak; at the end: zero.
+        assert!((cosine_learning_rate(55, total, warmup, peak) - peak / 2.0).abs() < 1e-12);
+        assert!(cosine_learning_rate(total, total, warmup, peak).abs() < 1e-12);
+    }
+
+    #[test]
+    fn early_stopping_waits_patience_epochs_after_the_best() {
+        let mut stopping = EarlyStopping::new(3);
+        let losses = [1.0, 0.8, 0.9, 0.85, 0.81, 0.7, 0.75];
+        let mut stopped_at = None;
+        for (i, &loss) in losses.iter().enumerate() {
+            let epoch = i + 1;
+            stopping.improved(epoch, loss);
+            if stopping.should_stop(epoch) {
+                stopped_at = Some(epoch);
+                break;
+            }
+        }
+        assert_eq!(stopped_at, Some(5), "3 epochs after the best (2)");
+        assert_eq!(stopping.best_epoch(), Some(2));
+        let mut never = EarlyStopping::new(0);
+        (1..100).for_each(|e| {
+            never.improved(e, 1.0);
+        });
+        assert!(!never.should_stop(99));
+    }
+
+    #[test]
+    fn distillation_loss_matches_the_hand_computed_value() {
+        let device = Device::Cpu;
+        let student = Tensor::new(&[[1.0f32, 2.0, 0.0], [0.5, -1.0, 1.5]], &device).unwrap();
+        let teacher = Tensor::new(&[[0.5f32, 2.5, -1.0], [2.0, 0.0, 1.0]], &device).unwrap();
+        let examples = [
+            Example {
+                features: &[],
+                class: 1,
+                teacher: None,
+            },
+            Example {
+                features: &[],
+                class: 2,
+                teacher: None,
+            },
+        ];
+        let targets = smoothed_targets(&examples, 3, 0.1, &device).unwrap();
+        let weights = Tensor::new(&[1.0f32, 2.0], &device).unwrap();
+        // numpy: smoothed, weighted cross-entropy 0.494672, KL(teacher_4 ‖ student_4)
+        // 0.018499, 0.7 · 16 · KL + 0.3 · CE = 0.355595.
+        let scalar = |t: Tensor| t.to_scalar::<f32>().unwrap() as f64;
+        let ce = scalar(loss(&student, &targets, &weights, None).unwrap());
+        assert!((ce - 0.494_672_453_8).abs() < 1e-5, "{ce}");
+        let distilled = loss(
+            &student,
+            &targets,
+            &weights,
+            Some((&teacher, Distillation::default())),
+        );
+        let distilled = scalar(distilled.unwrap());
+        assert!((distilled - 0.355_594_697_3).abs() < 1e-5, "{distilled}");
+    }
+
+    /// Two noisy Gaussian blobs in 16 dimensions, and a teacher that is confident in
+    /// proportion to the distance from the boundary.
+    fn blobs(n: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<usize>, Vec<Vec<f32>>) {
+        let mut rng = SplitMix::new(seed);
+        let mut features = Vec::new();
+        let mut classes = Vec::new();
+        let mut teacher = Vec::new();
+        for i in 0..n {
+            let class = i % 2;
+            let centre = if class == 0 { -0.5 } else { 0.5 };
+            let x: Vec<f32> = (0..16)
+                .map(|_| centre + (rng.next_f32() - 0.5) * 3.0)
+                .collect();
+            let margin: f32 = x.iter().sum::<f32>() * 0.4;
+            teacher.push(vec![-margin, margin]);
+            features.push(x);
+            classes.push(class);
+        }
+        (features, classes, teacher)
+    }
+
+    fn examples<'a>(
+        features: &'a [Vec<f32>],
+        classes: &[usize],
+        teacher: &'a [Vec<f32>],
+    ) -> Vec<Example<'a>> {
+        features
+            .iter()
+            .zip(classes)
+            .zip(teacher)
+            .map(|((f, &class), t)| Example {
+                features: f,
+                class,
+                teacher: Some(t),
+            })
+            .collect()
+    }
+
+    fn head_logits(layers: &[Dense], features: &[f32]) -> Vec<f32> {
+        let layer = &layers[0];
+        layer
+            .weight
+            .chunks(layer.inputs())
+            .zip(&layer.bias)
+            .map(|(row, b)| b + row.iter().zip(features).map(|(w, x)| w * x).sum::<f32>())
+            .collect()
+    }
+
+    #[test]
+    fn fitting_is_seeded_and_keeps_the_best_epoch() {
+        let (f, c, t) = blobs(200, 1);
+        let all = examples(&f, &c, &t);
+        let (train, val) = all.split_at(160);
+        let options = FitOptions {
+            max_epochs: 40,
+            patience: 5,
+            learning_rate: 0.05,
+            ..FitOptions::default()
+        };
+        let a = fit(train, val, 2, &options, |_| {}).unwrap();
+        let b = fit(train, val, 2, &options, |_| {}).unwrap();
+        assert_eq!(a.layers, b.layers, "same seed, same head");
+        let best = a.history[a.best_epoch - 1];
+        let lowest = a
+            .history
+            .iter()
+            .map(|e| e.val_loss)
+            .fold(f64::MAX, f64::min);
+        assert_eq!(best.val_loss, lowest);
+        assert!(
+            a.stopped_early && a.history.len() == a.best_epoch + 5,
+            "{:?}",
+            a.history
+        );
+        // The kept layers are the best epoch's: their validation loss is the best one, not
+        // the last epoch's.
+        let nll: f64 = val
+            .iter()
+            .map(|e| {
+                let z = head_logits(&a.layers, e.features);
+                let max = z[0].max(z[1]);
+                let log_sum = max + ((z[0] - max).exp() + (z[1] - max).exp()).ln();
+                (log_sum - z[e.class]) as f64
+            })
+            .sum::<f64>()
+            / val.len() as f64;
+        assert!(
+            (nll - best.val_loss).abs() < 1e-4,
+            "{nll} vs best {}",
+            best.val_loss
+        );
+        let other_seed = FitOptions { seed: 2, ..options };
+        assert_ne!(
+            fit(train, val, 2, &other_seed, |_| {}).unwrap().layers,
+            a.layers
+        );
+    }
+
+    #[test]
+    fn a_distilled_student_ends_closer_to_its_teacher() {
+        let (f, c, t) = blobs(400, 3);
+        let all = examples(&f, &c, &t);
+        let (train, rest) = all.split_at(240);
+        let (val, test) = rest.split_at(80);
+        let base = FitOptions {
+            max_epochs: 30,
+            patience: 0,
+            learning_rate: 0.02,
+            ..FitOptions::default()
+        };
+        let distilled = FitOptions {
+            distillation: Some(Distillation::default()),
+            ..base.clone()
+        };
+        let kl_to_teacher = |layers: &[Dense]| -> f64 {
+            let softmax = |z: &[f32]| -> Vec<f64> {
+                let z: Vec<f64> = z.iter().map(|&v| v as f64 / 4.0).collect();
+                let max = z.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                e.iter().map(|v| v / sum).collect()
+            };
+            test.iter()
+                .map(|e| {
+                    let p = softmax(e.teacher.unwrap_or_default());
+                    let q = softmax(&head_logits(layers, e.features));
+                    p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum::<f64>()
+                })
+                .sum::<f64>()
+                / test.len() as f64
+        };
+        let without = kl_to_teacher(&fit(train, val, 2, &base, |_| {}).unwrap().layers);
+        let with = kl_to_teacher(&fit(train, val, 2, &distilled, |_| {}).unwrap().layers);
+        println!("KL to the teacher on held-out examples: distilled {with:.5}, not distilled {without:.5}");
+        assert!(
+            with < without * 0.8,
+            "KL to the teacher: distilled {with}, not {without}"
+        );
+    }
+}
