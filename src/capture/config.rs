@@ -6,6 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::CaptureError;
+use crate::preprocess::CropRegion;
 
 /// One `[[cameras]]` entry of the daemon's config.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -36,6 +37,10 @@ pub struct CameraConfig {
     /// HTTP only: connect + whole-request timeout in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The part of the frame that is classified, as fractions `[x, y, w, h]`; unset means the
+    /// whole frame. Snapshots show the same region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<CropRegion>,
     /// Skip inference while the scene does not change.
     #[serde(default)]
     pub motion: MotionConfig,

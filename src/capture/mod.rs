@@ -4,8 +4,8 @@
 //! `interval_ms`, and hands frames to the daemon through a latest-frame-wins [`FrameSlot`]. A
 //! failing camera reports [`CameraEvent::Offline`] once, is retried with backoff, and reports
 //! [`CameraEvent::Online`] when it delivers again. Frames are handed over undecoded; the daemon
-//! decodes them (preprocess) and asks a [`MotionGate`] whether the scene changed enough to
-//! classify.
+//! decodes them (preprocess, which also cuts out a camera's `crop` region) and asks a
+//! [`MotionGate`] whether the scene changed enough to classify.
 
 mod config;
 mod error;

@@ -1,11 +1,13 @@
-//! One camera's path from frame to event: decode, motion gate, model, postprocess, policy,
-//! publish. Runs on its own thread; the model is shared with the other cameras.
+//! One camera's path from frame to event: decode (and crop), motion gate, model, postprocess,
+//! policy, publish. Runs on its own thread; the model is shared with the other cameras.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use tokio::sync::watch;
+
+use image::RgbImage;
 
 use crate::capture::{CameraConfig, Frame, FrameSlot, MotionGate, PixelFormat};
 use crate::heartbeat::Heartbeat;
@@ -69,7 +71,7 @@ impl Pipeline {
             policy,
             settings,
             heartbeat,
-            preprocessor: Preprocessor::new(preprocess),
+            preprocessor: Preprocessor::new(preprocess).with_region(camera.crop),
             logits: Vec::with_capacity(1000),
             jpeg: Vec::new(),
             last_classification: None,
@@ -164,21 +166,12 @@ impl Pipeline {
         }
     }
 
-    /// The classified frame as JPEG: camera JPEGs and JPEG files as they came, anything else
-    /// encoded from the decoded RGB.
+    /// Publishes the classified image as the camera's retained snapshot.
     fn publish_snapshot(&mut self, frame: &Frame) -> anyhow::Result<()> {
-        let is_jpeg = matches!(frame.format, PixelFormat::Mjpeg | PixelFormat::Encoded)
-            && frame.data.starts_with(&[0xFF, 0xD8]);
-        if is_jpeg {
-            self.shared.publisher.snapshot(&self.camera.id, &frame.data);
-            return Ok(());
-        }
-        let rgb = self.preprocessor.decode(frame)?;
-        self.jpeg.clear();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut self.jpeg, 80)
-            .encode_image(rgb)
+        let whole = self.camera.crop.is_none();
+        let jpeg = classified_jpeg(frame, whole, self.preprocessor.decoded(), &mut self.jpeg)
             .context("cannot encode the snapshot as JPEG")?;
-        self.shared.publisher.snapshot(&self.camera.id, &self.jpeg);
+        self.shared.publisher.snapshot(&self.camera.id, jpeg);
         Ok(())
     }
 
@@ -211,4 +204,22 @@ impl Pipeline {
             println!("{line}");
         }
     }
+}
+
+/// The classified image as JPEG: a JPEG frame byte for byte when `whole` (no crop region), else
+/// `image` (the decoded frame or its region) encoded into the reused `buffer`.
+fn classified_jpeg<'a>(
+    frame: &'a Frame,
+    whole: bool,
+    image: &RgbImage,
+    buffer: &'a mut Vec<u8>,
+) -> image::ImageResult<&'a [u8]> {
+    let is_jpeg = matches!(frame.format, PixelFormat::Mjpeg | PixelFormat::Encoded)
+        && frame.data.starts_with(&[0xFF, 0xD8]);
+    if whole && is_jpeg {
+        return Ok(&frame.data);
+    }
+    buffer.clear();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut *buffer, 80).encode_image(image)?;
+    Ok(buffer)
 }
