@@ -1,15 +1,15 @@
 //! One camera's path from frame to event: decode (and crop), motion gate, model, postprocess,
-//! policy, publish. Runs on its own thread; the model is shared with the other cameras.
+//! policy, publish; then, off the event's latency, saving the frame for labelling. Runs on its
+//! own thread; the model is shared with the other cameras.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use image::RgbImage;
 use tokio::sync::watch;
 
-use image::RgbImage;
-
-use crate::capture::{CameraConfig, Frame, FrameSlot, MotionGate, PixelFormat};
+use crate::capture::{CameraConfig, Collector, Frame, FrameSlot, MotionGate, PixelFormat};
 use crate::heartbeat::Heartbeat;
 use crate::model::Model;
 use crate::postprocess::{
@@ -48,6 +48,8 @@ pub struct Pipeline {
     heartbeat: Arc<Heartbeat>,
     preprocessor: Preprocessor,
     motion: MotionGate,
+    /// `None` unless `[cameras.collect]` is enabled.
+    collector: Option<Collector>,
     policy: PublishPolicy,
     logits: Vec<f32>,
     jpeg: Vec<u8>,
@@ -66,8 +68,16 @@ impl Pipeline {
     ) -> anyhow::Result<Self> {
         let settings = shared.settings.subscribe();
         let policy = PublishPolicy::new(&settings.borrow().policy)?;
+        let collector = camera.collect.enabled.then(|| {
+            Collector::new(
+                camera.id.clone(),
+                &camera.collect,
+                &crate::model::fetch::data_dir(),
+            )
+        });
         Ok(Self {
             motion: MotionGate::new(&camera.motion),
+            collector,
             policy,
             settings,
             heartbeat,
@@ -94,6 +104,8 @@ impl Pipeline {
                     if let Err(err) = self.process(&frame) {
                         log::warn!("camera {}: {err:#}", self.camera.id);
                     }
+                    // After the event went out: saving is not part of its latency.
+                    self.collect(&frame);
                 }
                 None if self.slot.is_closed() => break,
                 None => self.heartbeat_if_due(),
@@ -173,6 +185,26 @@ impl Pipeline {
             .context("cannot encode the snapshot as JPEG")?;
         self.shared.publisher.snapshot(&self.camera.id, jpeg);
         Ok(())
+    }
+
+    /// Offers the frame just processed to the collector, which saves it if it is due, new and
+    /// within the caps. Failures are logged: they never stop classification.
+    fn collect(&mut self, frame: &Frame) {
+        let Some(collector) = &mut self.collector else {
+            return;
+        };
+        let image = self.preprocessor.decoded();
+        if !collector.wants(image, Instant::now()) {
+            return;
+        }
+        let whole = self.camera.crop.is_none();
+        match classified_jpeg(frame, whole, image, &mut self.jpeg) {
+            Ok(jpeg) => collector.save(jpeg, frame.captured_at),
+            Err(err) => log::warn!(
+                "camera {}: cannot encode a frame for labelling as JPEG: {err}",
+                self.camera.id
+            ),
+        }
     }
 
     fn heartbeat_if_due(&mut self) {
