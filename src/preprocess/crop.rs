@@ -83,10 +83,13 @@ impl CropRegion {
         out: &mut Vec<u8>,
     ) -> (u32, u32) {
         let rect = self.pixels(width, height);
+        out.clear();
+        if rect.width == 0 || rect.height == 0 {
+            return (0, 0);
+        }
         let stride = width as usize * 3;
         let row_start = rect.x as usize * 3;
         let row_len = rect.width as usize * 3;
-        out.clear();
         for row in pixels
             .chunks_exact(stride)
             .skip(rect.y as usize)
@@ -225,5 +228,8 @@ mod tests {
         assert_eq!(size, (2, 2));
         let red: Vec<u8> = out.chunks_exact(3).map(|p| p[0]).collect();
         assert_eq!(red, [5, 6, 9, 10]);
+        // An empty frame has an empty region.
+        assert_eq!(region(0.0, 0.0, 1.0, 1.0).cut(&[], 0, 0, &mut out), (0, 0));
+        assert!(out.is_empty());
     }
 }
