@@ -147,8 +147,9 @@ impl Default for MotionConfig {
 pub struct CollectConfig {
     /// Off means nothing is saved.
     pub enabled: bool,
-    /// Where frames are saved; unset means `<data dir>/datasets/<camera>/unlabelled`
-    /// (see [`CollectConfig::dir`]).
+    /// Where frames are saved; unset means `<data dir>/datasets/<camera>/unlabelled`, where the
+    /// daemon's data dir is [`crate::model::fetch::data_dir`] (`$STATE_DIRECTORY` under
+    /// systemd).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
     /// At least this many seconds between two saved frames; 0 considers every frame.
