@@ -18,8 +18,8 @@ use super::{CameraId, CollectConfig};
 /// time, and appear whole (written to a hidden temporary file, then renamed). A write error is
 /// logged and retried at the next interval: collecting never stops classification.
 ///
-/// Use: [`Collector::wants`] for each classified image, and [`Collector::save`] the frame's JPEG
-/// when it says yes.
+/// Use: ask [`Collector::wants`] with each frame's decoded image (its crop region, if the camera
+/// has one), and [`Collector::save`] the frame's JPEG when it says yes.
 #[derive(Debug)]
 pub struct Collector {
     camera: CameraId,
@@ -79,8 +79,8 @@ impl Collector {
         collector
     }
 
-    /// Whether to save the frame whose classified image is `image`, seen at `now`. A yes starts
-    /// the next interval; call [`Collector::save`] with the frame's JPEG then.
+    /// Whether to save the frame whose decoded (cropped) image is `image`, seen at `now`. A yes
+    /// starts the next interval; call [`Collector::save`] with the frame's JPEG then.
     ///
     /// Cheap while the interval runs or after a cap: no thumbnail, no allocation.
     pub fn wants(&mut self, image: &RgbImage, now: Instant) -> bool {
