@@ -3,10 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use edgeclass::capture::{
-    validate_cameras, CameraConfig, CameraId, CaptureError, MotionConfig, PixelFormatPreference,
-    SourceSpec, V4l2Device,
+    validate_cameras, CameraConfig, CameraId, CaptureError, CollectConfig, MotionConfig,
+    PixelFormatPreference, SourceSpec, V4l2Device,
 };
 use edgeclass::config::{Config, ConfigError};
+use edgeclass::preprocess::CropRegion;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +115,19 @@ fn minimal_camera_gets_documented_defaults() {
             max_skip_s: 60
         }
     );
+    assert_eq!(camera.crop, None);
+    // As documented in configs/edgeclass.toml.
+    assert_eq!(
+        camera.collect,
+        CollectConfig {
+            enabled: false,
+            dir: None,
+            every_s: 10,
+            max_files: 1000,
+            max_bytes: 268_435_456,
+            min_change: 0.02,
+        }
+    );
     validate_cameras(&cameras).unwrap();
 }
 
@@ -129,11 +143,20 @@ width = 1280
 height = 720
 fps = 10
 pixel_format = "yuyv"
+crop = [0.25, 0, 0.5, 1]
 
 [cameras.motion]
 enabled = false
 threshold = 0.05
 max_skip_s = 0
+
+[cameras.collect]
+enabled = true
+dir = "/srv/frames/garage"
+every_s = 0
+max_files = 5
+max_bytes = 1000000
+min_change = 0.1
 
 [[cameras]]
 id = "porch"
@@ -152,7 +175,24 @@ timeout_ms = 2000
     assert_eq!(garage.pixel_format, PixelFormatPreference::Yuyv);
     assert!(!garage.motion.enabled);
     assert_eq!(garage.motion.max_skip_s, 0);
+    assert_eq!(
+        garage.crop,
+        Some(CropRegion::new(0.25, 0.0, 0.5, 1.0).unwrap())
+    );
+    assert_eq!(
+        garage.collect,
+        CollectConfig {
+            enabled: true,
+            dir: Some(PathBuf::from("/srv/frames/garage")),
+            every_s: 0,
+            max_files: 5,
+            max_bytes: 1_000_000,
+            min_change: 0.1,
+        }
+    );
     assert_eq!(cameras[1].timeout_ms, 2000);
+    assert_eq!(cameras[1].crop, None);
+    assert!(!cameras[1].collect.enabled);
     validate_cameras(&cameras).unwrap();
 }
 
@@ -224,6 +264,21 @@ fn validation_names_the_key() {
             "cameras[0].motion.threshold",
             "[0, 1]",
         ),
+        (
+            "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.collect]\nmin_change = -0.1",
+            "cameras[0].collect.min_change",
+            "[0, 1]",
+        ),
+        (
+            "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.collect]\nmax_files = 0",
+            "cameras[0].collect.max_files",
+            "at least 1",
+        ),
+        (
+            "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.collect]\nmax_bytes = 0",
+            "cameras[0].collect.max_bytes",
+            "at least 1",
+        ),
     ];
     for (body, key, fragment) in cases {
         let (got_key, message) = config_error(&format!("[[cameras]]\n{body}\n"));
@@ -259,6 +314,34 @@ fn camera_ids_are_topic_levels() {
             }
             other => panic!("expected a key error, got {other:?}"),
         }
+    }
+}
+
+#[test]
+fn a_bad_crop_is_a_config_error_naming_the_key_and_the_file() {
+    let cases = [
+        ("[0.5, 0, 0.6, 1]", "x + w = 1.1 is beyond the frame"),
+        ("[0, 0.5, 1, 0.75]", "y + h = 1.25 is beyond the frame"),
+        ("[0, 0, 0, 1]", "w must be above 0"),
+        ("[-0.25, 0, 0.5, 1]", "x = -0.25 is outside 0..=1"),
+        ("[0, 0, 1, nan]", "h = NaN is outside 0..=1"),
+        ("[0, 0, 1]", "length 3"),
+        ("\"left half\"", "array"),
+    ];
+    for (value, problem) in cases {
+        let text = format!("[[cameras]]\nid = \"door\"\nsource = \"v4l2:0\"\ncrop = {value}\n");
+        let error = Config::parse(Path::new("/etc/edgeclass/cameras.toml"), &text).unwrap_err();
+        assert_eq!(error.sysexit(), edgeclass::sysexits::Sysexit::Config);
+        let ConfigError::Key { key, message, .. } = &error else {
+            panic!("{value}: expected a key error, got {error:?}");
+        };
+        assert_eq!(key, "cameras[0].crop", "{value}");
+        assert!(message.contains(problem), "{value}: {message}");
+        let text = error.to_string();
+        assert!(
+            text.contains("/etc/edgeclass/cameras.toml") && text.contains("cameras[0].crop"),
+            "{text}"
+        );
     }
 }
 

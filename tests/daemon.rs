@@ -534,6 +534,15 @@ fn config_errors_name_the_key_and_file_and_exit_78() {
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("source"), "{err}");
 
+    let (code, err, file) = check(&format!("{camera}crop = [0.5, 0, 0.75, 1]\n"), &[]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("cameras[0].crop")
+            && err.contains("x + w = 1.25")
+            && err.contains(&file.display().to_string()),
+        "{err}"
+    );
+
     // A label file that does not exist: named once, with the OS reason once.
     let (code, err, _) = check(
         &format!("[postprocess]\ngroups = \"/nonexistent/groups.toml\"\n{camera}"),
@@ -689,4 +698,208 @@ fn first_start_fetches_verifies_and_quantizes_a_missing_model() {
     // The downloaded reference network, quantized at first start, sees the tabby cat.
     assert_eq!(event["top3"][0]["index"], 281, "{event}");
     assert_eq!(&fs::read(&model).expect("cached model")[..4], b"GGUF");
+}
+
+/// Every entry of `dir`, sorted, hidden ones too (no temporary file may be left behind); none
+/// while `dir` does not exist.
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|entry| entry.expect("directory entry").path())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    files
+}
+
+#[test]
+fn collects_distinct_frames_as_jpegs_up_to_the_cap() {
+    let broker = Mosquitto::start();
+    // A folder camera whose first image repeats: the repeat is a near-duplicate.
+    let scenes = tempfile::tempdir().expect("temp dir");
+    let sources = ["chelsea.jpg", "chelsea.jpg", "coffee.jpg", "astronaut.jpg"];
+    for (index, name) in sources.iter().enumerate() {
+        fs::copy(sample(name), scenes.path().join(format!("{index}.jpg"))).expect("copy image");
+    }
+    let state = tempfile::tempdir().expect("state dir");
+    // Every frame classified and printed, so the printed events count the frames.
+    let extra = "[publish_policy]\nmode = \"every\"\n[log]\nprint_events = true\n\
+                 [cameras.motion]\nenabled = false\n\
+                 [cameras.collect]\nenabled = true\nevery_s = 0\nmax_files = 3\n";
+    // Slow enough that no frame is dropped: the frames come in the folder's order.
+    let cfg = config(&broker.url(), scenes.path(), extra)
+        .replace("interval_ms = 100", "interval_ms = 200");
+    let state_env = state.path().display().to_string();
+    let mut daemon = Daemon::start_with_env(&cfg, &[("STATE_DIRECTORY", &state_env)]);
+
+    // No dir configured: the data dir ($STATE_DIRECTORY under systemd).
+    let collected = state.path().join("datasets/door/unlabelled");
+    assert!(
+        poll_until(WAIT, || daemon
+            .stderr()
+            .contains("collecting stopped at max_files = 3")),
+        "the cap was not reached: {:?}\n{}",
+        files_in(&collected),
+        daemon.stderr()
+    );
+    // Two more passes over the folder: nothing more is saved.
+    let at_cap = daemon.last_printed_seq();
+    assert!(
+        poll_until(WAIT, || daemon.last_printed_seq() >= at_cap + 8),
+        "the camera stopped after the cap\n{}",
+        daemon.stderr()
+    );
+    daemon.signal(libc::SIGTERM);
+    assert!(
+        daemon.wait_exit(Duration::from_secs(5)).success(),
+        "{}",
+        daemon.stderr()
+    );
+
+    let files = files_in(&collected);
+    let names: Vec<String> = files
+        .iter()
+        .map(|path| {
+            path.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    for name in &names {
+        let millis = name
+            .strip_prefix("door-")
+            .and_then(|rest| rest.strip_suffix(".jpg"))
+            .unwrap_or_else(|| panic!("{name} is not door-<millis>.jpg"));
+        assert!(
+            millis.len() == 13 && millis.bytes().all(|b| b.is_ascii_digit()),
+            "{name}"
+        );
+    }
+    // Valid JPEGs, saved byte for byte as captured, in capture order: the repeated image once.
+    let saved: Vec<Vec<u8>> = files
+        .iter()
+        .map(|path| fs::read(path).expect("read a collected frame"))
+        .collect();
+    for (bytes, name) in saved.iter().zip(&names) {
+        let format = image::guess_format(bytes).expect("a known image format");
+        assert_eq!(format, image::ImageFormat::Jpeg, "{name}");
+        assert!(
+            image::load_from_memory(bytes).is_ok(),
+            "{name} does not decode"
+        );
+    }
+    let expected: Vec<Vec<u8>> = ["chelsea.jpg", "coffee.jpg", "astronaut.jpg"]
+        .iter()
+        .map(|name| fs::read(sample(name)).expect("read a sample"))
+        .collect();
+    let sizes = |images: &[Vec<u8>]| images.iter().map(Vec::len).collect::<Vec<_>>();
+    assert!(
+        saved == expected,
+        "saved {names:?} of {:?} bytes, expected chelsea, coffee, astronaut of {:?} bytes\n{}",
+        sizes(&saved),
+        sizes(&expected),
+        daemon.stderr()
+    );
+}
+
+#[test]
+fn crop_classifies_the_region_like_the_image_cut_to_it() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(
+        broker.port(),
+        &["edgeclass/+/event", "edgeclass/+/snapshot"],
+    );
+    // 320x200, so the crop below falls on whole pixels: x 80..240, y 20..180. PNG keeps the
+    // pixels exact.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let photo = image::open(sample("chelsea.jpg"))
+        .expect("decode chelsea.jpg")
+        .into_rgb8();
+    let scene = image::imageops::crop_imm(&photo, 0, 0, 320, 200).to_image();
+    let region = image::imageops::crop_imm(&scene, 80, 20, 160, 160).to_image();
+    let (scene_file, region_file) = (dir.path().join("scene.png"), dir.path().join("region.png"));
+    scene.save(&scene_file).expect("write scene.png");
+    region.save(&region_file).expect("write region.png");
+    let collected = dir.path().join("collected");
+
+    // `door` sees the whole scene, `cropped` the region of it, `precut` the region's file.
+    let extra = format!(
+        r#"[publish_policy]
+mode = "every"
+
+[[cameras]]
+id = "cropped"
+source = "file:{scene}"
+interval_ms = 100
+crop = [0.25, 0.1, 0.5, 0.8]
+
+[cameras.collect]
+enabled = true
+dir = "{collected}"
+every_s = 0
+max_files = 1
+
+[[cameras]]
+id = "precut"
+source = "file:{region}"
+interval_ms = 100
+"#,
+        scene = scene_file.display(),
+        region = region_file.display(),
+        collected = collected.display(),
+    );
+    let daemon = Daemon::start(&config(&broker.url(), &scene_file, &extra));
+
+    let mut events = std::collections::BTreeMap::new();
+    let mut snapshots = std::collections::BTreeMap::new();
+    let all_in = sub.wait_until(WAIT, |message| {
+        let mut levels = message.topic.split('/').skip(1);
+        let (Some(camera), Some(kind)) = (levels.next(), levels.next()) else {
+            return false;
+        };
+        if kind == "event" {
+            events
+                .entry(camera.to_owned())
+                .or_insert_with(|| message.json());
+        } else {
+            snapshots
+                .entry(camera.to_owned())
+                .or_insert_with(|| message.payload.clone());
+        }
+        events.len() == 3 && snapshots.len() == 3
+    });
+    assert!(
+        all_in.is_some(),
+        "events from {:?}, snapshots from {:?}\n{}",
+        events.keys(),
+        snapshots.keys(),
+        daemon.stderr()
+    );
+    assert_eq!(
+        events["cropped"]["top3"], events["precut"]["top3"],
+        "the region is classified like the image cut to it"
+    );
+    assert_ne!(
+        events["cropped"]["top3"], events["door"]["top3"],
+        "the crop changes what is classified"
+    );
+
+    // The snapshot and the collected frame of the cropped camera are the region, encoded.
+    let size = |bytes: &[u8]| {
+        image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
+            .map(|image| (image.width(), image.height()))
+            .expect("a JPEG")
+    };
+    assert_eq!(size(&snapshots["cropped"]), (160, 160));
+    assert_eq!(size(&snapshots["door"]), (320, 200));
+    assert!(
+        poll_until(WAIT, || files_in(&collected).len() == 1),
+        "nothing collected\n{}",
+        daemon.stderr()
+    );
+    let saved = fs::read(&files_in(&collected)[0]).expect("read the collected frame");
+    assert_eq!(size(&saved), (160, 160));
 }

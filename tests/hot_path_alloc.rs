@@ -1,17 +1,18 @@
 //! The frame-to-logits hot path does not allocate once warmed up: raw camera frames go from bytes
-//! to tensor, and the int8 network from tensor to logits, reusing their buffers on every thread.
+//! to tensor (whole or cropped), the int8 network from tensor to logits, reusing their buffers on
+//! every thread, and collecting frames for labelling costs nothing while it saves nothing.
 //! (Own test binary with one test: it installs a process-wide counting allocator.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use edgeclass::capture::{Frame, PixelFormat};
+use edgeclass::capture::{CollectConfig, Collector, Frame, PixelFormat};
 use edgeclass::model::{
     calibrate, synthetic_input, write_gguf, Model, Network, Precision, StorageDtype,
 };
-use edgeclass::preprocess::{PreprocessConfig, Preprocessor};
+use edgeclass::preprocess::{CropRegion, PreprocessConfig, Preprocessor};
 
 /// Counts every allocation in the process (all threads) while `COUNTING` is set.
 struct CountingAllocator;
@@ -75,21 +76,57 @@ fn hot_path_allocates_nothing_after_warm_up() {
         frame(PixelFormat::Nv12, gradient(pixels * 3 / 2)),
         frame(PixelFormat::Rgb24, gradient(pixels * 3)),
     ];
+    let door = CropRegion::new(0.25, 0.0, 0.5, 0.75).expect("valid region");
     for frame in &frames {
-        let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
-        let warm_up = preprocessor.run(frame).unwrap().to_vec();
-        let allocations = allocations_during(|| {
-            for _ in 0..5 {
-                preprocessor.run(frame).unwrap();
-            }
-        });
-        assert_eq!(
-            allocations, 0,
-            "{:?} frames allocated {allocations} times",
-            frame.format
-        );
-        assert_eq!(preprocessor.run(frame).unwrap(), &warm_up[..]);
+        for region in [None, Some(door)] {
+            let mut preprocessor =
+                Preprocessor::new(PreprocessConfig::default()).with_region(region);
+            let warm_up = preprocessor.run(frame).unwrap().to_vec();
+            let allocations = allocations_during(|| {
+                for _ in 0..5 {
+                    preprocessor.run(frame).unwrap();
+                }
+            });
+            assert_eq!(
+                allocations, 0,
+                "{:?} frames cut to {region:?} allocated {allocations} times",
+                frame.format
+            );
+            assert_eq!(preprocessor.run(frame).unwrap(), &warm_up[..]);
+        }
     }
+
+    // Collecting: one frame saved, then frames inside the interval and, after it, a
+    // near-duplicate of the saved one are turned down without allocating.
+    let collect_dir = tempfile::tempdir().expect("temporary directory");
+    let config = CollectConfig {
+        enabled: true,
+        dir: Some(collect_dir.path().to_path_buf()),
+        every_s: 60,
+        ..CollectConfig::default()
+    };
+    let camera = "door".parse().expect("camera id");
+    let mut collector = Collector::new(camera, &config, collect_dir.path());
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+    let image = preprocessor.decode(&frames[0]).unwrap();
+    let start = Instant::now();
+    assert!(collector.wants(image, start));
+    collector.save(b"jpeg", SystemTime::now());
+    let after = |seconds| start + Duration::from_secs(seconds);
+    let mut wanted = Vec::with_capacity(6);
+    let allocations = allocations_during(|| {
+        for second in [1, 30, 59, 60, 90, 120] {
+            wanted.push(collector.wants(image, after(second)));
+        }
+    });
+    assert_eq!(wanted, [false; 6]);
+    assert_eq!(allocations, 0, "turning frames down allocated");
+    assert_eq!(
+        std::fs::read_dir(collect_dir.path())
+            .expect("list the collect dir")
+            .count(),
+        1
+    );
 
     let weights = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/model_tiny_resnet18.safetensors");

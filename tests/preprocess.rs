@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use edgeclass::capture::{Frame, PixelFormat};
-use edgeclass::preprocess::{read_image_file, PreprocessConfig, PreprocessError, Preprocessor};
+use edgeclass::preprocess::{
+    read_image_file, CropRegion, PreprocessConfig, PreprocessError, Preprocessor,
+};
 use edgeclass::sysexits::Sysexit;
 use image::codecs::jpeg::JpegEncoder;
 use image::{ImageEncoder, RgbImage};
@@ -560,6 +562,40 @@ fn buffers_are_reused_across_frames() {
     // Back to the first frame: same buffer, same values.
     assert_eq!(preprocessor.run(&first_frame).unwrap(), &first[..]);
     assert_eq!(preprocessor.normalize().as_ptr(), tensor_pointer);
+}
+
+#[test]
+fn a_crop_region_is_classified_exactly_like_the_image_cut_to_it() {
+    let photo = read_image_file(&fixture("preprocess_coffee.jpg")).unwrap();
+    let mut whole = Preprocessor::new(PreprocessConfig::default());
+    let uncropped = whole.run(&photo).unwrap().to_vec();
+    // 600x400: x from 150 to 450, y from 40 to 340.
+    let region = CropRegion::new(0.25, 0.1, 0.5, 0.75).unwrap();
+    let cut = image::imageops::crop_imm(whole.decoded(), 150, 40, 300, 300).to_image();
+    let pre_cut = frame_from(PixelFormat::Rgb24, &cut, cut.as_raw().clone());
+    let expected = whole.run(&pre_cut).unwrap().to_vec();
+
+    let mut cropped = Preprocessor::new(PreprocessConfig::default()).with_region(Some(region));
+    assert_eq!(cropped.decode(&photo).unwrap(), &cut);
+    assert_eq!(cropped.decoded(), &cut);
+    let tensor = cropped.run(&photo).unwrap();
+    assert_eq!(tensor, &expected[..]);
+    assert_ne!(
+        tensor,
+        &uncropped[..],
+        "the crop changes what is classified"
+    );
+
+    // A frame that fails to decode leaves no stale region behind.
+    let broken = frame(
+        PixelFormat::Encoded,
+        0,
+        0,
+        b"not an image".to_vec(),
+        "broken",
+    );
+    assert!(cropped.decode(&broken).is_err());
+    assert_eq!(cropped.decoded().dimensions(), (0, 0));
 }
 
 #[test]

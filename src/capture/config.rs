@@ -1,11 +1,12 @@
 use std::collections::HashSet;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use super::CaptureError;
+use crate::preprocess::CropRegion;
 
 /// One `[[cameras]]` entry of the daemon's config.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -36,9 +37,16 @@ pub struct CameraConfig {
     /// HTTP only: connect + whole-request timeout in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The part of the frame that is classified, as fractions `[x, y, w, h]`; unset means the
+    /// whole frame. Collected frames and snapshots show the same region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<CropRegion>,
     /// Skip inference while the scene does not change.
     #[serde(default)]
     pub motion: MotionConfig,
+    /// Save frames for labelling.
+    #[serde(default)]
+    pub collect: CollectConfig,
 }
 
 /// A camera's stable identifier: one MQTT topic level and part of Home Assistant ids, so
@@ -129,6 +137,55 @@ impl Default for MotionConfig {
             threshold: 0.02,
             max_skip_s: 60,
         }
+    }
+}
+
+/// `[cameras.collect]`: save frames into a folder for labelling your own classes, at most one
+/// every `every_s`, skipping near-duplicates, until `max_files` or `max_bytes` is reached.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectConfig {
+    /// Off means nothing is saved.
+    pub enabled: bool,
+    /// Where frames are saved; unset means `<data dir>/datasets/<camera>/unlabelled`, where the
+    /// daemon's data dir is [`crate::model::fetch::data_dir`] (`$STATE_DIRECTORY` under
+    /// systemd).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// At least this many seconds between two saved frames; 0 considers every frame.
+    pub every_s: u64,
+    /// Stop once the folder holds this many files.
+    pub max_files: u64,
+    /// Stop before the folder's files would exceed this many bytes in total.
+    pub max_bytes: u64,
+    /// Mean absolute difference of the motion gate's 32x24 grayscale thumbnail, in [0, 1],
+    /// from the last saved frame, below which a frame is a near-duplicate and not saved.
+    pub min_change: f32,
+}
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        CollectConfig {
+            enabled: false,
+            dir: None,
+            every_s: 10,
+            max_files: 1000,
+            max_bytes: 256 * 1024 * 1024,
+            min_change: MotionConfig::default().threshold,
+        }
+    }
+}
+
+impl CollectConfig {
+    /// The folder `camera`'s frames are saved in: `dir`, else
+    /// `<data_dir>/datasets/<camera>/unlabelled`.
+    pub fn dir(&self, camera: &CameraId, data_dir: &Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| {
+            data_dir
+                .join("datasets")
+                .join(camera.as_str())
+                .join("unlabelled")
+        })
     }
 }
 
@@ -313,12 +370,21 @@ pub fn validate_cameras(cameras: &[CameraConfig]) -> Result<(), CaptureError> {
                 return Err(error(key, format!("{value} is outside 1..={max}")));
             }
         }
-        let threshold = camera.motion.threshold;
-        if !(0.0..=1.0).contains(&threshold) {
-            return Err(error(
-                "motion.threshold",
-                format!("{threshold} is outside [0, 1]"),
-            ));
+        for (key, value) in [
+            ("motion.threshold", camera.motion.threshold),
+            ("collect.min_change", camera.collect.min_change),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(error(key, format!("{value} is outside [0, 1]")));
+            }
+        }
+        for (key, value) in [
+            ("collect.max_files", camera.collect.max_files),
+            ("collect.max_bytes", camera.collect.max_bytes),
+        ] {
+            if value == 0 {
+                return Err(error(key, "must be at least 1".into()));
+            }
         }
         let is_v4l2 = matches!(camera.source, SourceSpec::V4l2(_));
         let v4l2_only = [

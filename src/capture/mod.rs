@@ -4,9 +4,11 @@
 //! `interval_ms`, and hands frames to the daemon through a latest-frame-wins [`FrameSlot`]. A
 //! failing camera reports [`CameraEvent::Offline`] once, is retried with backoff, and reports
 //! [`CameraEvent::Online`] when it delivers again. Frames are handed over undecoded; the daemon
-//! decodes them (preprocess) and asks a [`MotionGate`] whether the scene changed enough to
-//! classify.
+//! decodes them (preprocess, which also cuts out a camera's `crop` region), asks a
+//! [`MotionGate`] whether the scene changed enough to classify, and a [`Collector`] whether to
+//! save the frame for labelling (both compare the same grayscale thumbnail).
 
+mod collect;
 mod config;
 mod error;
 mod file;
@@ -19,9 +21,10 @@ mod slot;
 #[cfg(feature = "camera")]
 mod v4l2;
 
+pub use collect::Collector;
 pub use config::{
-    validate_cameras, CameraConfig, CameraId, InvalidCameraId, MotionConfig, PixelFormatPreference,
-    SourceSpec, SourceSpecError, V4l2Device,
+    validate_cameras, CameraConfig, CameraId, CollectConfig, InvalidCameraId, MotionConfig,
+    PixelFormatPreference, SourceSpec, SourceSpecError, V4l2Device,
 };
 pub use error::CaptureError;
 pub use frame::{Frame, PixelFormat};

@@ -7,6 +7,9 @@ use super::MotionConfig;
 const THUMB_WIDTH: usize = 32;
 const THUMB_HEIGHT: usize = 24;
 const THUMB_LEN: usize = THUMB_WIDTH * THUMB_HEIGHT;
+
+/// The luma values of a thumbnail, row by row.
+pub(super) type Luma = [u8; THUMB_LEN];
 /// Pixels sampled per thumbnail cell along each axis: 16 reads per cell, ~12k per frame whatever
 /// the resolution, which keeps the gate far cheaper than decoding the frame.
 const SAMPLES_PER_AXIS: usize = 4;
@@ -22,10 +25,9 @@ pub struct MotionGate {
     enabled: bool,
     threshold: f32,
     max_skip: Option<Duration>,
-    reference: Option<[u8; THUMB_LEN]>,
+    reference: Option<Luma>,
     last_classified: Option<Instant>,
-    thumbnail: [u8; THUMB_LEN],
-    grid: SampleGrid,
+    thumbnail: Thumbnail,
     last_difference: f32,
 }
 
@@ -39,8 +41,7 @@ impl MotionGate {
             max_skip: (config.max_skip_s > 0).then(|| Duration::from_secs(config.max_skip_s)),
             reference: None,
             last_classified: None,
-            thumbnail: [0; THUMB_LEN],
-            grid: SampleGrid::new(),
+            thumbnail: Thumbnail::new(),
             last_difference: 0.0,
         }
     }
@@ -62,11 +63,11 @@ impl MotionGate {
         if !self.enabled || rgb.width() == 0 || rgb.height() == 0 {
             return true;
         }
-        grayscale_thumbnail(rgb, &mut self.grid, &mut self.thumbnail);
+        self.thumbnail.update(rgb);
         let changed = match &self.reference {
             None => true,
             Some(reference) => {
-                self.last_difference = mean_abs_difference(reference, &self.thumbnail);
+                self.last_difference = self.thumbnail.difference(reference);
                 let overdue = match (self.max_skip, self.last_classified) {
                     (Some(max_skip), Some(last)) => now.saturating_duration_since(last) >= max_skip,
                     _ => false,
@@ -75,10 +76,42 @@ impl MotionGate {
             }
         };
         if changed {
-            self.reference = Some(self.thumbnail);
+            self.reference = Some(*self.thumbnail.luma());
             self.last_classified = Some(now);
         }
         changed
+    }
+}
+
+/// A 32x24 grayscale thumbnail of the last frame given to [`Thumbnail::update`]; compared by mean
+/// absolute difference. Shared by the motion gate and the collector's near-duplicate check, so
+/// their thresholds are on one scale. Fixed buffers: no allocation per frame.
+#[derive(Debug, Clone)]
+pub(super) struct Thumbnail {
+    grid: SampleGrid,
+    luma: Luma,
+}
+
+impl Thumbnail {
+    pub(super) fn new() -> Self {
+        Thumbnail {
+            grid: SampleGrid::new(),
+            luma: [0; THUMB_LEN],
+        }
+    }
+
+    /// Recomputes the thumbnail from `rgb` (which must not be empty).
+    pub(super) fn update(&mut self, rgb: &RgbImage) {
+        grayscale_thumbnail(rgb, &mut self.grid, &mut self.luma);
+    }
+
+    pub(super) fn luma(&self) -> &Luma {
+        &self.luma
+    }
+
+    /// Mean absolute difference from `reference`, in [0, 1].
+    pub(super) fn difference(&self, reference: &Luma) -> f32 {
+        mean_abs_difference(reference, &self.luma)
     }
 }
 
@@ -124,7 +157,7 @@ fn fill_axis(positions: &mut [usize], size: usize) {
 }
 
 /// Area-samples `rgb` into a 32x24 BT.601 luma thumbnail.
-fn grayscale_thumbnail(rgb: &RgbImage, grid: &mut SampleGrid, out: &mut [u8; THUMB_LEN]) {
+fn grayscale_thumbnail(rgb: &RgbImage, grid: &mut SampleGrid, out: &mut Luma) {
     grid.fit(rgb.width(), rgb.height());
     let width = rgb.width() as usize;
     let pixels = rgb.as_raw();
@@ -144,7 +177,7 @@ fn grayscale_thumbnail(rgb: &RgbImage, grid: &mut SampleGrid, out: &mut [u8; THU
     }
 }
 
-fn mean_abs_difference(a: &[u8; THUMB_LEN], b: &[u8; THUMB_LEN]) -> f32 {
+fn mean_abs_difference(a: &Luma, b: &Luma) -> f32 {
     let total: u32 = a
         .iter()
         .zip(b)

@@ -1,13 +1,15 @@
-//! One camera's path from frame to event: decode, motion gate, model, postprocess, policy,
-//! publish. Runs on its own thread; the model is shared with the other cameras.
+//! One camera's path from frame to event: decode (and crop), motion gate, model, postprocess,
+//! policy, publish; then, off the event's latency, saving the frame for labelling. Runs on its
+//! own thread; the model is shared with the other cameras.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use image::RgbImage;
 use tokio::sync::watch;
 
-use crate::capture::{CameraConfig, Frame, FrameSlot, MotionGate, PixelFormat};
+use crate::capture::{CameraConfig, Collector, Frame, FrameSlot, MotionGate, PixelFormat};
 use crate::heartbeat::Heartbeat;
 use crate::model::Model;
 use crate::postprocess::{
@@ -46,6 +48,8 @@ pub struct Pipeline {
     heartbeat: Arc<Heartbeat>,
     preprocessor: Preprocessor,
     motion: MotionGate,
+    /// `None` unless `[cameras.collect]` is enabled.
+    collector: Option<Collector>,
     policy: PublishPolicy,
     logits: Vec<f32>,
     jpeg: Vec<u8>,
@@ -64,12 +68,20 @@ impl Pipeline {
     ) -> anyhow::Result<Self> {
         let settings = shared.settings.subscribe();
         let policy = PublishPolicy::new(&settings.borrow().policy)?;
+        let collector = camera.collect.enabled.then(|| {
+            Collector::new(
+                camera.id.clone(),
+                &camera.collect,
+                &crate::model::fetch::data_dir(),
+            )
+        });
         Ok(Self {
             motion: MotionGate::new(&camera.motion),
+            collector,
             policy,
             settings,
             heartbeat,
-            preprocessor: Preprocessor::new(preprocess),
+            preprocessor: Preprocessor::new(preprocess).with_region(camera.crop),
             logits: Vec::with_capacity(1000),
             jpeg: Vec::new(),
             last_classification: None,
@@ -92,6 +104,8 @@ impl Pipeline {
                     if let Err(err) = self.process(&frame) {
                         log::warn!("camera {}: {err:#}", self.camera.id);
                     }
+                    // After the event went out: saving is not part of its latency.
+                    self.collect(&frame);
                 }
                 None if self.slot.is_closed() => break,
                 None => self.heartbeat_if_due(),
@@ -164,22 +178,33 @@ impl Pipeline {
         }
     }
 
-    /// The classified frame as JPEG: camera JPEGs and JPEG files as they came, anything else
-    /// encoded from the decoded RGB.
+    /// Publishes the classified image as the camera's retained snapshot.
     fn publish_snapshot(&mut self, frame: &Frame) -> anyhow::Result<()> {
-        let is_jpeg = matches!(frame.format, PixelFormat::Mjpeg | PixelFormat::Encoded)
-            && frame.data.starts_with(&[0xFF, 0xD8]);
-        if is_jpeg {
-            self.shared.publisher.snapshot(&self.camera.id, &frame.data);
-            return Ok(());
-        }
-        let rgb = self.preprocessor.decode(frame)?;
-        self.jpeg.clear();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut self.jpeg, 80)
-            .encode_image(rgb)
+        let whole = self.camera.crop.is_none();
+        let jpeg = classified_jpeg(frame, whole, self.preprocessor.decoded(), &mut self.jpeg)
             .context("cannot encode the snapshot as JPEG")?;
-        self.shared.publisher.snapshot(&self.camera.id, &self.jpeg);
+        self.shared.publisher.snapshot(&self.camera.id, jpeg);
         Ok(())
+    }
+
+    /// Offers the frame just processed to the collector, which saves it if it is due, new and
+    /// within the caps. Failures are logged: they never stop classification.
+    fn collect(&mut self, frame: &Frame) {
+        let Some(collector) = &mut self.collector else {
+            return;
+        };
+        let image = self.preprocessor.decoded();
+        if !collector.wants(image, Instant::now()) {
+            return;
+        }
+        let whole = self.camera.crop.is_none();
+        match classified_jpeg(frame, whole, image, &mut self.jpeg) {
+            Ok(jpeg) => collector.save(jpeg, frame.captured_at),
+            Err(err) => log::warn!(
+                "camera {}: cannot encode a frame for labelling as JPEG: {err}",
+                self.camera.id
+            ),
+        }
     }
 
     fn heartbeat_if_due(&mut self) {
@@ -211,4 +236,22 @@ impl Pipeline {
             println!("{line}");
         }
     }
+}
+
+/// The classified image as JPEG: a JPEG frame byte for byte when `whole` (no crop region), else
+/// `image` (the decoded frame or its region) encoded into the reused `buffer`.
+fn classified_jpeg<'a>(
+    frame: &'a Frame,
+    whole: bool,
+    image: &RgbImage,
+    buffer: &'a mut Vec<u8>,
+) -> image::ImageResult<&'a [u8]> {
+    let is_jpeg = matches!(frame.format, PixelFormat::Mjpeg | PixelFormat::Encoded)
+        && frame.data.starts_with(&[0xFF, 0xD8]);
+    if whole && is_jpeg {
+        return Ok(&frame.data);
+    }
+    buffer.clear();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut *buffer, 80).encode_image(image)?;
+    Ok(buffer)
 }

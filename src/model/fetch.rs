@@ -131,7 +131,8 @@ impl FetchError {
     }
 }
 
-/// Where edgeclass keeps models: `$STATE_DIRECTORY` (its first entry if colon-separated) when
+/// Where edgeclass keeps its state (models, and frames collected for labelling under
+/// `datasets/`): `$STATE_DIRECTORY` (its first entry if colon-separated) when
 /// set (systemd's `StateDirectory=`), else `/var/lib/edgeclass` for root (so `sudo edgeclass
 /// fetch-model` fills the service's state directory), else the XDG data dir
 /// (`dirs::data_dir()/edgeclass`), else `/var/lib/edgeclass`.

@@ -1,7 +1,8 @@
 //! Frames to normalized tensors, identical to torchvision's ImageNet eval transform.
 //!
-//! [`Preprocessor::decode`] turns any [`Frame`] into an RGB image; [`Preprocessor::normalize`]
-//! applies what users of the torchvision weights run on a PIL image:
+//! [`Preprocessor::decode`] turns any [`Frame`] into an RGB image, cut to the camera's
+//! [`CropRegion`] when it has one; [`Preprocessor::normalize`] applies what users of the
+//! torchvision weights run on a PIL image:
 //!
 //! ```text
 //! Resize(resize) -> CenterCrop(crop) -> ToTensor() -> Normalize(mean, std)
@@ -16,10 +17,11 @@
 //! Raw camera formats are converted with BT.601 limited-range ("TV range") YCbCr coefficients,
 //! which is what UVC cameras send for YUYV and NV12.
 //!
-//! All buffers (decoded RGB, intermediate rows, output tensor) are kept and reused, so a stream of
-//! same-sized frames does not allocate after the first one, except inside the `image` crate's
-//! decoders for compressed formats.
+//! All buffers (decoded RGB, the cut region, intermediate rows, output tensor) are kept and
+//! reused, so a stream of same-sized frames does not allocate after the first one, except inside
+//! the `image` crate's decoders for compressed formats.
 
+mod crop;
 mod decode;
 mod mjpeg;
 mod resample;
@@ -31,6 +33,8 @@ use image::RgbImage;
 use crate::capture::{Frame, PixelFormat};
 use crate::sysexits::Sysexit;
 use decode::FrameDecoder;
+
+pub use crop::{CropRegion, InvalidCropRegion};
 use resample::{CropResampler, NormalizeTable};
 
 /// Parameters of the eval transform; the defaults are torchvision's ImageNet values.
@@ -208,6 +212,10 @@ pub struct Preprocessor {
     normalize_table: NormalizeTable,
     decoder: FrameDecoder,
     resampler: CropResampler,
+    region: Option<CropRegion>,
+    /// The whole decoded frame, when `region` is cut out of it into `rgb`.
+    whole: Vec<u8>,
+    /// The image that is classified: the decoded frame, or its region.
     rgb: RgbImage,
     tensor: Vec<f32>,
 }
@@ -225,25 +233,48 @@ impl Preprocessor {
             config,
             decoder: FrameDecoder::default(),
             resampler: CropResampler::default(),
+            region: None,
+            whole: Vec::new(),
             rgb: RgbImage::default(),
         }
     }
 
-    /// Decodes/converts any frame to RGB (buffers reused). Errors name `frame.origin` and the
-    /// problem.
+    /// Classify only `region` of each frame (a camera's `crop`): [`Preprocessor::decode`] cuts
+    /// it out of the decoded frame, before the resize and center crop. `None` keeps the whole
+    /// frame.
+    pub fn with_region(mut self, region: Option<CropRegion>) -> Self {
+        self.region = region;
+        self
+    }
+
+    /// Decodes/converts any frame to RGB and cuts out the region if one is set (buffers
+    /// reused). Errors name `frame.origin` and the problem.
     ///
     /// Compressed frames (MJPEG, encoded files) take their size from the data, not from
     /// `frame.width`/`frame.height`. After an error the decoded image is empty (0x0).
     pub fn decode(&mut self, frame: &Frame) -> Result<&RgbImage, PreprocessError> {
         let mut pixels = std::mem::take(&mut self.rgb).into_raw();
-        let decoded = self.decoder.decode(frame, &mut pixels);
+        let decoded = match &self.region {
+            None => self.decoder.decode(frame, &mut pixels),
+            Some(region) => self
+                .decoder
+                .decode(frame, &mut self.whole)
+                .map(|(width, height)| region.cut(&self.whole, width, height, &mut pixels)),
+        };
         let (width, height) = *decoded.as_ref().unwrap_or(&(0, 0));
         if decoded.is_err() {
             pixels.clear();
         }
-        // The decoder sized `pixels` to width * height * 3, so this never falls back.
+        // `pixels` holds width * height * 3 bytes (decoded or cut), so this never falls back.
         self.rgb = RgbImage::from_raw(width, height, pixels).unwrap_or_default();
         decoded.map(|_| &self.rgb)
+    }
+
+    /// The image the last [`Preprocessor::decode`] produced (the region, if one is set): what
+    /// [`Preprocessor::normalize`] transforms. Empty (0x0) before the first decode and after a
+    /// failed one.
+    pub fn decoded(&self) -> &RgbImage {
+        &self.rgb
     }
 
     /// torchvision eval transform of the last decoded image → NCHW f32 (`1 x 3 x crop x crop`).
