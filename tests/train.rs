@@ -118,4 +118,141 @@ fn trained_head_classifies_held_out_scenes_and_augmentation_carries_it_to_shifte
         with >= without + 0.04,
         "augmentation should help on shifted scenes: {with} vs {without}"
     );
+    assert_best_epoch_restored(&report);
+}
+
+/// Every figure of the report is consistent with the stored head: early stopping ended the
+/// run before the epoch limit, and the head is the best epoch's (its validation NLL is that
+/// epoch's loss, not the last one's).
+fn assert_best_epoch_restored(report: &Value) {
+    let history = report["history"].as_array().expect("history");
+    let best = report["best_epoch"].as_u64().expect("best epoch") as usize;
+    let epochs = report["epochs_run"].as_u64().expect("epochs run") as usize;
+    let max_epochs = report["options"]["fit"]["max_epochs"]
+        .as_u64()
+        .expect("max") as usize;
+    let patience = report["options"]["fit"]["patience"]
+        .as_u64()
+        .expect("patience") as usize;
+    assert_eq!(report["stopped_early"], true);
+    assert_eq!(epochs, history.len());
+    assert!(epochs < max_epochs, "{epochs} of {max_epochs}");
+    assert_eq!(
+        epochs,
+        best + patience,
+        "stopped {patience} epochs after the best"
+    );
+    let loss = |e: &Value| e["val_loss"].as_f64().expect("val loss");
+    let lowest = history.iter().map(loss).fold(f64::MAX, f64::min);
+    assert_eq!(loss(&history[best - 1]), lowest);
+    let stored = report["validation"]["calibration"]["nll"]
+        .as_f64()
+        .expect("nll");
+    assert!(
+        (stored - lowest).abs() < 1e-3,
+        "the stored head's validation NLL {stored} is not the best epoch's {lowest}"
+    );
+}
+
+/// A corrupt and a truncated picture are skipped with a warning naming them; training still
+/// completes, and the same seed gives the same head.
+#[test]
+fn corrupt_pictures_are_skipped_by_name_and_training_is_reproducible() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let weights = backbone(dir.path());
+    let data = dir.path().join("data");
+    write_doors(&data, 8, 100, Variation::CAMERA);
+    let garbage = data.join("open/garbage.jpg");
+    std::fs::write(&garbage, b"this is not a JPEG").expect("write garbage");
+    let png = std::fs::read(data.join("closed/closed-100.png")).expect("read scene");
+    let truncated = data.join("closed/truncated.png");
+    std::fs::write(&truncated, &png[..png.len() / 3]).expect("write truncated");
+
+    let output = dir.path().join("head.gguf");
+    let args = |output: &Path| {
+        vec![
+            "train".to_string(),
+            data.display().to_string(),
+            "--output".into(),
+            output.display().to_string(),
+            "--weights".into(),
+            weights.display().to_string(),
+            "--views".into(),
+            "1".into(),
+        ]
+    };
+    let run = |output: &Path| {
+        let args = args(output);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        edgeclass(&args)
+    };
+    let out = run(&output);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for skipped in [&garbage, &truncated] {
+        assert!(
+            stderr.contains(&format!("skipping {}", skipped.display())),
+            "no warning names {}: {stderr}",
+            skipped.display()
+        );
+    }
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("on 16 pictures (2 skipped)"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("wrote {}", output.display())),
+        "{stdout}"
+    );
+
+    let again = dir.path().join("again.gguf");
+    assert!(run(&again).status.success());
+    let (first, second) = (
+        Head::load(&output).expect("head"),
+        Head::load(&again).expect("head"),
+    );
+    assert!(
+        first.layers().eq(second.layers()),
+        "the same seed must give the same head"
+    );
+    assert_eq!(first.thresholds(), second.thresholds());
+}
+
+/// Bad data is refused before any work, with the folder named and exit 65; `--dry-run`
+/// prints the counts and trains nothing.
+#[test]
+fn bad_data_is_refused_before_any_work_and_dry_run_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    write_doors(&data, 5, 1, Variation::CAMERA);
+    let out = edgeclass(&["train", data.to_str().expect("utf-8"), "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("closed") && stdout.contains("5 pictures"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 classes, 10 pictures"), "{stdout}");
+
+    // No model is needed to refuse bad data: the weights path does not even exist.
+    let refuse = |data: &Path, expected: &str| {
+        let out = edgeclass(&[
+            "train",
+            data.to_str().expect("utf-8"),
+            "--output",
+            "/nonexistent/head.gguf",
+            "--weights",
+            "/nonexistent/backbone.gguf",
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(65), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in {stderr}"
+        );
+    };
+    std::fs::remove_file(data.join("open/open-5.png")).expect("remove one");
+    refuse(&data, "open has 4 picture(s); training needs at least 5");
+    std::fs::rename(data.join("open"), data.join("open+ajar")).expect("rename");
+    refuse(&data, "\"open+ajar\" cannot be a label");
+    std::fs::remove_dir_all(data.join("open+ajar")).expect("remove class");
+    refuse(&data, "has 1 class folder(s); training needs at least 2");
 }
