@@ -27,6 +27,11 @@
 //!   schedule.
 //! - [`evaluate`] measures a model on labelled images (`edgeclass eval`): accuracy, confusion,
 //!   calibration, and the thresholds that reach a target precision.
+//! - [`train`] fits a head for the user's own classes (`edgeclass train`) on the frozen
+//!   backbone's features: augmentation, AdamW with a cosine schedule, early stopping,
+//!   distillation. A [`model::Head`] file then runs next to the ImageNet classes on the same
+//!   backbone pass.
+//! - [`dataset`] reads labelled folders (one sub-folder per class) for `eval` and `train`.
 //! - [`commands`] holds one thin module per CLI verb.
 //!
 //! # Errors and exit codes

@@ -256,3 +256,25 @@ fn bad_data_is_refused_before_any_work_and_dry_run_counts() {
     std::fs::remove_dir_all(data.join("open+ajar")).expect("remove class");
     refuse(&data, "has 1 class folder(s); training needs at least 2");
 }
+
+/// The training benchmark of the README (not a timed test: run it by hand, in release):
+/// `cargo test --release --test train -- --ignored --nocapture`.
+/// 200 pictures in 2 classes, augmentation and early stopping on, every core.
+#[test]
+#[ignore = "benchmark, run by hand"]
+fn benchmark_training_200_pictures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let weights = backbone(dir.path());
+    let data = dir.path().join("data");
+    write_doors(&data, 100, 1, Variation::CAMERA);
+    let started = std::time::Instant::now();
+    let (_, report) = train(&data, &weights, &dir.path().join("head.gguf"), &[]);
+    let wall = started.elapsed().as_secs_f64();
+    let timings = &report["timings"];
+    println!(
+        "train, 200 pictures x (1 + {} views): {wall:.1} s wall (features {:.1} s, fit {:.1} s, {} epochs, best {}), validation accuracy {:.3}",
+        report["options"]["views"], timings["features_s"], timings["fit_s"], report["epochs_run"],
+        report["best_epoch"], report["val_accuracy"]
+    );
+    assert!(report["val_accuracy"].as_f64().expect("accuracy") > 0.9);
+}
