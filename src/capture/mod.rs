@@ -20,8 +20,8 @@ mod slot;
 mod v4l2;
 
 pub use config::{
-    validate_cameras, CameraConfig, CameraId, InvalidCameraId, MotionConfig, PixelFormatPreference,
-    SourceSpec, SourceSpecError, V4l2Device,
+    is_topic_id, validate_cameras, CameraConfig, CameraId, InvalidCameraId, MotionConfig,
+    PixelFormatPreference, SourceSpec, SourceSpecError, V4l2Device,
 };
 pub use error::CaptureError;
 pub use frame::{Frame, PixelFormat};
