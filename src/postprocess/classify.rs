@@ -189,8 +189,7 @@ impl OutputLayout {
         let mut output_of_group: Vec<Option<usize>> = vec![None; groups.len()];
         let mut output_of_class = Vec::with_capacity(classes.len());
         let mut outputs = Vec::new();
-        for class in 0..classes.len() {
-            let group = group_of_class[class];
+        for (class, &group) in group_of_class.iter().enumerate() {
             if let Some(output) = group.and_then(|g| output_of_group[g]) {
                 output_of_class.push(output);
                 continue;
