@@ -445,6 +445,50 @@ fn bench_json_and_layers_per_configuration() {
     assert!(stdout.contains("vs f32"), "{stdout}");
 }
 
+#[test]
+fn bench_times_heads_against_fc_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny_path = fixture("model_tiny_resnet18.safetensors");
+    let model = Model::load(&tiny_path, Precision::Q8_0, 1).unwrap();
+    let head = dir.path().join("door.gguf");
+    head_on(&model, model.fingerprint(), &tiny_path)
+        .save(&head)
+        .unwrap();
+    let h = head.display().to_string();
+    let args = [
+        "bench",
+        "--weights",
+        &tiny(),
+        "--precisions",
+        "q8_0",
+        "--threads",
+        "1",
+        "--runs",
+        "3",
+        "--warmup",
+        "0",
+        "--head",
+        &h,
+        "--head",
+        &h,
+    ];
+    let out = edgeclass(&[&args[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let row: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let heads = &row["heads"];
+    assert_eq!(heads["count"], 2, "{row}");
+    for key in ["median_ms", "ratio", "heads_median_ms", "percent_per_head"] {
+        assert!(heads[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {row}");
+    }
+    let out = edgeclass(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("with heads ms"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 /// `edgeclass classify --json a.jpg b.jpg | head -1`: a reader that closed the pipe ends the
 /// command quietly with success, not with a panic (exit 101).
 #[test]
