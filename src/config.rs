@@ -2,7 +2,9 @@
 //!
 //! Every section is owned by the stage it configures (`capture::CameraConfig`,
 //! `publish::MqttConfig`, ...); this module only assembles them, reports errors with the key
-//! path and the file, and checks rules that span sections.
+//! path and the file, and checks rules that span sections. `[[heads]]` ([`HeadConfig`]) is one
+//! of those rules: it names a head file, its postprocess and policy tables, and the cameras'
+//! `heads` lists must name its entries.
 //!
 //! Loading merges the file and the overrides into one tree (the private `tree` module),
 //! deserializes it while `serde_path_to_error` tracks the key path, then runs every section's
