@@ -155,20 +155,13 @@ fn reload_one(
     Ok(ActiveHead::new(config, head, postprocessor, stamp, model))
 }
 
-/// Announces the Home Assistant sensor of every head on every camera that runs it, for the
-/// heads `announce` selects (by index).
-pub fn announce(
+/// Announces the Home Assistant sensor of each of `heads` on every camera that runs it.
+pub fn announce<'a>(
     publisher: &Publisher,
     cameras: &[CameraConfig],
-    heads: &[Arc<ActiveHead>],
-    announce: impl Fn(usize) -> bool,
+    heads: impl IntoIterator<Item = &'a ActiveHead>,
 ) {
-    for head in heads
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| announce(*i))
-        .map(|(_, h)| h)
-    {
+    for head in heads {
         let labels: Vec<&str> = head.postprocessor.labels().collect();
         let runs_it = |c: &&CameraConfig| c.heads.iter().any(|h| h == head.name.as_str());
         for camera in cameras.iter().filter(runs_it) {

@@ -85,7 +85,7 @@ async fn serve(
     };
     let camera_ids: Vec<_> = config.cameras.iter().map(|c| c.id.clone()).collect();
     let publisher = Publisher::start(&config.mqtt, &camera_ids, &model.description()).await?;
-    heads::announce(&publisher, &config.cameras, &heads, |_| true);
+    heads::announce(&publisher, &config.cameras, heads.iter().map(Arc::as_ref));
 
     let shutdown = Shutdown::new();
     let shared = Arc::new(Shared {
@@ -249,12 +249,13 @@ fn reload(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) {
     heads::warn_about_restart(&running.heads, cameras, &config);
     let heads = heads::reload(&running.heads, &config, &shared.model);
     // Home Assistant's sensors list the labels a head can publish.
-    heads::announce(&shared.publisher, cameras, &heads, |i| {
-        !running.heads[i]
-            .postprocessor
-            .labels()
-            .eq(heads[i].postprocessor.labels())
-    });
+    let relabelled = running
+        .heads
+        .iter()
+        .zip(&heads)
+        .filter(|(old, new)| !old.postprocessor.labels().eq(new.postprocessor.labels()))
+        .map(|(_, new)| new.as_ref());
+    heads::announce(&shared.publisher, cameras, relabelled);
     // Each pipeline sees the change before its next frame.
     shared.settings.send_replace(Arc::new(Reloadable {
         postprocessor,
