@@ -2,15 +2,18 @@
 //!
 //! Every section is owned by the stage it configures (`capture::CameraConfig`,
 //! `publish::MqttConfig`, ...); this module only assembles them, reports errors with the key
-//! path and the file, and checks rules that span sections.
+//! path and the file, and checks rules that span sections. `[[heads]]` ([`HeadConfig`]) is one
+//! of those rules: it names a head file, its postprocess and policy tables, and the cameras'
+//! `heads` lists must name its entries.
 //!
 //! Loading merges the file and the overrides into one tree (the private `tree` module),
 //! deserializes it while `serde_path_to_error` tracks the key path, then runs every section's
 //! own validation, so a configuration that loads is one `run` accepts.
 
+mod heads;
 mod tree;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,12 +21,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::capture::{CameraConfig, CaptureError};
-use crate::model::ModelConfig;
-use crate::postprocess::{PolicyConfig, PostprocessConfig, PostprocessError};
+use crate::model::{Head, Model, ModelConfig};
+use crate::postprocess::{PolicyConfig, PostprocessConfig, PostprocessError, Postprocessor};
 use crate::preprocess::{PreprocessConfig, PreprocessError};
 use crate::publish::{MqttConfig, PublishError};
 use crate::sysexits::Sysexit;
 
+pub use heads::{HeadConfig, HeadName};
 use tree::{Node, TreeError};
 
 /// Prefix of environment overrides: `EDGECLASS__MQTT__URL` sets `mqtt.url`.
@@ -51,6 +55,10 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// `[[cameras]]`, at least one.
     pub cameras: Vec<CameraConfig>,
+    /// `[[heads]]`: custom classifiers on the backbone's features, run by the cameras that
+    /// list them.
+    #[serde(default)]
+    pub heads: Vec<HeadConfig>,
     /// `[log]`
     #[serde(default)]
     pub log: LogConfig,
@@ -117,6 +125,18 @@ pub enum ConfigError {
         /// The problem and, where it helps, the expected form.
         message: String,
     },
+    /// A file a key names is unusable: a head file that is missing, malformed or trained on
+    /// another backbone than the model's.
+    #[error("config file {}, key `{key}`", file.display())]
+    Referenced {
+        /// The configuration file.
+        file: PathBuf,
+        /// The key naming the file, e.g. `heads[0].weights`.
+        key: String,
+        /// Why the file is unusable; names the file.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A section refers to something that is unusable, e.g. a label file that cannot be read.
     #[error("config file {}", file.display())]
     Section {
@@ -181,6 +201,7 @@ impl Config {
             file,
             overrides: &overrides,
         };
+        heads::prepare(&mut root).map_err(|(key, message)| errors.key(key, message))?;
         let config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
             let key = match e.inner() {
                 TreeError::MissingField(field) => key_path(e.path(), Some(field)),
@@ -209,7 +230,85 @@ impl Config {
         self.publish_policy
             .validate()
             .map_err(|e| errors.stage(e))?;
+        self.validate_heads(errors)
+    }
+
+    /// Head names are unique, each head's tables are valid, and cameras list only existing
+    /// heads, each once.
+    fn validate_heads(&self, errors: &Errors) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (index, head) in self.heads.iter().enumerate() {
+            if !names.insert(head.name.as_str()) {
+                return Err(errors.key(
+                    format!("heads[{index}].name"),
+                    format!("{:?} is used by an earlier head", head.name.as_str()),
+                ));
+            }
+            head.postprocess
+                .validate(&format!("heads[{index}].postprocess"))
+                .map_err(|e| errors.stage(e))?;
+            head.publish_policy
+                .validate_section(&format!("heads[{index}].publish_policy"))
+                .map_err(|e| errors.stage(e))?;
+        }
+        for (c, camera) in self.cameras.iter().enumerate() {
+            for (h, name) in camera.heads.iter().enumerate() {
+                let key = || format!("cameras[{c}].heads[{h}]");
+                if !names.contains(name.as_str()) {
+                    let known: Vec<&str> = self.heads.iter().map(|h| h.name.as_str()).collect();
+                    return Err(errors.key(
+                        key(),
+                        format!(
+                            "no [[heads]] entry is named {name:?} (heads: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                }
+                if camera.heads[..h].contains(name) {
+                    return Err(errors.key(key(), format!("{name:?} is listed twice")));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Loads every head file with its postprocessor, in `[[heads]]` order; given the model,
+    /// also checks each head was trained on its backbone. `file` is this config's file, for
+    /// errors, which are configuration errors naming the key (`heads[N].weights` for a file
+    /// that is missing, malformed or trained on another backbone).
+    pub fn load_heads(
+        &self,
+        file: &Path,
+        backbone: Option<&Model>,
+    ) -> Result<Vec<(Head, Postprocessor)>, ConfigError> {
+        let no_overrides = Overrides {
+            var_of_key: BTreeMap::new(),
+        };
+        let errors = Errors {
+            file,
+            overrides: &no_overrides,
+        };
+        self.heads
+            .iter()
+            .enumerate()
+            .map(|(index, config)| {
+                let head = config
+                    .load(backbone)
+                    .map_err(|source| ConfigError::Referenced {
+                        file: file.to_path_buf(),
+                        key: format!("heads[{index}].weights"),
+                        source: Box::new(source),
+                    })?;
+                let postprocessor = config
+                    .postprocessor(index, &head)
+                    .map_err(|e| errors.stage(e))?;
+                Ok((head, postprocessor))
+            })
+            .collect()
     }
 }
 
@@ -506,6 +605,96 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(error, ConfigError::Section { .. }), "{error}");
+    }
+
+    const HEAD: &str = "[[heads]]\nname = \"garage_door\"\nweights = \"/h/door.gguf\"\n";
+
+    #[test]
+    fn heads_inherit_the_policy_keys_they_do_not_set() {
+        let config = load(
+            &format!(
+                "[publish_policy]\nmode = \"every\"\nheartbeat_s = 5\n{HEAD}\
+                 [heads.publish_policy]\nheartbeat_s = 9\n\
+                 [[cameras]]\nid = \"door\"\nsource = \"file:/tmp\"\nheads = [\"garage_door\"]\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let policy = &config.heads[0].publish_policy;
+        assert_eq!(policy.mode, crate::postprocess::PublishMode::Every);
+        assert_eq!((policy.heartbeat_s, policy.hold), (9, 3));
+        assert_eq!(config.cameras[0].heads, ["garage_door"]);
+        // Without a [publish_policy], the defaults.
+        let config = load(&format!("{CAMERA}{HEAD}"), &[]).unwrap();
+        assert_eq!(config.heads[0].publish_policy, PolicyConfig::default());
+    }
+
+    #[test]
+    fn head_keys_are_checked_with_their_path() {
+        let camera_with = |heads: &str| {
+            format!("[[cameras]]\nid = \"door\"\nsource = \"file:/tmp\"\nheads = {heads}\n")
+        };
+        let cases = [
+            (
+                format!("{}{HEAD}", camera_with("[\"garage\"]")),
+                "cameras[0].heads[0]",
+                "no [[heads]] entry is named \"garage\" (heads: garage_door)",
+            ),
+            (
+                format!(
+                    "{}{HEAD}",
+                    camera_with("[\"garage_door\", \"garage_door\"]")
+                ),
+                "cameras[0].heads[1]",
+                "listed twice",
+            ),
+            (
+                format!("{CAMERA}{HEAD}{HEAD}"),
+                "heads[1].name",
+                "used by an earlier head",
+            ),
+            (
+                format!("{CAMERA}[[heads]]\nname = \"garage door\"\nweights = \"x\"\n"),
+                "heads[0].name",
+                "MQTT",
+            ),
+            (
+                format!("{CAMERA}{HEAD}[heads.postprocess]\ngroups = \"g.toml\"\n"),
+                "heads[0].postprocess.groups",
+                "ImageNet",
+            ),
+            (
+                format!("{CAMERA}{HEAD}[heads.postprocess]\nlabel_map = \"m.toml\"\n"),
+                "heads[0].postprocess.label_map",
+                "[heads.postprocess.labels]",
+            ),
+            (
+                format!("{CAMERA}{HEAD}[heads.postprocess]\nthreshold = 2.0\n"),
+                "heads[0].postprocess.threshold",
+                "probability",
+            ),
+            (
+                format!("{CAMERA}{HEAD}[heads.publish_policy]\nhold = 0\n"),
+                "heads[0].publish_policy.hold",
+                "at least 1",
+            ),
+            (
+                format!("{CAMERA}[[heads]]\nname = \"x\"\n"),
+                "heads[0].weights",
+                "missing",
+            ),
+            // A bad top-level policy is reported where it is written, not where it is inherited.
+            (
+                format!("{CAMERA}[publish_policy]\nmode = \"often\"\n{HEAD}"),
+                "publish_policy.mode",
+                "often",
+            ),
+        ];
+        for (text, want_key, want_message) in cases {
+            let (key, _, message) = key_error(&text, &[]);
+            assert_eq!(key, want_key, "{text}");
+            assert!(message.contains(want_message), "{key}: {message}");
+        }
     }
 
     #[test]

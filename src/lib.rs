@@ -13,16 +13,19 @@
 //! |---|---|---|
 //! | capture | [`capture`] | frame sources (V4L2 cameras, files, folders, HTTP snapshots), one thread per camera, the latest-frame-wins [`capture::FrameSlot`], the motion gate, saving frames for labelling ([`capture::Collector`]), [`capture::CameraId`] |
 //! | preprocess | [`preprocess`] | decoding (JPEG, YUYV, NV12, ...), cutting out a camera's crop region ([`preprocess::CropRegion`]) and torchvision's eval transform into a reused tensor |
-//! | model | [`model`] | ResNet-18 in f32 or int8 ([`model::kernels`]); loading, quantizing and calibrating; fetching the weights ([`model::install`]) |
-//! | postprocess | [`postprocess`] | softmax, top-k, thresholds, label maps, groups, the publish policy |
+//! | model | [`model`] | ResNet-18 in f32 or int8 ([`model::kernels`]); loading, quantizing and calibrating; fetching the weights ([`model::install`]); custom heads ([`model::Head`]) on the backbone's features |
+//! | postprocess | [`postprocess`] | softmax, top-k, thresholds, label maps, groups, the publish policy, for the ImageNet classes and each head's own |
 //! | publish | [`publish`] | MQTT events, retained state, snapshots, availability, Home Assistant discovery, the embedded broker |
 //!
 //! # Around the stages
 //!
+//! - A camera may also run custom heads (`[[heads]]` in the [`config`]): the backbone runs once
+//!   per frame ([`model::Model::forward_with_features`]) and each head classifies its features
+//!   into its own classes, postprocessed and published on its own topics.
 //! - The [`daemon`] wires the stages together and owns the lifecycle: it loads the [`config`]
 //!   (each section owned by its stage), starts one capture thread and one pipeline thread per
-//!   camera, tells systemd it is ready, reloads thresholds and labels on SIGHUP, and stops
-//!   every thread and task through one [`shutdown::Shutdown`]. Every worker thread reports a
+//!   camera, tells systemd it is ready, reloads thresholds, labels and changed head files on
+//!   SIGHUP, and stops every thread and task through one [`shutdown::Shutdown`]. Every worker thread reports a
 //!   [`heartbeat::Heartbeat`], and the systemd watchdog is fed only while all of them are on
 //!   schedule.
 //! - [`evaluate`] measures a model on labelled images (`edgeclass eval`): accuracy, confusion,

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Output;
 
 use common::cli::{edgeclass, fixture, text};
-use edgeclass::model::{Model, Precision};
+use edgeclass::model::{BackboneRef, Dense, Head, Model, Precision};
+use edgeclass::postprocess::topk::{softmax_in_place, top_k};
+use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
 fn tiny() -> String {
     fixture("model_tiny_resnet18.safetensors")
@@ -96,6 +98,128 @@ fn bad_images_are_reported_and_the_rest_classified() {
     let stdout = text(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.contains("model_chelsea.jpg"));
+}
+
+/// A two-class head over `model`'s features that claims the backbone `fingerprint` in `file`:
+/// "cat" weighs the features one way, "no cat" the other.
+fn head_on(model: &Model, fingerprint: &str, file: &Path) -> Head {
+    let n = model.feature_len();
+    let weight = (0..2 * n)
+        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.4)
+        .collect();
+    let backbone = BackboneRef {
+        fingerprint: fingerprint.to_string(),
+        file: file.to_path_buf(),
+    };
+    let layer = Dense {
+        weight,
+        bias: vec![0.1, -0.1],
+    };
+    Head::new(
+        vec!["cat".into(), "no cat".into()],
+        vec![layer],
+        n,
+        backbone,
+    )
+    .unwrap()
+}
+
+#[test]
+fn classify_a_head_on_its_backbone_and_refuse_another_backbone() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny_path = fixture("model_tiny_resnet18.safetensors");
+    let model = Model::load(&tiny_path, Precision::Q8_0, 1).unwrap();
+    let head = head_on(&model, model.fingerprint(), &tiny_path);
+    let head_file = dir.path().join("door.gguf");
+    head.save(&head_file).unwrap();
+    let h = head_file.display().to_string();
+
+    // What the head says about the photo, computed here.
+    let frame = read_image_file(&fixture("model_chelsea.jpg")).unwrap();
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+    let (mut logits, mut features, mut hidden, mut scores) = Default::default();
+    model
+        .forward_with_features(
+            preprocessor.run(&frame).unwrap(),
+            &mut logits,
+            &mut features,
+        )
+        .unwrap();
+    head.forward(&features, &mut hidden, &mut scores);
+    softmax_in_place(&mut scores);
+    let expected = top_k(&scores, 2);
+
+    // The backbone comes from the file the head records.
+    let out = edgeclass(&[
+        "classify",
+        "--weights",
+        &h,
+        "--threads",
+        "1",
+        "--json",
+        &cat(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["model"], "resnet18-q8_0+door");
+    let top = v["top3"].as_array().unwrap();
+    assert_eq!(top.len(), 2, "{v}");
+    for (got, (index, score)) in top.iter().zip(&expected) {
+        assert_eq!(got["index"], *index);
+        assert_eq!(got["label"], ["cat", "no cat"][*index]);
+        assert!(
+            (got["score"].as_f64().unwrap() - f64::from(*score)).abs() < 1e-5,
+            "{v}"
+        );
+        assert!(got.get("wnid").is_none(), "{v}");
+    }
+    let table = edgeclass(&["classify", "--weights", &h, &cat()]);
+    let stdout = text(&table.stdout);
+    let first = stdout.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.contains("1.") && first.contains(["cat", "no cat"][expected[0].0]),
+        "{stdout}"
+    );
+
+    // A head whose recorded backbone moved: named, and --backbone finds it.
+    let moved = head_on(
+        &model,
+        model.fingerprint(),
+        &dir.path().join("gone.safetensors"),
+    );
+    let moved_file = dir.path().join("moved.gguf");
+    moved.save(&moved_file).unwrap();
+    let m = moved_file.display().to_string();
+    let out = edgeclass(&["classify", "--weights", &m, &cat()]);
+    assert_eq!(out.status.code(), Some(66), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("gone.safetensors"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = edgeclass(&[
+        "classify",
+        "--weights",
+        &m,
+        "--backbone",
+        &tiny(),
+        "--json",
+        &cat(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Trained on another backbone: refused, naming both files.
+    let other = head_on(&model, "0123456789abcdef", &tiny_path);
+    let other_file = dir.path().join("other.gguf");
+    other.save(&other_file).unwrap();
+    let o = other_file.display().to_string();
+    let out = edgeclass(&["classify", "--weights", &o, &cat()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains(&o) && stderr.contains(&tiny()) && stderr.contains("retrain"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -319,6 +443,50 @@ fn bench_json_and_layers_per_configuration() {
         assert!(stdout.contains(layer), "{layer} missing: {stdout}");
     }
     assert!(stdout.contains("vs f32"), "{stdout}");
+}
+
+#[test]
+fn bench_times_heads_against_fc_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny_path = fixture("model_tiny_resnet18.safetensors");
+    let model = Model::load(&tiny_path, Precision::Q8_0, 1).unwrap();
+    let head = dir.path().join("door.gguf");
+    head_on(&model, model.fingerprint(), &tiny_path)
+        .save(&head)
+        .unwrap();
+    let h = head.display().to_string();
+    let args = [
+        "bench",
+        "--weights",
+        &tiny(),
+        "--precisions",
+        "q8_0",
+        "--threads",
+        "1",
+        "--runs",
+        "3",
+        "--warmup",
+        "0",
+        "--head",
+        &h,
+        "--head",
+        &h,
+    ];
+    let out = edgeclass(&[&args[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let row: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let heads = &row["heads"];
+    assert_eq!(heads["count"], 2, "{row}");
+    for key in ["median_ms", "ratio", "heads_median_ms", "percent_per_head"] {
+        assert!(heads[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {row}");
+    }
+    let out = edgeclass(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("with heads ms"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 /// `edgeclass classify --json a.jpg b.jpg | head -1`: a reader that closed the pipe ends the

@@ -10,10 +10,14 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::mosquitto::{free_port, Mosquitto, Received, Subscriber};
 use common::wait::{is_listening, poll_until};
+use edgeclass::model::{BackboneRef, Dense, Head, Model, Precision};
+use edgeclass::postprocess::topk::{softmax_in_place, top_k};
+use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -902,4 +906,269 @@ interval_ms = 100
     );
     let saved = fs::read(&files_in(&collected)[0]).expect("read the collected frame");
     assert_eq!(size(&saved), (160, 160));
+}
+
+// ---- custom heads --------------------------------------------------------------------------
+
+/// The daemon's synthetic model (`synthetic_seed = 7` in [`config`]), built once: heads must be
+/// trained on its backbone, and the tests compute what a head should say about a photo.
+fn synthetic_backbone() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| Model::synthetic(7, Precision::Q8_0, 1).expect("synthetic model"))
+}
+
+/// A head over the synthetic backbone's features with seeded weights (`512 -> hidden -> classes`,
+/// or `512 -> classes` when `hidden` is 0), as `edgeclass train` would write it; `fingerprint`
+/// is the backbone it claims.
+fn seeded_head(classes: &[&str], hidden: usize, seed: u64, fingerprint: &str) -> Head {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut dense = |inputs: usize, outputs: usize| {
+        let mut values = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+                })
+                .collect()
+        };
+        Dense {
+            weight: values(inputs * outputs),
+            bias: values(outputs),
+        }
+    };
+    let features = synthetic_backbone().feature_len();
+    let layers = match hidden {
+        0 => vec![dense(features, classes.len())],
+        n => vec![dense(features, n), dense(n, classes.len())],
+    };
+    let backbone = BackboneRef {
+        fingerprint: fingerprint.to_string(),
+        file: PathBuf::from("resnet18-synthetic-7.gguf"),
+    };
+    let classes = classes.iter().map(|c| c.to_string()).collect();
+    Head::new(classes, layers, features, backbone).expect("valid head")
+}
+
+fn write_head(path: &Path, classes: &[&str], hidden: usize, seed: u64) -> Head {
+    let head = seeded_head(classes, hidden, seed, synthetic_backbone().fingerprint());
+    head.save(path).expect("save head");
+    head
+}
+
+/// `[[heads]] garage_door` on `weights`, never unknown, and the camera running it.
+fn head_config(url: &str, weights: &Path, extra: &str) -> String {
+    config(
+        url,
+        &sample("chelsea.jpg"),
+        &format!(
+            "heads = [\"garage_door\"]\n\
+             [cameras.motion]\nenabled = false\n\
+             [publish_policy]\nmode = \"every\"\n\
+             [[heads]]\nname = \"garage_door\"\nweights = \"{}\"\n\
+             [heads.postprocess]\nthreshold = 0.0\n{extra}",
+            weights.display()
+        ),
+    )
+}
+
+fn labels(event: &serde_json::Value) -> Vec<String> {
+    event["top3"]
+        .as_array()
+        .expect("top3")
+        .iter()
+        .map(|p| p["raw_label"].as_str().expect("raw_label").to_string())
+        .collect()
+}
+
+#[test]
+fn heads_publish_on_their_own_topics_with_their_own_home_assistant_sensor() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/#"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let weights = dir.path().join("garage_door.gguf");
+    let classes = ["open", "closed"];
+    let head = write_head(&weights, &classes, 16, 1);
+    let mut daemon = Daemon::start(&head_config(&broker.url(), &weights, ""));
+
+    // What the head says about the photo, computed here from the same backbone.
+    let frame = read_image_file(&sample("chelsea.jpg")).expect("photo");
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+    let input = preprocessor.run(&frame).expect("preprocess");
+    let (mut logits, mut features, mut hidden, mut head_logits) = Default::default();
+    synthetic_backbone()
+        .forward_with_features(input, &mut logits, &mut features)
+        .expect("forward");
+    head.forward(&features, &mut hidden, &mut head_logits);
+    softmax_in_place(&mut head_logits);
+    let best = top_k(&head_logits, 1)[0];
+
+    let event = sub
+        .wait_for_topic("edgeclass/door/garage_door/event", WAIT)
+        .unwrap_or_else(|| panic!("no head event\n{}", daemon.stderr()))
+        .json();
+    assert_eq!(event["camera"], "door");
+    assert_eq!(event["label"], classes[best.0], "{event}");
+    assert!(
+        (event["score"].as_f64().expect("score") - f64::from(best.1)).abs() < 1e-4,
+        "{event} vs {best:?}"
+    );
+    assert_eq!(event["model"], "resnet18-q8_0+garage_door");
+    // Two classes: top_k 3 is clamped; a head's class has an index and a name, no WordNet id.
+    let top = event["top3"].as_array().expect("top3");
+    assert_eq!(top.len(), 2, "{event}");
+    assert_eq!(top[0]["index"], best.0);
+    assert!(top.iter().all(|p| p.get("wnid").is_none()), "{event}");
+    let mut named = labels(&event);
+    named.sort();
+    assert_eq!(named, ["closed", "open"]);
+
+    // The ImageNet classifier keeps today's topic, and its events keep their WordNet ids.
+    let imagenet = sub
+        .wait_for_topic("edgeclass/door/event", WAIT)
+        .expect("ImageNet event")
+        .json();
+    assert!(imagenet["top3"][0]["wnid"].is_string(), "{imagenet}");
+    assert_eq!(imagenet["model"], "resnet18-q8_0");
+
+    // The head's label is retained beside today's, and Home Assistant has a sensor for it.
+    let late = Subscriber::connect(broker.port(), &["edgeclass/#", "homeassistant/#"]);
+    let retained = late.drain_pending();
+    let text = |topic: &str| {
+        retained
+            .iter()
+            .find(|m| m.topic == topic && m.retain)
+            .map(Received::text)
+    };
+    assert_eq!(
+        text("edgeclass/door/garage_door/label").as_deref(),
+        Some(classes[best.0])
+    );
+    assert!(text("edgeclass/door/label").is_some());
+    let sensors: Vec<serde_json::Value> = retained
+        .iter()
+        .filter(|m| m.topic.starts_with("homeassistant/sensor/") && m.topic.ends_with("/config"))
+        .map(Received::json)
+        .collect();
+    let custom = sensors
+        .iter()
+        .find(|s| s["state_topic"] == "edgeclass/door/garage_door/label")
+        .unwrap_or_else(|| panic!("no sensor for the head: {sensors:?}"));
+    let default = sensors
+        .iter()
+        .find(|s| s["state_topic"] == "edgeclass/door/label")
+        .expect("today's sensor");
+    assert_eq!(
+        custom["json_attributes_topic"],
+        "edgeclass/door/garage_door/event"
+    );
+    assert_eq!(custom["device_class"], "enum");
+    assert_eq!(
+        custom["options"],
+        serde_json::json!(["open", "closed", "unknown"])
+    );
+    assert_eq!(custom["device"], default["device"]);
+    assert_ne!(custom["unique_id"], default["unique_id"]);
+
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn sighup_reloads_a_changed_head_file_and_keeps_the_head_when_the_new_file_is_bad() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/door/garage_door/event"]);
+    let ha = Subscriber::connect(broker.port(), &["homeassistant/sensor/#"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let weights = dir.path().join("garage_door.gguf");
+    write_head(&weights, &["open", "closed"], 0, 2);
+    let mut daemon = Daemon::start(&head_config(&broker.url(), &weights, ""));
+    let first = sub
+        .wait_for_topic("edgeclass/door/garage_door/event", WAIT)
+        .unwrap_or_else(|| panic!("no head event\n{}", daemon.stderr()))
+        .json();
+    assert!(["open", "closed"].contains(&first["label"].as_str().unwrap_or_default()));
+
+    // Retrained with other classes: the new labels, and a sensor announcing them.
+    let retrained = ["parcel", "no_parcel", "courier"];
+    write_head(&weights, &retrained, 8, 3);
+    daemon.signal(libc::SIGHUP);
+    let reloaded = sub
+        .wait_until(WAIT, |m| {
+            retrained.contains(&m.json()["label"].as_str().unwrap_or_default())
+        })
+        .unwrap_or_else(|| panic!("the retrained head never published\n{}", daemon.stderr()))
+        .json();
+    let mut named = labels(&reloaded);
+    named.sort();
+    assert_eq!(named, ["courier", "no_parcel", "parcel"]);
+    let announced = ha.wait_until(WAIT, |m| {
+        m.json()["options"] == serde_json::json!(["parcel", "no_parcel", "courier", "unknown"])
+    });
+    assert!(announced.is_some(), "the sensor was not announced again");
+
+    // A bad file: the retrained head keeps running, and the log says which file and why.
+    fs::write(&weights, b"not a head").expect("overwrite the head file");
+    daemon.signal(libc::SIGHUP);
+    let said = poll_until(WAIT, || {
+        let log = daemon.stderr();
+        log.contains("head garage_door: keeping the running head")
+            && log.contains(&weights.display().to_string())
+    });
+    assert!(
+        said,
+        "no log line about the bad head file\n{}",
+        daemon.stderr()
+    );
+    sub.drain_pending();
+    let after = sub.collect_on("edgeclass/door/garage_door/event", 3, WAIT);
+    assert_eq!(
+        after.len(),
+        3,
+        "the head stopped publishing\n{}",
+        daemon.stderr()
+    );
+    for event in after.iter().map(Received::json) {
+        let label = event["label"].as_str().unwrap_or_default().to_string();
+        assert!(retrained.contains(&label.as_str()), "{event}");
+    }
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn a_head_from_another_backbone_or_an_unknown_head_name_stops_the_start_with_78() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let weights = dir.path().join("garage_door.gguf");
+    seeded_head(&["open", "closed"], 0, 4, "0123456789abcdef")
+        .save(&weights)
+        .expect("save head");
+    // No broker: the daemon must refuse before connecting.
+    let mut daemon = Daemon::start(&head_config("mqtt://127.0.0.1:9", &weights, ""));
+    let status = daemon.wait_exit(WAIT);
+    let stderr = daemon.stderr();
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    for needed in [
+        "heads[0].weights",
+        &daemon.config_file().display().to_string(),
+        &weights.display().to_string(),
+        "<synthetic resnet18 seed 7>",
+        "retrain the head on this backbone",
+    ] {
+        assert!(stderr.contains(needed), "{needed:?} not in: {stderr}");
+    }
+
+    let unknown = head_config("mqtt://127.0.0.1:9", &weights, "")
+        .replace("heads = [\"garage_door\"]", "heads = [\"garage\"]");
+    let mut daemon = Daemon::start(&unknown);
+    let status = daemon.wait_exit(WAIT);
+    let stderr = daemon.stderr();
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("cameras[0].heads[0]")
+            && stderr.contains("garage")
+            && stderr.contains(&daemon.config_file().display().to_string()),
+        "{stderr}"
+    );
 }

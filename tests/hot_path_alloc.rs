@@ -1,6 +1,7 @@
 //! The frame-to-logits hot path does not allocate once warmed up: raw camera frames go from bytes
-//! to tensor (whole or cropped), the int8 network from tensor to logits, reusing their buffers on
-//! every thread, and collecting frames for labelling costs nothing while it saves nothing.
+//! to tensor (whole or cropped), the int8 network from tensor to logits (and features), and
+//! custom heads from features to logits, reusing their buffers on every thread, and collecting
+//! frames for labelling costs nothing while it saves nothing.
 //! (Own test binary with one test: it installs a process-wide counting allocator.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use edgeclass::capture::{CollectConfig, Collector, Frame, PixelFormat};
 use edgeclass::model::{
-    calibrate, synthetic_input, write_gguf, Model, Network, Precision, StorageDtype,
+    calibrate, synthetic_input, write_gguf, BackboneRef, Dense, Head, Model, Network, Precision,
+    StorageDtype,
 };
 use edgeclass::preprocess::{CropRegion, PreprocessConfig, Preprocessor};
 
@@ -172,5 +174,44 @@ fn hot_path_allocates_nothing_after_warm_up() {
             allocations <= 1,
             "{precision} {scales}: {allocations} allocations in 50 warm forwards"
         );
+
+        // The same frame for the ImageNet classes and a head, as a camera with heads runs it.
+        let head = two_layer_head(&model);
+        let (mut features, mut hidden, mut head_logits) = (Vec::new(), Vec::new(), Vec::new());
+        let mut with_head = || {
+            model
+                .forward_with_features(&input, &mut logits, &mut features)
+                .expect("forward with features");
+            head.forward(&features, &mut hidden, &mut head_logits);
+        };
+        with_head();
+        let allocations = allocations_during(|| (0..50).for_each(|_| with_head()));
+        assert!(
+            allocations <= 1,
+            "{precision} {scales}: {allocations} allocations in 50 warm forwards with a head"
+        );
     }
+}
+
+/// A `features -> 8 -> 2` head on `model`'s backbone.
+fn two_layer_head(model: &Model) -> Head {
+    let features = model.feature_len();
+    let dense = |inputs: usize, outputs: usize| Dense {
+        weight: (0..inputs * outputs)
+            .map(|i| (i % 7) as f32 * 0.01)
+            .collect(),
+        bias: vec![0.0; outputs],
+    };
+    let backbone = BackboneRef {
+        fingerprint: model.fingerprint().to_string(),
+        file: "tiny".into(),
+    };
+    let classes = vec!["open".to_string(), "closed".to_string()];
+    Head::new(
+        classes,
+        vec![dense(features, 8), dense(8, 2)],
+        features,
+        backbone,
+    )
+    .expect("head")
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use edgeclass::postprocess::{
-    Classification, Decision, PolicyConfig, PostprocessConfig, PostprocessError, Postprocessor,
-    PublishMode, PublishPolicy,
+    Classification, Decision, HeadPostprocessConfig, PolicyConfig, PostprocessConfig,
+    PostprocessError, Postprocessor, PublishMode, PublishPolicy,
 };
 
 const CLASSES: usize = 1000;
@@ -628,6 +628,162 @@ fn broken_logits_never_panic_or_produce_nan() {
     let mut long = logits_for(&[(TABBY, 0.9)]);
     long.push(100.0);
     assert_eq!(post.classify(&long).label, "tabby");
+}
+
+// ---- heads ---------------------------------------------------------------------------------
+
+fn door_classes() -> Vec<String> {
+    ["open", "closed", "ajar"].map(String::from).to_vec()
+}
+
+/// Head logits whose softmax is `probs`, one per class.
+fn head_logits(probs: &[f32]) -> Vec<f32> {
+    probs.iter().map(|p| p.ln()).collect()
+}
+
+const SECTION: &str = "heads[0].postprocess";
+
+#[test]
+fn head_classes_are_named_indexed_and_have_no_wnid() {
+    let post = Postprocessor::for_head(
+        &door_classes(),
+        None,
+        &HeadPostprocessConfig::default(),
+        SECTION,
+    )
+    .unwrap();
+    let c = post.classify(&head_logits(&[0.1, 0.7, 0.2]));
+    assert_eq!((c.label.as_str(), c.unknown), ("closed", false));
+    let got: Vec<(usize, &str, &str)> = c
+        .top
+        .iter()
+        .map(|p| (p.index, p.raw_label.as_str(), p.wnid.as_str()))
+        .collect();
+    assert_eq!(got, [(1, "closed", ""), (2, "ajar", ""), (0, "open", "")]);
+    // No WordNet id for a head's class, so none in the event JSON.
+    let json = serde_json::to_value(&c.top[0]).unwrap();
+    assert_eq!(json.get("wnid"), None, "{json}");
+    assert_eq!(json["raw_label"], "closed");
+    // top_k (default 3) is clamped to the class count.
+    let two = ["yes", "no"].map(String::from);
+    let post =
+        Postprocessor::for_head(&two, None, &HeadPostprocessConfig::default(), SECTION).unwrap();
+    assert_eq!(post.classify(&head_logits(&[0.9, 0.1])).top.len(), 2);
+    assert_eq!(post.labels().collect::<Vec<_>>(), ["yes", "no", "unknown"]);
+}
+
+#[test]
+fn head_thresholds_come_from_the_file_unless_config_keys_override_them() {
+    let classes = door_classes();
+    let recommended = [0.9, 0.5, 0.5];
+    let frame = head_logits(&[0.8, 0.1, 0.1]);
+
+    // The file's 0.9 for `open` makes 0.8 unknown; the default 0.6 would not.
+    let from_file = Postprocessor::for_head(
+        &classes,
+        Some(&recommended),
+        &HeadPostprocessConfig::default(),
+        SECTION,
+    )
+    .unwrap();
+    let c = from_file.classify(&frame);
+    assert!(c.unknown && c.label == "unknown", "{c:?}");
+    let without_file =
+        Postprocessor::for_head(&classes, None, &HeadPostprocessConfig::default(), SECTION)
+            .unwrap();
+    assert_eq!(without_file.classify(&frame).label, "open");
+
+    // The head's global threshold replaces the file's for every class ...
+    let global = HeadPostprocessConfig {
+        threshold: Some(0.7),
+        ..Default::default()
+    };
+    let post = Postprocessor::for_head(&classes, Some(&recommended), &global, SECTION).unwrap();
+    assert_eq!(post.classify(&frame).label, "open");
+    assert!(post.classify(&head_logits(&[0.1, 0.65, 0.25])).unknown);
+
+    // ... and a class's own key overrides both.
+    let per_class = HeadPostprocessConfig {
+        threshold: Some(0.95),
+        thresholds: with_thresholds(&[("open", 0.75)]),
+        ..Default::default()
+    };
+    let post = Postprocessor::for_head(&classes, Some(&recommended), &per_class, SECTION).unwrap();
+    assert_eq!(post.classify(&frame).label, "open");
+    assert!(post.classify(&head_logits(&[0.05, 0.9, 0.05])).unknown);
+}
+
+#[test]
+fn head_labels_rename_classes_and_thresholds_may_name_them() {
+    let config = HeadPostprocessConfig {
+        unknown_label: "not sure".into(),
+        labels: [("open", "Door open"), ("closed", "Door closed")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+        thresholds: with_thresholds(&[("Door open", 0.9)]),
+        ..Default::default()
+    };
+    let post = Postprocessor::for_head(&door_classes(), None, &config, SECTION).unwrap();
+    let c = post.classify(&head_logits(&[0.1, 0.8, 0.1]));
+    assert_eq!(
+        (c.label.as_str(), c.top[0].raw_label.as_str()),
+        ("Door closed", "closed")
+    );
+    let c = post.classify(&head_logits(&[0.85, 0.1, 0.05]));
+    assert!(c.unknown, "{c:?}");
+    assert_eq!(
+        (c.label.as_str(), c.top[0].label.as_str()),
+        ("not sure", "Door open")
+    );
+    assert_eq!(
+        post.labels().collect::<Vec<_>>(),
+        ["Door open", "Door closed", "ajar", "not sure"]
+    );
+}
+
+#[test]
+fn head_config_errors_name_the_heads_key() {
+    let classes = door_classes();
+    let cases = [
+        (
+            HeadPostprocessConfig {
+                labels: [("opne".to_string(), "Open".to_string())].into(),
+                ..Default::default()
+            },
+            "heads[0].postprocess.labels.\"opne\"",
+            "classes: open, closed, ajar",
+        ),
+        (
+            HeadPostprocessConfig {
+                thresholds: with_thresholds(&[("shut", 0.5)]),
+                ..Default::default()
+            },
+            "heads[0].postprocess.thresholds.\"shut\"",
+            "names no output label or class of this head",
+        ),
+        (
+            HeadPostprocessConfig {
+                threshold: Some(1.5),
+                ..Default::default()
+            },
+            "heads[0].postprocess.threshold",
+            "not a probability",
+        ),
+        (
+            HeadPostprocessConfig {
+                top_k: 0,
+                ..Default::default()
+            },
+            "heads[0].postprocess.top_k",
+            "at least 1",
+        ),
+    ];
+    for (config, key, problem) in cases {
+        let err = Postprocessor::for_head(&classes, None, &config, SECTION).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(key) && text.contains(problem), "{text}");
+        assert_eq!(err.sysexit(), edgeclass::sysexits::Sysexit::Config);
+    }
 }
 
 // ---- publish policy ------------------------------------------------------------------------

@@ -315,6 +315,96 @@ async fn home_assistant_discovery_and_reannounce_on_ha_birth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_have_their_own_topics_seqs_and_sensor_reannounced_when_labels_change() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/#", "homeassistant/#"]);
+    let publisher = Publisher::start(&config(Some(broker.url())), &cameras(&["door"]), "m")
+        .await
+        .unwrap();
+    publisher.announce_head(
+        &id("door"),
+        "garage_door",
+        &["open", "closed", "open", "unknown"],
+    );
+    publisher.event(event("door", 1, "tabby"));
+    publisher.head_event("garage_door", event("door", 1, "open"));
+    publisher.head_event("garage_door", event("door", 2, "closed"));
+    let head_sensor =
+        "homeassistant/sensor/testnode/edgeclass_testnode_door_head_garage_door/config";
+
+    let (sub, received) = blocking(move || {
+        let mut received = Vec::new();
+        while let Some(m) = sub.wait_until(WAIT, |m| m.topic.starts_with("edgeclass/door/")) {
+            received.push(m);
+            if received
+                .iter()
+                .filter(|m| m.topic.ends_with("/event"))
+                .count()
+                == 3
+            {
+                break;
+            }
+        }
+        (sub, received)
+    })
+    .await;
+    let on =
+        |topic: &str| -> Vec<&Received> { received.iter().filter(|m| m.topic == topic).collect() };
+    // Each classifier counts its own events from 1.
+    let seqs: Vec<u64> = on("edgeclass/door/garage_door/event")
+        .into_iter()
+        .map(seq_of)
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+    assert_eq!(
+        on("edgeclass/door/event")
+            .into_iter()
+            .map(seq_of)
+            .collect::<Vec<_>>(),
+        [1]
+    );
+
+    let port = broker.port();
+    let retained = blocking(move || {
+        Subscriber::connect(port, &["edgeclass/#", "homeassistant/#"]).drain_pending()
+    })
+    .await;
+    let last = |topic: &str| retained.iter().rfind(|m| m.topic == topic).cloned();
+    assert_eq!(
+        last("edgeclass/door/garage_door/label")
+            .map(|m| m.text())
+            .as_deref(),
+        Some("closed")
+    );
+    assert_eq!(
+        last("edgeclass/door/label").map(|m| m.text()).as_deref(),
+        Some("tabby")
+    );
+    let sensor = last(head_sensor).expect("head sensor config").json();
+    assert_eq!(sensor["name"], "door garage_door");
+    assert_eq!(sensor["state_topic"], "edgeclass/door/garage_door/label");
+    assert_eq!(
+        sensor["options"],
+        serde_json::json!(["open", "closed", "unknown"])
+    );
+
+    // New labels replace the announcement, also the one Home Assistant's birth triggers.
+    publisher.announce_head(&id("door"), "garage_door", &["parcel", "unknown"]);
+    let again = blocking(move || {
+        let changed = sub.wait_until(WAIT, |m| m.topic == head_sensor);
+        sub.publish("homeassistant/status", "online", false);
+        let reannounced = sub.wait_until(WAIT, |m| m.topic == head_sensor);
+        (changed, reannounced)
+    })
+    .await;
+    for announced in [again.0, again.1] {
+        let options = announced.expect("head sensor announced").json()["options"].clone();
+        assert_eq!(options, serde_json::json!(["parcel", "unknown"]));
+    }
+    publisher.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_retained_and_size_capped() {
     let broker = Mosquitto::start();
     let mut cfg = config(Some(broker.url()));

@@ -47,6 +47,10 @@ pub struct CameraConfig {
     /// Save frames for labelling.
     #[serde(default)]
     pub collect: CollectConfig,
+    /// Names of the `[[heads]]` this camera runs besides the ImageNet classifier (checked
+    /// against them by the config loader).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<String>,
 }
 
 /// A camera's stable identifier: one MQTT topic level and part of Home Assistant ids, so
@@ -68,15 +72,20 @@ impl CameraId {
     }
 }
 
+/// Whether `id` can be one MQTT topic level and part of Home Assistant ids: non-empty ASCII
+/// letters, digits, `_` and `-`. Camera ids and head names follow this rule.
+pub fn is_topic_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 impl TryFrom<String> for CameraId {
     type Error = InvalidCameraId;
 
     fn try_from(id: String) -> Result<Self, Self::Error> {
-        let valid = !id.is_empty()
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if valid {
+        if is_topic_id(&id) {
             Ok(CameraId(id))
         } else {
             Err(InvalidCameraId(id))

@@ -23,8 +23,8 @@ mod v4l2;
 
 pub use collect::Collector;
 pub use config::{
-    validate_cameras, CameraConfig, CameraId, CollectConfig, InvalidCameraId, MotionConfig,
-    PixelFormatPreference, SourceSpec, SourceSpecError, V4l2Device,
+    is_topic_id, validate_cameras, CameraConfig, CameraId, CollectConfig, InvalidCameraId,
+    MotionConfig, PixelFormatPreference, SourceSpec, SourceSpecError, V4l2Device,
 };
 pub use error::CaptureError;
 pub use frame::{Frame, PixelFormat};

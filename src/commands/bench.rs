@@ -2,6 +2,10 @@
 //!
 //! Each configuration runs in a child process of this binary (`bench --child ...`) so its peak
 //! RSS (VmHWM) is its own and one configuration's caches do not warm the next.
+//!
+//! With `--head`, each run also classifies the frame with the backbone's features and every
+//! head, alternating which of the two goes first, so both see the same machine state: the
+//! ratio of their medians is what the heads add to a frame, and the heads alone are timed too.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{synthetic_input, Model, Precision};
+use crate::model::{synthetic_input, Head, Model, ModelError, Precision};
 use crate::postprocess::topk::{softmax_in_place, top_k};
 
 /// Seed of the synthetic network and input used without `--weights`.
@@ -46,6 +50,10 @@ pub struct Args {
     /// Also print the time of each layer (f32 and q8_0).
     #[arg(long)]
     pub layers: bool,
+    /// A head file to run on the backbone's features (repeatable): measures backbone + fc
+    /// against backbone + fc + every head, in alternating rounds.
+    #[arg(long = "head")]
+    pub heads: Vec<PathBuf>,
     /// Internal: measure the single configuration given and print it as JSON.
     #[arg(long, hide = true)]
     pub child: bool,
@@ -68,6 +76,24 @@ struct Measurement {
     /// Median milliseconds per layer, in execution order (`--layers`).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     layers: Vec<(String, f64)>,
+    /// With `--head`: the same frame with the heads.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    heads: Option<HeadsMeasurement>,
+}
+
+/// Backbone + fc + heads, measured in the rounds that alternate with backbone + fc.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HeadsMeasurement {
+    /// How many heads ran on each frame.
+    count: usize,
+    /// Median of the whole frame with the heads.
+    median_ms: f64,
+    /// That median over the median without heads.
+    ratio: f64,
+    /// Median time of the heads alone (forward, softmax, top-3), all of them.
+    heads_median_ms: f64,
+    /// `heads_median_ms` per head, as a percentage of the median frame without heads.
+    percent_per_head: f64,
 }
 
 /// Measures every (thread count, precision) pair in its own child process and prints median and
@@ -123,6 +149,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.layers {
         print_layers(&results);
     }
+    if !args.json && !args.heads.is_empty() {
+        print_heads(&results);
+    }
     Ok(())
 }
 
@@ -148,6 +177,9 @@ fn measure_in_child(
     if args.dynamic {
         cmd.arg("--dynamic");
     }
+    for head in &args.heads {
+        cmd.arg("--head").arg(head);
+    }
     let out = cmd
         .output()
         .with_context(|| format!("starting the {precision} x{threads} benchmark"))?;
@@ -163,20 +195,90 @@ fn measure_in_child(
         .with_context(|| format!("reading the {precision} x{threads} benchmark result {stdout:?}"))
 }
 
+/// Loads the `--head` files for `model`. A head trained on another backbone is only noted:
+/// its timing does not depend on its weights. Its feature count must fit, though.
+fn load_heads(paths: &[PathBuf], model: &Model) -> anyhow::Result<Vec<Head>> {
+    paths
+        .iter()
+        .map(|path| {
+            let head = Head::load(path)?;
+            match model.check_head(&head, path) {
+                Err(ModelError::BackboneMismatch { .. }) => eprintln!(
+                    "edgeclass: {} was trained on another backbone; timing it anyway",
+                    path.display()
+                ),
+                other => other?,
+            }
+            Ok(head)
+        })
+        .collect()
+}
+
+/// Buffers of a frame classified by fc and by every head on the backbone's features.
+#[derive(Default)]
+struct HeadBuffers {
+    fc_logits: Vec<f32>,
+    features: Vec<f32>,
+    hidden: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// One frame with the heads: backbone, fc and Top-3, then every head and its Top-3. Returns
+/// the time of the heads alone.
+fn forward_with_heads(
+    model: &Model,
+    heads: &[Head],
+    input: &[f32],
+    buffers: &mut HeadBuffers,
+) -> Result<Duration, ModelError> {
+    model.forward_with_features(input, &mut buffers.fc_logits, &mut buffers.features)?;
+    softmax_in_place(&mut buffers.fc_logits);
+    std::hint::black_box(top_k(&buffers.fc_logits, 3));
+    let started = Instant::now();
+    for head in heads {
+        head.forward(&buffers.features, &mut buffers.hidden, &mut buffers.logits);
+        softmax_in_place(&mut buffers.logits);
+        std::hint::black_box(top_k(&buffers.logits, 3));
+    }
+    Ok(started.elapsed())
+}
+
 fn measure(args: &Args, precision: Precision, threads: usize) -> anyhow::Result<Measurement> {
     let model = match &args.weights {
         Some(path) => Model::load(path, precision, threads)?,
         None if args.dynamic => Model::synthetic(SYNTHETIC_SEED, precision, threads)?,
         None => Model::synthetic_calibrated(SYNTHETIC_SEED, precision, threads)?,
     };
+    let heads = load_heads(&args.heads, &model)?;
     let input = synthetic_input(SYNTHETIC_SEED, model.input_size());
     let mut logits = Vec::new();
+    let mut buffers = HeadBuffers::default();
     for _ in 0..args.warmup {
         model.forward(&input, &mut logits)?;
+        if !heads.is_empty() {
+            forward_with_heads(&model, &heads, &input, &mut buffers)?;
+        }
     }
     let mut times = Vec::with_capacity(args.runs);
+    let mut with_heads = Vec::with_capacity(args.runs);
+    let mut heads_only = Vec::with_capacity(args.runs);
     let mut layer_times: Vec<(String, Vec<Duration>)> = Vec::new();
-    for _ in 0..args.runs {
+    for run in 0..args.runs {
+        // Odd runs time the frame with heads first, so neither kind always follows the other.
+        let heads_first = !heads.is_empty() && run % 2 == 1;
+        let mut time_with_heads = || -> Result<(), ModelError> {
+            if heads.is_empty() {
+                return Ok(());
+            }
+            let started = Instant::now();
+            let alone = forward_with_heads(&model, &heads, &input, &mut buffers)?;
+            with_heads.push(started.elapsed());
+            heads_only.push(alone);
+            Ok(())
+        };
+        if heads_first {
+            time_with_heads()?;
+        }
         let started = Instant::now();
         if args.layers {
             let profile = model.forward_profiled(&input, &mut logits)?;
@@ -195,8 +297,22 @@ fn measure(args: &Args, precision: Precision, threads: usize) -> anyhow::Result<
         softmax_in_place(&mut logits);
         std::hint::black_box(top_k(&logits, 3));
         times.push(started.elapsed());
+        if !heads_first {
+            time_with_heads()?;
+        }
     }
     let median_ms = percentile_ms(&mut times, 0.5);
+    let heads = (!heads.is_empty()).then(|| {
+        let with_median = percentile_ms(&mut with_heads, 0.5);
+        let heads_median_ms = percentile_ms(&mut heads_only, 0.5);
+        HeadsMeasurement {
+            count: heads.len(),
+            median_ms: with_median,
+            ratio: with_median / median_ms,
+            heads_median_ms,
+            percent_per_head: heads_median_ms / heads.len() as f64 / median_ms * 100.0,
+        }
+    });
     Ok(Measurement {
         precision,
         threads: model.threads(),
@@ -210,6 +326,7 @@ fn measure(args: &Args, precision: Precision, threads: usize) -> anyhow::Result<
             .into_iter()
             .map(|(name, mut d)| (name, percentile_ms(&mut d, 0.5)))
             .collect(),
+        heads,
     })
 }
 
@@ -281,5 +398,28 @@ fn print_layers(results: &[Measurement]) {
             print!(" {ms:>12.3}");
         }
         println!();
+    }
+}
+
+/// Each configuration with and without the heads.
+fn print_heads(results: &[Measurement]) {
+    println!(
+        "\n{:<9} {:>7} {:>12} {:>13} {:>7} {:>10} {:>14}",
+        "precision", "threads", "fc only ms", "with heads ms", "ratio", "heads ms", "% per head"
+    );
+    for r in results {
+        let Some(h) = &r.heads else {
+            continue;
+        };
+        println!(
+            "{:<9} {:>7} {:>12.2} {:>13.2} {:>6.3}x {:>10.4} {:>13.3}%",
+            r.precision.as_str(),
+            r.threads,
+            r.median_ms,
+            h.median_ms,
+            h.ratio,
+            h.heads_median_ms,
+            h.percent_per_head
+        );
     }
 }

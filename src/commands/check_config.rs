@@ -9,13 +9,17 @@ pub struct Args {
     pub file: PathBuf,
 }
 
-/// Loads `args.file` exactly as `run` does (every section validated, label files read).
+/// Loads `args.file` exactly as `run` does (every section validated, label files read), and
+/// the head files with the keys that name their classes. Whether each head fits the model's
+/// backbone is checked when the daemon has loaded the model.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = crate::config::Config::load(&args.file)?;
+    config.load_heads(&args.file, None)?;
     println!(
-        "{}: OK ({} camera(s))",
+        "{}: OK ({} camera(s), {} head(s))",
         args.file.display(),
-        config.cameras.len()
+        config.cameras.len(),
+        config.heads.len()
     );
     Ok(())
 }

@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! camera thread ──put──▶ FrameSlot ──take──▶ pipeline thread ──Event──▶ Publisher (tokio)
-//!   (one per camera)      (latest wins)        (shared Model)
+//!   (one per camera)      (latest wins)        (shared Model and heads)
 //! ```
-//! The daemon owns the lifecycle: it loads the config and the model, starts the broker
-//! connection (or the embedded broker), tells systemd it is ready, pets the watchdog while every
-//! camera's threads keep their schedule, reloads thresholds/labels/policy on SIGHUP and shuts
-//! down cleanly on SIGTERM/SIGINT (the stop order is written down in `serve`).
+//! The daemon owns the lifecycle: it loads the config, the model and the custom heads (a head
+//! trained on another backbone is a configuration error), starts the broker connection (or the
+//! embedded broker), tells systemd it is ready, pets the watchdog while every camera's threads
+//! keep their schedule, reloads thresholds/labels/policy and changed head files on SIGHUP and
+//! shuts down cleanly on SIGTERM/SIGINT (the stop order is written down in `serve`).
 
+mod heads;
 mod pipeline;
 pub mod service;
 
@@ -20,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::capture::{self, CameraEvent, FrameSlot};
+use crate::capture::{self, CameraConfig, CameraEvent, FrameSlot};
 use crate::config::Config;
 use crate::heartbeat::Heartbeat;
 use crate::model::Model;
@@ -28,6 +30,7 @@ use crate::postprocess::Postprocessor;
 use crate::publish::{EmbeddedBroker, Publisher};
 use crate::shutdown::Shutdown;
 
+use heads::ActiveHead;
 use pipeline::{Pipeline, Reloadable, Shared};
 use service::CameraHeartbeats;
 
@@ -55,6 +58,7 @@ pub fn run(config_file: &Path) -> anyhow::Result<()> {
         model.description(),
         model.num_classes()
     );
+    let heads = heads::load(&config, config_file, &model)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -62,29 +66,36 @@ pub fn run(config_file: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(config, config_file.to_path_buf(), model));
+    let result = runtime.block_on(serve(config, config_file.to_path_buf(), model, heads));
     // `serve` gave up on threads still blocked after `THREADS_JOIN`; dropping the runtime would
     // wait for their join forever, so leave them to the process exit.
     runtime.shutdown_background();
     result
 }
 
-async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    config_file: PathBuf,
+    model: Arc<Model>,
+    heads: Vec<Arc<ActiveHead>>,
+) -> anyhow::Result<()> {
     let _broker = match &config.mqtt.url {
         Some(_) => None,
         None => Some(EmbeddedBroker::start(config.mqtt.embedded_listen)?),
     };
     let camera_ids: Vec<_> = config.cameras.iter().map(|c| c.id.clone()).collect();
     let publisher = Publisher::start(&config.mqtt, &camera_ids, &model.description()).await?;
+    heads::announce(&publisher, &config.cameras, heads.iter().map(Arc::as_ref));
 
     let shutdown = Shutdown::new();
     let shared = Arc::new(Shared {
         model,
         publisher: publisher.clone(),
-        settings: watch::Sender::new(Reloadable {
-            postprocessor: Arc::new(Postprocessor::new(&config.postprocess)?),
+        settings: watch::Sender::new(Arc::new(Reloadable {
+            postprocessor: Postprocessor::new(&config.postprocess)?,
             policy: config.publish_policy.clone(),
-        }),
+            heads,
+        })),
         snapshots: config.mqtt.snapshot.enabled,
         print_events: config.log.print_events,
     });
@@ -130,7 +141,7 @@ async fn serve(config: Config, config_file: PathBuf, model: Arc<Model>) -> anyho
     service::spawn_watchdog(heartbeats, shutdown.clone());
     log::info!("ready: {} camera(s)", config.cameras.len());
 
-    wait_for_shutdown(&config_file, &shared.settings).await;
+    wait_for_shutdown(&config_file, &shared, &config.cameras).await;
 
     // The stop order, in one place:
     // 1. SIGTERM/SIGINT ended the wait above.
@@ -196,8 +207,9 @@ fn forward_camera_status(
         .context("cannot start the camera status thread")
 }
 
-/// Waits for SIGTERM/SIGINT; on SIGHUP reloads thresholds, label maps and the publish policy.
-async fn wait_for_shutdown(config_file: &Path, settings: &watch::Sender<Reloadable>) {
+/// Waits for SIGTERM/SIGINT; on SIGHUP reloads thresholds, label maps, the publish policy and
+/// changed head files.
+async fn wait_for_shutdown(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -211,31 +223,47 @@ async fn wait_for_shutdown(config_file: &Path, settings: &watch::Sender<Reloadab
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => reload(config_file, settings),
+            _ = hup.recv() => reload(config_file, shared, cameras),
         }
     }
 }
 
-/// Rebuilds the reloadable settings from the config file; a bad file keeps the old ones.
-fn reload(config_file: &Path, settings: &watch::Sender<Reloadable>) {
+/// Rebuilds the reloadable settings from the config file; a bad file keeps the old ones, and a
+/// head whose file or settings are unusable keeps running as it was. `cameras` are the ones
+/// running (from the config at start).
+fn reload(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) {
     let result = Config::load(config_file)
         .map_err(anyhow::Error::from)
         .and_then(|config| {
             let postprocessor = Postprocessor::new(&config.postprocess)?;
-            Ok((postprocessor, config.publish_policy))
+            Ok((config, postprocessor))
         });
-    match result {
-        Ok((postprocessor, policy)) => {
-            // Each pipeline sees the change before its next frame.
-            settings.send_replace(Reloadable {
-                postprocessor: Arc::new(postprocessor),
-                policy,
-            });
-            log::info!(
-                "reloaded thresholds, label maps and publish policy from {}",
-                config_file.display()
-            );
+    let (config, postprocessor) = match result {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            log::error!("reload failed, keeping the previous settings: {err:#}");
+            return;
         }
-        Err(err) => log::error!("reload failed, keeping the previous settings: {err:#}"),
-    }
+    };
+    let running = Arc::clone(&shared.settings.borrow());
+    heads::warn_about_restart(&running.heads, cameras, &config);
+    let heads = heads::reload(&running.heads, &config, &shared.model);
+    // Home Assistant's sensors list the labels a head can publish.
+    let relabelled = running
+        .heads
+        .iter()
+        .zip(&heads)
+        .filter(|(old, new)| !old.postprocessor.labels().eq(new.postprocessor.labels()))
+        .map(|(_, new)| new.as_ref());
+    heads::announce(&shared.publisher, cameras, relabelled);
+    // Each pipeline sees the change before its next frame.
+    shared.settings.send_replace(Arc::new(Reloadable {
+        postprocessor,
+        policy: config.publish_policy,
+        heads,
+    }));
+    log::info!(
+        "reloaded thresholds, label maps, publish policy and heads from {}",
+        config_file.display()
+    );
 }

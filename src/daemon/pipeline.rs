@@ -1,6 +1,10 @@
 //! One camera's path from frame to event: decode (and crop), motion gate, model, postprocess,
 //! policy, publish; then, off the event's latency, saving the frame for labelling. Runs on its
 //! own thread; the model is shared with the other cameras.
+//!
+//! A camera with heads runs the backbone once per frame and gives its features to each head:
+//! every classifier (the ImageNet one first, then the heads) is one [`Stream`] with its own
+//! postprocessor, publish policy and topics.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -9,9 +13,10 @@ use anyhow::Context;
 use image::RgbImage;
 use tokio::sync::watch;
 
+use super::heads::ActiveHead;
 use crate::capture::{CameraConfig, Collector, Frame, FrameSlot, MotionGate, PixelFormat};
 use crate::heartbeat::Heartbeat;
-use crate::model::Model;
+use crate::model::{Model, IMAGENET_CLASSES};
 use crate::postprocess::{
     Classification, Decision, PolicyConfig, Postprocessor, PublishMode, PublishPolicy,
 };
@@ -24,8 +29,10 @@ const FRAME_WAIT: Duration = Duration::from_millis(250);
 
 /// Settings that SIGHUP replaces while the pipelines run.
 pub struct Reloadable {
-    pub postprocessor: Arc<Postprocessor>,
+    pub postprocessor: Postprocessor,
     pub policy: PolicyConfig,
+    /// Every `[[heads]]` entry, in config order; which heads there are is fixed at start.
+    pub heads: Vec<Arc<ActiveHead>>,
 }
 
 /// What the pipelines share with the daemon.
@@ -33,9 +40,43 @@ pub struct Shared {
     pub model: Arc<Model>,
     pub publisher: Publisher,
     /// The daemon sends reloaded settings here; each pipeline holds a receiver.
-    pub settings: watch::Sender<Reloadable>,
+    pub settings: watch::Sender<Arc<Reloadable>>,
     pub snapshots: bool,
     pub print_events: bool,
+}
+
+/// One classifier's classifications on one camera: the ImageNet classifier or a head.
+struct Stream {
+    /// Index into [`Reloadable::heads`]; `None` for the ImageNet classifier.
+    head: Option<usize>,
+    policy: PublishPolicy,
+    /// The last classification and its latency, standing for frames the motion gate skips.
+    last_classification: Option<(Classification, f32)>,
+    last_event: Option<Event>,
+    /// What to do about the current frame (decided for every stream before any is published,
+    /// so the snapshot goes out once, first).
+    decision: Decision,
+}
+
+impl Stream {
+    fn new(head: Option<usize>, settings: &Reloadable) -> anyhow::Result<Self> {
+        Ok(Stream {
+            policy: PublishPolicy::new(Stream::policy_config(head, settings))?,
+            head,
+            last_classification: None,
+            last_event: None,
+            decision: Decision::Skip,
+        })
+    }
+
+    fn policy_config(head: Option<usize>, settings: &Reloadable) -> &PolicyConfig {
+        head.map_or(&settings.policy, |h| &settings.heads[h].policy)
+    }
+
+    /// The head's name (its topic level); `None` for the ImageNet classifier.
+    fn head_name(head: Option<usize>, settings: &Reloadable) -> Option<&str> {
+        head.map(|h| settings.heads[h].name.as_str())
+    }
 }
 
 /// The per-camera state of the frame-to-event path; buffers are reused frame to frame.
@@ -43,19 +84,21 @@ pub struct Pipeline {
     camera: CameraConfig,
     slot: Arc<FrameSlot>,
     shared: Arc<Shared>,
-    settings: watch::Receiver<Reloadable>,
+    settings: watch::Receiver<Arc<Reloadable>>,
     /// Idle while waiting for a frame, due at once while working on one.
     heartbeat: Arc<Heartbeat>,
     preprocessor: Preprocessor,
     motion: MotionGate,
     /// `None` unless `[cameras.collect]` is enabled.
     collector: Option<Collector>,
-    policy: PublishPolicy,
+    /// The ImageNet classifier's, then one per head of the camera.
+    streams: Vec<Stream>,
     logits: Vec<f32>,
+    /// The backbone's features, for the heads.
+    features: Vec<f32>,
+    head_hidden: Vec<f32>,
+    head_logits: Vec<f32>,
     jpeg: Vec<u8>,
-    /// The last model output and its latency, standing for frames the motion gate skips.
-    last_classification: Option<(Classification, f32)>,
-    last_event: Option<Event>,
 }
 
 impl Pipeline {
@@ -67,7 +110,16 @@ impl Pipeline {
         shared: Arc<Shared>,
     ) -> anyhow::Result<Self> {
         let settings = shared.settings.subscribe();
-        let policy = PublishPolicy::new(&settings.borrow().policy)?;
+        let current = Arc::clone(&settings.borrow());
+        let mut streams = vec![Stream::new(None, &current)?];
+        for name in &camera.heads {
+            let index = current
+                .heads
+                .iter()
+                .position(|h| h.name.as_str() == name)
+                .with_context(|| format!("camera {}: no head named {name}", camera.id))?;
+            streams.push(Stream::new(Some(index), &current)?);
+        }
         let collector = camera.collect.enabled.then(|| {
             Collector::new(
                 camera.id.clone(),
@@ -78,17 +130,18 @@ impl Pipeline {
         Ok(Self {
             motion: MotionGate::new(&camera.motion),
             collector,
-            policy,
+            streams,
             settings,
             heartbeat,
             preprocessor: Preprocessor::new(preprocess).with_region(camera.crop),
-            logits: Vec::with_capacity(1000),
+            logits: Vec::with_capacity(IMAGENET_CLASSES),
+            features: Vec::with_capacity(shared.model.feature_len()),
+            head_hidden: Vec::new(),
+            head_logits: Vec::new(),
             jpeg: Vec::new(),
-            last_classification: None,
             camera,
             slot,
             shared,
-            last_event: None,
         })
     }
 
@@ -108,61 +161,110 @@ impl Pipeline {
                     self.collect(&frame);
                 }
                 None if self.slot.is_closed() => break,
-                None => self.heartbeat_if_due(),
+                None => self.heartbeats_if_due(),
             }
         }
         self.heartbeat.idle();
     }
 
-    fn process(&mut self, frame: &Frame) -> anyhow::Result<()> {
+    /// The current settings; an `Arc`, so a reload is not held up while a frame is processed.
+    fn current_settings(&mut self) -> (Arc<Reloadable>, bool) {
         let settings = self.settings.borrow_and_update();
-        if settings.has_changed() {
-            if let Err(err) = self.policy.reconfigure(&settings.policy) {
+        let changed = settings.has_changed();
+        (Arc::clone(&settings), changed)
+    }
+
+    fn process(&mut self, frame: &Frame) -> anyhow::Result<()> {
+        let (settings, reloaded) = self.current_settings();
+        if reloaded {
+            self.reconfigure(&settings);
+        }
+        let started = Instant::now();
+        let rgb = self.preprocessor.decode(frame)?;
+        // After a reload the frame is classified even in a static scene, so the new thresholds
+        // and heads apply at once.
+        let classified = self.motion.changed(rgb) || reloaded;
+        if classified {
+            let input = self.preprocessor.normalize();
+            let model = &self.shared.model;
+            if self.streams.len() > 1 {
+                model.forward_with_features(input, &mut self.logits, &mut self.features)?;
+            } else {
+                model.forward(input, &mut self.logits)?;
+            }
+            for stream in &mut self.streams {
+                let classification = match stream.head {
+                    None => settings.postprocessor.classify(&self.logits),
+                    Some(h) => {
+                        let head = &settings.heads[h];
+                        head.head.forward(
+                            &self.features,
+                            &mut self.head_hidden,
+                            &mut self.head_logits,
+                        );
+                        head.postprocessor.classify(&self.head_logits)
+                    }
+                };
+                let latency_ms = started.elapsed().as_secs_f32() * 1e3;
+                stream.last_classification = Some((classification, latency_ms));
+            }
+        }
+        let now = Instant::now();
+        for stream in &mut self.streams {
+            stream.decision = match (&stream.last_classification, stream.policy.config().mode) {
+                // The scene did not change, so neither did its classification. `on_change`
+                // counts it toward `hold` (a static scene still gets its first state
+                // published); `every` would re-send it for each frame, so there only a
+                // heartbeat may go out.
+                (Some((classification, _)), mode)
+                    if classified || mode == PublishMode::OnChange =>
+                {
+                    stream.policy.decide(classification, now)
+                }
+                _ if stream.policy.heartbeat_due(now) => Decision::Heartbeat,
+                _ => Decision::Skip,
+            };
+        }
+        if self.shared.snapshots && self.streams.iter().any(|s| s.decision == Decision::Publish) {
+            self.publish_snapshot(frame)?;
+        }
+        for index in 0..self.streams.len() {
+            match self.streams[index].decision {
+                Decision::Skip => {}
+                Decision::Heartbeat => self.heartbeat(index, &settings),
+                Decision::Publish => {
+                    // Only a classification is ever published, so there is one.
+                    if let Some(last) = self.streams[index].last_classification.clone() {
+                        let event = self.event(index, last, frame, &settings);
+                        self.emit(index, event, &settings);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Switches every stream to its reloaded publish policy (a bad one keeps the previous).
+    fn reconfigure(&mut self, settings: &Reloadable) {
+        for stream in &mut self.streams {
+            let config = Stream::policy_config(stream.head, settings);
+            if let Err(err) = stream.policy.reconfigure(config) {
                 log::error!(
                     "camera {}: keeping the previous publish policy: {err}",
                     self.camera.id
                 );
             }
         }
-        // Cloned out so a reload is not held up by the model run below.
-        let postprocessor = Arc::clone(&settings.postprocessor);
-        drop(settings);
-        let started = Instant::now();
-        let rgb = self.preprocessor.decode(frame)?;
-        let (classification, latency_ms) = if self.motion.changed(rgb) {
-            let input = self.preprocessor.normalize();
-            self.shared.model.forward(input, &mut self.logits)?;
-            let classification = postprocessor.classify(&self.logits);
-            let latency_ms = started.elapsed().as_secs_f32() * 1e3;
-            self.last_classification = Some((classification.clone(), latency_ms));
-            (classification, latency_ms)
-        } else {
-            // The scene did not change, so neither did its classification. `on_change` counts it
-            // toward `hold` (a static scene still gets its first state published); `every` would
-            // re-send it for each frame, so there only a heartbeat may go out.
-            match (&self.last_classification, self.policy.config().mode) {
-                (Some(last), PublishMode::OnChange) => last.clone(),
-                _ => {
-                    self.heartbeat_if_due();
-                    return Ok(());
-                }
-            }
-        };
-        match self.policy.decide(&classification, Instant::now()) {
-            Decision::Skip => {}
-            Decision::Heartbeat => self.heartbeat(),
-            Decision::Publish => {
-                let event = self.event(frame, classification, latency_ms);
-                if self.shared.snapshots {
-                    self.publish_snapshot(frame)?;
-                }
-                self.emit(event);
-            }
-        }
-        Ok(())
     }
 
-    fn event(&self, frame: &Frame, classification: Classification, latency_ms: f32) -> Event {
+    /// The event of stream `index` for `frame`, classified as `classification`.
+    fn event(
+        &self,
+        index: usize,
+        (classification, latency_ms): (Classification, f32),
+        frame: &Frame,
+        settings: &Reloadable,
+    ) -> Event {
         Event {
             camera: self.camera.id.clone(),
             seq: 0, // assigned by the publisher
@@ -172,7 +274,10 @@ impl Pipeline {
             score: classification.score,
             unknown: classification.unknown,
             top3: classification.top,
-            model: self.shared.model.description(),
+            model: match self.streams[index].head {
+                None => self.shared.model.description(),
+                Some(h) => settings.heads[h].description.clone(),
+            },
             latency_ms,
             heartbeat: false,
         }
@@ -207,31 +312,42 @@ impl Pipeline {
         }
     }
 
-    fn heartbeat_if_due(&mut self) {
-        if self.policy.heartbeat_due(Instant::now()) {
-            self.heartbeat();
+    /// For the waits without a frame: a heartbeat for every stream whose heartbeat is due.
+    fn heartbeats_if_due(&mut self) {
+        let (settings, _) = self.current_settings();
+        let now = Instant::now();
+        for index in 0..self.streams.len() {
+            if self.streams[index].policy.heartbeat_due(now) {
+                self.heartbeat(index, &settings);
+            }
         }
     }
 
-    /// Re-sends the last event, marked as a heartbeat.
-    fn heartbeat(&mut self) {
-        if let Some(mut event) = self.last_event.clone() {
+    /// Re-sends stream `index`'s last event, marked as a heartbeat.
+    fn heartbeat(&mut self, index: usize, settings: &Reloadable) {
+        if let Some(mut event) = self.streams[index].last_event.clone() {
             event.ts = SystemTime::now();
             event.heartbeat = true;
-            self.emit(event);
+            self.emit(index, event, settings);
         }
     }
 
-    fn emit(&mut self, event: Event) {
+    fn emit(&mut self, index: usize, event: Event, settings: &Reloadable) {
+        let stream = &mut self.streams[index];
         if !event.heartbeat {
-            self.last_event = Some(event.clone());
+            stream.last_event = Some(event.clone());
         }
+        let publisher = &self.shared.publisher;
+        let publish = |event: Event| match Stream::head_name(stream.head, settings) {
+            None => publisher.event(event),
+            Some(head) => publisher.head_event(head, event),
+        };
         if !self.shared.print_events {
-            self.shared.publisher.event(event);
+            publish(event);
             return;
         }
         let mut printed = event.clone();
-        printed.seq = self.shared.publisher.event(event);
+        printed.seq = publish(event);
         if let Ok(line) = serde_json::to_string(&printed) {
             println!("{line}");
         }

@@ -195,6 +195,26 @@ pub enum ModelError {
         /// Classes the caller needs (1000 for the ImageNet label table).
         expected: usize,
     },
+    /// A head was trained on another backbone than the model's ([`Model::check_head`]): its
+    /// features would mean something else, so it cannot share this backbone.
+    #[error(
+        "head file {} was trained on another backbone ({}, fingerprint {}) than the model {} \
+         (fingerprint {}); retrain the head on this backbone",
+        head.display(), trained_on.display(), short(fingerprint), backbone.display(),
+        short(backbone_fingerprint)
+    )]
+    BackboneMismatch {
+        /// The head file.
+        head: PathBuf,
+        /// The backbone file the head records it was trained on.
+        trained_on: PathBuf,
+        /// The fingerprint the head records.
+        fingerprint: String,
+        /// The model the head was to run on.
+        backbone: PathBuf,
+        /// That model's [`Model::fingerprint`].
+        backbone_fingerprint: String,
+    },
     /// An input tensor given to [`Model::forward`] or [`calibrate`] is not `1x3xSxS`.
     #[error("input tensor has {found} values, the model needs 1x3x{size}x{size} = {expected}")]
     InputSize {
@@ -241,6 +261,11 @@ impl ModelError {
             _ => Sysexit::DataErr,
         }
     }
+}
+
+/// The first 12 hex digits of a fingerprint: enough to tell two apart in a message.
+fn short(fingerprint: &str) -> &str {
+    fingerprint.get(..12).unwrap_or(fingerprint)
 }
 
 /// A ResNet-18 ready to classify, shared by all cameras.
@@ -399,6 +424,32 @@ impl Model {
     /// The backbone's [`Network::backbone_fingerprint`].
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// Fails unless `head` (read from `path`) was trained on this model's backbone: the same
+    /// fingerprint and feature count.
+    pub fn check_head(&self, head: &Head, path: &Path) -> Result<(), ModelError> {
+        if head.backbone().fingerprint != self.fingerprint {
+            return Err(ModelError::BackboneMismatch {
+                head: path.to_path_buf(),
+                trained_on: head.backbone().file.clone(),
+                fingerprint: head.backbone().fingerprint.clone(),
+                backbone: self.source.clone(),
+                backbone_fingerprint: self.fingerprint.clone(),
+            });
+        }
+        if head.feature_len() != self.feature_len {
+            return Err(ModelError::Malformed {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the head reads {} features, the backbone of {} gives {}",
+                    head.feature_len(),
+                    self.source.display(),
+                    self.feature_len
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Where the weights came from (a synthetic model has a descriptive pseudo-path).

@@ -1,21 +1,24 @@
 //! [`Postprocessor`]: logits to [`Classification`] (semantics in the [module docs](super)).
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 use super::labels::{class_by_key, imagenet, load_groups, Group, LabelMap};
 use super::topk::{softmax_in_place, top_k};
-use super::{PostprocessConfig, PostprocessError};
+use super::{HeadPostprocessConfig, PostprocessConfig, PostprocessError};
 
 /// One entry of the top-k; serialized as is in the MQTT event's `top3`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Prediction {
-    /// Output label: mapped name, group label, or the English name.
+    /// Output label: mapped name, group label, or the class name.
     pub label: String,
-    /// ImageNet English name of the class (for a group: its most probable member).
+    /// Name of the class: the ImageNet English name or a head's class name (for a group: its
+    /// most probable member).
     pub raw_label: String,
-    /// ImageNet index of that class.
+    /// Index of that class in the classifier's output (ImageNet index, or head class index).
     pub index: usize,
-    /// WordNet id of that class.
+    /// WordNet id of that class; empty, and left out of the JSON, for a head's classes.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub wnid: String,
     /// Probability (for a group: the sum over its members).
     pub score: f32,
@@ -41,13 +44,61 @@ struct Output {
     threshold: f32,
 }
 
+/// The classes a [`Postprocessor`] classifies into, in logit order.
+#[derive(Debug, Clone)]
+enum Classes {
+    /// The 1000 ImageNet-1k classes of `configs/labels/imagenet1k.tsv`.
+    ImageNet,
+    /// A head's own classes, by name.
+    Head(Vec<String>),
+}
+
+impl Classes {
+    fn len(&self) -> usize {
+        match self {
+            Classes::ImageNet => imagenet().len(),
+            Classes::Head(names) => names.len(),
+        }
+    }
+
+    fn name(&self, class: usize) -> &str {
+        match self {
+            Classes::ImageNet => &imagenet()[class].name,
+            Classes::Head(names) => &names[class],
+        }
+    }
+
+    fn wnid(&self, class: usize) -> &str {
+        match self {
+            Classes::ImageNet => &imagenet()[class].wnid,
+            Classes::Head(_) => "",
+        }
+    }
+
+    /// The class a threshold key names when it names no output label or group. `Err` says why
+    /// none.
+    fn by_key(&self, key: &str) -> Result<usize, String> {
+        match self {
+            Classes::ImageNet => class_by_key(key)
+                .map_err(|_| "names no output label, group or ImageNet class".to_string()),
+            Classes::Head(names) => names.iter().position(|n| n == key).ok_or_else(|| {
+                format!(
+                    "names no output label or class of this head (classes: {})",
+                    names.join(", ")
+                )
+            }),
+        }
+    }
+}
+
 /// Turns logits into classifications. Immutable and cheap to rebuild, so a config reload builds
 /// a new one and swaps it in.
 #[derive(Debug, Clone)]
 pub struct Postprocessor {
     top_k: usize,
     unknown_label: String,
-    /// For each ImageNet class, the index into `outputs` it contributes to.
+    classes: Classes,
+    /// For each class, the index into `outputs` it contributes to.
     output_of_class: Vec<usize>,
     outputs: Vec<Output>,
 }
@@ -65,15 +116,47 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-fn check_unit(key: impl FnOnce() -> String, value: f32) -> Result<(), PostprocessError> {
+fn config_error(key: String, problem: impl Into<String>) -> PostprocessError {
+    PostprocessError::Config {
+        key,
+        problem: problem.into(),
+    }
+}
+
+pub(super) fn check_unit(key: impl FnOnce() -> String, value: f32) -> Result<(), PostprocessError> {
     if (0.0..=1.0).contains(&value) {
         Ok(())
     } else {
-        Err(PostprocessError::Config {
-            key: key(),
-            problem: format!("{value} is not a probability in 0.0..=1.0"),
-        })
+        Err(config_error(
+            key(),
+            format!("{value} is not a probability in 0.0..=1.0"),
+        ))
     }
+}
+
+/// The checks `[postprocess]` and a head's table share; `section` is the table's key path.
+pub(super) fn check_common(
+    section: &str,
+    top_k: usize,
+    unknown_label: &str,
+    thresholds: &BTreeMap<String, f32>,
+) -> Result<(), PostprocessError> {
+    if top_k == 0 {
+        return Err(config_error(
+            format!("{section}.top_k"),
+            "must be at least 1",
+        ));
+    }
+    if unknown_label.trim().is_empty() {
+        return Err(config_error(
+            format!("{section}.unknown_label"),
+            "must not be empty",
+        ));
+    }
+    for (key, threshold) in thresholds {
+        check_unit(|| format!("{section}.thresholds.{key:?}"), *threshold)?;
+    }
+    Ok(())
 }
 
 /// How classes map onto outputs.
@@ -86,19 +169,17 @@ struct OutputLayout {
 }
 
 impl OutputLayout {
-    /// One output per group and per ungrouped class, labelled through `label_map`, all with the
-    /// global `threshold`. Outputs are ordered by their lowest class index, so top-k ties are
-    /// deterministic.
+    /// One output per group and per ungrouped class, labelled through `group_labels` (one per
+    /// group) and `class_labels` (per class; shorter means unmapped), each ungrouped class with
+    /// `threshold(class)` and each group with `threshold` of its first member. Outputs are
+    /// ordered by their lowest class index, so top-k ties are deterministic.
     fn new(
+        classes: &Classes,
         groups: &[Group],
-        label_map: Option<&LabelMap>,
-        threshold: f32,
-    ) -> Result<Self, PostprocessError> {
-        let classes = imagenet();
-        let group_labels = match label_map {
-            Some(map) => map.group_labels(groups)?,
-            None => vec![None; groups.len()],
-        };
+        group_labels: &[Option<&str>],
+        class_labels: &[Option<String>],
+        threshold: impl Fn(usize) -> f32,
+    ) -> Self {
         let mut group_of_class: Vec<Option<usize>> = vec![None; classes.len()];
         for (g, group) in groups.iter().enumerate() {
             for &member in &group.members {
@@ -108,21 +189,25 @@ impl OutputLayout {
         let mut output_of_group: Vec<Option<usize>> = vec![None; groups.len()];
         let mut output_of_class = Vec::with_capacity(classes.len());
         let mut outputs = Vec::new();
-        for class in classes {
-            let group = group_of_class[class.index];
+        for (class, &group) in group_of_class.iter().enumerate() {
             if let Some(output) = group.and_then(|g| output_of_group[g]) {
                 output_of_class.push(output);
                 continue;
             }
             let label = match group {
-                Some(g) => group_labels[g].unwrap_or(&groups[g].name),
-                None => label_map
-                    .and_then(|map| map.class_label(class.index))
-                    .unwrap_or(&class.name),
+                Some(g) => group_labels
+                    .get(g)
+                    .copied()
+                    .flatten()
+                    .unwrap_or(&groups[g].name),
+                None => class_labels
+                    .get(class)
+                    .and_then(Option::as_deref)
+                    .unwrap_or(classes.name(class)),
             };
             outputs.push(Output {
                 label: label.to_string(),
-                threshold,
+                threshold: threshold(class),
             });
             let output = outputs.len() - 1;
             if let Some(g) = group {
@@ -130,16 +215,21 @@ impl OutputLayout {
             }
             output_of_class.push(output);
         }
-        Ok(Self {
+        Self {
             outputs,
             output_of_class,
             group_of_class,
-        })
+        }
     }
 
     /// The outputs a per-label threshold `key` applies to: those whose label is `key`, else the
     /// group named `key`, else the ungrouped class named by `key`. `Err` explains why none.
-    fn threshold_targets(&self, key: &str, groups: &[Group]) -> Result<Vec<usize>, String> {
+    fn threshold_targets(
+        &self,
+        key: &str,
+        classes: &Classes,
+        groups: &[Group],
+    ) -> Result<Vec<usize>, String> {
         let by_label: Vec<usize> = (0..self.outputs.len())
             .filter(|&o| self.outputs[o].label == key)
             .collect();
@@ -149,35 +239,62 @@ impl OutputLayout {
         if let Some(group) = groups.iter().find(|g| g.name == key) {
             return Ok(vec![self.output_of_class[group.members[0]]]);
         }
-        let class = class_by_key(key)
-            .map_err(|_| "names no output label, group or ImageNet class".to_string())?;
+        let class = classes.by_key(key)?;
         match self.group_of_class[class] {
             Some(g) => Err(format!(
                 "class {class} ({}) is in group {}; set the group's threshold",
-                imagenet()[class].name,
+                classes.name(class),
                 groups[g].name
             )),
             None => Ok(vec![self.output_of_class[class]]),
         }
     }
+
+    /// Applies per-label `thresholds` (keys of `{section}.thresholds`), rejecting two keys for
+    /// one output.
+    fn set_thresholds<'k>(
+        &mut self,
+        section: &str,
+        thresholds: impl IntoIterator<Item = (&'k String, &'k f32)>,
+        classes: &Classes,
+        groups: &[Group],
+    ) -> Result<(), PostprocessError> {
+        // Which threshold key set each output, to reject two keys for one output.
+        let mut set_by: Vec<Option<&str>> = vec![None; self.outputs.len()];
+        for (key, &threshold) in thresholds {
+            let config_key = || format!("{section}.thresholds.{key:?}");
+            let targets = self
+                .threshold_targets(key, classes, groups)
+                .map_err(|problem| config_error(config_key(), problem))?;
+            for output in targets {
+                if let Some(other) = set_by[output].replace(key) {
+                    return Err(config_error(
+                        config_key(),
+                        format!(
+                            "output {:?} already has a threshold from key {other:?}",
+                            self.outputs[output].label
+                        ),
+                    ));
+                }
+                self.outputs[output].threshold = threshold;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Postprocessor {
-    /// Validates `config` and loads its label map and groups files.
+    /// A postprocessor for the 1000 ImageNet classes: validates `config` (`[postprocess]`) and
+    /// loads its label map and groups files.
     pub fn new(config: &PostprocessConfig) -> Result<Self, PostprocessError> {
-        if config.top_k == 0 {
-            return Err(PostprocessError::Config {
-                key: "postprocess.top_k".to_string(),
-                problem: "must be at least 1".to_string(),
-            });
-        }
-        check_unit(|| "postprocess.threshold".to_string(), config.threshold)?;
-        if config.unknown_label.trim().is_empty() {
-            return Err(PostprocessError::Config {
-                key: "postprocess.unknown_label".to_string(),
-                problem: "must not be empty".to_string(),
-            });
-        }
+        const SECTION: &str = "postprocess";
+        check_common(
+            SECTION,
+            config.top_k,
+            &config.unknown_label,
+            &config.thresholds,
+        )?;
+        check_unit(|| format!("{SECTION}.threshold"), config.threshold)?;
         let groups = match &config.groups {
             Some(path) => load_groups(path)?,
             None => Vec::new(),
@@ -187,39 +304,79 @@ impl Postprocessor {
             .as_deref()
             .map(LabelMap::load)
             .transpose()?;
-        let mut layout = OutputLayout::new(&groups, label_map.as_ref(), config.threshold)?;
+        let group_labels = match &label_map {
+            Some(map) => map.group_labels(&groups)?,
+            None => Vec::new(),
+        };
+        let class_labels = label_map.as_ref().map_or(&[][..], LabelMap::class_labels);
+        let classes = Classes::ImageNet;
+        let mut layout = OutputLayout::new(&classes, &groups, &group_labels, class_labels, |_| {
+            config.threshold
+        });
+        layout.set_thresholds(SECTION, &config.thresholds, &classes, &groups)?;
+        Ok(Self::from_layout(
+            config.top_k,
+            &config.unknown_label,
+            classes,
+            layout,
+        ))
+    }
 
-        // Which threshold key set each output, to reject two keys for one output.
-        let mut set_by: Vec<Option<&str>> = vec![None; layout.outputs.len()];
-        for (key, &threshold) in &config.thresholds {
-            let config_key = || format!("postprocess.thresholds.{key:?}");
-            check_unit(config_key, threshold)?;
-            let targets = layout.threshold_targets(key, &groups).map_err(|problem| {
-                PostprocessError::Config {
-                    key: config_key(),
-                    problem,
-                }
+    /// A postprocessor for a head's own `classes` (output order): validates `config`, the
+    /// head's table at key path `section` (e.g. `heads[0].postprocess`). A class's threshold
+    /// is, by precedence, its `thresholds` key (class name or mapped label), the global
+    /// `threshold`, its entry in `recommended` (the head file's per-class thresholds), or
+    /// [`DEFAULT_THRESHOLD`](super::DEFAULT_THRESHOLD). Top-k is clamped to the class count.
+    pub fn for_head(
+        classes: &[String],
+        recommended: Option<&[f32]>,
+        config: &HeadPostprocessConfig,
+        section: &str,
+    ) -> Result<Self, PostprocessError> {
+        config.validate(section)?;
+        let mut class_labels = vec![None; classes.len()];
+        for (class, label) in &config.labels {
+            let index = classes.iter().position(|c| c == class).ok_or_else(|| {
+                config_error(
+                    format!("{section}.labels.{class:?}"),
+                    format!(
+                        "names no class of this head (classes: {})",
+                        classes.join(", ")
+                    ),
+                )
             })?;
-            for output in targets {
-                if let Some(other) = set_by[output].replace(key) {
-                    return Err(PostprocessError::Config {
-                        key: config_key(),
-                        problem: format!(
-                            "output {:?} already has a threshold from key {other:?}",
-                            layout.outputs[output].label
-                        ),
-                    });
-                }
-                layout.outputs[output].threshold = threshold;
-            }
+            class_labels[index] = Some(label.clone());
         }
+        let threshold = |class: usize| {
+            config
+                .threshold
+                .or_else(|| recommended.and_then(|r| r.get(class).copied()))
+                .unwrap_or(super::DEFAULT_THRESHOLD)
+        };
+        let classes = Classes::Head(classes.to_vec());
+        let mut layout = OutputLayout::new(&classes, &[], &[], &class_labels, threshold);
+        layout.set_thresholds(section, &config.thresholds, &classes, &[])?;
+        Ok(Self::from_layout(
+            config.top_k,
+            &config.unknown_label,
+            classes,
+            layout,
+        ))
+    }
 
-        Ok(Self {
-            top_k: config.top_k,
-            unknown_label: config.unknown_label.clone(),
+    fn from_layout(
+        top_k: usize,
+        unknown_label: &str,
+        classes: Classes,
+        layout: OutputLayout,
+    ) -> Self {
+        Self {
+            top_k: top_k.min(classes.len()),
+            unknown_label: unknown_label.to_string(),
+            classes,
             output_of_class: layout.output_of_class,
             outputs: layout.outputs,
-        })
+        }
     }
 
     /// The label published when the top-1 is below its threshold.
@@ -236,16 +393,15 @@ impl Postprocessor {
             .chain(std::iter::once(self.unknown_label.as_str()))
     }
 
-    /// Classifies one frame's logits (model output order). Logits beyond the 1000 ImageNet
-    /// classes are ignored; missing ones count as impossible. NaN or infinite logits never
-    /// produce NaN scores.
+    /// Classifies one frame's logits (model or head output order). Logits beyond the classes
+    /// are ignored; missing ones count as impossible. NaN or infinite logits never produce NaN
+    /// scores.
     pub fn classify(&self, logits: &[f32]) -> Classification {
         SCRATCH.with_borrow_mut(|scratch| self.classify_with(logits, scratch))
     }
 
     fn classify_with(&self, logits: &[f32], scratch: &mut Scratch) -> Classification {
-        let classes = imagenet();
-        let used = logits.len().min(classes.len());
+        let used = logits.len().min(self.classes.len());
         scratch.probs.clear();
         // Clamp non-finite logits to the extremes so softmax cannot produce NaN.
         scratch.probs.extend(logits[..used].iter().map(|&l| {
@@ -275,12 +431,12 @@ impl Postprocessor {
             .into_iter()
             // Outputs with no class in `used` (short logits) are not predictions.
             .filter_map(|(output, score)| {
-                let class = classes.get(scratch.best_member[output].0)?;
-                Some(Prediction {
+                let class = scratch.best_member[output].0;
+                (class < used).then(|| Prediction {
                     label: self.outputs[output].label.clone(),
-                    raw_label: class.name.clone(),
-                    index: class.index,
-                    wnid: class.wnid.clone(),
+                    raw_label: self.classes.name(class).to_string(),
+                    index: class,
+                    wnid: self.classes.wnid(class).to_string(),
                     score,
                 })
             })

@@ -223,9 +223,9 @@ impl LabelMap {
         })
     }
 
-    /// The mapped label of class `index`, if any.
-    pub(crate) fn class_label(&self, index: usize) -> Option<&str> {
-        self.class_labels.get(index)?.as_deref()
+    /// The mapped label of each class (`None` keeps the English name), in class order.
+    pub(crate) fn class_labels(&self) -> &[Option<String>] {
+        &self.class_labels
     }
 
     /// The mapped label of each of `groups` (same order), failing on a `[groups]` key that names

@@ -1,6 +1,10 @@
 //! Logits to a [`Classification`]: softmax, top-k, thresholds, label mapping, groups, and the
 //! per-camera [`PublishPolicy`] that decides which classifications become MQTT events.
 //!
+//! The same steps serve the ImageNet classifier ([`Postprocessor::new`], `[postprocess]`) and
+//! every custom head ([`Postprocessor::for_head`], see [Heads](#heads)); each camera keeps one
+//! [`PublishPolicy`] per classifier.
+//!
 //! # Pipeline
 //!
 //! 1. Softmax over the model's 1000 ImageNet-1k logits (non-finite logits count as "impossible",
@@ -79,6 +83,27 @@
 //! A class may belong to at most one group and appear once in it; a group needs at least one
 //! member.
 //!
+//! # Heads
+//!
+//! A head (a classifier trained on the user's own classes, `crate::model::Head`) has its own
+//! table, `[heads.postprocess]` ([`HeadPostprocessConfig`]), with the same `top_k`,
+//! `threshold`, `unknown_label` and `thresholds`, and a `labels` table instead of a label map
+//! file:
+//!
+//! ```toml
+//! [heads.postprocess]
+//! threshold = 0.8                 # optional: for every class, instead of the file's
+//! [heads.postprocess.labels]      # class name -> published label
+//! open = "Door open"
+//! [heads.postprocess.thresholds]  # class name or mapped label
+//! "Door open" = 0.9
+//! ```
+//!
+//! A class's threshold is, by precedence: its `thresholds` key, the head's `threshold`, the
+//! threshold the head file recommends for it (`edgeclass train` writes them), or 0.6. Groups are
+//! ImageNet-only. A head's predictions carry the class name as `raw_label`, the class's output
+//! index as `index`, and no `wnid`.
+//!
 //! # Errors
 //!
 //! Bad files give a [`PostprocessError`] naming the file, the line, the key or entry and the
@@ -118,11 +143,14 @@ pub struct PostprocessConfig {
     pub thresholds: BTreeMap<String, f32>,
 }
 
+/// The threshold of a class nothing else sets one for.
+pub const DEFAULT_THRESHOLD: f32 = 0.6;
+
 impl Default for PostprocessConfig {
     fn default() -> Self {
         Self {
             top_k: 3,
-            threshold: 0.6,
+            threshold: DEFAULT_THRESHOLD,
             unknown_label: "unknown".to_string(),
             label_map: None,
             groups: None,
@@ -136,6 +164,61 @@ impl PostprocessConfig {
     /// loads them: it is [`Postprocessor::new`] with the result dropped.
     pub fn validate(&self) -> Result<(), PostprocessError> {
         Postprocessor::new(self).map(drop)
+    }
+}
+
+/// A head's `[heads.postprocess]` table: `[postprocess]` for the head's own classes. Groups and
+/// label map files are ImageNet-only; a head's label map is the `labels` table. Its class names
+/// are only known once the head file is loaded, so the keys naming classes are checked by
+/// [`Postprocessor::for_head`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadPostprocessConfig {
+    /// How many outputs `Classification::top` reports (at most the head's class count).
+    pub top_k: usize,
+    /// Threshold for every class; unset, each class takes the head file's recommended
+    /// threshold, else [`DEFAULT_THRESHOLD`].
+    pub threshold: Option<f32>,
+    /// Label reported when the top-1 score is below its threshold.
+    pub unknown_label: String,
+    /// Published label per class name (friendly or translated names).
+    pub labels: BTreeMap<String, String>,
+    /// Per-output thresholds, keyed by class name or mapped label; they override the file's.
+    pub thresholds: BTreeMap<String, f32>,
+}
+
+impl Default for HeadPostprocessConfig {
+    fn default() -> Self {
+        let imagenet = PostprocessConfig::default();
+        Self {
+            top_k: imagenet.top_k,
+            threshold: None,
+            unknown_label: imagenet.unknown_label,
+            labels: BTreeMap::new(),
+            thresholds: BTreeMap::new(),
+        }
+    }
+}
+
+impl HeadPostprocessConfig {
+    /// Checks what does not need the head's classes; `section` is the table's key path, e.g.
+    /// `heads[0].postprocess`.
+    pub fn validate(&self, section: &str) -> Result<(), PostprocessError> {
+        classify::check_common(section, self.top_k, &self.unknown_label, &self.thresholds)?;
+        if let Some(threshold) = self.threshold {
+            classify::check_unit(|| format!("{section}.threshold"), threshold)?;
+        }
+        match self
+            .labels
+            .iter()
+            .find(|(_, label)| label.trim().is_empty())
+        {
+            Some((class, _)) => Err(PostprocessError::Config {
+                key: format!("{section}.labels.{class:?}"),
+                problem: "empty label".to_string(),
+            }),
+            None => Ok(()),
+        }
     }
 }
 

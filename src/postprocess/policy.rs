@@ -45,9 +45,15 @@ impl Default for PolicyConfig {
 impl PolicyConfig {
     /// Checks value ranges; errors name the `publish_policy.*` key.
     pub fn validate(&self) -> Result<(), PostprocessError> {
+        self.validate_section("publish_policy")
+    }
+
+    /// [`PolicyConfig::validate`] for the table at key path `section`, e.g.
+    /// `heads[0].publish_policy`.
+    pub fn validate_section(&self, section: &str) -> Result<(), PostprocessError> {
         if self.hold == 0 {
             return Err(PostprocessError::Config {
-                key: "publish_policy.hold".to_string(),
+                key: format!("{section}.hold"),
                 problem: "must be at least 1".to_string(),
             });
         }

@@ -1,5 +1,6 @@
 //! Home Assistant MQTT discovery: one device per edgeclass instance, per camera a `sensor` (the
-//! top-1 label, top-3 as attributes) and an `image` (the snapshot).
+//! top-1 label, top-3 as attributes) and an `image` (the snapshot), and per camera and custom
+//! head an `enum` sensor (the head's label, its possible labels as options).
 
 use serde_json::json;
 
@@ -9,14 +10,14 @@ use super::Topics;
 use crate::capture::CameraId;
 
 /// What the discovery payloads are built from.
-pub(crate) struct Announcement<'a> {
-    pub discovery_prefix: &'a str,
-    pub node_id: &'a str,
-    pub device_name: &'a str,
-    pub model: &'a str,
+pub(crate) struct Announcement {
+    pub discovery_prefix: String,
+    pub node_id: String,
+    pub device_name: String,
+    pub model: String,
     pub qos: u8,
     pub snapshots: bool,
-    pub topics: &'a Topics,
+    pub topics: Topics,
 }
 
 /// Attributes shown on the sensor, taken from the event JSON.
@@ -25,7 +26,7 @@ const ATTRIBUTES_TEMPLATE: &str = "{{ {'top3': value_json.top3, 'score': value_j
      'frame': value_json.frame, 'model': value_json.model, \
      'latency_ms': value_json.latency_ms} | tojson }}";
 
-impl Announcement<'_> {
+impl Announcement {
     /// The retained config messages for every camera. With snapshots off the image entity's
     /// config is an empty retained payload, which removes an entity announced earlier.
     pub fn messages(&self, cameras: &[CameraId]) -> Vec<Message> {
@@ -57,10 +58,18 @@ impl Announcement<'_> {
         )
     }
 
-    fn common(&self, camera: &CameraId, component: &str, what: &str) -> serde_json::Value {
+    /// The keys every entity of `camera` shares; `what` ends its id, `name` follows the camera's
+    /// in its name.
+    fn common(
+        &self,
+        camera: &CameraId,
+        component: &str,
+        what: &str,
+        name: &str,
+    ) -> serde_json::Value {
         let object_id = self.object_id(camera, what);
         json!({
-            "name": format!("{camera} {what}"),
+            "name": format!("{camera} {name}"),
             "unique_id": object_id,
             "default_entity_id": format!("{component}.{object_id}"),
             "availability": [
@@ -83,12 +92,44 @@ impl Announcement<'_> {
     }
 
     fn sensor(&self, camera: &CameraId) -> Message {
-        let mut config = self.common(camera, "sensor", "label");
-        config["state_topic"] = self.topics.label(camera).into();
-        config["json_attributes_topic"] = self.topics.event(camera).into();
+        let config = self.label_sensor(camera, None, "label", "label");
+        self.sensor_message(camera, "label", config)
+    }
+
+    /// The retained config of the sensor for `head`'s label on `camera`: an `enum` whose options
+    /// are `labels` (each once, in order), so it must be announced again when they change.
+    pub fn head_sensor(&self, camera: &CameraId, head: &str, labels: &[&str]) -> Message {
+        let what = format!("head_{}", slug(head));
+        let mut config = self.label_sensor(camera, Some(head), &what, head);
+        let mut options: Vec<&str> = Vec::with_capacity(labels.len());
+        for &label in labels {
+            if !options.contains(&label) {
+                options.push(label);
+            }
+        }
+        config["device_class"] = "enum".into();
+        config["options"] = options.into();
+        self.sensor_message(camera, &what, config)
+    }
+
+    /// The config of the label sensor of the ImageNet classifier (`head` none) or of a head.
+    fn label_sensor(
+        &self,
+        camera: &CameraId,
+        head: Option<&str>,
+        what: &str,
+        name: &str,
+    ) -> serde_json::Value {
+        let mut config = self.common(camera, "sensor", what, name);
+        config["state_topic"] = self.topics.label(camera, head).into();
+        config["json_attributes_topic"] = self.topics.event(camera, head).into();
         config["json_attributes_template"] = ATTRIBUTES_TEMPLATE.into();
         config["icon"] = "mdi:image-search".into();
-        let topic = self.config_topic("sensor", &self.object_id(camera, "label"));
+        config
+    }
+
+    fn sensor_message(&self, camera: &CameraId, what: &str, config: serde_json::Value) -> Message {
+        let topic = self.config_topic("sensor", &self.object_id(camera, what));
         Message::state(topic, config.to_string())
     }
 
@@ -97,7 +138,7 @@ impl Announcement<'_> {
         if !self.snapshots {
             return Message::state(topic, Vec::new());
         }
-        let mut config = self.common(camera, "image", "snapshot");
+        let mut config = self.common(camera, "image", "snapshot", "snapshot");
         config["image_topic"] = self.topics.snapshot(camera).into();
         config["content_type"] = "image/jpeg".into();
         Message::state(topic, config.to_string())

@@ -4,6 +4,8 @@
 //! Topics (prefix `edgeclass` by default):
 //! - `<prefix>/<camera>/event`: one JSON [`Event`] per classification (not retained);
 //! - `<prefix>/<camera>/label`: the top-1 label, retained;
+//! - `<prefix>/<camera>/<head>/event` and `<prefix>/<camera>/<head>/label`: the same for each
+//!   custom head the camera runs ([`Publisher::head_event`]);
 //! - `<prefix>/<camera>/snapshot`: JPEG of the classified frame, retained, size-capped;
 //! - `<prefix>/<camera>/availability`: `online`/`offline`, retained;
 //! - `<prefix>/status`: `online`/`offline`, retained, `offline` is the last will.
@@ -110,12 +112,21 @@ impl Topics {
         format!("{}/status", self.prefix)
     }
 
-    pub fn event(&self, camera: &CameraId) -> String {
-        format!("{}/{camera}/event", self.prefix)
+    /// `<prefix>/<camera>/event`, or `<prefix>/<camera>/<head>/event` for a head's events.
+    pub fn event(&self, camera: &CameraId, head: Option<&str>) -> String {
+        self.classifier_topic(camera, head, "event")
     }
 
-    pub fn label(&self, camera: &CameraId) -> String {
-        format!("{}/{camera}/label", self.prefix)
+    /// `<prefix>/<camera>/label`, or `<prefix>/<camera>/<head>/label` for a head's label.
+    pub fn label(&self, camera: &CameraId, head: Option<&str>) -> String {
+        self.classifier_topic(camera, head, "label")
+    }
+
+    fn classifier_topic(&self, camera: &CameraId, head: Option<&str>, leaf: &str) -> String {
+        match head {
+            Some(head) => format!("{}/{camera}/{head}/{leaf}", self.prefix),
+            None => format!("{}/{camera}/{leaf}", self.prefix),
+        }
     }
 
     pub fn snapshot(&self, camera: &CameraId) -> String {

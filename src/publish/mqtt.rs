@@ -73,9 +73,9 @@ struct Tasks {
     feeder: JoinHandle<()>,
 }
 
-/// Precomputed discovery messages and Home Assistant's status topic.
+/// What discovery configs are built from, and Home Assistant's status topic.
 struct Discovery {
-    messages: Vec<Message>,
+    announcement: Announcement,
     ha_status_topic: String,
 }
 
@@ -92,8 +92,11 @@ struct State {
     /// Latest retained value per topic, re-published after every connect so a broker that
     /// restarted without persistence gets the state back.
     retained: BTreeMap<String, Message>,
-    seqs: HashMap<CameraId, u64>,
-    labels: HashMap<CameraId, String>,
+    /// The discovery configs announced so far, re-sent when Home Assistant restarts.
+    announced: Vec<Message>,
+    /// Last event number and published label per camera and classifier (`None`: ImageNet).
+    seqs: HashMap<(CameraId, Option<String>), u64>,
+    labels: HashMap<(CameraId, Option<String>), String>,
     sent: u64,
     invalid: u64,
     oversized_snapshots: u64,
@@ -135,17 +138,17 @@ impl Publisher {
                 .clone()
                 .unwrap_or_else(|| format!("edgeclass {node_id}"));
             let announcement = Announcement {
-                discovery_prefix: &cfg.discovery.prefix,
-                node_id: &node_id,
-                device_name: &device_name,
-                model,
+                discovery_prefix: cfg.discovery.prefix.clone(),
+                node_id,
+                device_name,
+                model: model.to_string(),
                 qos: cfg.qos,
                 snapshots: cfg.snapshot.enabled,
-                topics: &topics,
+                topics: topics.clone(),
             };
             Discovery {
-                messages: announcement.messages(cameras),
                 ha_status_topic: announcement.ha_status_topic(),
+                announcement,
             }
         });
 
@@ -154,6 +157,10 @@ impl Publisher {
             handed: VecDeque::with_capacity(SEND_WINDOW),
             connected: false,
             retained: BTreeMap::new(),
+            announced: discovery
+                .iter()
+                .flat_map(|d| d.announcement.messages(cameras))
+                .collect(),
             seqs: HashMap::new(),
             labels: HashMap::new(),
             sent: 0,
@@ -161,8 +168,8 @@ impl Publisher {
             oversized_snapshots: 0,
         };
         state.publish_state(Message::state(topics.status(), "online"));
-        for message in discovery.iter().flat_map(|d| d.messages.iter()) {
-            state.publish_state(message.clone());
+        for message in state.announced.clone() {
+            state.publish_state(message);
         }
         for camera in cameras {
             state.publish_state(Message::state(topics.availability(camera), "online"));
@@ -192,10 +199,22 @@ impl Publisher {
 
     /// Queues an event for `<prefix>/<camera>/event` and, when the label changed, the retained
     /// `<prefix>/<camera>/label`. Assigns `event.seq` (per camera, from 1) and returns it.
-    pub fn event(&self, mut event: Event) -> u64 {
+    pub fn event(&self, event: Event) -> u64 {
+        self.classifier_event(None, event)
+    }
+
+    /// [`Publisher::event`] for a custom head's classification: `<prefix>/<camera>/<head>/event`
+    /// and `<prefix>/<camera>/<head>/label`, with its own `seq` (per camera and head, from 1).
+    /// `head` is the head's name, one topic level.
+    pub fn head_event(&self, head: &str, event: Event) -> u64 {
+        self.classifier_event(Some(head), event)
+    }
+
+    fn classifier_event(&self, head: Option<&str>, mut event: Event) -> u64 {
         let inner = &self.inner;
         let mut state = inner.lock();
-        let seq = state.seqs.entry(event.camera.clone()).or_insert(0);
+        let stream = (event.camera.clone(), head.map(str::to_string));
+        let seq = state.seqs.entry(stream.clone()).or_insert(0);
         *seq += 1;
         event.seq = *seq;
         let payload = match serde_json::to_vec(&event) {
@@ -207,19 +226,43 @@ impl Publisher {
                 return event.seq;
             }
         };
-        state
-            .outbox
-            .push(Message::event(inner.topics.event(&event.camera), payload));
-        if state.labels.get(&event.camera) != Some(&event.label) {
+        state.outbox.push(Message::event(
+            inner.topics.event(&event.camera, head),
+            payload,
+        ));
+        if state.labels.get(&stream) != Some(&event.label) {
             state.publish_state(Message::state(
-                inner.topics.label(&event.camera),
+                inner.topics.label(&event.camera, head),
                 event.label.as_bytes(),
             ));
-            state.labels.insert(event.camera, event.label);
+            state.labels.insert(stream, event.label);
         }
         drop(state);
         inner.wake.notify_one();
         event.seq
+    }
+
+    /// Announces (again) the Home Assistant sensor of `head` on `camera`, whose state can be
+    /// any of `labels` (the head's labels and its unknown label). Call it at start and whenever
+    /// the labels change; a no-op with discovery disabled.
+    pub fn announce_head(&self, camera: &CameraId, head: &str, labels: &[&str]) {
+        let inner = &self.inner;
+        let Some(discovery) = &inner.discovery else {
+            return;
+        };
+        let message = discovery.announcement.head_sensor(camera, head, labels);
+        let mut state = inner.lock();
+        match state
+            .announced
+            .iter_mut()
+            .find(|m| m.topic == message.topic)
+        {
+            Some(announced) => *announced = message.clone(),
+            None => state.announced.push(message.clone()),
+        }
+        state.publish_state(message);
+        drop(state);
+        inner.wake.notify_one();
     }
 
     /// Queues a JPEG for the retained `<prefix>/<camera>/snapshot` (latest wins). Ignored when
@@ -388,15 +431,12 @@ impl Inner {
 
     /// Home Assistant (re)started: announce again.
     fn on_ha_status(&self, payload: &[u8]) {
-        let Some(discovery) = &self.discovery else {
-            return;
-        };
-        if payload != b"online" {
+        if self.discovery.is_none() || payload != b"online" {
             return;
         }
         let mut state = self.lock();
-        for message in &discovery.messages {
-            state.outbox.push(message.clone());
+        for message in state.announced.clone() {
+            state.outbox.push(message);
         }
         // The instance status too: availability is evaluated when the entity is (re)created.
         if let Some(status) = state.retained.get(&self.topics.status()).cloned() {

@@ -69,9 +69,9 @@ impl Default for TrainOptions {
 /// [`crate::dataset::training_classes`]).
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    /// The backbone failed on a picture.
+    /// The backbone failed on a picture (boxed: a model error is large).
     #[error("running the backbone")]
-    Model(#[from] ModelError),
+    Model(#[source] Box<ModelError>),
     /// Too few pictures were readable to train and validate.
     #[error("class {class:?} has {readable} readable picture(s); training needs at least 2")]
     TooFewReadable {
@@ -91,6 +91,12 @@ pub enum TrainError {
     /// candle failed while fitting.
     #[error("fitting the head")]
     Fit(#[source] candle_core::Error),
+}
+
+impl From<ModelError> for TrainError {
+    fn from(error: ModelError) -> Self {
+        TrainError::Model(Box::new(error))
+    }
 }
 
 impl TrainError {
