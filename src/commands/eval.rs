@@ -1,16 +1,16 @@
 //! `edgeclass eval DATA`: accuracy, calibration and threshold trade-offs of a model on a
 //! labelled folder of images (one sub-folder per class, named by ImageNet WordNet id or
-//! English name). The figures come from [`crate::evaluate`].
+//! English name, or by a head's class names). The figures come from [`crate::evaluate`].
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::dataset::{imagenet_class_folders, images_in};
+use crate::dataset::{imagenet_class_folders, images_in, named_class_folders};
 use crate::evaluate::{report, Evaluation, Sample};
-use crate::model::{Model, IMAGENET_CLASSES};
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
+use super::classifier::{Buffers, Classifier};
 use super::InferenceArgs;
 
 /// Arguments of `edgeclass eval`: the labelled folder, the model, the output forms and the
@@ -18,11 +18,16 @@ use super::InferenceArgs;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Labelled images: one folder per class, named by WordNet id (`n02123045`) or English
-    /// name (`tabby`).
+    /// name (`tabby`), or by the class names of a head.
     pub data: PathBuf,
-    /// Model weights: torchvision ResNet-18 safetensors or an edgeclass GGUF.
+    /// Model weights: torchvision ResNet-18 safetensors, an edgeclass GGUF, or a head file
+    /// (`edgeclass train`).
     #[arg(long)]
     pub weights: PathBuf,
+    /// With a head file as `--weights`: the backbone to run it on [default: the backbone file
+    /// the head records].
+    #[arg(long)]
+    pub backbone: Option<PathBuf>,
     /// Compute precision and threads.
     #[command(flatten)]
     pub inference: InferenceArgs,
@@ -35,6 +40,11 @@ pub struct Args {
     /// Recommend the lowest global and per-class thresholds whose covered accuracy reaches P.
     #[arg(long, value_name = "P", value_parser = parse_probability)]
     pub target_precision: Option<f64>,
+    /// With a head file as `--weights`: store the fitted temperature in it (so its scores mean
+    /// what they say) and, with --target-precision, the thresholds recommended on the
+    /// calibrated scores; the daemon uses them on its next reload.
+    #[arg(long)]
+    pub update_model: bool,
     /// Write the recommended thresholds as a `[postprocess]` TOML snippet (needs
     /// --target-precision).
     #[arg(long, value_name = "FILE", requires = "target_precision")]
@@ -52,27 +62,25 @@ fn parse_probability(text: &str) -> Result<f64, String> {
 /// optionally writes the HTML report and the recommended thresholds. Unreadable images are
 /// skipped and counted; the command fails if none is readable.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let folders = imagenet_class_folders(&args.data)?;
-    let model = Model::load(
-        &args.weights,
-        args.inference.precision,
-        args.inference.threads,
-    )?;
-    model.require_classes(IMAGENET_CLASSES)?;
-    let mut preprocessor =
-        Preprocessor::new(PreprocessConfig::for_input_size(model.input_size() as u32));
+    let classifier = Classifier::load(&args.weights, args.backbone.as_deref(), &args.inference)?;
+    let folders = match &classifier.head {
+        Some(head) => named_class_folders(&args.data, head.classes())?,
+        None => imagenet_class_folders(&args.data)?,
+    };
+    let size = classifier.model.input_size() as u32;
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::for_input_size(size));
+    let mut buffers = Buffers::default();
     let mut samples = Vec::new();
     let mut skipped = 0usize;
     for (class, folder) in &folders {
         for path in images_in(folder)? {
-            let mut classify = |logits: &mut Vec<f32>| -> anyhow::Result<()> {
+            let mut classify = || -> anyhow::Result<Vec<f32>> {
                 let frame = read_image_file(&path)?;
-                model.forward(preprocessor.run(&frame)?, logits)?;
-                Ok(())
+                buffers.classify(&classifier, preprocessor.run(&frame)?)?;
+                Ok(buffers.scores(&classifier).to_vec())
             };
-            let mut logits = Vec::with_capacity(IMAGENET_CLASSES);
-            match classify(&mut logits) {
-                Ok(()) => samples.push(Sample {
+            match classify() {
+                Ok(logits) => samples.push(Sample {
                     logits,
                     truth: class.index,
                 }),
@@ -92,8 +100,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.data.display()
         );
     }
-    let classes = folders.into_iter().map(|(class, _)| class).collect();
-    let evaluation = Evaluation::new(&samples, classes, args.target_precision);
+    let classes: Vec<_> = folders.into_iter().map(|(class, _)| class).collect();
+    let evaluation = Evaluation::new(&samples, classes.clone(), args.target_precision);
+    if args.update_model {
+        update_head(&args, &classifier, &evaluation, samples, classes)?;
+    }
 
     if let Some(path) = &args.report {
         let title = args.data.display().to_string();
@@ -107,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         let mut value = serde_json::to_value(&evaluation)?;
         value["skipped"] = skipped.into();
-        value["model"] = model.description().into();
+        value["model"] = classifier.description.clone().into();
         println!("{value}");
     } else {
         print!("{}", evaluation.text());
@@ -115,5 +126,52 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("{skipped} unreadable images skipped");
         }
     }
+    Ok(())
+}
+
+/// Stores the fitted temperature (on top of the head's own) and, with a target precision, the
+/// per-class thresholds recommended on the calibrated scores, in the head file.
+fn update_head(
+    args: &Args,
+    classifier: &Classifier,
+    evaluation: &Evaluation,
+    mut samples: Vec<Sample>,
+    classes: Vec<crate::evaluate::LabelledClass>,
+) -> anyhow::Result<()> {
+    let Some(head) = &classifier.head else {
+        bail!(
+            "--update-model needs a head file as --weights; {} is a whole network (use \
+             --write-thresholds for the config)",
+            args.weights.display()
+        );
+    };
+    let mut head = head.clone();
+    let fitted = evaluation.calibration.temperature;
+    head.set_temperature(head.temperature() * fitted as f32)
+        .map_err(anyhow::Error::msg)?;
+    let mut what = format!("temperature {:.3}", head.temperature());
+    if args.target_precision.is_some() {
+        for sample in &mut samples {
+            sample.logits.iter_mut().for_each(|l| *l /= fitted as f32);
+        }
+        let calibrated = Evaluation::new(&samples, classes, args.target_precision);
+        let floor = crate::train::MIN_RECOMMENDED_THRESHOLD;
+        // In the head's class order; a class without a folder here keeps its threshold.
+        let mut thresholds = head
+            .thresholds()
+            .map_or_else(|| vec![floor; head.classes().len()], <[f32]>::to_vec);
+        for (class, threshold) in calibrated
+            .classes
+            .iter()
+            .zip(calibrated.class_thresholds(floor))
+        {
+            thresholds[class.class.index] = threshold;
+        }
+        what.push_str(&format!(", thresholds {thresholds:.2?}"));
+        head.set_thresholds(thresholds)
+            .map_err(anyhow::Error::msg)?;
+    }
+    head.save(&args.weights)?;
+    eprintln!("edgeclass: stored {what} in {}", args.weights.display());
     Ok(())
 }

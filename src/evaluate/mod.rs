@@ -174,6 +174,23 @@ impl Evaluation {
         }
     }
 
+    /// One threshold per class (in class order) for a model's metadata: the class's lowest
+    /// threshold reaching the target precision, else the global one, else `floor`; never below
+    /// `floor` (a perfect but small set would otherwise recommend 0, "always sure").
+    pub fn class_thresholds(&self, floor: f32) -> Vec<f32> {
+        let reached = |r: &Option<Recommendation>| r.and_then(|r| r.reached).map(|p| p.threshold);
+        let global = reached(&self.recommended);
+        self.classes
+            .iter()
+            .map(|class| {
+                reached(&class.recommended)
+                    .or(global)
+                    .unwrap_or(floor)
+                    .max(floor)
+            })
+            .collect()
+    }
+
     /// The recommended thresholds as a `[postprocess]` TOML snippet the config loads; an
     /// unreachable target leaves its key out and says so in a comment. `None` without a target.
     pub fn thresholds_toml(&self) -> Option<String> {

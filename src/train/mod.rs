@@ -335,7 +335,7 @@ pub fn train(
         .collect();
     let train_eval = Evaluation::new(&samples(&train_ids), labelled.clone(), None);
     let validation = Evaluation::new(&samples(&val_ids), labelled, Some(options.target_precision));
-    let thresholds = recommended_thresholds(&validation);
+    let thresholds = validation.class_thresholds(MIN_RECOMMENDED_THRESHOLD);
     head.set_thresholds(thresholds.clone())
         .map_err(|reason| TrainError::Fit(candle_core::Error::Msg(reason)))?;
 
@@ -393,13 +393,9 @@ fn teacher_order(
         path: teacher.path.to_path_buf(),
         reason,
     };
-    if teacher.head.backbone().fingerprint != model.fingerprint() {
-        return Err(error(format!(
-            "it was trained on another backbone ({}) than {}",
-            teacher.head.backbone().file.display(),
-            model.source().display()
-        )));
-    }
+    model
+        .check_head(teacher.head, teacher.path)
+        .map_err(|e| error(e.to_string()))?;
     let theirs = teacher.head.classes();
     let order: Option<Vec<usize>> = names
         .iter()
@@ -420,26 +416,4 @@ fn head_logits(head: &Head, features: &[f32], order: &[usize]) -> Vec<f32> {
     let (mut hidden, mut logits) = (Vec::new(), Vec::new());
     head.forward(features, &mut hidden, &mut logits);
     order.iter().map(|&i| logits[i]).collect()
-}
-
-/// Per class, the lowest threshold reaching the target precision on the validation split,
-/// else the global one, floored at [`MIN_RECOMMENDED_THRESHOLD`].
-fn recommended_thresholds(validation: &Evaluation) -> Vec<f32> {
-    let global = validation
-        .recommended
-        .and_then(|r| r.reached)
-        .map(|point| point.threshold);
-    validation
-        .classes
-        .iter()
-        .map(|class| {
-            class
-                .recommended
-                .and_then(|r| r.reached)
-                .map(|point| point.threshold)
-                .or(global)
-                .unwrap_or(MIN_RECOMMENDED_THRESHOLD)
-                .max(MIN_RECOMMENDED_THRESHOLD)
-        })
-        .collect()
 }
