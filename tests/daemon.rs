@@ -3,6 +3,7 @@
 
 mod common {
     pub mod mosquitto;
+    pub mod scenes;
     pub mod wait;
 }
 
@@ -14,8 +15,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::mosquitto::{free_port, Mosquitto, Received, Subscriber};
+use common::scenes::{door, write_doors, Variation};
 use common::wait::{is_listening, poll_until};
-use edgeclass::model::{BackboneRef, Dense, Head, Model, Precision};
+use edgeclass::model::{
+    write_gguf, BackboneRef, Dense, Head, Model, Network, Precision, StorageDtype,
+};
 use edgeclass::postprocess::topk::{softmax_in_place, top_k};
 use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
@@ -1171,4 +1175,67 @@ fn a_head_from_another_backbone_or_an_unknown_head_name_stops_the_start_with_78(
             && stderr.contains(&daemon.config_file().display().to_string()),
         "{stderr}"
     );
+}
+
+/// The journey of "your own classes" end to end, with the real binaries: `edgeclass train` on
+/// rendered door scenes over the daemon's backbone (seed 7, written to a file as a user's
+/// `[model] weights` would be), then the daemon runs the trained head on a camera showing an
+/// open door: the head's topic says "open", with the threshold the head file recommends, while
+/// the ImageNet classes keep today's topic.
+#[test]
+fn a_head_trained_by_edgeclass_train_runs_in_the_daemon() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backbone = dir.path().join("resnet18-q8_0.gguf");
+    write_gguf(&Network::synthetic(7), StorageDtype::Q8_0, &backbone).expect("backbone");
+    let data = dir.path().join("garage");
+    write_doors(&data, 20, 1, Variation::CAMERA);
+    let weights = dir.path().join("garage_door.gguf");
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeclass"))
+        .arg("train")
+        .arg(&data)
+        .arg("--output")
+        .arg(&weights)
+        .arg("--weights")
+        .arg(&backbone)
+        .args(["--views", "2"])
+        .output()
+        .expect("edgeclass train runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = Head::load(&weights).expect("trained head");
+    let open = head
+        .classes()
+        .iter()
+        .position(|c| c == "open")
+        .expect("open");
+    let threshold = head.thresholds().expect("recommended thresholds")[open];
+
+    let picture = dir.path().join("open.png");
+    door(true, 777, Variation::CAMERA)
+        .save(&picture)
+        .expect("write picture");
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/#"]);
+    let extra = format!(
+        "heads = [\"garage_door\"]\n\
+         [cameras.motion]\nenabled = false\n\
+         [publish_policy]\nmode = \"every\"\n\
+         [[heads]]\nname = \"garage_door\"\nweights = \"{}\"\n",
+        weights.display()
+    );
+    let mut daemon = Daemon::start(&config(&broker.url(), &picture, &extra));
+    let event = sub
+        .wait_for_topic("edgeclass/door/garage_door/event", WAIT)
+        .unwrap_or_else(|| panic!("no head event\n{}", daemon.stderr()))
+        .json();
+    assert_eq!(event["label"], "open", "{event}");
+    assert_eq!(event["unknown"], false, "{event}");
+    let score = event["score"].as_f64().expect("score");
+    assert!(score >= f64::from(threshold), "{score} below {threshold}");
+    assert!(sub.wait_for_topic("edgeclass/door/event", WAIT).is_some());
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(5)).success());
 }

@@ -278,3 +278,85 @@ fn benchmark_training_200_pictures() {
     );
     assert!(report["val_accuracy"].as_f64().expect("accuracy") > 0.9);
 }
+
+/// `eval` measures a trained head on held-out pictures named by its classes, and
+/// `--update-model` stores the fitted temperature and calibrated thresholds in the head.
+#[test]
+fn eval_measures_a_trained_head_and_stores_its_calibration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let weights = backbone(dir.path());
+    let data = dir.path().join("data");
+    write_doors(&data, 12, 1, Variation::CAMERA);
+    let output = dir.path().join("head.gguf");
+    let (trained, _) = train(&data, &weights, &output, &["--views", "1"]);
+    assert_eq!(trained.temperature(), 1.0);
+    let held_out = dir.path().join("held_out");
+    write_doors(&held_out, 15, 5_000, Variation::CAMERA);
+
+    let out = edgeclass(&[
+        "eval",
+        held_out.to_str().expect("utf-8"),
+        "--weights",
+        output.to_str().expect("utf-8"),
+        "--json",
+        "--target-precision",
+        "0.95",
+        "--update-model",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let evaluation: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(evaluation["images"], 30);
+    assert!(
+        evaluation["top1_accuracy"].as_f64().expect("accuracy") >= 0.95,
+        "{evaluation}"
+    );
+    let names: Vec<&str> = evaluation["classes"]
+        .as_array()
+        .expect("classes")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["closed", "open"]);
+    assert!(evaluation["model"]
+        .as_str()
+        .expect("model")
+        .ends_with("+head"));
+
+    let updated = Head::load(&output).expect("updated head");
+    let fitted = evaluation["calibration"]["temperature"]
+        .as_f64()
+        .expect("temperature");
+    assert!(
+        (f64::from(updated.temperature()) - fitted).abs() < 1e-3,
+        "{fitted}"
+    );
+    assert!(
+        updated.layers().eq(trained.layers()),
+        "only the metadata changes"
+    );
+    assert!(
+        text(&out.stderr).contains("stored temperature"),
+        "{}",
+        text(&out.stderr)
+    );
+    let thresholds = updated.thresholds().expect("thresholds");
+    assert!(
+        thresholds.iter().all(|t| (0.5..=1.0).contains(t)),
+        "{thresholds:?}"
+    );
+
+    // A whole network has no metadata to update.
+    let out = edgeclass(&[
+        "eval",
+        held_out.to_str().expect("utf-8"),
+        "--weights",
+        weights.to_str().expect("utf-8"),
+        "--update-model",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("needs a head file"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -63,6 +63,13 @@ fn parse_probability(text: &str) -> Result<f64, String> {
 /// skipped and counted; the command fails if none is readable.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let classifier = Classifier::load(&args.weights, args.backbone.as_deref(), &args.inference)?;
+    if args.update_model && classifier.head.is_none() {
+        bail!(
+            "--update-model needs a head file as --weights; {} is a whole network (use \
+             --write-thresholds for the config)",
+            args.weights.display()
+        );
+    }
     let folders = match &classifier.head {
         Some(head) => named_class_folders(&args.data, head.classes())?,
         None => imagenet_class_folders(&args.data)?,
@@ -102,8 +109,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let classes: Vec<_> = folders.into_iter().map(|(class, _)| class).collect();
     let evaluation = Evaluation::new(&samples, classes.clone(), args.target_precision);
-    if args.update_model {
-        update_head(&args, &classifier, &evaluation, samples, classes)?;
+    if let (true, Some(head)) = (args.update_model, &classifier.head) {
+        update_head(&args, head, &evaluation, samples, classes)?;
     }
 
     if let Some(path) = &args.report {
@@ -133,18 +140,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// per-class thresholds recommended on the calibrated scores, in the head file.
 fn update_head(
     args: &Args,
-    classifier: &Classifier,
+    head: &crate::model::Head,
     evaluation: &Evaluation,
     mut samples: Vec<Sample>,
     classes: Vec<crate::evaluate::LabelledClass>,
 ) -> anyhow::Result<()> {
-    let Some(head) = &classifier.head else {
-        bail!(
-            "--update-model needs a head file as --weights; {} is a whole network (use \
-             --write-thresholds for the config)",
-            args.weights.display()
-        );
-    };
     let mut head = head.clone();
     let fitted = evaluation.calibration.temperature;
     head.set_temperature(head.temperature() * fitted as f32)
