@@ -2,6 +2,8 @@
 //! noise and position. ImageNet weights are not available offline, so heads are trained on
 //! the seeded backbone with a task it can learn, built here.
 
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
 use image::{Rgb, RgbImage};
 
 /// How much a set of scenes varies.
