@@ -381,3 +381,65 @@ fn unknown_class_folder_is_an_error_naming_it() {
         "{stderr}"
     );
 }
+
+/// `--update-model` on a GGUF network stores the fitted temperature, which then divides its
+/// logits; a safetensors file cannot store one and says so.
+#[test]
+fn update_model_stores_the_fitted_temperature_in_a_gguf_network() {
+    let set = labelled_set();
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny-q8_0.gguf");
+    let out = edgeclass(&[
+        "quantize",
+        "--input",
+        tiny().to_str().unwrap(),
+        "--output",
+        gguf.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let data = set.dir.path().to_str().unwrap();
+    let out = edgeclass(&[
+        "eval",
+        data,
+        "--weights",
+        gguf.to_str().unwrap(),
+        "--json",
+        "--update-model",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let evaluation: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fitted = evaluation["calibration"]["temperature"].as_f64().unwrap();
+    assert!(
+        (fitted - 1.0).abs() > 0.01,
+        "a temperature of {fitted} proves nothing"
+    );
+    let model = Model::load(&gguf, Precision::Q8_0, 1).unwrap();
+    assert!(
+        (f64::from(model.temperature()) - fitted).abs() < 1e-3,
+        "{fitted}"
+    );
+    assert!(text(&out.stderr).contains("stored temperature"));
+
+    // Evaluated again, the stored temperature is already applied: little left to fit.
+    let again = edgeclass(&["eval", data, "--weights", gguf.to_str().unwrap(), "--json"]);
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
+    let refit = again["calibration"]["temperature"].as_f64().unwrap();
+    assert!(
+        (refit - 1.0).abs() < 0.05,
+        "refit {refit} after storing {fitted}"
+    );
+
+    let out = edgeclass(&[
+        "eval",
+        data,
+        "--weights",
+        tiny().to_str().unwrap(),
+        "--update-model",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("only a GGUF file"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -108,3 +108,37 @@ fn features_are_what_fc_classifies() {
         }
     }
 }
+
+/// A fitted temperature is stored in the GGUF file and divides the logits; the weights are
+/// rewritten exactly as they were stored, and a safetensors file is refused.
+#[test]
+fn temperature_is_stored_in_the_file_and_divides_the_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resnet18-q8_0.gguf");
+    write_gguf(&Network::synthetic(SEED), StorageDtype::Q8_0, &path).unwrap();
+    let input = synthetic_input(SEED, 224);
+    let before = logits(&Model::load(&path, Precision::Q8_0, 2).unwrap(), &input);
+    assert_eq!(
+        edgeclass::model::scale_temperature(&path, 2.0).unwrap(),
+        2.0
+    );
+    assert_eq!(
+        edgeclass::model::scale_temperature(&path, 1.5).unwrap(),
+        3.0
+    );
+    let model = Model::load(&path, Precision::Q8_0, 2).unwrap();
+    assert_eq!(model.temperature(), 3.0);
+    let after = logits(&model, &input);
+    for (b, a) in before.iter().zip(&after) {
+        assert!(
+            (b / 3.0 - a).abs() <= 1e-6 * b.abs().max(1.0),
+            "{b} / 3 vs {a}"
+        );
+    }
+    assert_eq!(Network::load(&path).unwrap().temperature(), 3.0);
+
+    let safetensors = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/model_tiny_resnet18.safetensors");
+    let err = edgeclass::model::scale_temperature(&safetensors, 2.0).unwrap_err();
+    assert!(err.to_string().contains("only a GGUF file"), "{err}");
+}

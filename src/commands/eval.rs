@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 use crate::dataset::{imagenet_class_folders, images_in, named_class_folders};
 use crate::evaluate::{report, Evaluation, Sample};
+use crate::model::scale_temperature;
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
 use super::classifier::{Buffers, Classifier};
@@ -40,9 +41,10 @@ pub struct Args {
     /// Recommend the lowest global and per-class thresholds whose covered accuracy reaches P.
     #[arg(long, value_name = "P", value_parser = parse_probability)]
     pub target_precision: Option<f64>,
-    /// With a head file as `--weights`: store the fitted temperature in it (so its scores mean
-    /// what they say) and, with --target-precision, the thresholds recommended on the
-    /// calibrated scores; the daemon uses them on its next reload.
+    /// Store the fitted temperature in the model file (a head or a GGUF network), so its
+    /// scores mean what they say; thresholds are then recommended on the calibrated scores
+    /// (a head stores them too, with --target-precision). The daemon applies a head's on
+    /// reload, a network's on restart.
     #[arg(long)]
     pub update_model: bool,
     /// Write the recommended thresholds as a `[postprocess]` TOML snippet (needs
@@ -63,13 +65,6 @@ fn parse_probability(text: &str) -> Result<f64, String> {
 /// skipped and counted; the command fails if none is readable.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let classifier = Classifier::load(&args.weights, args.backbone.as_deref(), &args.inference)?;
-    if args.update_model && classifier.head.is_none() {
-        bail!(
-            "--update-model needs a head file as --weights; {} is a whole network (use \
-             --write-thresholds for the config)",
-            args.weights.display()
-        );
-    }
     let folders = match &classifier.head {
         Some(head) => named_class_folders(&args.data, head.classes())?,
         None => imagenet_class_folders(&args.data)?,
@@ -109,16 +104,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let classes: Vec<_> = folders.into_iter().map(|(class, _)| class).collect();
     let evaluation = Evaluation::new(&samples, classes.clone(), args.target_precision);
-    if let (true, Some(head)) = (args.update_model, &classifier.head) {
-        update_head(&args, head, &evaluation, samples, classes)?;
-    }
+    // Once the temperature is stored, scores are calibrated: recommend thresholds on those.
+    let recommending = if args.update_model {
+        let fitted = evaluation.calibration.temperature as f32;
+        for sample in &mut samples {
+            sample.logits.iter_mut().for_each(|l| *l /= fitted);
+        }
+        let calibrated = Evaluation::new(&samples, classes, args.target_precision);
+        update_model(&args, &classifier, fitted, &calibrated)?;
+        calibrated
+    } else {
+        evaluation.clone()
+    };
 
     if let Some(path) = &args.report {
         let title = args.data.display().to_string();
         std::fs::write(path, report::html(&evaluation, &title))
             .with_context(|| format!("writing report {}", path.display()))?;
     }
-    if let (Some(path), Some(toml)) = (&args.write_thresholds, evaluation.thresholds_toml()) {
+    if let (Some(path), Some(toml)) = (&args.write_thresholds, recommending.thresholds_toml()) {
         std::fs::write(path, toml)
             .with_context(|| format!("writing thresholds {}", path.display()))?;
     }
@@ -136,25 +140,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stores the fitted temperature (on top of the head's own) and, with a target precision, the
-/// per-class thresholds recommended on the calibrated scores, in the head file.
-fn update_head(
+/// Stores the fitted temperature (on top of the model's own) in the model file, and for a
+/// head, with a target precision, the per-class thresholds recommended on the calibrated
+/// scores. A whole network's thresholds go to the config (`--write-thresholds`).
+fn update_model(
     args: &Args,
-    head: &crate::model::Head,
-    evaluation: &Evaluation,
-    mut samples: Vec<Sample>,
-    classes: Vec<crate::evaluate::LabelledClass>,
+    classifier: &Classifier,
+    fitted: f32,
+    calibrated: &Evaluation,
 ) -> anyhow::Result<()> {
+    let Some(head) = &classifier.head else {
+        let temperature = scale_temperature(&args.weights, fitted)?;
+        eprintln!(
+            "edgeclass: stored temperature {temperature:.3} in {}",
+            args.weights.display()
+        );
+        return Ok(());
+    };
     let mut head = head.clone();
-    let fitted = evaluation.calibration.temperature;
-    head.set_temperature(head.temperature() * fitted as f32)
+    head.set_temperature(head.temperature() * fitted)
         .map_err(anyhow::Error::msg)?;
     let mut what = format!("temperature {:.3}", head.temperature());
     if args.target_precision.is_some() {
-        for sample in &mut samples {
-            sample.logits.iter_mut().for_each(|l| *l /= fitted as f32);
-        }
-        let calibrated = Evaluation::new(&samples, classes, args.target_precision);
         let floor = crate::train::MIN_RECOMMENDED_THRESHOLD;
         // In the head's class order; a class without a folder here keeps its threshold.
         let mut thresholds = head

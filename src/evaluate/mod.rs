@@ -8,8 +8,10 @@
 //! - [`Evaluation::thresholds_toml`]: the recommended thresholds in the config's
 //!   `[postprocess]` form.
 //!
-//! Scores are the model's raw softmax, as the daemon thresholds them; the fitted temperature is
-//! reported (with the calibration error it would give) but not applied to the thresholds.
+//! Scores are the model's softmax as the daemon thresholds them (divided by any temperature
+//! the model file stores). The fitted temperature is reported with the calibration error it
+//! gives; `edgeclass eval --update-model` stores it in the model file, and then recommends
+//! thresholds on the calibrated scores.
 
 pub mod metrics;
 pub mod report;

@@ -26,7 +26,7 @@ use crate::sysexits::Sysexit;
 pub use calibration::ActivationRanges;
 pub use config::{default_weights_path, ModelConfig};
 pub use head::{is_head_file, BackboneRef, Dense, Head, HEAD_ARCHITECTURE};
-pub use quantize::{quantize_file, write_gguf, StorageDtype};
+pub use quantize::{quantize_file, scale_temperature, write_gguf, StorageDtype};
 pub use weights::Network;
 pub(crate) use weights::SplitMix;
 
@@ -275,6 +275,8 @@ pub struct Model {
     input_size: usize,
     num_classes: usize,
     feature_len: usize,
+    /// [`Network::temperature`]: divides the logits.
+    temperature: f32,
     /// [`Network::backbone_fingerprint`]: which trained heads can run on this backbone.
     fingerprint: String,
     /// Where the weights came from, for error messages.
@@ -338,6 +340,7 @@ impl Model {
         let pool = thread_pool(threads)?;
         let (input_size, num_classes) = (network.input_size, network.num_classes());
         let feature_len = network.layers.fc.geometry.in_channels;
+        let temperature = network.temperature;
         let fingerprint = network.backbone_fingerprint();
         let engine = Engine::new(&network, precision)?;
         engine.prepare(&pool);
@@ -347,6 +350,7 @@ impl Model {
             input_size,
             num_classes,
             feature_len,
+            temperature,
             fingerprint,
             source,
             pool,
@@ -355,10 +359,9 @@ impl Model {
 
     /// Runs the network on one normalized image, `1x3xSxS` NCHW with `S = input_size()`, and
     /// writes `num_classes()` logits into `logits` (reusing its allocation).
+    /// The logits are divided by the file's temperature, if it stores one.
     pub fn forward(&self, input_nchw: &[f32], logits: &mut Vec<f32>) -> Result<(), ModelError> {
-        self.check_input(input_nchw)?;
-        self.engine
-            .forward(&self.pool, input_nchw, self.input_size, logits, None)
+        self.run(input_nchw, logits, None)
     }
 
     /// Like [`Model::forward`], also writing the backbone's pooled features (the
@@ -370,14 +373,22 @@ impl Model {
         logits: &mut Vec<f32>,
         features: &mut Vec<f32>,
     ) -> Result<(), ModelError> {
+        self.run(input_nchw, logits, Some(features))
+    }
+
+    fn run(
+        &self,
+        input_nchw: &[f32],
+        logits: &mut Vec<f32>,
+        features: Option<&mut Vec<f32>>,
+    ) -> Result<(), ModelError> {
         self.check_input(input_nchw)?;
-        self.engine.forward(
-            &self.pool,
-            input_nchw,
-            self.input_size,
-            logits,
-            Some(features),
-        )
+        self.engine
+            .forward(&self.pool, input_nchw, self.input_size, logits, features)?;
+        if self.temperature != 1.0 {
+            logits.iter_mut().for_each(|l| *l /= self.temperature);
+        }
+        Ok(())
     }
 
     /// Like [`Model::forward`], also returning the time spent in each layer (stem, each
@@ -419,6 +430,11 @@ impl Model {
     /// ResNet-18).
     pub fn feature_len(&self) -> usize {
         self.feature_len
+    }
+
+    /// What the logits are divided by (temperature scaling; 1 = none).
+    pub fn temperature(&self) -> f32 {
+        self.temperature
     }
 
     /// The backbone's [`Network::backbone_fingerprint`].

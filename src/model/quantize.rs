@@ -14,7 +14,9 @@ use std::str::FromStr;
 use candle_core::quantized::{gguf_file, GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 
-use super::weights::{Layer, PerChannel, GGML_BLOCK, GGUF_ARCHITECTURE};
+use super::weights::{
+    Layer, LayerWeights, PerChannel, GGML_BLOCK, GGUF_ARCHITECTURE, TEMPERATURE_KEY,
+};
 use super::{ModelError, Network, WeightBits};
 
 /// How `quantize` stores weight matrices (biases are always F32).
@@ -131,6 +133,10 @@ pub fn write_gguf(
             ),
         ),
     ];
+    let mut metadata = metadata.to_vec();
+    if network.temperature != 1.0 {
+        metadata.push((TEMPERATURE_KEY, gguf_file::Value::F32(network.temperature)));
+    }
     let calibration = network
         .activations
         .as_ref()
@@ -244,4 +250,37 @@ fn encode_blocks(q: &PerChannel, cols: usize) -> (GgmlDType, Vec<u8>) {
         }
     }
     (ggml, bytes)
+}
+
+/// Multiplies the temperature stored in the GGUF network at `path` by `factor` (temperature
+/// scaling fitted by `eval --update-model`) and rewrites the file atomically, its weights
+/// stored as before. Returns the new temperature. A safetensors file has nowhere to keep it.
+pub fn scale_temperature(path: &Path, factor: f32) -> Result<f32, ModelError> {
+    let malformed = |reason: String| ModelError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .map_err(|source| ModelError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if &magic != b"GGUF" {
+        return Err(malformed(
+            "only a GGUF file can store a temperature: write one with `edgeclass quantize`".into(),
+        ));
+    }
+    let mut network = Network::load(path)?;
+    // The first block's weights tell how the file stores them (the stem is always F32 rows).
+    let dtype = match &network.layers.blocks.first().map(|b| &b.conv1.weights) {
+        Some(LayerWeights::Quantized(q)) if q.bits == WeightBits::Four => StorageDtype::Q4_0,
+        Some(LayerWeights::Quantized(_)) => StorageDtype::Q8_0,
+        _ => StorageDtype::F16,
+    };
+    let temperature = network.temperature * factor;
+    network.set_temperature(temperature).map_err(malformed)?;
+    write_gguf(&network, dtype, path)?;
+    Ok(temperature)
 }

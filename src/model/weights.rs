@@ -19,6 +19,8 @@ const BN_EPS: f32 = 1e-5;
 pub(crate) const FULL_WIDTHS: [usize; 4] = [64, 128, 256, 512];
 /// `general.architecture` of edgeclass GGUF files.
 pub(crate) const GGUF_ARCHITECTURE: &str = "resnet18";
+/// GGUF metadata key of the temperature the logits are divided by (absent: 1).
+pub(crate) const TEMPERATURE_KEY: &str = "edgeclass.temperature";
 /// GGML block length of Q8_0 and Q4_0.
 pub(crate) const GGML_BLOCK: usize = 32;
 
@@ -228,6 +230,8 @@ pub struct Network {
     pub(crate) input_size: usize,
     /// Calibrated activation ranges (GGUF files written with `--calibrate`).
     pub(crate) activations: Option<ActivationRanges>,
+    /// The logits are divided by it (temperature scaling fitted by `eval --update-model`).
+    pub(crate) temperature: f32,
 }
 
 impl Network {
@@ -239,6 +243,23 @@ impl Network {
     /// Side of the square input image.
     pub fn input_size(&self) -> usize {
         self.input_size
+    }
+
+    /// What the logits are divided by: 1 unless `eval --update-model` fitted a temperature.
+    pub fn temperature(&self) -> f32 {
+        self.temperature
+    }
+
+    /// Sets the temperature the logits are divided by; it must be finite and positive.
+    pub fn set_temperature(&mut self, temperature: f32) -> Result<(), String> {
+        if temperature.is_finite() && temperature > 0.0 {
+            self.temperature = temperature;
+            Ok(())
+        } else {
+            Err(format!(
+                "temperature {temperature} is not a positive number"
+            ))
+        }
     }
 
     /// The calibrated activation ranges, if any.
@@ -318,6 +339,7 @@ impl Network {
             widths: FULL_WIDTHS,
             input_size: DEFAULT_INPUT_SIZE,
             activations: None,
+            temperature: 1.0,
         }
     }
 }
@@ -418,6 +440,11 @@ trait TensorReader {
         Ok(DEFAULT_INPUT_SIZE)
     }
 
+    /// The temperature the logits are divided by (only GGUF stores one).
+    fn temperature(&self) -> Result<f32, ModelError> {
+        Ok(1.0)
+    }
+
     /// Calibrated activation ranges, if the file has them (only GGUF can).
     fn activation_ranges(
         &self,
@@ -448,6 +475,7 @@ fn load_layers(reader: &dyn TensorReader) -> Result<Network, ModelError> {
         widths,
         input_size: reader.input_size()?,
         activations,
+        temperature: reader.temperature()?,
     })
 }
 
@@ -748,6 +776,19 @@ impl TensorReader for GgufReader<'_> {
             _ => Err(ModelError::Malformed {
                 path: self.path.clone(),
                 reason: format!("resnet18.input_size is {value:?}, expected 32..=4096 pixels"),
+            }),
+        }
+    }
+
+    fn temperature(&self) -> Result<f32, ModelError> {
+        let Some(value) = self.content.metadata.get(TEMPERATURE_KEY) else {
+            return Ok(1.0);
+        };
+        match value.to_f32() {
+            Ok(t) if t.is_finite() && t > 0.0 => Ok(t),
+            _ => Err(ModelError::Malformed {
+                path: self.path.clone(),
+                reason: format!("{TEMPERATURE_KEY} is {value:?}, expected a positive number"),
             }),
         }
     }
