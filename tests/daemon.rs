@@ -551,6 +551,14 @@ fn config_errors_name_the_key_and_file_and_exit_78() {
         "{err}"
     );
 
+    // The embedded broker has no authentication: not on the network unless said so.
+    let (code, err, _) = check(
+        &format!("[mqtt]\nembedded_listen = \"0.0.0.0:1883\"\n{camera}"),
+        &[],
+    );
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("embedded_allow_anonymous"), "{err}");
+
     // A label file that does not exist: named once, with the OS reason once.
     let (code, err, _) = check(
         &format!("[postprocess]\ngroups = \"/nonexistent/groups.toml\"\n{camera}"),

@@ -44,6 +44,9 @@ pub struct MqttConfig {
     pub reconnect_max_ms: u64,
     /// Where the embedded broker listens when `url` is absent.
     pub embedded_listen: SocketAddr,
+    /// The embedded broker has no authentication: listening beyond loopback needs this set,
+    /// to say that anyone on the network may read and publish.
+    pub embedded_allow_anonymous: bool,
     /// JPEG snapshots of classified frames.
     pub snapshot: SnapshotConfig,
     /// Home Assistant MQTT discovery.
@@ -95,6 +98,7 @@ impl Default for MqttConfig {
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
             embedded_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
+            embedded_allow_anonymous: false,
             snapshot: SnapshotConfig::default(),
             discovery: DiscoveryConfig::default(),
         }
@@ -190,6 +194,18 @@ impl MqttConfig {
             if set && !tls {
                 return Err(invalid(key, "only used with an mqtts:// url"));
             }
+        }
+        let exposed = !self.embedded_listen.ip().is_loopback();
+        if self.url.is_none() && exposed && !self.embedded_allow_anonymous {
+            return Err(invalid(
+                "mqtt.embedded_listen",
+                format!(
+                    "the embedded broker has no authentication, so {} would let anyone on the \
+                     network read and publish; keep 127.0.0.1, use your own broker (`url`), or \
+                     set mqtt.embedded_allow_anonymous = true",
+                    self.embedded_listen
+                ),
+            ));
         }
         if self.queue_limit == 0 {
             return Err(invalid("mqtt.queue_limit", "must be at least 1"));
@@ -429,6 +445,27 @@ mod tests {
         assert!(cfg.endpoint().unwrap().tls);
         assert_eq!(cfg.node_id(), "garage_pi");
         assert_eq!(cfg.client_id(), "cam-pi");
+    }
+
+    #[test]
+    fn an_exposed_embedded_broker_needs_allow_anonymous() {
+        let cfg = parse("embedded_listen = \"0.0.0.0:1883\"");
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("mqtt.embedded_listen") && err.contains("embedded_allow_anonymous"),
+            "{err}"
+        );
+        let cfg = parse("embedded_listen = \"0.0.0.0:1883\"\nembedded_allow_anonymous = true");
+        cfg.validate().unwrap();
+        for loopback in ["127.0.0.1:1883", "[::1]:1883"] {
+            parse(&format!("embedded_listen = \"{loopback}\""))
+                .validate()
+                .unwrap();
+        }
+        // With a broker of its own, the embedded one does not run.
+        parse("url = \"mqtt://broker.lan\"\nembedded_listen = \"0.0.0.0:1883\"")
+            .validate()
+            .unwrap();
     }
 
     #[test]
