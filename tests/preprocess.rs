@@ -426,6 +426,8 @@ fn bad_frames_give_errors_naming_origin() {
     let jpeg = std::fs::read(fixture("preprocess_coffee.jpg")).unwrap();
     let mut corrupt_jpeg = jpeg[..2].to_vec();
     corrupt_jpeg.extend((0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    // Ends like a whole JPEG, so the decoder (not the cut-off check) has to refuse it.
+    corrupt_jpeg.extend_from_slice(&[0xFF, 0xD9]);
     // A header claiming 65000x65000 pixels (12 GB of RGB) must be refused, not allocated.
     let mut huge = jpeg.clone();
     let frame_header = huge.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
@@ -700,4 +702,35 @@ fn report_decode_and_transform_cost() {
 
 fn frame_from(format: PixelFormat, image: &RgbImage, data: Vec<u8>) -> Frame {
     frame(format, image.width(), image.height(), data, "camera")
+}
+
+/// A cut-off JPEG (USB cameras drop the end of frames) is an error naming its origin, not a
+/// frame classified half grey; zero padding after the end marker is fine.
+#[test]
+fn cut_off_jpegs_are_refused_and_padded_ones_decode() {
+    let jpeg = encode_jpeg(&sample_image(), 90);
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+    for format in [PixelFormat::Mjpeg, PixelFormat::Encoded] {
+        let (width, height) = (sample_image().width(), sample_image().height());
+        let cut = frame(
+            format,
+            width,
+            height,
+            jpeg[..jpeg.len() * 2 / 3].to_vec(),
+            "cam0",
+        );
+        let (message, code) = failure(&mut preprocessor, &cut);
+        assert!(
+            message.contains("JPEG from cam0 is cut off") && message.contains("end-of-image"),
+            "{message}"
+        );
+        assert_eq!(code, Sysexit::DataErr);
+        // The image crate alone decodes the cut frame without a word: the check is ours.
+        assert!(image::load_from_memory(&cut.data).is_ok());
+
+        let mut padded = jpeg.clone();
+        padded.extend_from_slice(&[0; 64]);
+        let padded = frame(format, width, height, padded, "cam0");
+        assert!(preprocessor.run(&padded).is_ok(), "{format:?}");
+    }
 }

@@ -38,6 +38,9 @@ impl FrameDecoder {
             format: frame.format,
             source,
         };
+        if matches!(frame.format, PixelFormat::Mjpeg | PixelFormat::Encoded) {
+            check_jpeg_end(frame)?;
+        }
         match frame.format {
             PixelFormat::Rgb24 => {
                 check_raw_size(frame, 3, 1)?;
@@ -70,6 +73,27 @@ impl FrameDecoder {
             }
         }
         Ok((width, height))
+    }
+}
+
+/// A JPEG must end with its end-of-image marker (`FF D9`; cameras may pad zeros after it):
+/// the decoder would fill a cut-off frame's missing part with grey and classify it silently.
+fn check_jpeg_end(frame: &Frame) -> Result<(), PreprocessError> {
+    let data = &frame.data;
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        return Ok(());
+    }
+    let end = data
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1);
+    if data[..end].ends_with(&[0xFF, 0xD9]) {
+        Ok(())
+    } else {
+        Err(PreprocessError::Truncated {
+            origin: frame.origin.clone(),
+            bytes: data.len(),
+        })
     }
 }
 

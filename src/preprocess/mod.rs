@@ -130,6 +130,17 @@ pub enum PreprocessError {
         /// The frame's declared height in pixels (0 for encoded files).
         height: u32,
     },
+    /// A JPEG frame or file without its end-of-image marker: cut off by the camera or on its way.
+    #[error(
+        "JPEG from {origin} is cut off ({bytes} bytes, no end-of-image marker): skipped rather \
+         than classified half grey"
+    )]
+    Truncated {
+        /// Where the frame came from ([`Frame::origin`]).
+        origin: String,
+        /// Bytes it has.
+        bytes: usize,
+    },
     /// A raw frame whose byte count does not match its format and dimensions.
     #[error(
         "frame from {origin} has {actual} bytes, but {} at {width}x{height} needs {expected}",
