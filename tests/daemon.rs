@@ -64,6 +64,40 @@ impl Daemon {
         Daemon { child, dir }
     }
 
+    /// Starts the daemon as if on another machine named `host`, as the shipped unit runs it:
+    /// in its own UTS, mount and pid namespaces (a user namespace, so no root is needed) with
+    /// `/proc` mounted `subset=pid` (`ProcSubset=pid`: no `/proc/sys`).
+    fn start_on_host(config: &str, host: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("edgeclass.toml");
+        fs::write(&file, config).expect("write config");
+        let child = Command::new("unshare")
+            .args([
+                "--user",
+                "--map-root-user",
+                "--uts",
+                "--mount",
+                "--pid",
+                "--fork",
+            ])
+            .arg("--kill-child")
+            .args(["sh", "-c"])
+            .arg(
+                "hostname \"$2\" && mount -t proc -o subset=pid proc /proc && \
+                 exec \"$0\" run --config \"$1\"",
+            )
+            .arg(env!("CARGO_BIN_EXE_edgeclass"))
+            .arg(&file)
+            .arg(host)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.path().join("stdout")).expect("stdout file"))
+            .stderr(fs::File::create(dir.path().join("stderr")).expect("stderr file"))
+            .spawn()
+            .expect("spawn unshare (util-linux)");
+        Daemon { child, dir }
+    }
+
     fn config_file(&self) -> PathBuf {
         self.dir.path().join("edgeclass.toml")
     }
@@ -1246,4 +1280,65 @@ fn a_head_trained_by_edgeclass_train_runs_in_the_daemon() {
     assert!(sub.wait_for_topic("edgeclass/door/event", WAIT).is_some());
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+}
+
+/// Two Pis on one broker. Under the shipped unit (`ProcSubset=pid`) `/proc/sys` does not exist,
+/// so the host name comes from gethostname(2): daemons on hosts `pi-a` and `pi-b` get their own
+/// MQTT client ids and Home Assistant node ids, and stay connected side by side instead of
+/// taking the broker session from each other in a loop.
+#[test]
+fn two_hosts_on_one_broker_stay_connected_side_by_side() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/+/event", "homeassistant/#"]);
+    let extra = "[cameras.motion]\nenabled = false\n[publish_policy]\nmode = \"every\"\n";
+    let on_host = |host: &str, camera: &str| {
+        let cfg = config(&broker.url(), &sample("chelsea.jpg"), extra)
+            .replace("node_id = \"testnode\"\n", "")
+            .replace("id = \"door\"", &format!("id = \"{camera}\""));
+        Daemon::start_on_host(&cfg, host)
+    };
+    let daemons = [on_host("pi-a", "door_a"), on_host("pi-b", "door_b")];
+
+    // Ten events from each: both publish at once, for a second or more.
+    let mut seqs = std::collections::BTreeMap::<String, u64>::new();
+    let mut discovered = BTreeSet::new();
+    let both_going = poll_until(WAIT, || {
+        for message in sub.drain_pending() {
+            if message.topic.starts_with("homeassistant/") {
+                if let Some(node) = message.json()["device"]["identifiers"][0].as_str() {
+                    discovered.insert(node.to_string());
+                }
+            } else {
+                let event = message.json();
+                let camera = event["camera"].as_str().unwrap_or_default().to_string();
+                let seq = event["seq"].as_u64().unwrap_or(0);
+                seqs.entry(camera)
+                    .and_modify(|s| *s = (*s).max(seq))
+                    .or_insert(seq);
+            }
+        }
+        seqs.len() == 2 && seqs.values().all(|&s| s >= 10)
+    });
+    let stderrs: Vec<String> = daemons.iter().map(Daemon::stderr).collect();
+    assert!(
+        both_going,
+        "events so far: {seqs:?}\n{}",
+        stderrs.join("\n---\n")
+    );
+    assert!(
+        discovered.iter().any(|n| n.contains("pi_a"))
+            && discovered.iter().any(|n| n.contains("pi_b")),
+        "Home Assistant devices: {discovered:?}"
+    );
+    for stderr in &stderrs {
+        assert_eq!(
+            stderr.matches("connected to MQTT broker").count(),
+            1,
+            "one connection, kept:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("connection to"),
+            "a connection was lost:\n{stderr}"
+        );
+    }
 }
