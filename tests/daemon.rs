@@ -738,7 +738,11 @@ fn first_start_fetches_verifies_and_quantizes_a_missing_model() {
             model.display()
         ),
     );
-    let daemon = Daemon::start(&cfg);
+    // As under systemd: the download must push the start timeout out before READY=1.
+    let socket_path = models.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    let socket_env = socket_path.display().to_string();
+    let daemon = Daemon::start_with_env(&cfg, &[("NOTIFY_SOCKET", &socket_env)]);
     let event = sub.wait_for_topic("edgeclass/door/event", WAIT);
     let _ = server.kill();
     let _ = server.wait();
@@ -748,6 +752,21 @@ fn first_start_fetches_verifies_and_quantizes_a_missing_model() {
     // The downloaded reference network, quantized at first start, sees the tabby cat.
     assert_eq!(event["top3"][0]["index"], 281, "{event}");
     assert_eq!(&fs::read(&model).expect("cached model")[..4], b"GGUF");
+
+    socket.set_nonblocking(true).expect("non-blocking");
+    let mut notices = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = socket.recv(&mut buf) {
+        notices.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let extended = notices
+        .iter()
+        .position(|m| m.contains("EXTEND_TIMEOUT_USEC=60000000"));
+    let ready = notices.iter().position(|m| m.contains("READY=1"));
+    assert!(
+        extended.is_some() && extended < ready,
+        "the start timeout must be extended before READY=1: {notices:?}"
+    );
 }
 
 /// Every entry of `dir`, sorted, hidden ones too (no temporary file may be left behind); none

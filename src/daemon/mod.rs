@@ -52,7 +52,10 @@ pub fn run(config_file: &Path) -> anyhow::Result<()> {
         config_file.display()
     );
 
-    let model = Arc::new(crate::model::install::load_configured(&config.model)?);
+    let model = Arc::new(service::while_starting(
+        "loading the model (downloading it on first start)",
+        || crate::model::install::load_configured(&config.model),
+    )?);
     log::info!(
         "model {} loaded ({} classes)",
         model.description(),

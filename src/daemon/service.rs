@@ -108,6 +108,36 @@ fn notify(state: &[NotifyState]) {
     }
 }
 
+/// How far each notice pushes systemd's start timeout out, and how often one is sent while
+/// starting: a first start downloads the model (47 MB), far longer than `TimeoutStartSec` on
+/// a slow link, and a killed start would begin the download again.
+const START_EXTENSION: Duration = Duration::from_secs(60);
+const START_EXTENSION_EVERY: Duration = Duration::from_secs(20);
+
+/// Runs `work` (loading or downloading the model) while telling systemd, every
+/// [`START_EXTENSION_EVERY`], to extend its start timeout by [`START_EXTENSION`], with
+/// `status` for `systemctl status`. Outside systemd this just runs `work`.
+pub fn while_starting<T>(status: &str, work: impl FnOnce() -> T) -> T {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || loop {
+            let usec = START_EXTENSION.as_micros().try_into().unwrap_or(u32::MAX);
+            notify(&[
+                NotifyState::ExtendTimeoutUsec(usec),
+                NotifyState::Status(status),
+            ]);
+            match wait.recv_timeout(START_EXTENSION_EVERY) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                _ => break,
+            }
+        });
+        let result = work();
+        // Ends the notices; a send error means the thread is already gone.
+        let _ = done.send(());
+        result
+    })
+}
+
 /// Tells systemd it is ready, with `status` for `systemctl status`.
 pub fn ready(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
