@@ -56,6 +56,9 @@ struct Reply {
     body: Vec<u8>,
     /// `Content-Length` to announce; `None` announces none (the body ends at connection close).
     content_length: Option<usize>,
+    /// Honour `Range: bytes=N-` (206 with the rest); without one, drop the connection after
+    /// this many bytes (a flaky link).
+    resumable_cut_at: Option<usize>,
 }
 
 impl Reply {
@@ -65,6 +68,7 @@ impl Reply {
             headers: Vec::new(),
             content_length: Some(body.len()),
             body,
+            resumable_cut_at: None,
         }
     }
 
@@ -74,6 +78,7 @@ impl Reply {
             headers: vec![format!("Location: {location}")],
             body: Vec::new(),
             content_length: Some(0),
+            resumable_cut_at: None,
         }
     }
 }
@@ -144,7 +149,15 @@ fn serve_one(stream: TcpStream, routes: &HashMap<String, Reply>, requests: &Atom
     }
     // Consume the headers so closing the socket sends FIN, not RST.
     let mut line = String::new();
+    let mut range_start = None;
     while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+        if let Some(spec) = line
+            .trim()
+            .to_ascii_lowercase()
+            .strip_prefix("range: bytes=")
+        {
+            range_start = spec.trim_end_matches('-').parse::<usize>().ok();
+        }
         line.clear();
     }
     requests.fetch_add(1, Ordering::SeqCst);
@@ -154,8 +167,23 @@ fn serve_one(stream: TcpStream, routes: &HashMap<String, Reply>, requests: &Atom
         headers: Vec::new(),
         body: b"Entry not found".to_vec(),
         content_length: Some(15),
+        resumable_cut_at: None,
     };
-    let reply = routes.get(path).unwrap_or(&not_found);
+    let mut reply = routes.get(path).unwrap_or(&not_found).clone();
+    if let Some(cut_at) = reply.resumable_cut_at {
+        let full = reply.body.len();
+        match range_start {
+            Some(start) => {
+                reply.status = "206 Partial Content";
+                reply
+                    .headers
+                    .push(format!("Content-Range: bytes {start}-{}/{full}", full - 1));
+                reply.body = reply.body[start..].to_vec();
+                reply.content_length = Some(reply.body.len());
+            }
+            None => reply.body.truncate(cut_at),
+        }
+    }
     let mut head = format!("HTTP/1.1 {}\r\nConnection: close\r\n", reply.status);
     for header in &reply.headers {
         head.push_str(header);
@@ -316,6 +344,27 @@ fn body_shorter_than_the_expected_size_without_content_length_is_truncated() {
         "{:?}",
         dir_entries(dir.path())
     );
+}
+
+#[test]
+/// A link that drops the connection part-way: the download resumes where it stopped with an
+/// HTTP Range request, and the SHA-256 over both parts verifies the file.
+#[test]
+fn a_dropped_connection_is_resumed_with_a_range_request() {
+    let flaky = Reply {
+        resumable_cut_at: Some(FIXTURE_LEN / 3),
+        ..Reply::ok(fixture())
+    };
+    let server = FixtureServer::start(|_| routes(vec![(FILE_PATH, flaky)]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("model.safetensors");
+
+    download(&source_for(&server), &dest, false).expect("resumed download");
+
+    // Without Range the server would cut every answer at a third: two requests prove resuming.
+    assert_eq!(server.requests(), 2);
+    assert_eq!(std::fs::read(&dest).expect("read dest"), fixture());
+    assert_eq!(dir_entries(dir.path()), ["model.safetensors"]);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -161,6 +161,9 @@ const READ_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// least every `READ_STALL_TIMEOUT`), so they are removed instead of filling the SD card.
 const STALE_PARTIAL_AGE: Duration = Duration::from_secs(10 * 60);
 const PARTIAL_SUFFIX: &str = ".part";
+/// Connections tried per download: one that drops after delivering bytes is resumed from
+/// where it stopped (HTTP Range), up to this many times in all.
+const DOWNLOAD_ATTEMPTS: u32 = 4;
 const COPY_BUFFER_LEN: usize = 64 * 1024;
 
 /// Downloads `source` to `dest` and returns `dest`.
@@ -170,7 +173,9 @@ const COPY_BUFFER_LEN: usize = 64 * 1024;
 /// temporary file is removed. An existing `dest` whose hash already matches is reused without
 /// contacting the server. Redirects (the hub's CDN) are followed. Progress is an indicatif bar on
 /// stderr when `progress` is true and stderr is a terminal, otherwise `info` log lines at 25%
-/// steps. Nothing is resumed: an interrupted download starts over.
+/// steps. A connection that drops after delivering bytes is resumed with an HTTP Range request
+/// (a server that answers with the whole file again starts it over); the SHA-256 covers every
+/// byte either way.
 pub fn download(
     source: &WeightsSource,
     dest: &Path,
@@ -192,57 +197,98 @@ pub fn download(
     remove_stale_partials(dir, &partial_prefix);
 
     let url = source.url();
-    let response = http_agent()
-        .get(&url)
-        .call()
-        .map_err(|source| FetchError::Network {
-            url: url.clone(),
-            source,
-        })?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(FetchError::Http {
-            url,
-            status: status.as_u16(),
-        });
-    }
-    let announced_len = response.body().content_length();
-
     let mut partial = partial_file_builder(&partial_prefix)
         .tempfile_in(dir)
         .map_err(io_error("creating a temporary file in", dir))?;
     let partial_path = partial.path().to_path_buf();
-    let mut reporter = Progress::start(progress, &url, &source.file, announced_len.or(source.size));
-    let copied = copy_hashing(
-        response.into_body().into_reader(),
-        partial.as_file_mut(),
-        &mut reporter,
-    );
-    reporter.finish();
-    let (actual, got) = match copied {
-        Ok(copied) => copied,
-        Err(CopyError::Read(err)) => {
-            let err = ureq::Error::from(err);
-            // ureq reports a connection closed before `Content-Length` bytes as an EOF.
-            let closed_early =
-                matches!(&err, ureq::Error::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof);
-            return Err(match (closed_early, announced_len) {
-                (true, Some(expected_len)) => FetchError::Truncated {
-                    url,
-                    expected_len,
-                    got: reporter.done,
-                },
-                _ => FetchError::Network { url, source: err },
+    let mut reporter = Progress::start(progress, &url, &source.file, source.size);
+    let mut hasher = Sha256::new();
+    let mut announced_len: Option<u64>;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        // After a dropped connection, ask only for the rest (HTTP Range).
+        let offset = reporter.done;
+        let mut request = http_agent().get(&url);
+        if offset > 0 {
+            request = request.header("Range", &format!("bytes={offset}-"));
+        }
+        let response = request.call().map_err(|source| FetchError::Network {
+            url: url.clone(),
+            source,
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FetchError::Http {
+                url,
+                status: status.as_u16(),
             });
         }
-        Err(CopyError::Write(source)) => {
-            return Err(FetchError::Io {
-                action: "writing",
-                path: partial_path,
-                source,
-            })
+        let resumed = offset > 0 && status.as_u16() == 206;
+        if offset > 0 && !resumed {
+            // The server sent the whole file again: start over.
+            let file = partial.as_file_mut();
+            file.set_len(0)
+                .and_then(|()| file.seek(io::SeekFrom::Start(0)).map(drop))
+                .map_err(io_error("truncating", &partial_path))?;
+            hasher = Sha256::new();
+            reporter.rewind();
         }
-    };
+        let base = if resumed { offset } else { 0 };
+        announced_len = response.body().content_length().map(|len| base + len);
+        reporter.set_total(announced_len.or(source.size));
+        let copied = copy_hashing(
+            response.into_body().into_reader(),
+            partial.as_file_mut(),
+            &mut hasher,
+            &mut reporter,
+        );
+        // A connection that delivered bytes and then dropped is worth resuming.
+        let resumable = attempt < DOWNLOAD_ATTEMPTS && reporter.done > offset;
+        match copied {
+            Ok(()) => match announced_len.or(source.size) {
+                // The body ended early without an error (the peer closed the connection).
+                Some(expected) if reporter.done < expected && resumable => {
+                    log::warn!(
+                        "downloading {url} stopped after {} of {expected} bytes; resuming",
+                        reporter.done
+                    );
+                }
+                _ => break,
+            },
+            Err(CopyError::Read(err)) => {
+                let err = ureq::Error::from(err);
+                if resumable {
+                    log::warn!(
+                        "downloading {url} stopped after {} bytes ({err}); resuming",
+                        reporter.done
+                    );
+                    continue;
+                }
+                reporter.finish();
+                // ureq reports a connection closed before `Content-Length` bytes as an EOF.
+                let closed_early =
+                    matches!(&err, ureq::Error::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof);
+                return Err(match (closed_early, announced_len) {
+                    (true, Some(expected_len)) => FetchError::Truncated {
+                        url,
+                        expected_len,
+                        got: reporter.done,
+                    },
+                    _ => FetchError::Network { url, source: err },
+                });
+            }
+            Err(CopyError::Write(source)) => {
+                return Err(FetchError::Io {
+                    action: "writing",
+                    path: partial_path,
+                    source,
+                })
+            }
+        }
+    }
+    reporter.finish();
+    let (actual, got) = (format!("{:x}", hasher.finalize()), reporter.done);
     if let Some(expected_len) = announced_len.or(source.size) {
         if got < expected_len {
             return Err(FetchError::Truncated {
@@ -377,17 +423,17 @@ enum CopyError {
     Write(io::Error),
 }
 
-/// Copies `reader` into `file`, returning the SHA-256 (hex) and the byte count.
+/// Appends `reader` to `file`, hashing and counting what it writes.
 fn copy_hashing(
     mut reader: impl Read,
     file: &mut File,
+    hasher: &mut Sha256,
     progress: &mut Progress,
-) -> Result<(String, u64), CopyError> {
-    let mut hasher = Sha256::new();
+) -> Result<(), CopyError> {
     let mut buffer = vec![0u8; COPY_BUFFER_LEN];
     loop {
         let n = match reader.read(&mut buffer) {
-            Ok(0) => break,
+            Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(CopyError::Read(err)),
@@ -396,7 +442,6 @@ fn copy_hashing(
         file.write_all(&buffer[..n]).map_err(CopyError::Write)?;
         progress.advance(n as u64);
     }
-    Ok((format!("{:x}", hasher.finalize()), progress.done))
 }
 
 /// Download progress: an interactive bar, or log lines at each quarter for journals and pipes.
@@ -461,6 +506,22 @@ impl Progress {
                     *next_quarter += 1;
                 }
             }
+        }
+    }
+
+    /// The size to report progress against, once the server announced it.
+    fn set_total(&mut self, total: Option<u64>) {
+        self.total = total;
+        if let (ProgressDisplay::Bar(bar), Some(total)) = (&self.display, total) {
+            bar.set_length(total);
+        }
+    }
+
+    /// Back to zero: the server restarted the file.
+    fn rewind(&mut self) {
+        self.done = 0;
+        if let ProgressDisplay::Bar(bar) = &self.display {
+            bar.set_position(0);
         }
     }
 
