@@ -346,7 +346,6 @@ fn body_shorter_than_the_expected_size_without_content_length_is_truncated() {
     );
 }
 
-#[test]
 /// A link that drops the connection part-way: the download resumes where it stopped with an
 /// HTTP Range request, and the SHA-256 over both parts verifies the file.
 #[test]
