@@ -111,8 +111,11 @@ fn minimal_camera_gets_documented_defaults() {
         camera.motion,
         MotionConfig {
             enabled: true,
-            threshold: 0.02,
-            max_skip_s: 60
+            cell_threshold: 0.06,
+            min_area: 0.003,
+            mask: Vec::new(),
+            max_skip_s: 60,
+            threshold: None,
         }
     );
     assert_eq!(camera.crop, None);

@@ -59,6 +59,12 @@ impl CropRegion {
         })
     }
 
+    /// Whether the point `(x, y)`, as fractions of the frame, lies inside the region (its left
+    /// and top edges included, its right and bottom edges not).
+    pub fn contains(&self, x: f64, y: f64) -> bool {
+        (self.x..self.x + self.width).contains(&x) && (self.y..self.y + self.height).contains(&y)
+    }
+
     /// The region in pixels of a `width x height` frame. Edges are rounded to the nearest pixel
     /// (so regions that share an edge share it in pixels too) and kept inside the frame; the
     /// rectangle is at least 1x1 unless the frame is empty.
