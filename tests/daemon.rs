@@ -551,6 +551,49 @@ fn config_errors_name_the_key_and_file_and_exit_78() {
         "{err}"
     );
 
+    // The motion gate's keys: ranges, a mask that leaves nothing to watch, and the deprecated
+    // whole-frame threshold, which still loads (with a warning saying what to use).
+    for (motion, key, fragment) in [
+        (
+            "min_area = 0",
+            "cameras[0].motion.min_area",
+            "outside (0, 1]",
+        ),
+        (
+            "cell_threshold = 2",
+            "cameras[0].motion.cell_threshold",
+            "outside (0, 1]",
+        ),
+        (
+            "mask = [[0, 0, 1, 1]]",
+            "cameras[0].motion.mask",
+            "whole watched image",
+        ),
+        (
+            "mask = [[0.5, 0, 0.75, 1]]",
+            "cameras[0].motion.mask",
+            "x + w = 1.25",
+        ),
+    ] {
+        let (code, err, file) = check(&format!("{camera}[cameras.motion]\n{motion}\n"), &[]);
+        assert_eq!(code, Some(78), "{motion}: {err}");
+        assert!(
+            err.contains(key)
+                && err.contains(fragment)
+                && err.contains(&file.display().to_string()),
+            "{motion}: {err}"
+        );
+    }
+    let (code, err, _) = check(
+        &format!("{camera}[cameras.motion]\nthreshold = 0.02\n"),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("cameras[0].motion.threshold is ignored") && err.contains("cell_threshold"),
+        "{err}"
+    );
+
     // A label file that does not exist: named once, with the OS reason once.
     let (code, err, _) = check(
         &format!("[postprocess]\ngroups = \"/nonexistent/groups.toml\"\n{camera}"),
