@@ -344,7 +344,7 @@ fn motion_gate_skips_repeated_frames_and_sends_heartbeats() {
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
     let extra = "[publish_policy]\nmode = \"every\"\nheartbeat_s = 1\n[cameras.motion]\nenabled = true\nmax_skip_s = 0\n";
-    let daemon = Daemon::start(&config(&broker.url(), &sample("chelsea.jpg"), extra));
+    let mut daemon = Daemon::start(&config(&broker.url(), &sample("chelsea.jpg"), extra));
     let first = sub
         .wait_for_topic("edgeclass/door/event", WAIT)
         .unwrap_or_else(|| panic!("no event\n{}", daemon.stderr()))
@@ -386,6 +386,21 @@ fn motion_gate_skips_repeated_frames_and_sends_heartbeats() {
             .all(|gap| *gap <= Duration::from_millis(1750)),
         "heartbeats slower than heartbeat_s = 1: {gaps:?}"
     );
+    // At shutdown the camera says what its gate decided: one frame classified, the rest (one
+    // per 100 ms for over two seconds) skipped.
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.stderr());
+    let stderr = daemon.stderr();
+    let skipped = stderr
+        .lines()
+        .find_map(|line| {
+            let counts = line
+                .split("camera door: motion gate: 1 frames classified, ")
+                .nth(1)?;
+            counts.strip_suffix(" skipped")?.parse::<u64>().ok()
+        })
+        .unwrap_or_else(|| panic!("no gate counts at shutdown\n{stderr}"));
+    assert!(skipped >= 15, "{skipped} frames skipped\n{stderr}");
 }
 
 /// The `seq` of every event among `messages`.
