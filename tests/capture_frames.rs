@@ -214,37 +214,43 @@ fn a_disabled_gate_classifies_everything() {
     assert!(gate.changed(&cat));
 }
 
-/// A static scene should cost almost nothing: report the gate's cost relative to decoding the
-/// JPEG the daemon has to decode anyway (ratio; this machine's timings are noisy), and per frame
-/// at the fixture's and a 1080p camera's size.
+/// The fastest of 10 batches of `rounds` calls of `work`, per call: the least disturbed by other
+/// processes on a shared machine.
+fn fastest_per_call(rounds: u32, mut work: impl FnMut()) -> Duration {
+    (0..10)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..rounds {
+                work();
+            }
+            started.elapsed() / rounds
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+/// A static scene should cost almost nothing: report the gate's cost per frame at the fixture's
+/// and a 1080p camera's size, and relative to decoding the fixture's JPEG, which the daemon has
+/// to do anyway (timings only; this machine's are noisy).
 #[test]
 fn gate_costs_a_small_fraction_of_a_decode() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/chelsea.jpg");
     let bytes = std::fs::read(path).unwrap();
-    let rounds = 50;
-    let started = Instant::now();
-    let mut cat = RgbImage::new(0, 0);
-    for _ in 0..rounds {
-        cat = image::load_from_memory(&bytes).unwrap().to_rgb8();
-    }
-    let decode = started.elapsed();
+    let cat = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    let decode = fastest_per_call(20, || {
+        image::load_from_memory(&bytes).unwrap();
+    });
     let full_hd = image::imageops::resize(&cat, 1920, 1080, image::imageops::FilterType::Nearest);
     for (image, size) in [(&cat, "320x213"), (&full_hd, "1920x1080")] {
         let mut gate = gate();
-        let started = Instant::now();
-        let mut changed = 0;
-        for _ in 0..rounds {
-            changed += usize::from(gate.changed(image));
-        }
-        let gating = started.elapsed();
-        assert_eq!(
-            changed, 1,
-            "only the first of identical frames is classified"
-        );
+        assert!(gate.changed(image));
+        let gating = fastest_per_call(50, || assert!(!gate.changed(image)));
         println!(
-            "motion gate on a {size} frame: {:.1} us per frame; / 320x213 JPEG decode time: {:.4}",
-            gating.as_secs_f64() * 1e6 / f64::from(rounds),
-            gating.as_secs_f64() / decode.as_secs_f64()
+            "motion gate on a {size} frame: {:.1} us per frame, {:.3} of a 320x213 JPEG decode \
+             ({:.1} us)",
+            gating.as_secs_f64() * 1e6,
+            gating.as_secs_f64() / decode.as_secs_f64(),
+            decode.as_secs_f64() * 1e6,
         );
     }
 }

@@ -283,19 +283,23 @@ fn grayscale_thumbnail<const W: usize, const H: usize>(
     out: &mut Luma<W, H>,
 ) {
     grid.fit(rgb.width(), rgb.height());
-    let width = rgb.width() as usize;
+    let stride = rgb.width() as usize * 3;
     let pixels = rgb.as_raw();
     let samples = (SAMPLES_PER_AXIS * SAMPLES_PER_AXIS) as u32;
+    // Row by row, left to right, so each sampled pixel row is read in one sequential pass.
+    let mut sums = [0u32; W];
     for (rows, out_row) in grid.rows.iter().zip(out.iter_mut()) {
-        for (columns, cell) in grid.columns.iter().zip(out_row.iter_mut()) {
-            let mut sum = 0u32;
-            for &y in rows {
+        sums.fill(0);
+        for &y in rows {
+            let line = &pixels[y * stride..(y + 1) * stride];
+            for (columns, sum) in grid.columns.iter().zip(sums.iter_mut()) {
                 for &x in columns {
-                    let at = (y * width + x) * 3;
-                    let (r, g, b) = (pixels[at], pixels[at + 1], pixels[at + 2]);
-                    sum += (77 * u32::from(r) + 150 * u32::from(g) + 29 * u32::from(b)) >> 8;
+                    let (r, g, b) = (line[3 * x], line[3 * x + 1], line[3 * x + 2]);
+                    *sum += (77 * u32::from(r) + 150 * u32::from(g) + 29 * u32::from(b)) >> 8;
                 }
             }
+        }
+        for (cell, sum) in out_row.iter_mut().zip(&sums) {
             *cell = (sum / samples) as u8;
         }
     }
