@@ -111,8 +111,11 @@ fn minimal_camera_gets_documented_defaults() {
         camera.motion,
         MotionConfig {
             enabled: true,
-            threshold: 0.02,
-            max_skip_s: 60
+            cell_threshold: 0.06,
+            min_area: 0.003,
+            mask: Vec::new(),
+            max_skip_s: 60,
+            threshold: None,
         }
     );
     assert_eq!(camera.crop, None);
@@ -147,7 +150,9 @@ crop = [0.25, 0, 0.5, 1]
 
 [cameras.motion]
 enabled = false
-threshold = 0.05
+cell_threshold = 0.1
+min_area = 0.01
+mask = [[0, 0, 0.25, 0.5], [0.75, 0, 0.25, 1]]
 max_skip_s = 0
 
 [cameras.collect]
@@ -173,8 +178,21 @@ timeout_ms = 2000
         (Some(1280), Some(720), Some(10))
     );
     assert_eq!(garage.pixel_format, PixelFormatPreference::Yuyv);
-    assert!(!garage.motion.enabled);
-    assert_eq!(garage.motion.max_skip_s, 0);
+    assert_eq!(
+        garage.motion,
+        MotionConfig {
+            enabled: false,
+            cell_threshold: 0.1,
+            min_area: 0.01,
+            mask: vec![
+                CropRegion::new(0.0, 0.0, 0.25, 0.5).unwrap(),
+                CropRegion::new(0.75, 0.0, 0.25, 1.0).unwrap(),
+            ],
+            max_skip_s: 0,
+            threshold: None,
+        }
+    );
+    assert_eq!(garage.motion.deprecation(), None);
     assert_eq!(
         garage.crop,
         Some(CropRegion::new(0.25, 0.0, 0.5, 1.0).unwrap())
@@ -260,9 +278,19 @@ fn validation_names_the_key() {
             "at least 1",
         ),
         (
-            "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.motion]\nthreshold = 1.5",
-            "cameras[0].motion.threshold",
-            "[0, 1]",
+            "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.motion]\ncell_threshold = 0",
+            "cameras[0].motion.cell_threshold",
+            "(0, 1]",
+        ),
+        (
+            "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.motion]\nmin_area = 1.5",
+            "cameras[0].motion.min_area",
+            "(0, 1]",
+        ),
+        (
+            "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.motion]\nmask = [[0, 0, 0.5, 1], [0.5, 0, 0.5, 1]]",
+            "cameras[0].motion.mask",
+            "whole watched image",
         ),
         (
             "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.collect]\nmin_change = -0.1",
@@ -352,4 +380,27 @@ fn config_errors_exit_with_the_config_code() {
     )
     .unwrap_err();
     assert_eq!(error.sysexit(), edgeclass::sysexits::Sysexit::Config);
+}
+
+/// Configs written for the whole-frame gate still load: `threshold` is kept aside, ignored by
+/// the gate, and reported with what to use instead.
+#[test]
+fn the_old_motion_threshold_loads_with_a_deprecation() {
+    let cameras =
+        parse("[[cameras]]\nid = \"a\"\nsource = \"v4l2:0\"\n[cameras.motion]\nthreshold = 0.02\n")
+            .unwrap();
+    validate_cameras(&cameras).unwrap();
+    let motion = &cameras[0].motion;
+    assert_eq!(motion.threshold, Some(0.02));
+    assert_eq!(
+        motion.cell_threshold,
+        MotionConfig::default().cell_threshold
+    );
+    let deprecation = motion.deprecation().expect("a deprecation");
+    assert!(
+        deprecation.contains("motion.threshold is ignored")
+            && deprecation.contains("motion.cell_threshold")
+            && deprecation.contains("motion.min_area"),
+        "{deprecation}"
+    );
 }

@@ -378,7 +378,7 @@ fn motion_gate_skips_repeated_frames_and_sends_heartbeats() {
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
     let extra = "[publish_policy]\nmode = \"every\"\nheartbeat_s = 1\n[cameras.motion]\nenabled = true\nmax_skip_s = 0\n";
-    let daemon = Daemon::start(&config(&broker.url(), &sample("chelsea.jpg"), extra));
+    let mut daemon = Daemon::start(&config(&broker.url(), &sample("chelsea.jpg"), extra));
     let first = sub
         .wait_for_topic("edgeclass/door/event", WAIT)
         .unwrap_or_else(|| panic!("no event\n{}", daemon.stderr()))
@@ -420,6 +420,21 @@ fn motion_gate_skips_repeated_frames_and_sends_heartbeats() {
             .all(|gap| *gap <= Duration::from_millis(1750)),
         "heartbeats slower than heartbeat_s = 1: {gaps:?}"
     );
+    // At shutdown the camera says what its gate decided: one frame classified, the rest (one
+    // per 100 ms for over two seconds) skipped.
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.stderr());
+    let stderr = daemon.stderr();
+    let skipped = stderr
+        .lines()
+        .find_map(|line| {
+            let counts = line
+                .split("camera door: motion gate: 1 frames classified, ")
+                .nth(1)?;
+            counts.strip_suffix(" skipped")?.parse::<u64>().ok()
+        })
+        .unwrap_or_else(|| panic!("no gate counts at shutdown\n{stderr}"));
+    assert!(skipped >= 15, "{skipped} frames skipped\n{stderr}");
 }
 
 /// The `seq` of every event among `messages`.
@@ -592,6 +607,49 @@ fn config_errors_name_the_key_and_file_and_exit_78() {
     );
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("embedded_allow_anonymous"), "{err}");
+
+    // The motion gate's keys: ranges, a mask that leaves nothing to watch, and the deprecated
+    // whole-frame threshold, which still loads (with a warning saying what to use).
+    for (motion, key, fragment) in [
+        (
+            "min_area = 0",
+            "cameras[0].motion.min_area",
+            "outside (0, 1]",
+        ),
+        (
+            "cell_threshold = 2",
+            "cameras[0].motion.cell_threshold",
+            "outside (0, 1]",
+        ),
+        (
+            "mask = [[0, 0, 1, 1]]",
+            "cameras[0].motion.mask",
+            "whole watched image",
+        ),
+        (
+            "mask = [[0.5, 0, 0.75, 1]]",
+            "cameras[0].motion.mask",
+            "x + w = 1.25",
+        ),
+    ] {
+        let (code, err, file) = check(&format!("{camera}[cameras.motion]\n{motion}\n"), &[]);
+        assert_eq!(code, Some(78), "{motion}: {err}");
+        assert!(
+            err.contains(key)
+                && err.contains(fragment)
+                && err.contains(&file.display().to_string()),
+            "{motion}: {err}"
+        );
+    }
+    let (code, err, _) = check(
+        &format!("{camera}[cameras.motion]\nthreshold = 0.02\n"),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("cameras[0].motion.threshold is ignored") && err.contains("cell_threshold"),
+        "{err}"
+    );
 
     // A label file that does not exist: named once, with the OS reason once.
     let (code, err, _) = check(

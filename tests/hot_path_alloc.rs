@@ -1,7 +1,8 @@
 //! The frame-to-logits hot path does not allocate once warmed up: raw camera frames go from bytes
 //! to tensor (whole or cropped), the int8 network from tensor to logits (and features), and
-//! custom heads from features to logits, reusing their buffers on every thread, and collecting
-//! frames for labelling costs nothing while it saves nothing.
+//! custom heads from features to logits, reusing their buffers on every thread; the motion gate
+//! decides on fixed buffers, and collecting frames for labelling costs nothing while it saves
+//! nothing.
 //! (Own test binary with one test: it installs a process-wide counting allocator.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use edgeclass::capture::{CollectConfig, Collector, Frame, PixelFormat};
+use edgeclass::capture::{CollectConfig, Collector, Frame, MotionConfig, MotionGate, PixelFormat};
 use edgeclass::model::{
     calibrate, synthetic_input, write_gguf, BackboneRef, Dense, Head, Model, Network, Precision,
     StorageDtype,
@@ -97,6 +98,26 @@ fn hot_path_allocates_nothing_after_warm_up() {
             assert_eq!(preprocessor.run(frame).unwrap(), &warm_up[..]);
         }
     }
+
+    // The motion gate, masked, deciding both ways: a changed frame (the reference is copied
+    // into place) and unchanged ones.
+    let mask = vec![CropRegion::new(0.0, 0.0, 0.25, 0.25).expect("valid region")];
+    let mut gate = MotionGate::new(&MotionConfig {
+        mask,
+        ..MotionConfig::default()
+    });
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+    let first = preprocessor.decode(&frames[0]).unwrap().clone();
+    let second = preprocessor.decode(&frames[1]).unwrap().clone();
+    assert!(gate.changed(&first));
+    let mut decisions = Vec::with_capacity(4);
+    let allocations = allocations_during(|| {
+        for image in [&first, &second, &second, &first] {
+            decisions.push(gate.changed(image));
+        }
+    });
+    assert_eq!(decisions, [false, true, false, true]);
+    assert_eq!(allocations, 0, "the motion gate allocated");
 
     // Collecting: one frame saved, then frames inside the interval and, after it, a
     // near-duplicate of the saved one are turned down without allocating.

@@ -11,7 +11,7 @@ use super::{CameraId, CollectConfig};
 /// Saves a camera's frames into a folder for labelling (`[cameras.collect]`).
 ///
 /// A frame is saved when `every_s` has passed since the last attempt, it differs from the last
-/// saved frame by at least `min_change` (the motion gate's thumbnail difference) and the folder
+/// saved frame by at least `min_change` (the mean absolute difference of 32x24 grayscale thumbnails) and the folder
 /// stays within `max_files` and `max_bytes`. Files already in the folder count toward the caps,
 /// so they hold across restarts; once a cap is reached nothing more is saved (logged once) and
 /// nothing is deleted. Files are named `<camera>-<unix millis>.jpg`, so they sort by capture
@@ -36,10 +36,11 @@ pub struct Collector {
     last_attempt: Option<Instant>,
     /// Milliseconds in the last saved name, so two frames of one millisecond get two names.
     last_stamp: u64,
-    /// The thumbnail of the image [`Collector::wants`] last looked at.
-    thumbnail: Thumbnail,
+    /// The thumbnail of the image [`Collector::wants`] last looked at; 32x24, the scale
+    /// `min_change` is set on.
+    thumbnail: Thumbnail<32, 24>,
     /// The last saved frame's thumbnail.
-    reference: Option<Luma>,
+    reference: Option<Luma<32, 24>>,
 }
 
 impl Collector {

@@ -125,27 +125,52 @@ impl PartialEq<&str> for CameraId {
     }
 }
 
-/// `[cameras.motion]`: skip inference while a downscaled grayscale frame stays close to the last
-/// classified one.
+/// `[cameras.motion]`: skip inference while no part of the watched image (the crop region, if
+/// the camera has one) changed since the last classified frame. See [`super::MotionGate`].
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MotionConfig {
     /// Off means every frame is classified.
     pub enabled: bool,
-    /// Mean absolute difference of a 32x24 grayscale thumbnail, in [0, 1], at or above which the
-    /// frame counts as changed.
-    pub threshold: f32,
+    /// How much a cell of the 64x48 grayscale grid must change, in [0, 1] of the luma range
+    /// and beyond the frame's global brightness change, to count as changed.
+    pub cell_threshold: f32,
+    /// Fraction of the watched cells, in (0, 1], that must change for the frame to be
+    /// classified.
+    pub min_area: f32,
+    /// Rectangles `[x, y, w, h]`, fractions of the watched image, whose cells are ignored
+    /// (a tree, a road).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mask: Vec<CropRegion>,
     /// Classify anyway when nothing changed for this many seconds; 0 never forces.
     pub max_skip_s: u64,
+    /// Deprecated and ignored: the whole-frame mean difference the gate used to compare, which
+    /// misses small objects. Accepted so older configs still load; see
+    /// [`MotionConfig::deprecation`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
 }
 
 impl Default for MotionConfig {
     fn default() -> Self {
         MotionConfig {
             enabled: true,
-            threshold: 0.02,
+            cell_threshold: 0.06,
+            min_area: 0.003,
+            mask: Vec::new(),
             max_skip_s: 60,
+            threshold: None,
         }
+    }
+}
+
+impl MotionConfig {
+    /// What to tell the user about deprecated keys that are set, if any.
+    pub fn deprecation(&self) -> Option<&'static str> {
+        self.threshold.is_some().then_some(
+            "motion.threshold is ignored: the gate no longer compares whole-frame means, which \
+             miss small objects; remove it and tune motion.cell_threshold and motion.min_area",
+        )
     }
 }
 
@@ -167,8 +192,8 @@ pub struct CollectConfig {
     pub max_files: u64,
     /// Stop before the folder's files would exceed this many bytes in total.
     pub max_bytes: u64,
-    /// Mean absolute difference of the motion gate's 32x24 grayscale thumbnail, in [0, 1],
-    /// from the last saved frame, below which a frame is a near-duplicate and not saved.
+    /// Mean absolute difference of a 32x24 grayscale thumbnail, in [0, 1], from the last saved
+    /// frame's, below which a frame is a near-duplicate and not saved.
     pub min_change: f32,
 }
 
@@ -180,7 +205,7 @@ impl Default for CollectConfig {
             every_s: 10,
             max_files: 1000,
             max_bytes: 256 * 1024 * 1024,
-            min_change: MotionConfig::default().threshold,
+            min_change: 0.02,
         }
     }
 }
@@ -379,13 +404,26 @@ pub fn validate_cameras(cameras: &[CameraConfig]) -> Result<(), CaptureError> {
                 return Err(error(key, format!("{value} is outside 1..={max}")));
             }
         }
+        if !(0.0..=1.0).contains(&camera.collect.min_change) {
+            let value = camera.collect.min_change;
+            return Err(error(
+                "collect.min_change",
+                format!("{value} is outside [0, 1]"),
+            ));
+        }
         for (key, value) in [
-            ("motion.threshold", camera.motion.threshold),
-            ("collect.min_change", camera.collect.min_change),
+            ("motion.cell_threshold", camera.motion.cell_threshold),
+            ("motion.min_area", camera.motion.min_area),
         ] {
-            if !(0.0..=1.0).contains(&value) {
-                return Err(error(key, format!("{value} is outside [0, 1]")));
+            if !(value > 0.0 && value <= 1.0) {
+                return Err(error(key, format!("{value} is outside (0, 1]")));
             }
+        }
+        if super::motion::watched_cell_count(&camera.motion.mask) == 0 {
+            return Err(error(
+                "motion.mask",
+                "masks out the whole watched image: nothing could open the motion gate".into(),
+            ));
         }
         for (key, value) in [
             ("collect.max_files", camera.collect.max_files),

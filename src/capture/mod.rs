@@ -5,8 +5,8 @@
 //! failing camera reports [`CameraEvent::Offline`] once, is retried with backoff, and reports
 //! [`CameraEvent::Online`] when it delivers again. Frames are handed over undecoded; the daemon
 //! decodes them (preprocess, which also cuts out a camera's `crop` region), asks a
-//! [`MotionGate`] whether the scene changed enough to classify, and a [`Collector`] whether to
-//! save the frame for labelling (both compare the same grayscale thumbnail).
+//! [`MotionGate`] whether any part of the scene changed enough to classify, and a [`Collector`]
+//! whether to save the frame for labelling (both compare downscaled grayscale thumbnails).
 
 mod collect;
 mod config;
@@ -31,7 +31,7 @@ pub use frame::{Frame, PixelFormat};
 #[cfg(not(feature = "camera"))]
 pub use modes::list_cameras;
 pub use modes::{CameraInfo, CameraMode};
-pub use motion::MotionGate;
+pub use motion::{GateStats, MotionGate};
 pub use runner::{spawn, CameraEvent};
 pub use slot::{FrameSlot, SlotStats};
 #[cfg(feature = "camera")]

@@ -1,48 +1,93 @@
+//! The motion gate and the grayscale thumbnails it (and the collector) compare.
+//!
+//! The gate downsamples each frame (the camera's crop region, if it has one) to a 64x48 luma
+//! grid and counts the cells that changed since the last classified frame, after removing the
+//! frame's global brightness change. A small object changes few cells but each by a lot, which a
+//! whole-frame mean dilutes away: on the fixture photos (`tests/capture_frames.rs`) a cat covering
+//! 2% of the frame moved the mean of a 32x24 thumbnail by 0.001-0.007, far below the former
+//! threshold of 0.02, while 0.9-2% of the 64x48 cells changed by more than 0.06.
+
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
 use super::MotionConfig;
+use crate::preprocess::CropRegion;
 
-const THUMB_WIDTH: usize = 32;
-const THUMB_HEIGHT: usize = 24;
-const THUMB_LEN: usize = THUMB_WIDTH * THUMB_HEIGHT;
+/// The gate's grid: fine enough that an object covering 2% of the frame spans ~60 cells.
+const GATE_WIDTH: usize = 64;
+const GATE_HEIGHT: usize = 48;
+const GATE_CELLS: usize = GATE_WIDTH * GATE_HEIGHT;
 
-/// The luma values of a thumbnail, row by row.
-pub(super) type Luma = [u8; THUMB_LEN];
-/// Pixels sampled per thumbnail cell along each axis: 16 reads per cell, ~12k per frame whatever
-/// the resolution, which keeps the gate far cheaper than decoding the frame.
+/// The luma values of a `W x H` thumbnail, row by row.
+pub(super) type Luma<const W: usize, const H: usize> = [[u8; W]; H];
+/// Which cells of the gate's grid are watched (not masked out).
+type Watched = [[bool; GATE_WIDTH]; GATE_HEIGHT];
+/// Pixels sampled per thumbnail cell along each axis: 16 reads per cell whatever the resolution,
+/// which keeps the gate far cheaper than decoding the frame.
 const SAMPLES_PER_AXIS: usize = 4;
+/// Signed luma differences, -255..=255, shifted to index a histogram.
+const DIFFERENCE_BINS: usize = 511;
+
+/// How many frames a [`MotionGate`] sent to classification and how many it skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GateStats {
+    /// Frames the gate said to classify (including the first, forced and ungated ones).
+    pub classified: u64,
+    /// Frames the gate found unchanged.
+    pub skipped: u64,
+}
 
 /// Decides whether a frame differs enough from the last classified one to be worth inference.
 ///
-/// Compares 32x24 grayscale thumbnails by mean absolute difference (in [0, 1]). The reference is
-/// updated only when the gate says "classify", so slow drift (dusk, clouds) accumulates until it
-/// crosses the threshold instead of creeping past it frame by frame. Works on fixed buffers: no
-/// allocation per frame.
+/// Compares a 64x48 grayscale thumbnail with the last classified frame's, cell by cell. The
+/// median cell difference is subtracted first, so a global brightness change (clouds, auto
+/// exposure) moves no cell; a cell then counts as changed when it differs by more than
+/// `cell_threshold`, and the frame when at least `min_area` of the watched cells (those outside
+/// `mask`) changed. The reference is updated only when the gate says "classify", so slow local
+/// change accumulates until it crosses the threshold instead of creeping past it frame by frame.
+/// Works on fixed buffers: no allocation per frame.
 #[derive(Debug, Clone)]
 pub struct MotionGate {
     enabled: bool,
-    threshold: f32,
+    /// `cell_threshold` in luma levels (0..=255).
+    cell_limit: f32,
+    /// Changed cells at or above which the frame counts as changed; at least 1.
+    min_cells: usize,
+    watched: Watched,
+    watched_cells: usize,
     max_skip: Option<Duration>,
-    reference: Option<Luma>,
+    reference: Option<Luma<GATE_WIDTH, GATE_HEIGHT>>,
     last_classified: Option<Instant>,
-    thumbnail: Thumbnail,
-    last_difference: f32,
+    thumbnail: Thumbnail<GATE_WIDTH, GATE_HEIGHT>,
+    histogram: [u32; DIFFERENCE_BINS],
+    last_changed_area: f32,
+    stats: GateStats,
 }
 
 impl MotionGate {
     /// A gate with no reference thumbnail yet: its first [`MotionGate::changed`] call returns
-    /// `true`.
+    /// `true`. A mask that covers every cell (refused by the config's validation) leaves the
+    /// whole region watched.
     pub fn new(config: &MotionConfig) -> Self {
+        let (watched, watched_cells) = match watched_cells_of(&config.mask) {
+            (_, 0) => watched_cells_of(&[]),
+            watched => watched,
+        };
+        let min_cells = (f64::from(config.min_area) * watched_cells as f64).ceil() as usize;
         MotionGate {
             enabled: config.enabled,
-            threshold: config.threshold,
+            cell_limit: config.cell_threshold * 255.0,
+            min_cells: min_cells.max(1),
+            watched,
+            watched_cells,
             max_skip: (config.max_skip_s > 0).then(|| Duration::from_secs(config.max_skip_s)),
             reference: None,
             last_classified: None,
             thumbnail: Thumbnail::new(),
-            last_difference: 0.0,
+            histogram: [0; DIFFERENCE_BINS],
+            last_changed_area: 0.0,
+            stats: GateStats::default(),
         }
     }
 
@@ -53,26 +98,42 @@ impl MotionGate {
         self.changed_at(rgb, Instant::now())
     }
 
-    /// Mean absolute thumbnail difference measured by the last [`changed`](Self::changed) call
-    /// that had a reference to compare with, in [0, 1].
-    pub fn last_difference(&self) -> f32 {
-        self.last_difference
+    /// The fraction of watched cells that changed, measured by the last
+    /// [`changed`](Self::changed) call that had a reference to compare with, in [0, 1].
+    pub fn last_changed_area(&self) -> f32 {
+        self.last_changed_area
+    }
+
+    /// The gate's decisions so far.
+    pub fn stats(&self) -> GateStats {
+        self.stats
     }
 
     fn changed_at(&mut self, rgb: &RgbImage, now: Instant) -> bool {
+        let changed = self.decide(rgb, now);
+        if changed {
+            self.stats.classified += 1;
+        } else {
+            self.stats.skipped += 1;
+        }
+        changed
+    }
+
+    fn decide(&mut self, rgb: &RgbImage, now: Instant) -> bool {
         if !self.enabled || rgb.width() == 0 || rgb.height() == 0 {
             return true;
         }
         self.thumbnail.update(rgb);
-        let changed = match &self.reference {
+        let changed = match self.reference {
             None => true,
             Some(reference) => {
-                self.last_difference = self.thumbnail.difference(reference);
+                let changed_cells = self.changed_cells(&reference);
+                self.last_changed_area = changed_cells as f32 / self.watched_cells as f32;
                 let overdue = match (self.max_skip, self.last_classified) {
                     (Some(max_skip), Some(last)) => now.saturating_duration_since(last) >= max_skip,
                     _ => false,
                 };
-                self.last_difference >= self.threshold || overdue
+                changed_cells >= self.min_cells || overdue
             }
         };
         if changed {
@@ -81,22 +142,74 @@ impl MotionGate {
         }
         changed
     }
+
+    /// Watched cells whose difference from `reference`, less the median difference, exceeds
+    /// the cell threshold.
+    fn changed_cells(&mut self, reference: &Luma<GATE_WIDTH, GATE_HEIGHT>) -> usize {
+        let current = self.thumbnail.luma().as_flattened();
+        let reference = reference.as_flattened();
+        let watched = self.watched.as_flattened();
+        let difference = |at: usize| i16::from(current[at]) - i16::from(reference[at]);
+        // The median of a histogram: two passes over the cells, no sorting, no allocation.
+        self.histogram.fill(0);
+        for at in (0..GATE_CELLS).filter(|&at| watched[at]) {
+            self.histogram[(difference(at) + 255) as usize] += 1;
+        }
+        let half = self.watched_cells.div_ceil(2) as u32;
+        let mut seen = 0;
+        let median = self
+            .histogram
+            .iter()
+            .position(|&count| {
+                seen += count;
+                seen >= half
+            })
+            .map_or(0, |bin| bin as i16 - 255);
+        (0..GATE_CELLS)
+            .filter(|&at| {
+                watched[at] && f32::from((difference(at) - median).abs()) > self.cell_limit
+            })
+            .count()
+    }
 }
 
-/// A 32x24 grayscale thumbnail of the last frame given to [`Thumbnail::update`]; compared by mean
-/// absolute difference. Shared by the motion gate and the collector's near-duplicate check, so
-/// their thresholds are on one scale. Fixed buffers: no allocation per frame.
+/// The cells of the gate's grid outside every `mask` rectangle (fractions of the watched
+/// image; a cell is masked when its centre is inside one), and how many there are.
+fn watched_cells_of(mask: &[CropRegion]) -> (Watched, usize) {
+    let mut watched = [[true; GATE_WIDTH]; GATE_HEIGHT];
+    let mut count = 0;
+    for (y, row) in watched.iter_mut().enumerate() {
+        for (x, cell) in row.iter_mut().enumerate() {
+            let centre = (
+                (x as f64 + 0.5) / GATE_WIDTH as f64,
+                (y as f64 + 0.5) / GATE_HEIGHT as f64,
+            );
+            *cell = !mask.iter().any(|r| r.contains(centre.0, centre.1));
+            count += usize::from(*cell);
+        }
+    }
+    (watched, count)
+}
+
+/// How many of the gate's cells `mask` leaves watched; 0 means it masks out everything.
+pub(super) fn watched_cell_count(mask: &[CropRegion]) -> usize {
+    watched_cells_of(mask).1
+}
+
+/// A `W x H` grayscale thumbnail of the last frame given to [`Thumbnail::update`]. The gate
+/// compares 64x48 ones cell by cell; the collector's near-duplicate check compares 32x24 ones by
+/// mean absolute difference. Fixed buffers: no allocation per frame.
 #[derive(Debug, Clone)]
-pub(super) struct Thumbnail {
-    grid: SampleGrid,
-    luma: Luma,
+pub(super) struct Thumbnail<const W: usize, const H: usize> {
+    grid: SampleGrid<W, H>,
+    luma: Luma<W, H>,
 }
 
-impl Thumbnail {
+impl<const W: usize, const H: usize> Thumbnail<W, H> {
     pub(super) fn new() -> Self {
         Thumbnail {
             grid: SampleGrid::new(),
-            luma: [0; THUMB_LEN],
+            luma: [[0; W]; H],
         }
     }
 
@@ -105,13 +218,20 @@ impl Thumbnail {
         grayscale_thumbnail(rgb, &mut self.grid, &mut self.luma);
     }
 
-    pub(super) fn luma(&self) -> &Luma {
+    pub(super) fn luma(&self) -> &Luma<W, H> {
         &self.luma
     }
 
     /// Mean absolute difference from `reference`, in [0, 1].
-    pub(super) fn difference(&self, reference: &Luma) -> f32 {
-        mean_abs_difference(reference, &self.luma)
+    pub(super) fn difference(&self, reference: &Luma<W, H>) -> f32 {
+        let total: u32 = self
+            .luma
+            .as_flattened()
+            .iter()
+            .zip(reference.as_flattened())
+            .map(|(x, y)| u32::from(x.abs_diff(*y)))
+            .sum();
+        total as f32 / ((W * H) as f32 * 255.0)
     }
 }
 
@@ -119,18 +239,18 @@ impl Thumbnail {
 /// distinct pixels when the image is smaller than the thumbnail). Recomputed only when the frame
 /// size changes, so the per-frame work is loads and adds.
 #[derive(Debug, Clone)]
-struct SampleGrid {
+struct SampleGrid<const W: usize, const H: usize> {
     size: (u32, u32),
-    columns: [usize; THUMB_WIDTH * SAMPLES_PER_AXIS],
-    rows: [usize; THUMB_HEIGHT * SAMPLES_PER_AXIS],
+    columns: [[usize; SAMPLES_PER_AXIS]; W],
+    rows: [[usize; SAMPLES_PER_AXIS]; H],
 }
 
-impl SampleGrid {
+impl<const W: usize, const H: usize> SampleGrid<W, H> {
     fn new() -> Self {
         SampleGrid {
             size: (0, 0),
-            columns: [0; THUMB_WIDTH * SAMPLES_PER_AXIS],
-            rows: [0; THUMB_HEIGHT * SAMPLES_PER_AXIS],
+            columns: [[0; SAMPLES_PER_AXIS]; W],
+            rows: [[0; SAMPLES_PER_AXIS]; H],
         }
     }
 
@@ -145,9 +265,9 @@ impl SampleGrid {
 
 /// Sample positions along one axis of `size > 0` pixels: `SAMPLES_PER_AXIS` per cell, each
 /// centred in an equal part of the cell.
-fn fill_axis(positions: &mut [usize], size: usize) {
-    let cells = positions.len() / SAMPLES_PER_AXIS;
-    for (cell, samples) in positions.chunks_exact_mut(SAMPLES_PER_AXIS).enumerate() {
+fn fill_axis(positions: &mut [[usize; SAMPLES_PER_AXIS]], size: usize) {
+    let cells = positions.len();
+    for (cell, samples) in positions.iter_mut().enumerate() {
         let start = cell * size / cells;
         let span = ((cell + 1) * size / cells).max(start + 1) - start;
         for (index, position) in samples.iter_mut().enumerate() {
@@ -156,52 +276,65 @@ fn fill_axis(positions: &mut [usize], size: usize) {
     }
 }
 
-/// Area-samples `rgb` into a 32x24 BT.601 luma thumbnail.
-fn grayscale_thumbnail(rgb: &RgbImage, grid: &mut SampleGrid, out: &mut Luma) {
+/// Area-samples `rgb` into a `W x H` BT.601 luma thumbnail.
+fn grayscale_thumbnail<const W: usize, const H: usize>(
+    rgb: &RgbImage,
+    grid: &mut SampleGrid<W, H>,
+    out: &mut Luma<W, H>,
+) {
     grid.fit(rgb.width(), rgb.height());
-    let width = rgb.width() as usize;
+    let stride = rgb.width() as usize * 3;
     let pixels = rgb.as_raw();
     let samples = (SAMPLES_PER_AXIS * SAMPLES_PER_AXIS) as u32;
-    for (cell_y, rows) in grid.rows.chunks_exact(SAMPLES_PER_AXIS).enumerate() {
-        for (cell_x, columns) in grid.columns.chunks_exact(SAMPLES_PER_AXIS).enumerate() {
-            let mut sum = 0u32;
-            for &y in rows {
+    // Row by row, left to right, so each sampled pixel row is read in one sequential pass.
+    let mut sums = [0u32; W];
+    for (rows, out_row) in grid.rows.iter().zip(out.iter_mut()) {
+        sums.fill(0);
+        for &y in rows {
+            let line = &pixels[y * stride..(y + 1) * stride];
+            for (columns, sum) in grid.columns.iter().zip(sums.iter_mut()) {
                 for &x in columns {
-                    let at = (y * width + x) * 3;
-                    let (r, g, b) = (pixels[at], pixels[at + 1], pixels[at + 2]);
-                    sum += (77 * u32::from(r) + 150 * u32::from(g) + 29 * u32::from(b)) >> 8;
+                    let (r, g, b) = (line[3 * x], line[3 * x + 1], line[3 * x + 2]);
+                    *sum += (77 * u32::from(r) + 150 * u32::from(g) + 29 * u32::from(b)) >> 8;
                 }
             }
-            out[cell_y * THUMB_WIDTH + cell_x] = (sum / samples) as u8;
+        }
+        for (cell, sum) in out_row.iter_mut().zip(&sums) {
+            *cell = (sum / samples) as u8;
         }
     }
-}
-
-fn mean_abs_difference(a: &Luma, b: &Luma) -> f32 {
-    let total: u32 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| u32::from(x.abs_diff(*y)))
-        .sum();
-    total as f32 / (THUMB_LEN as f32 * 255.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn gate(max_skip_s: u64) -> MotionGate {
-        MotionGate::new(&MotionConfig {
-            enabled: true,
-            threshold: 0.02,
+    fn config(max_skip_s: u64) -> MotionConfig {
+        MotionConfig {
             max_skip_s,
-        })
+            ..MotionConfig::default()
+        }
+    }
+
+    fn gate(max_skip_s: u64) -> MotionGate {
+        MotionGate::new(&config(max_skip_s))
     }
 
     fn gradient(width: u32, height: u32) -> RgbImage {
         RgbImage::from_fn(width, height, |x, y| {
             image::Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, 128])
         })
+    }
+
+    /// `image` with the pixels inside `[x0, x1) x [y0, y1)` set to `level`.
+    fn with_patch(image: &RgbImage, (x0, y0, x1, y1): (u32, u32, u32, u32), level: u8) -> RgbImage {
+        let mut out = image.clone();
+        for y in y0..y1 {
+            for x in x0..x1 {
+                out.put_pixel(x, y, image::Rgb([level; 3]));
+            }
+        }
+        out
     }
 
     #[test]
@@ -213,6 +346,13 @@ mod tests {
         assert!(!gate.changed_at(&frame, start + Duration::from_secs(59)));
         assert!(gate.changed_at(&frame, start + Duration::from_secs(60)));
         assert!(!gate.changed_at(&frame, start + Duration::from_secs(61)));
+        assert_eq!(
+            gate.stats(),
+            GateStats {
+                classified: 2,
+                skipped: 2
+            }
+        );
     }
 
     #[test]
@@ -233,18 +373,79 @@ mod tests {
     }
 
     #[test]
+    fn a_uniform_brightness_change_moves_no_cell() {
+        let mut gate = gate(0);
+        let dim = |offset: u32| {
+            RgbImage::from_fn(640, 480, |x, y| {
+                image::Rgb([
+                    (x * 200 / 640 + offset) as u8,
+                    (y * 200 / 480 + offset) as u8,
+                    100,
+                ])
+            })
+        };
+        assert!(gate.changed(&dim(0)));
+        // 40 levels everywhere is 0.16 per cell, above any cell threshold, yet no cell
+        // differs from the median difference.
+        let brighter = dim(40);
+        assert!(!gate.changed(&brighter), "{}", gate.last_changed_area());
+    }
+
+    #[test]
+    fn a_small_patch_opens_the_gate_unless_masked() {
+        let frame = gradient(640, 480);
+        // 60x60 pixels: 1.2% of the frame, 36 cells of 10x10 pixels.
+        let patch = with_patch(&frame, (580, 420, 640, 480), 255);
+        let mut gate = gate(0);
+        assert!(gate.changed(&frame));
+        assert!(gate.changed(&patch), "{}", gate.last_changed_area());
+        let corner = CropRegion::new(0.85, 0.85, 0.15, 0.15).expect("valid region");
+        let mut masked = MotionGate::new(&MotionConfig {
+            mask: vec![corner],
+            ..config(0)
+        });
+        assert!(masked.changed(&frame));
+        assert!(!masked.changed(&patch), "{}", masked.last_changed_area());
+        assert_eq!(masked.last_changed_area(), 0.0);
+    }
+
+    #[test]
+    fn fewer_changed_cells_than_min_area_keep_the_gate_shut() {
+        let frame = gradient(640, 480);
+        // 10x10 pixels: one cell.
+        let speck = with_patch(&frame, (300, 200, 310, 210), 255);
+        let mut gate = gate(0);
+        assert!(gate.changed(&frame));
+        assert!(!gate.changed(&speck));
+        assert_eq!(gate.last_changed_area(), 1.0 / GATE_CELLS as f32);
+    }
+
+    #[test]
+    fn masks_count_the_cells_whose_centre_they_cover() {
+        assert_eq!(watched_cell_count(&[]), GATE_CELLS);
+        let left_half = CropRegion::new(0.0, 0.0, 0.5, 1.0).expect("valid region");
+        assert_eq!(watched_cell_count(&[left_half]), GATE_CELLS / 2);
+        let right_half = CropRegion::new(0.5, 0.0, 0.5, 1.0).expect("valid region");
+        assert_eq!(watched_cell_count(&[left_half, right_half]), 0);
+    }
+
+    #[test]
     fn thumbnail_of_a_uniform_image_is_its_luma() {
-        let mut out = [0u8; THUMB_LEN];
+        let mut out = [[0u8; 32]; 24];
         let image = RgbImage::from_pixel(100, 75, image::Rgb([200, 200, 200]));
         grayscale_thumbnail(&image, &mut SampleGrid::new(), &mut out);
-        assert!(out.iter().all(|&v| v.abs_diff(200) <= 1), "{out:?}");
+        assert!(
+            out.as_flattened().iter().all(|&v| v.abs_diff(200) <= 1),
+            "{out:?}"
+        );
     }
 
     #[test]
     fn sample_positions_stay_inside_the_image_and_cover_it() {
         for size in [1, 2, 31, 32, 33, 320, 1920] {
-            let mut positions = [0; THUMB_WIDTH * SAMPLES_PER_AXIS];
+            let mut positions = [[0; SAMPLES_PER_AXIS]; 32];
             fill_axis(&mut positions, size);
+            let positions = positions.as_flattened();
             assert!(
                 positions.iter().all(|&p| p < size),
                 "size {size}: {positions:?}"

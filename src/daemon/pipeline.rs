@@ -14,7 +14,9 @@ use image::RgbImage;
 use tokio::sync::watch;
 
 use super::heads::ActiveHead;
-use crate::capture::{CameraConfig, Collector, Frame, FrameSlot, MotionGate, PixelFormat};
+use crate::capture::{
+    CameraConfig, Collector, Frame, FrameSlot, GateStats, MotionGate, PixelFormat,
+};
 use crate::heartbeat::Heartbeat;
 use crate::model::{Model, IMAGENET_CLASSES};
 use crate::postprocess::{
@@ -127,6 +129,9 @@ impl Pipeline {
                 &crate::model::fetch::data_dir(),
             )
         });
+        if let Some(deprecation) = camera.motion.deprecation() {
+            log::warn!("camera {}: {deprecation}", camera.id);
+        }
         Ok(Self {
             motion: MotionGate::new(&camera.motion),
             collector,
@@ -165,6 +170,14 @@ impl Pipeline {
             }
         }
         self.heartbeat.idle();
+        let GateStats {
+            classified,
+            skipped,
+        } = self.motion.stats();
+        log::info!(
+            "camera {}: motion gate: {classified} frames classified, {skipped} skipped",
+            self.camera.id
+        );
     }
 
     /// The current settings; an `Arc`, so a reload is not held up while a frame is processed.

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 /// 0.7 + 0.3 is not exactly 1 in binary floating point.
 const SUM_TOLERANCE: f64 = 1e-9;
 
-/// A rectangle of the frame as fractions of its width and height: `crop = [x, y, w, h]`.
+/// A rectangle of the frame as fractions of its width and height: `crop = [x, y, w, h]`, and the
+/// motion gate's `mask` rectangles.
 ///
 /// Checked when made or deserialized (each value in 0..=1, `w` and `h` above 0, `x + w` and
 /// `y + h` at most 1), so every `CropRegion` in the program is valid.
@@ -57,6 +58,12 @@ impl CropRegion {
             width,
             height,
         })
+    }
+
+    /// Whether the point `(x, y)`, as fractions of the frame, lies inside the region (its left
+    /// and top edges included, its right and bottom edges not).
+    pub fn contains(&self, x: f64, y: f64) -> bool {
+        (self.x..self.x + self.width).contains(&x) && (self.y..self.y + self.height).contains(&y)
     }
 
     /// The region in pixels of a `width x height` frame. Edges are rounded to the nearest pixel
