@@ -1419,3 +1419,46 @@ fn two_hosts_on_one_broker_stay_connected_side_by_side() {
         );
     }
 }
+
+/// A camera that cuts off JPEG frames: each cut-off frame is skipped (not classified half
+/// grey), said once, counted, and summed up at shutdown; whole frames are still classified.
+#[test]
+fn cut_off_jpeg_frames_are_skipped_counted_and_reported_once() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
+    let scenes = tempfile::tempdir().expect("temp dir");
+    let jpeg = fs::read(sample("chelsea.jpg")).expect("photo");
+    fs::write(scenes.path().join("0-whole.jpg"), &jpeg).expect("write");
+    fs::write(scenes.path().join("1-cut.jpg"), &jpeg[..jpeg.len() / 2]).expect("write");
+    let extra = "[cameras.motion]\nenabled = false\n[publish_policy]\nmode = \"every\"\n";
+    let mut daemon = Daemon::start(&config(&broker.url(), scenes.path(), extra));
+    // The folder loops: several passes over the cut-off frame.
+    let mut events = 0;
+    let enough = poll_until(WAIT, || {
+        events += sub.drain_pending().len();
+        events >= 4
+    });
+    assert!(
+        enough,
+        "whole frames are still classified\n{}",
+        daemon.stderr()
+    );
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+    let stderr = daemon.stderr();
+    assert_eq!(
+        stderr.matches("is cut off").count(),
+        1,
+        "said once:\n{stderr}"
+    );
+    let skipped: u64 = stderr
+        .lines()
+        .find_map(|l| {
+            l.split("camera door: ")
+                .nth(1)?
+                .strip_suffix(" cut-off JPEG frames skipped")
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count at shutdown:\n{stderr}"));
+    assert!(skipped >= 2, "{skipped} cut-off frames counted:\n{stderr}");
+}

@@ -22,7 +22,7 @@ use crate::model::{Model, IMAGENET_CLASSES};
 use crate::postprocess::{
     Classification, Decision, PolicyConfig, Postprocessor, PublishMode, PublishPolicy,
 };
-use crate::preprocess::{PreprocessConfig, Preprocessor};
+use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor};
 use crate::publish::{Event, Publisher};
 
 /// How long a pipeline waits for a frame before checking whether a heartbeat event is due.
@@ -101,6 +101,8 @@ pub struct Pipeline {
     head_hidden: Vec<f32>,
     head_logits: Vec<f32>,
     jpeg: Vec<u8>,
+    /// Frames skipped because their JPEG was cut off.
+    cut_off_frames: u64,
 }
 
 impl Pipeline {
@@ -144,6 +146,7 @@ impl Pipeline {
             head_hidden: Vec::new(),
             head_logits: Vec::new(),
             jpeg: Vec::new(),
+            cut_off_frames: 0,
             camera,
             slot,
             shared,
@@ -158,13 +161,11 @@ impl Pipeline {
             let frame = self.slot.take(FRAME_WAIT);
             self.heartbeat.expect_by(Instant::now());
             match frame {
-                Some(frame) => {
-                    if let Err(err) = self.process(&frame) {
-                        log::warn!("camera {}: {err:#}", self.camera.id);
-                    }
+                Some(frame) => match self.process(&frame) {
                     // After the event went out: saving is not part of its latency.
-                    self.collect(&frame);
-                }
+                    Ok(()) => self.collect(&frame),
+                    Err(err) => self.skipped(&err),
+                },
                 None if self.slot.is_closed() => break,
                 None => self.heartbeats_if_due(),
             }
@@ -177,6 +178,36 @@ impl Pipeline {
         log::info!(
             "camera {}: motion gate: {classified} frames classified, {skipped} skipped",
             self.camera.id
+        );
+        if self.cut_off_frames > 0 {
+            log::warn!(
+                "camera {}: {} cut-off JPEG frames skipped",
+                self.camera.id,
+                self.cut_off_frames
+            );
+        }
+    }
+
+    /// Logs a frame that could not be processed. Cut-off JPEGs (USB cameras drop frame ends,
+    /// sometimes many a minute) are counted and said once, then summed up at shutdown.
+    fn skipped(&mut self, err: &anyhow::Error) {
+        let cut_off = err
+            .chain()
+            .any(|e| matches!(e.downcast_ref(), Some(PreprocessError::Truncated { .. })));
+        if cut_off {
+            self.cut_off_frames += 1;
+            if self.cut_off_frames > 1 {
+                return;
+            }
+        }
+        log::warn!(
+            "camera {}: {err:#}{}",
+            self.camera.id,
+            if cut_off {
+                " (further cut-off frames are counted, reported at shutdown)"
+            } else {
+                ""
+            }
         );
     }
 
