@@ -21,7 +21,8 @@ use edgeclass::model::{
     write_gguf, BackboneRef, Dense, Head, Model, Network, Precision, StorageDtype,
 };
 use edgeclass::postprocess::topk::{softmax_in_place, top_k};
-use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
+use edgeclass::postprocess::MeanProbabilities;
+use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor, Tta};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -1075,6 +1076,56 @@ fn heads_publish_on_their_own_topics_with_their_own_home_assistant_sensor() {
     assert_eq!(custom["device"], default["device"]);
     assert_ne!(custom["unique_id"], default["unique_id"]);
 
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn tta_flip_averages_the_frame_and_its_mirror_image_for_imagenet_and_heads() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/#"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let weights = dir.path().join("garage_door.gguf");
+    let classes = ["open", "closed"];
+    let head = write_head(&weights, &classes, 16, 1);
+    let config = head_config(&broker.url(), &weights, "")
+        .replace("threads = 1\n", "threads = 1\ntta = \"flip\"\n");
+    let mut daemon = Daemon::start(&config);
+
+    // The mean of the photo's and its mirror image's probabilities, computed here.
+    let frame = read_image_file(&sample("chelsea.jpg")).expect("photo");
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+    preprocessor.decode(&frame).expect("decode");
+    let (mut logits, mut features, mut hidden, mut head_logits) = Default::default();
+    let (mut imagenet_mean, mut head_mean) =
+        (MeanProbabilities::default(), MeanProbabilities::default());
+    for view in Tta::Flip.views() {
+        synthetic_backbone()
+            .forward_with_features(preprocessor.view(*view), &mut logits, &mut features)
+            .expect("forward");
+        head.forward(&features, &mut hidden, &mut head_logits);
+        imagenet_mean.add(&logits, 1.0);
+        head_mean.add(&head_logits, 1.0);
+    }
+    let best = |mean: &mut MeanProbabilities| {
+        let mut p = mean.logits().to_vec();
+        softmax_in_place(&mut p);
+        top_k(&p, 1)[0]
+    };
+    for (topic, (index, score)) in [
+        ("edgeclass/door/event", best(&mut imagenet_mean)),
+        ("edgeclass/door/garage_door/event", best(&mut head_mean)),
+    ] {
+        let event = sub
+            .wait_for_topic(topic, WAIT)
+            .unwrap_or_else(|| panic!("no event on {topic}\n{}", daemon.stderr()))
+            .json();
+        assert_eq!(event["top3"][0]["index"], index, "{event}");
+        assert!(
+            (event["score"].as_f64().expect("score") - f64::from(score)).abs() < 1e-4,
+            "{event} vs {score}"
+        );
+    }
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(5)).success());
 }

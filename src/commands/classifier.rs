@@ -2,11 +2,14 @@
 //! on the backbone it was trained on.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::model::{is_head_file, Head, Model, IMAGENET_CLASSES};
+use crate::model::{is_head_file, Head, Model, ModelError, IMAGENET_CLASSES};
 use crate::postprocess::labels::imagenet;
+use crate::postprocess::MeanProbabilities;
+use crate::preprocess::{Preprocessor, Tta};
 
 use super::InferenceArgs;
 
@@ -79,34 +82,83 @@ impl Classifier {
 /// The buffers one image's classification writes, reused from image to image.
 #[derive(Default)]
 pub(crate) struct Buffers {
+    pass: Pass,
+    /// The probabilities averaged over the test-time views.
+    mean: MeanProbabilities,
+    /// The plain view's logits.
+    plain: Vec<f32>,
+    /// The logits averaged over the views (the plain ones without TTA).
+    scores: Vec<f32>,
+    /// Preprocessing and inference of the plain view, of the last image.
+    pub(crate) plain_time: Duration,
+    /// Preprocessing and inference of every view, of the last image.
+    pub(crate) time: Duration,
+}
+
+impl Buffers {
+    /// Runs `classifier` on each of `tta`'s views of the image `preprocessor` decoded last;
+    /// [`Buffers::scores`] then holds the logits of the mean probabilities,
+    /// [`Buffers::plain_scores`] the plain view's.
+    pub(crate) fn classify(
+        &mut self,
+        classifier: &Classifier,
+        preprocessor: &mut Preprocessor,
+        tta: Tta,
+    ) -> Result<(), ModelError> {
+        let started = Instant::now();
+        let views = tta.views();
+        self.mean.clear();
+        for (n, &view) in views.iter().enumerate() {
+            let logits = self.pass.run(classifier, preprocessor.view(view))?;
+            if n == 0 {
+                self.plain.clone_from(logits);
+                self.plain_time = started.elapsed();
+            }
+            if views.len() > 1 {
+                self.mean.add(logits, 1.0);
+            }
+        }
+        if views.len() > 1 {
+            self.scores.clear();
+            self.scores.extend_from_slice(self.mean.logits());
+        } else {
+            self.scores.clone_from(&self.plain);
+        }
+        self.time = started.elapsed();
+        Ok(())
+    }
+
+    /// The classifier's output of the last [`Buffers::classify`], averaged over the views.
+    pub(crate) fn scores(&mut self) -> &mut [f32] {
+        &mut self.scores
+    }
+
+    /// The plain view's output of the last [`Buffers::classify`].
+    pub(crate) fn plain_scores(&self) -> &[f32] {
+        &self.plain
+    }
+}
+
+/// The buffers of one pass of the classifier over one tensor.
+#[derive(Default)]
+struct Pass {
     logits: Vec<f32>,
     features: Vec<f32>,
     hidden: Vec<f32>,
     head_logits: Vec<f32>,
 }
 
-impl Buffers {
-    /// Runs `classifier` on `tensor`; [`Buffers::scores`] then holds its logits.
-    pub(crate) fn classify(
-        &mut self,
-        classifier: &Classifier,
-        tensor: &[f32],
-    ) -> Result<(), crate::model::ModelError> {
+impl Pass {
+    /// The logits of `classifier` on one tensor.
+    fn run(&mut self, classifier: &Classifier, tensor: &[f32]) -> Result<&Vec<f32>, ModelError> {
         let Some(head) = &classifier.head else {
-            return classifier.model.forward(tensor, &mut self.logits);
+            classifier.model.forward(tensor, &mut self.logits)?;
+            return Ok(&self.logits);
         };
         classifier
             .model
             .forward_with_features(tensor, &mut self.logits, &mut self.features)?;
         head.forward(&self.features, &mut self.hidden, &mut self.head_logits);
-        Ok(())
-    }
-
-    /// The classifier's output of the last [`Buffers::classify`].
-    pub(crate) fn scores(&mut self, classifier: &Classifier) -> &mut [f32] {
-        match classifier.head {
-            Some(_) => &mut self.head_logits,
-            None => &mut self.logits,
-        }
+        Ok(&self.head_logits)
     }
 }

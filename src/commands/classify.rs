@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::model::Precision;
 use crate::postprocess::topk::{softmax_in_place, top_k};
-use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
+use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor, Tta};
 
 use super::classifier::{Buffers, Classifier};
 use super::InferenceArgs;
@@ -34,6 +34,10 @@ pub struct Args {
     /// Compute precision and threads.
     #[command(flatten)]
     pub inference: InferenceArgs,
+    /// Test-time augmentation: average the probabilities over the image and its mirror image
+    /// (`flip`, 2 passes), and its four corner crops (`flip+crops`, 6 passes).
+    #[arg(long, default_value = "none", value_name = "none|flip|flip+crops")]
+    pub tta: Tta,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -46,6 +50,9 @@ struct Report<'a> {
     top3: Vec<Guess<'a>>,
     model: String,
     precision: Precision,
+    /// Left out without test-time augmentation.
+    #[serde(skip_serializing_if = "is_none")]
+    tta: Tta,
     /// Reading, decoding, preprocessing and inference of this image.
     latency_ms: f64,
 }
@@ -80,9 +87,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut classify = || -> anyhow::Result<()> {
             let frame = read_image_file(path)?;
-            let tensor = preprocessor.run(&frame)?;
+            preprocessor.decode(&frame)?;
             buffers
-                .classify(&classifier, tensor)
+                .classify(&classifier, &mut preprocessor, args.tta)
                 .with_context(|| format!("classifying {}", path.display()))
         };
         if let Err(err) = classify() {
@@ -92,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             continue;
         }
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        let scores = buffers.scores(&classifier);
+        let scores = buffers.scores();
         softmax_in_place(scores);
         let top3 = top_k(scores, 3)
             .into_iter()
@@ -111,6 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             top3,
             model: classifier.description.clone(),
             precision: classifier.model.precision(),
+            tta: args.tta,
             latency_ms,
         };
         if args.json {
@@ -128,10 +136,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+fn is_none(tta: &Tta) -> bool {
+    *tta == Tta::None
+}
+
 fn write_table(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    let tta = match report.tta {
+        Tta::None => String::new(),
+        tta => format!(", tta {tta}"),
+    };
     writeln!(
         out,
-        "{}  ({}, {:.1} ms)",
+        "{}  ({}{tta}, {:.1} ms)",
         report.file.display(),
         report.model,
         report.latency_ms

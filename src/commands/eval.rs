@@ -1,14 +1,18 @@
 //! `edgeclass eval DATA`: accuracy, calibration and threshold trade-offs of a model on a
 //! labelled folder of images (one sub-folder per class, named by ImageNet WordNet id or
 //! English name, or by a head's class names). The figures come from [`crate::evaluate`].
+//! With `--tta` they are of the probabilities averaged over the test-time views, preceded by
+//! top-1, top-5 and milliseconds per image without and with the augmentation.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
+use serde::Serialize;
 
 use crate::dataset::{imagenet_class_folders, images_in, named_class_folders};
 use crate::evaluate::{report, Evaluation, Sample};
-use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
+use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor, Tta};
 
 use super::classifier::{Buffers, Classifier};
 use super::InferenceArgs;
@@ -31,6 +35,11 @@ pub struct Args {
     /// Compute precision and threads.
     #[command(flatten)]
     pub inference: InferenceArgs,
+    /// Test-time augmentation to measure: the evaluation is of the probabilities averaged over
+    /// the views (`flip`: 2 passes, `flip+crops`: 6), preceded by the accuracy and cost
+    /// without and with it.
+    #[arg(long, default_value = "none", value_name = "none|flip|flip+crops")]
+    pub tta: Tta,
     /// One JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -70,6 +79,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.weights.display()
         );
     }
+    if args.update_model && args.tta != Tta::None {
+        bail!(
+            "--update-model fits the head's own scores; run it without --tta {}",
+            args.tta
+        );
+    }
     let folders = match &classifier.head {
         Some(head) => named_class_folders(&args.data, head.classes())?,
         None => imagenet_class_folders(&args.data)?,
@@ -78,19 +93,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut preprocessor = Preprocessor::new(PreprocessConfig::for_input_size(size));
     let mut buffers = Buffers::default();
     let mut samples = Vec::new();
+    let mut plain_samples = Vec::new();
+    let (mut time, mut plain_time) = (Duration::ZERO, Duration::ZERO);
     let mut skipped = 0usize;
     for (class, folder) in &folders {
         for path in images_in(folder)? {
-            let mut classify = || -> anyhow::Result<Vec<f32>> {
+            let mut classify = || -> anyhow::Result<()> {
                 let frame = read_image_file(&path)?;
-                buffers.classify(&classifier, preprocessor.run(&frame)?)?;
-                Ok(buffers.scores(&classifier).to_vec())
+                preprocessor.decode(&frame)?;
+                buffers.classify(&classifier, &mut preprocessor, args.tta)?;
+                Ok(())
             };
             match classify() {
-                Ok(logits) => samples.push(Sample {
-                    logits,
-                    truth: class.index,
-                }),
+                Ok(()) => {
+                    let truth = class.index;
+                    samples.push(Sample {
+                        logits: buffers.scores().to_vec(),
+                        truth,
+                    });
+                    plain_samples.push(Sample {
+                        logits: buffers.plain_scores().to_vec(),
+                        truth,
+                    });
+                    (time, plain_time) = (time + buffers.time, plain_time + buffers.plain_time);
+                }
                 Err(err) => {
                     skipped += 1;
                     eprintln!("edgeclass: skipping {}: {err:#}", path.display());
@@ -109,6 +135,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let classes: Vec<_> = folders.into_iter().map(|(class, _)| class).collect();
     let evaluation = Evaluation::new(&samples, classes.clone(), args.target_precision);
+    let comparison = (args.tta != Tta::None).then(|| {
+        let images = samples.len() as f64;
+        let plain = Evaluation::new(&plain_samples, classes.clone(), None);
+        TtaComparison {
+            tta: args.tta,
+            views: args.tta.views().len(),
+            without: Cost::of(&plain, plain_time, images),
+            with: Cost::of(&evaluation, time, images),
+        }
+    });
     if let (true, Some(head)) = (args.update_model, &classifier.head) {
         update_head(&args, head, &evaluation, samples, classes)?;
     }
@@ -126,14 +162,68 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut value = serde_json::to_value(&evaluation)?;
         value["skipped"] = skipped.into();
         value["model"] = classifier.description.clone().into();
+        if let Some(comparison) = &comparison {
+            value["tta"] = serde_json::to_value(comparison)?;
+        }
         println!("{value}");
     } else {
+        if let Some(comparison) = &comparison {
+            print!("{}", comparison.text());
+        }
         print!("{}", evaluation.text());
         if skipped > 0 {
             println!("{skipped} unreadable images skipped");
         }
     }
     Ok(())
+}
+
+/// Accuracy and cost without and with test-time augmentation (`--tta`).
+#[derive(Debug, Serialize)]
+struct TtaComparison {
+    tta: Tta,
+    /// Views classified per image: backbone passes.
+    views: usize,
+    without: Cost,
+    with: Cost,
+}
+
+/// One side of a [`TtaComparison`].
+#[derive(Debug, Serialize)]
+struct Cost {
+    top1_accuracy: f64,
+    top5_accuracy: f64,
+    /// Preprocessing and inference per image (decoding, the same for both, left out).
+    ms_per_image: f64,
+}
+
+impl Cost {
+    fn of(evaluation: &Evaluation, time: Duration, images: f64) -> Cost {
+        Cost {
+            top1_accuracy: evaluation.top1_accuracy,
+            top5_accuracy: evaluation.top5_accuracy,
+            ms_per_image: time.as_secs_f64() * 1e3 / images,
+        }
+    }
+}
+
+impl TtaComparison {
+    fn text(&self) -> String {
+        let line = |name: String, cost: &Cost| {
+            format!(
+                "{name:<28} top-1 {:>5.1} %, top-5 {:>5.1} %, {:>7.1} ms/image\n",
+                cost.top1_accuracy * 100.0,
+                cost.top5_accuracy * 100.0,
+                cost.ms_per_image
+            )
+        };
+        let views = format!("with tta {} ({} views):", self.tta, self.views);
+        format!(
+            "{}{}\n",
+            line("without tta:".into(), &self.without),
+            line(views, &self.with)
+        )
+    }
 }
 
 /// Stores the fitted temperature (on top of the head's own) and, with a target precision, the

@@ -5,6 +5,9 @@
 //! A camera with heads runs the backbone once per frame and gives its features to each head:
 //! every classifier (the ImageNet one first, then the heads) is one [`Stream`] with its own
 //! postprocessor, publish policy and topics.
+//!
+//! With test-time augmentation (`[model] tta`) every view of the frame takes that path and
+//! each stream averages its probabilities over the views before postprocessing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,9 +21,10 @@ use crate::capture::{CameraConfig, Collector, Frame, FrameSlot, MotionGate, Pixe
 use crate::heartbeat::Heartbeat;
 use crate::model::{Model, IMAGENET_CLASSES};
 use crate::postprocess::{
-    Classification, Decision, PolicyConfig, Postprocessor, PublishMode, PublishPolicy,
+    Classification, Decision, MeanProbabilities, PolicyConfig, Postprocessor, PublishMode,
+    PublishPolicy,
 };
-use crate::preprocess::{PreprocessConfig, Preprocessor};
+use crate::preprocess::{PreprocessConfig, Preprocessor, Tta};
 use crate::publish::{Event, Publisher};
 
 /// How long a pipeline waits for a frame before checking whether a heartbeat event is due.
@@ -41,6 +45,8 @@ pub struct Shared {
     pub publisher: Publisher,
     /// The daemon sends reloaded settings here; each pipeline holds a receiver.
     pub settings: watch::Sender<Arc<Reloadable>>,
+    /// `[model] tta`: the views of each frame that are classified and averaged.
+    pub tta: Tta,
     pub snapshots: bool,
     pub print_events: bool,
 }
@@ -56,6 +62,8 @@ struct Stream {
     /// What to do about the current frame (decided for every stream before any is published,
     /// so the snapshot goes out once, first).
     decision: Decision,
+    /// The probabilities averaged over the views, with test-time augmentation.
+    mean: MeanProbabilities,
 }
 
 impl Stream {
@@ -66,6 +74,7 @@ impl Stream {
             last_classification: None,
             last_event: None,
             decision: Decision::Skip,
+            mean: MeanProbabilities::default(),
         })
     }
 
@@ -185,28 +194,45 @@ impl Pipeline {
         // and heads apply at once.
         let classified = self.motion.changed(rgb) || reloaded;
         if classified {
-            let input = self.preprocessor.normalize();
             let model = &self.shared.model;
-            if self.streams.len() > 1 {
-                model.forward_with_features(input, &mut self.logits, &mut self.features)?;
-            } else {
-                model.forward(input, &mut self.logits)?;
-            }
-            for stream in &mut self.streams {
-                let classification = match stream.head {
-                    None => settings.postprocessor.classify(&self.logits),
-                    Some(h) => {
-                        let head = &settings.heads[h];
-                        head.head.forward(
-                            &self.features,
-                            &mut self.head_hidden,
-                            &mut self.head_logits,
-                        );
-                        head.postprocessor.classify(&self.head_logits)
-                    }
-                };
-                let latency_ms = started.elapsed().as_secs_f32() * 1e3;
-                stream.last_classification = Some((classification, latency_ms));
+            let views = self.shared.tta.views();
+            for (n, &view) in views.iter().enumerate() {
+                let input = self.preprocessor.view(view);
+                if self.streams.len() > 1 {
+                    model.forward_with_features(input, &mut self.logits, &mut self.features)?;
+                } else {
+                    model.forward(input, &mut self.logits)?;
+                }
+                for stream in &mut self.streams {
+                    let (logits, postprocessor) = match stream.head {
+                        None => (&self.logits, &settings.postprocessor),
+                        Some(h) => {
+                            let head = &settings.heads[h];
+                            head.head.forward(
+                                &self.features,
+                                &mut self.head_hidden,
+                                &mut self.head_logits,
+                            );
+                            (&self.head_logits, &head.postprocessor)
+                        }
+                    };
+                    // Without TTA the logits are classified as they are (no averaging work).
+                    let logits = if views.len() == 1 {
+                        logits.as_slice()
+                    } else {
+                        if n == 0 {
+                            stream.mean.clear();
+                        }
+                        stream.mean.add(logits, 1.0);
+                        if n + 1 < views.len() {
+                            continue;
+                        }
+                        stream.mean.logits()
+                    };
+                    let classification = postprocessor.classify(logits);
+                    let latency_ms = started.elapsed().as_secs_f32() * 1e3;
+                    stream.last_classification = Some((classification, latency_ms));
+                }
             }
         }
         let now = Instant::now();
