@@ -104,7 +104,7 @@ fn hot_path_allocates_nothing_after_warm_up() {
     let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
     let mut mean = MeanProbabilities::default();
     let logits: Vec<f32> = (0..1000).map(|i| (i % 13) as f32).collect();
-    let mut all_views = |preprocessor: &mut Preprocessor, mean: &mut MeanProbabilities| {
+    let all_views = |preprocessor: &mut Preprocessor, mean: &mut MeanProbabilities| {
         preprocessor.decode(&frames[0]).unwrap();
         mean.clear();
         for view in Tta::FlipCrops.views() {
