@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::capture::{CameraConfig, CaptureError};
-use crate::model::{Head, Model, ModelConfig};
+use crate::model::{Ensemble, Model, ModelConfig};
 use crate::postprocess::{PolicyConfig, PostprocessConfig, PostprocessError, Postprocessor};
 use crate::preprocess::{PreprocessConfig, PreprocessError};
 use crate::publish::{MqttConfig, PublishError};
@@ -284,7 +284,7 @@ impl Config {
         &self,
         file: &Path,
         backbone: Option<&Model>,
-    ) -> Result<Vec<(Head, Postprocessor)>, ConfigError> {
+    ) -> Result<Vec<(Ensemble, Postprocessor)>, ConfigError> {
         let no_overrides = Overrides {
             var_of_key: BTreeMap::new(),
         };

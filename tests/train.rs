@@ -355,7 +355,7 @@ fn eval_measures_a_trained_head_and_stores_its_calibration() {
     ]);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("needs a head file"),
+        text(&out.stderr).contains("needs one head file"),
         "{}",
         text(&out.stderr)
     );

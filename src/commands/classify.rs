@@ -75,7 +75,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let weights = args
         .weights
         .unwrap_or_else(crate::model::default_weights_path);
-    let classifier = Classifier::load(&weights, args.backbone.as_deref(), &args.inference)?;
+    let classifier = Classifier::load(
+        std::slice::from_ref(&weights),
+        args.backbone.as_deref(),
+        &args.inference,
+    )?;
     let size = classifier.model.input_size() as u32;
     let mut preprocessor = Preprocessor::new(PreprocessConfig::for_input_size(size));
     let mut buffers = Buffers::default();

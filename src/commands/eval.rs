@@ -2,7 +2,8 @@
 //! labelled folder of images (one sub-folder per class, named by ImageNet WordNet id or
 //! English name, or by a head's class names). The figures come from [`crate::evaluate`].
 //! With `--tta` they are of the probabilities averaged over the test-time views, preceded by
-//! top-1, top-5 and milliseconds per image without and with the augmentation.
+//! top-1, top-5 and milliseconds per image without and with the augmentation. Several head
+//! files make an ensemble: each member's top-1 and top-5 precede the ensemble's figures.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,9 +26,10 @@ pub struct Args {
     /// name (`tabby`), or by the class names of a head.
     pub data: PathBuf,
     /// Model weights: torchvision ResNet-18 safetensors, an edgeclass GGUF, or a head file
-    /// (`edgeclass train`).
-    #[arg(long)]
-    pub weights: PathBuf,
+    /// (`edgeclass train`). Repeated with head files (same classes, same backbone): an ensemble
+    /// averaging their probabilities, reported member by member and as a whole.
+    #[arg(long, required = true)]
+    pub weights: Vec<PathBuf>,
     /// With a head file as `--weights`: the backbone to run it on [default: the backbone file
     /// the head records].
     #[arg(long)]
@@ -72,11 +74,16 @@ fn parse_probability(text: &str) -> Result<f64, String> {
 /// skipped and counted; the command fails if none is readable.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let classifier = Classifier::load(&args.weights, args.backbone.as_deref(), &args.inference)?;
-    if args.update_model && classifier.head.is_none() {
+    let head_to_update = classifier.head.as_ref().and_then(|h| h.single());
+    if args.update_model && head_to_update.is_none() {
         bail!(
-            "--update-model needs a head file as --weights; {} is a whole network (use \
+            "--update-model needs one head file as --weights; {} is {} (use \
              --write-thresholds for the config)",
-            args.weights.display()
+            args.weights[0].display(),
+            match args.weights.len() {
+                1 => "a whole network",
+                _ => "one of an ensemble",
+            }
         );
     }
     if args.update_model && args.tta != Tta::None {
@@ -94,6 +101,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut buffers = Buffers::default();
     let mut samples = Vec::new();
     let mut plain_samples = Vec::new();
+    let members = classifier.head.as_ref().map_or(0, |h| h.members().len());
+    // Each member's samples, for an ensemble.
+    let mut member_samples = vec![Vec::new(); if members > 1 { members } else { 0 }];
     let (mut time, mut plain_time) = (Duration::ZERO, Duration::ZERO);
     let mut skipped = 0usize;
     for (class, folder) in &folders {
@@ -115,6 +125,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         logits: buffers.plain_scores().to_vec(),
                         truth,
                     });
+                    for (member, samples) in member_samples.iter_mut().enumerate() {
+                        samples.push(Sample {
+                            logits: buffers.member_scores(member).to_vec(),
+                            truth,
+                        });
+                    }
                     (time, plain_time) = (time + buffers.time, plain_time + buffers.plain_time);
                 }
                 Err(err) => {
@@ -145,7 +161,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             with: Cost::of(&evaluation, time, images),
         }
     });
-    if let (true, Some(head)) = (args.update_model, &classifier.head) {
+    let members: Vec<Member> = member_samples
+        .iter()
+        .zip(&args.weights)
+        .map(|(samples, weights)| {
+            let evaluation = Evaluation::new(samples, classes.clone(), None);
+            Member {
+                weights: weights.clone(),
+                top1_accuracy: evaluation.top1_accuracy,
+                top5_accuracy: evaluation.top5_accuracy,
+            }
+        })
+        .collect();
+    if let (true, Some(head)) = (args.update_model, head_to_update) {
         update_head(&args, head, &evaluation, samples, classes)?;
     }
 
@@ -165,8 +193,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if let Some(comparison) = &comparison {
             value["tta"] = serde_json::to_value(comparison)?;
         }
+        if !members.is_empty() {
+            value["members"] = serde_json::to_value(&members)?;
+        }
         println!("{value}");
     } else {
+        for member in &members {
+            println!(
+                "member {}: top-1 {:.1} %, top-5 {:.1} %",
+                member.weights.display(),
+                member.top1_accuracy * 100.0,
+                member.top5_accuracy * 100.0
+            );
+        }
+        if !members.is_empty() {
+            println!("ensemble of {}:", members.len());
+        }
         if let Some(comparison) = &comparison {
             print!("{}", comparison.text());
         }
@@ -176,6 +218,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One member of an ensemble on its own.
+#[derive(Debug, Serialize)]
+struct Member {
+    /// Its head file.
+    weights: PathBuf,
+    top1_accuracy: f64,
+    top5_accuracy: f64,
 }
 
 /// Accuracy and cost without and with test-time augmentation (`--tta`).
@@ -261,7 +312,7 @@ fn update_head(
         head.set_thresholds(thresholds)
             .map_err(anyhow::Error::msg)?;
     }
-    head.save(&args.weights)?;
-    eprintln!("edgeclass: stored {what} in {}", args.weights.display());
+    head.save(&args.weights[0])?;
+    eprintln!("edgeclass: stored {what} in {}", args.weights[0].display());
     Ok(())
 }

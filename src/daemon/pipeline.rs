@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::heads::ActiveHead;
 use crate::capture::{CameraConfig, Collector, Frame, FrameSlot, MotionGate, PixelFormat};
 use crate::heartbeat::Heartbeat;
-use crate::model::{Model, IMAGENET_CLASSES};
+use crate::model::{EnsembleBuffers, Model, IMAGENET_CLASSES};
 use crate::postprocess::{
     Classification, Decision, MeanProbabilities, PolicyConfig, Postprocessor, PublishMode,
     PublishPolicy,
@@ -105,7 +105,7 @@ pub struct Pipeline {
     logits: Vec<f32>,
     /// The backbone's features, for the heads.
     features: Vec<f32>,
-    head_hidden: Vec<f32>,
+    head_buffers: EnsembleBuffers,
     head_logits: Vec<f32>,
     jpeg: Vec<u8>,
 }
@@ -145,7 +145,7 @@ impl Pipeline {
             preprocessor: Preprocessor::new(preprocess).with_region(camera.crop),
             logits: Vec::with_capacity(IMAGENET_CLASSES),
             features: Vec::with_capacity(shared.model.feature_len()),
-            head_hidden: Vec::new(),
+            head_buffers: EnsembleBuffers::default(),
             head_logits: Vec::new(),
             jpeg: Vec::new(),
             camera,
@@ -210,8 +210,10 @@ impl Pipeline {
                             let head = &settings.heads[h];
                             head.head.forward(
                                 &self.features,
-                                &mut self.head_hidden,
+                                1.0,
+                                &mut self.head_buffers,
                                 &mut self.head_logits,
+                                |_, _| {},
                             );
                             (&self.head_logits, &head.postprocessor)
                         }
