@@ -11,7 +11,8 @@
 //! 3. [`features::extract`]: the plain view and `views` augmented ones ([`augment`]); corrupt
 //!    pictures are skipped with their name.
 //! 4. [`fit::fit`]: AdamW, cosine schedule with warm-up, label smoothing, class weights,
-//!    optional distillation from a teacher head, early stopping that restores the best epoch.
+//!    optional distillation from a teacher head (or an ensemble of heads), early stopping that
+//!    restores the best epoch.
 //! 5. The validation split is evaluated with [`crate::evaluate`]: per-class precision and
 //!    recall, the confusion matrix, and thresholds reaching the target precision.
 
