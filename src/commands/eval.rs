@@ -262,7 +262,7 @@ impl TtaComparison {
     fn text(&self) -> String {
         let line = |name: String, cost: &Cost| {
             format!(
-                "{name:<28} top-1 {:>5.1} %, top-5 {:>5.1} %, {:>7.1} ms/image\n",
+                "{name:<32} top-1 {:>5.1} %, top-5 {:>5.1} %, {:>7.1} ms/image\n",
                 cost.top1_accuracy * 100.0,
                 cost.top5_accuracy * 100.0,
                 cost.ms_per_image
