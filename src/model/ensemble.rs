@@ -79,17 +79,8 @@ impl Ensemble {
             }
         }
         let weights = weights.unwrap_or_else(|| vec![1.0; members.len()]);
-        if weights.len() != members.len() {
-            return Err(problem(
-                first,
-                format!("{} weights for {} heads", weights.len(), members.len()),
-            ));
-        }
-        if let Some(bad) = weights.iter().find(|w| !w.is_finite() || **w <= 0.0) {
-            return Err(problem(
-                first,
-                format!("weight {bad} is not a finite number above 0"),
-            ));
+        if let Some(reason) = Ensemble::weights_problem(&weights, members.len()) {
+            return Err(problem(first, reason));
         }
         let (paths, members) = members.into_iter().unzip();
         Ok(Ensemble {
@@ -97,6 +88,21 @@ impl Ensemble {
             paths,
             weights,
         })
+    }
+
+    /// What is wrong with `weights` for an ensemble of `members` heads, if anything: one per
+    /// head, each finite and above 0.
+    pub fn weights_problem(weights: &[f32], members: usize) -> Option<String> {
+        if weights.len() != members {
+            return Some(format!(
+                "{} weights for {members} head files: give one per file",
+                weights.len()
+            ));
+        }
+        weights
+            .iter()
+            .find(|w| !w.is_finite() || **w <= 0.0)
+            .map(|w| format!("weight {w} is not a finite number above 0"))
     }
 
     /// The classes every member classifies into.
