@@ -174,6 +174,26 @@ fn classify_a_head_on_its_backbone_and_refuse_another_backbone() {
         );
         assert!(got.get("wnid").is_none(), "{v}");
     }
+    // An ensemble of the head with itself says the same.
+    let out = edgeclass(&[
+        "classify",
+        "--weights",
+        &h,
+        "--weights",
+        &h,
+        "--threads",
+        "1",
+        "--json",
+        &cat(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let twice: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(twice["model"], "resnet18-q8_0+door+door");
+    for (a, b) in top.iter().zip(twice["top3"].as_array().unwrap()) {
+        assert_eq!(a["index"], b["index"]);
+        let (a, b) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-6, "{v} vs {twice}");
+    }
     let table = edgeclass(&["classify", "--weights", &h, &cat()]);
     let stdout = text(&table.stdout);
     let first = stdout.lines().nth(1).unwrap_or_default();

@@ -1,5 +1,6 @@
 //! `edgeclass classify IMAGE...`: the Top-3 ImageNet classes of image files, or the Top-3 of a
-//! custom head's classes when `--weights` is a head file.
+//! custom head's classes when `--weights` is a head file (of their ensemble when repeated),
+//! optionally averaged over test-time views (`--tta`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,10 +24,11 @@ pub struct Args {
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     /// Model weights: torchvision ResNet-18 safetensors or an edgeclass GGUF, or a head file
-    /// (`edgeclass train`) to print its classes instead of ImageNet's
+    /// (`edgeclass train`) to print its classes instead of ImageNet's; repeated with head files
+    /// (same classes, same backbone): their ensemble, probabilities averaged
     /// [default: resnet18-q8_0.gguf in the data directory, as `edgeclass fetch-model` writes it].
     #[arg(long)]
-    pub weights: Option<PathBuf>,
+    pub weights: Vec<PathBuf>,
     /// With a head file as `--weights`: the backbone to run it on; it must be the one the head
     /// was trained on [default: the backbone file the head records].
     #[arg(long)]
@@ -72,14 +74,11 @@ struct Guess<'a> {
 /// fails is reported on stderr and the others are still classified; the command then fails,
 /// saying how many failed.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let weights = args
-        .weights
-        .unwrap_or_else(crate::model::default_weights_path);
-    let classifier = Classifier::load(
-        std::slice::from_ref(&weights),
-        args.backbone.as_deref(),
-        &args.inference,
-    )?;
+    let mut weights = args.weights;
+    if weights.is_empty() {
+        weights.push(crate::model::default_weights_path());
+    }
+    let classifier = Classifier::load(&weights, args.backbone.as_deref(), &args.inference)?;
     let size = classifier.model.input_size() as u32;
     let mut preprocessor = Preprocessor::new(PreprocessConfig::for_input_size(size));
     let mut buffers = Buffers::default();
