@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::capture::{CameraConfig, CaptureError};
-use crate::model::{Head, Model, ModelConfig};
+use crate::model::{Ensemble, Model, ModelConfig};
 use crate::postprocess::{PolicyConfig, PostprocessConfig, PostprocessError, Postprocessor};
 use crate::preprocess::{PreprocessConfig, PreprocessError};
 use crate::publish::{MqttConfig, PublishError};
@@ -244,6 +244,11 @@ impl Config {
                     format!("{:?} is used by an earlier head", head.name.as_str()),
                 ));
             }
+            if let Some(weights) = &head.ensemble_weights {
+                if let Some(problem) = Ensemble::weights_problem(weights, head.weights.len()) {
+                    return Err(errors.key(format!("heads[{index}].ensemble_weights"), problem));
+                }
+            }
             head.postprocess
                 .validate(&format!("heads[{index}].postprocess"))
                 .map_err(|e| errors.stage(e))?;
@@ -284,7 +289,7 @@ impl Config {
         &self,
         file: &Path,
         backbone: Option<&Model>,
-    ) -> Result<Vec<(Head, Postprocessor)>, ConfigError> {
+    ) -> Result<Vec<(Ensemble, Postprocessor)>, ConfigError> {
         let no_overrides = Overrides {
             var_of_key: BTreeMap::new(),
         };
@@ -682,6 +687,26 @@ mod tests {
                 format!("{CAMERA}[[heads]]\nname = \"x\"\n"),
                 "heads[0].weights",
                 "missing",
+            ),
+            (
+                format!("{CAMERA}[[heads]]\nname = \"x\"\nweights = []\n"),
+                "heads[0].weights",
+                "at least one head file",
+            ),
+            (
+                format!("{CAMERA}[[heads]]\nname = \"x\"\nweights = 3\n"),
+                "heads[0].weights",
+                "a head file path or a non-empty list of them",
+            ),
+            (
+                format!("{CAMERA}{HEAD}ensemble_weights = [1.0, 2.0]\n"),
+                "heads[0].ensemble_weights",
+                "2 weights for 1 head files",
+            ),
+            (
+                format!("{CAMERA}[model]\ntta = \"mirror\"\n"),
+                "model.tta",
+                "none, flip or flip+crops",
             ),
             // A bad top-level policy is reported where it is written, not where it is inherited.
             (

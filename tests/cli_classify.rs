@@ -10,7 +10,8 @@ use std::process::Output;
 use common::cli::{edgeclass, fixture, text};
 use edgeclass::model::{BackboneRef, Dense, Head, Model, Precision};
 use edgeclass::postprocess::topk::{softmax_in_place, top_k};
-use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
+use edgeclass::postprocess::MeanProbabilities;
+use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor, Tta, TtaView};
 
 fn tiny() -> String {
     fixture("model_tiny_resnet18.safetensors")
@@ -172,6 +173,26 @@ fn classify_a_head_on_its_backbone_and_refuse_another_backbone() {
             "{v}"
         );
         assert!(got.get("wnid").is_none(), "{v}");
+    }
+    // An ensemble of the head with itself says the same.
+    let out = edgeclass(&[
+        "classify",
+        "--weights",
+        &h,
+        "--weights",
+        &h,
+        "--threads",
+        "1",
+        "--json",
+        &cat(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let twice: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(twice["model"], "resnet18-q8_0+door+door");
+    for (a, b) in top.iter().zip(twice["top3"].as_array().unwrap()) {
+        assert_eq!(a["index"], b["index"]);
+        let (a, b) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-6, "{v} vs {twice}");
     }
     let table = edgeclass(&["classify", "--weights", &h, &cat()]);
     let stdout = text(&table.stdout);
@@ -509,4 +530,114 @@ fn closed_stdout_ends_quietly_with_success() {
         assert_eq!(out.status.code(), Some(0), "{format:?}: {stderr}");
         assert!(stderr.is_empty(), "{format:?}: {stderr}");
     }
+}
+
+/// The cat photo with its left half mirrored onto the right: its own mirror image.
+fn symmetric_cat(dir: &Path) -> String {
+    let mut rgb = image::open(fixture("model_chelsea.jpg")).unwrap().to_rgb8();
+    let width = rgb.width();
+    for y in 0..rgb.height() {
+        for x in width / 2..width {
+            let left = *rgb.get_pixel(width - 1 - x, y);
+            rgb.put_pixel(x, y, left);
+        }
+    }
+    let path = dir.join("symmetric.png");
+    rgb.save(&path).unwrap();
+    path.display().to_string()
+}
+
+fn top3_scores(out: &Output) -> Vec<(u64, f64)> {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    v["top3"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["index"].as_u64().unwrap(), g["score"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn tta_flip_of_a_mirror_symmetric_image_is_the_plain_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = symmetric_cat(dir.path());
+    // Tensor level: the mirrored view is the plain view bit for bit, so the int8 network's
+    // averaged probabilities are its plain ones.
+    let mut pre = Preprocessor::new(PreprocessConfig::for_input_size(224));
+    pre.decode(&read_image_file(Path::new(&image)).unwrap())
+        .unwrap();
+    let plain = pre.view(TtaView::Plain).to_vec();
+    assert_eq!(pre.view(TtaView::Mirror), plain.as_slice());
+    let model = Model::load(Path::new(&tiny()), Precision::Q8_0, 1).unwrap();
+    let mut mean = MeanProbabilities::default();
+    let mut logits = Vec::new();
+    for view in Tta::Flip.views() {
+        model.forward(pre.view(*view), &mut logits).unwrap();
+        mean.add(&logits, 1.0);
+    }
+    let mut averaged = mean.logits().to_vec();
+    softmax_in_place(&mut averaged);
+    model.forward(&plain, &mut logits).unwrap();
+    softmax_in_place(&mut logits);
+    for (a, p) in averaged.iter().zip(&logits) {
+        assert!((a - p).abs() < 1e-6, "{a} vs {p}");
+    }
+    // Command level: the same Top-3.
+    let run = |tta: &str| {
+        top3_scores(&edgeclass(&[
+            "classify",
+            "--weights",
+            &tiny(),
+            "--threads",
+            "1",
+            "--json",
+            "--tta",
+            tta,
+            &image,
+        ]))
+    };
+    let (plain, flipped) = (run("none"), run("flip"));
+    for ((i, a), (j, b)) in plain.iter().zip(&flipped) {
+        assert_eq!(i, j);
+        assert!((a - b).abs() < 1e-6, "{plain:?} vs {flipped:?}");
+    }
+}
+
+#[test]
+fn tta_on_a_photo_moves_the_scores_a_little() {
+    let run = |tta: &str| {
+        let out = edgeclass(&[
+            "classify",
+            "--weights",
+            &tiny(),
+            "--precision",
+            "f32",
+            "--threads",
+            "1",
+            "--json",
+            "--tta",
+            tta,
+            &cat(),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+        (top3_scores(&out), v)
+    };
+    let ((plain, v), (flipped, vf), (crops, vc)) = (run("none"), run("flip"), run("flip+crops"));
+    assert!(v.get("tta").is_none(), "{v}");
+    assert_eq!(
+        (vf["tta"].as_str(), vc["tta"].as_str()),
+        (Some("flip"), Some("flip+crops"))
+    );
+    // The photo is not symmetric, so the mean differs, but its top-1 stays the tabby.
+    assert_eq!(flipped[0].0, plain[0].0);
+    assert_ne!(flipped[0].1, plain[0].1);
+    assert!(
+        (flipped[0].1 - plain[0].1).abs() < 0.25,
+        "{plain:?} vs {flipped:?}"
+    );
+    assert!(
+        crops.iter().all(|&(_, s)| (0.0..=1.0).contains(&s)),
+        "{crops:?}"
+    );
 }

@@ -443,3 +443,55 @@ fn update_model_stores_the_fitted_temperature_in_a_gguf_network() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn eval_with_tta_reports_accuracy_and_cost_without_and_with() {
+    let set = labelled_set();
+    let weights = tiny();
+    let eval = |json: bool| {
+        let mut args = vec![
+            "eval",
+            set.dir.path().to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--precision",
+            "f32",
+            "--threads",
+            "1",
+            "--tta",
+            "flip",
+        ];
+        if json {
+            args.push("--json");
+        }
+        let out = edgeclass(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let v: Value = serde_json::from_str(&eval(true)).unwrap();
+    let tta = &v["tta"];
+    assert_eq!(tta["tta"], "flip");
+    assert_eq!(tta["views"], 2);
+    // Without TTA: the plain model's figures, recomputed here.
+    let right = set
+        .logits
+        .iter()
+        .zip(&set.truth)
+        .filter(|(z, &t)| argmax(&softmax(z, 1.0)) == t)
+        .count();
+    assert!(close(
+        &tta["without"]["top1_accuracy"],
+        right as f64 / set.truth.len() as f64
+    ));
+    // With TTA: the evaluation that follows is of the averaged probabilities.
+    assert_eq!(tta["with"]["top1_accuracy"], v["top1_accuracy"]);
+    let (plain_ms, tta_ms) = (
+        tta["without"]["ms_per_image"].as_f64().unwrap(),
+        tta["with"]["ms_per_image"].as_f64().unwrap(),
+    );
+    assert!(plain_ms > 0.0 && tta_ms > plain_ms, "{tta}");
+
+    let table = eval(false);
+    assert!(table.contains("without tta:"), "{table}");
+    assert!(table.contains("with tta flip (2 views):"), "{table}");
+}

@@ -21,7 +21,8 @@ use edgeclass::model::{
     write_gguf, BackboneRef, Dense, Head, Model, Network, Precision, StorageDtype,
 };
 use edgeclass::postprocess::topk::{softmax_in_place, top_k};
-use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
+use edgeclass::postprocess::MeanProbabilities;
+use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor, Tta};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -1196,6 +1197,116 @@ fn heads_publish_on_their_own_topics_with_their_own_home_assistant_sensor() {
 
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn tta_flip_averages_the_frame_and_its_mirror_image_for_imagenet_and_heads() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/#"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let weights = dir.path().join("garage_door.gguf");
+    let classes = ["open", "closed"];
+    let head = write_head(&weights, &classes, 16, 1);
+    let config = head_config(&broker.url(), &weights, "")
+        .replace("threads = 1\n", "threads = 1\ntta = \"flip\"\n");
+    let mut daemon = Daemon::start(&config);
+
+    // The mean of the photo's and its mirror image's probabilities, computed here.
+    let frame = read_image_file(&sample("chelsea.jpg")).expect("photo");
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+    preprocessor.decode(&frame).expect("decode");
+    let (mut logits, mut features, mut hidden, mut head_logits) = Default::default();
+    let (mut imagenet_mean, mut head_mean) =
+        (MeanProbabilities::default(), MeanProbabilities::default());
+    for view in Tta::Flip.views() {
+        synthetic_backbone()
+            .forward_with_features(preprocessor.view(*view), &mut logits, &mut features)
+            .expect("forward");
+        head.forward(&features, &mut hidden, &mut head_logits);
+        imagenet_mean.add(&logits, 1.0);
+        head_mean.add(&head_logits, 1.0);
+    }
+    let best = |mean: &mut MeanProbabilities| {
+        let mut p = mean.logits().to_vec();
+        softmax_in_place(&mut p);
+        top_k(&p, 1)[0]
+    };
+    for (topic, (index, score)) in [
+        ("edgeclass/door/event", best(&mut imagenet_mean)),
+        ("edgeclass/door/garage_door/event", best(&mut head_mean)),
+    ] {
+        let event = sub
+            .wait_for_topic(topic, WAIT)
+            .unwrap_or_else(|| panic!("no event on {topic}\n{}", daemon.stderr()))
+            .json();
+        assert_eq!(event["top3"][0]["index"], index, "{event}");
+        assert!(
+            (event["score"].as_f64().expect("score") - f64::from(score)).abs() < 1e-4,
+            "{event} vs {score}"
+        );
+    }
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn an_ensemble_of_a_head_with_itself_is_the_head_and_one_of_other_classes_stops_the_start() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/#"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let weights = dir.path().join("garage_door.gguf");
+    let classes = ["open", "closed"];
+    let head = write_head(&weights, &classes, 16, 1);
+    let single = format!("weights = \"{}\"", weights.display());
+    let twice = format!("weights = [\"{0}\", \"{0}\"]", weights.display());
+    let config = head_config(&broker.url(), &weights, "").replace(&single, &twice);
+    let mut daemon = Daemon::start(&config);
+
+    let frame = read_image_file(&sample("chelsea.jpg")).expect("photo");
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+    let input = preprocessor.run(&frame).expect("preprocess");
+    let (mut logits, mut features, mut hidden, mut head_logits) = Default::default();
+    synthetic_backbone()
+        .forward_with_features(input, &mut logits, &mut features)
+        .expect("forward");
+    head.forward(&features, &mut hidden, &mut head_logits);
+    softmax_in_place(&mut head_logits);
+
+    let event = sub
+        .wait_for_topic("edgeclass/door/garage_door/event", WAIT)
+        .unwrap_or_else(|| panic!("no head event\n{}", daemon.stderr()))
+        .json();
+    for prediction in event["top3"].as_array().expect("top3") {
+        let index = prediction["index"].as_u64().expect("index") as usize;
+        let score = prediction["score"].as_f64().expect("score");
+        assert!(
+            (score - f64::from(head_logits[index])).abs() < 1e-6,
+            "{event} vs {head_logits:?}"
+        );
+    }
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+
+    // A member with other classes (here: another order) is a configuration error.
+    let other = dir.path().join("reversed.gguf");
+    write_head(&other, &["closed", "open"], 16, 2);
+    let mixed = format!(
+        "weights = [\"{}\", \"{}\"]",
+        weights.display(),
+        other.display()
+    );
+    let config = head_config("mqtt://127.0.0.1:9", &weights, "").replace(&single, &mixed);
+    let mut daemon = Daemon::start(&config);
+    let status = daemon.wait_exit(WAIT);
+    let stderr = daemon.stderr();
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    for needed in [
+        "heads[0].weights",
+        &other.display().to_string(),
+        &weights.display().to_string(),
+    ] {
+        assert!(stderr.contains(needed), "{needed:?} not in: {stderr}");
+    }
 }
 
 #[test]

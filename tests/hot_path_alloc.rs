@@ -15,7 +15,8 @@ use edgeclass::model::{
     calibrate, synthetic_input, write_gguf, BackboneRef, Dense, Head, Model, Network, Precision,
     StorageDtype,
 };
-use edgeclass::preprocess::{CropRegion, PreprocessConfig, Preprocessor};
+use edgeclass::postprocess::MeanProbabilities;
+use edgeclass::preprocess::{CropRegion, PreprocessConfig, Preprocessor, Tta};
 
 /// Counts every allocation in the process (all threads) while `COUNTING` is set.
 struct CountingAllocator;
@@ -118,6 +119,28 @@ fn hot_path_allocates_nothing_after_warm_up() {
     });
     assert_eq!(decisions, [false, true, false, true]);
     assert_eq!(allocations, 0, "the motion gate allocated");
+
+    // Test-time augmentation: every view, and the mean of their probabilities, reuse their
+    // buffers.
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+    let mut mean = MeanProbabilities::default();
+    let logits: Vec<f32> = (0..1000).map(|i| (i % 13) as f32).collect();
+    let all_views = |preprocessor: &mut Preprocessor, mean: &mut MeanProbabilities| {
+        preprocessor.decode(&frames[0]).unwrap();
+        mean.clear();
+        for view in Tta::FlipCrops.views() {
+            preprocessor.view(*view);
+            mean.add(&logits, 1.0);
+        }
+        mean.logits();
+    };
+    all_views(&mut preprocessor, &mut mean);
+    let allocations =
+        allocations_during(|| (0..3).for_each(|_| all_views(&mut preprocessor, &mut mean)));
+    assert_eq!(
+        allocations, 0,
+        "test-time views allocated {allocations} times"
+    );
 
     // Collecting: one frame saved, then frames inside the interval and, after it, a
     // near-duplicate of the saved one are turned down without allocating.

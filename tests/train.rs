@@ -345,3 +345,71 @@ fn eval_measures_a_trained_head_and_stores_its_calibration() {
         "{thresholds:?}"
     );
 }
+
+/// Two trained heads: `eval` of a head with itself gives the head's figures, of both the
+/// members' and the ensemble's; and both can teach a student together.
+#[test]
+fn ensembles_of_trained_heads_in_eval_and_as_teacher() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let weights = backbone(dir.path());
+    let data = dir.path().join("data");
+    write_doors(&data, 12, 1, Variation::CAMERA);
+    let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    train(&data, &weights, &a, &["--views", "1"]);
+    train(&data, &weights, &b, &["--views", "1", "--seed", "2"]);
+    let held_out = dir.path().join("held_out");
+    write_doors(&held_out, 15, 5_000, Variation::CAMERA);
+    let eval = |heads: &[&Path]| -> Value {
+        let mut args = vec!["eval", held_out.to_str().expect("utf-8"), "--json"];
+        for head in heads {
+            args.extend(["--weights", head.to_str().expect("utf-8")]);
+        }
+        let out = edgeclass(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+
+    let (alone, twice) = (eval(&[&a]), eval(&[&a, &a]));
+    for key in ["images", "top1_accuracy", "top5_accuracy", "confusion"] {
+        assert_eq!(alone[key], twice[key], "{key}");
+    }
+    assert!(alone.get("members").is_none());
+    let members = twice["members"].as_array().expect("members");
+    assert_eq!(members.len(), 2);
+    assert!(members
+        .iter()
+        .all(|m| m["top1_accuracy"] == alone["top1_accuracy"]));
+
+    let (other, both) = (eval(&[&b]), eval(&[&a, &b]));
+    let members = both["members"].as_array().expect("members");
+    assert_eq!(members[0]["top1_accuracy"], alone["top1_accuracy"]);
+    assert_eq!(members[1]["top1_accuracy"], other["top1_accuracy"]);
+    assert_eq!(members[1]["weights"], b.to_str().expect("utf-8"));
+    assert!(
+        both["model"].as_str().expect("model").ends_with("+a+b"),
+        "{both}"
+    );
+    assert!(
+        both["top1_accuracy"].as_f64().expect("accuracy") >= 0.9,
+        "{both}"
+    );
+
+    let student = dir.path().join("student.gguf");
+    let (_, report) = train(
+        &data,
+        &weights,
+        &student,
+        &[
+            "--views",
+            "1",
+            "--teacher",
+            a.to_str().expect("utf-8"),
+            "--teacher",
+            b.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(
+        report["teacher"],
+        serde_json::json!([a.to_str().expect("utf-8"), b.to_str().expect("utf-8")])
+    );
+}

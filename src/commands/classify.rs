@@ -1,5 +1,6 @@
 //! `edgeclass classify IMAGE...`: the Top-3 ImageNet classes of image files, or the Top-3 of a
-//! custom head's classes when `--weights` is a head file.
+//! custom head's classes when `--weights` is a head file (of their ensemble when repeated),
+//! optionally averaged over test-time views (`--tta`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use serde::Serialize;
 
 use crate::model::Precision;
 use crate::postprocess::topk::{softmax_in_place, top_k};
-use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
+use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor, Tta};
 
 use super::classifier::{Buffers, Classifier};
 use super::InferenceArgs;
@@ -23,10 +24,11 @@ pub struct Args {
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     /// Model weights: torchvision ResNet-18 safetensors or an edgeclass GGUF, or a head file
-    /// (`edgeclass train`) to print its classes instead of ImageNet's
+    /// (`edgeclass train`) to print its classes instead of ImageNet's; repeated with head files
+    /// (same classes, same backbone): their ensemble, probabilities averaged
     /// [default: resnet18-q8_0.gguf in the data directory, as `edgeclass fetch-model` writes it].
     #[arg(long)]
-    pub weights: Option<PathBuf>,
+    pub weights: Vec<PathBuf>,
     /// With a head file as `--weights`: the backbone to run it on; it must be the one the head
     /// was trained on [default: the backbone file the head records].
     #[arg(long)]
@@ -34,6 +36,10 @@ pub struct Args {
     /// Compute precision and threads.
     #[command(flatten)]
     pub inference: InferenceArgs,
+    /// Test-time augmentation: average the probabilities over the image and its mirror image
+    /// (`flip`, 2 passes), and its four corner crops (`flip+crops`, 6 passes).
+    #[arg(long, default_value = "none", value_name = "none|flip|flip+crops")]
+    pub tta: Tta,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -46,6 +52,9 @@ struct Report<'a> {
     top3: Vec<Guess<'a>>,
     model: String,
     precision: Precision,
+    /// Left out without test-time augmentation.
+    #[serde(skip_serializing_if = "is_none")]
+    tta: Tta,
     /// Reading, decoding, preprocessing and inference of this image.
     latency_ms: f64,
 }
@@ -65,9 +74,10 @@ struct Guess<'a> {
 /// fails is reported on stderr and the others are still classified; the command then fails,
 /// saying how many failed.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let weights = args
-        .weights
-        .unwrap_or_else(crate::model::default_weights_path);
+    let mut weights = args.weights;
+    if weights.is_empty() {
+        weights.push(crate::model::default_weights_path());
+    }
     let classifier = Classifier::load(&weights, args.backbone.as_deref(), &args.inference)?;
     let size = classifier.model.input_size() as u32;
     let mut preprocessor = Preprocessor::new(PreprocessConfig::for_input_size(size));
@@ -80,9 +90,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut classify = || -> anyhow::Result<()> {
             let frame = read_image_file(path)?;
-            let tensor = preprocessor.run(&frame)?;
+            preprocessor.decode(&frame)?;
             buffers
-                .classify(&classifier, tensor)
+                .classify(&classifier, &mut preprocessor, args.tta)
                 .with_context(|| format!("classifying {}", path.display()))
         };
         if let Err(err) = classify() {
@@ -92,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             continue;
         }
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        let scores = buffers.scores(&classifier);
+        let scores = buffers.scores();
         softmax_in_place(scores);
         let top3 = top_k(scores, 3)
             .into_iter()
@@ -111,6 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             top3,
             model: classifier.description.clone(),
             precision: classifier.model.precision(),
+            tta: args.tta,
             latency_ms,
         };
         if args.json {
@@ -128,10 +139,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+fn is_none(tta: &Tta) -> bool {
+    *tta == Tta::None
+}
+
 fn write_table(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    let tta = match report.tta {
+        Tta::None => String::new(),
+        tta => format!(", tta {tta}"),
+    };
     writeln!(
         out,
-        "{}  ({}, {:.1} ms)",
+        "{}  ({}{tta}, {:.1} ms)",
         report.file.display(),
         report.model,
         report.latency_ms

@@ -9,7 +9,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::dataset::training_classes;
-use crate::model::{default_weights_path, Head, Model};
+use crate::model::{default_weights_path, Ensemble, Model};
 use crate::train::augment::Augmentation;
 use crate::train::features::Skipped;
 use crate::train::fit::{Distillation, Epoch, FitOptions};
@@ -89,9 +89,10 @@ pub struct Args {
     /// Seeds the split, augmentation, initialization and shuffling.
     #[arg(long, default_value_t = FitOptions::default().seed)]
     pub seed: u64,
-    /// Distil from this head (same backbone and classes).
+    /// Distil from this head (same backbone and classes); repeated: from the ensemble of
+    /// these heads, their probabilities averaged.
     #[arg(long, value_name = "HEAD.gguf")]
-    pub teacher: Option<PathBuf>,
+    pub teacher: Vec<PathBuf>,
     /// Distillation temperature T.
     #[arg(long, default_value_t = Distillation::default().temperature, requires = "teacher")]
     pub temperature: f32,
@@ -125,7 +126,7 @@ impl Args {
                 label_smoothing: self.label_smoothing,
                 balance_classes: !self.no_balance,
                 seed: self.seed,
-                distillation: self.teacher.as_ref().map(|_| Distillation {
+                distillation: (!self.teacher.is_empty()).then_some(Distillation {
                     temperature: self.temperature,
                     alpha: self.alpha,
                 }),
@@ -156,7 +157,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("--output is required to train")?;
     let weights = args.weights.clone().unwrap_or_else(default_weights_path);
     let model = Model::load(&weights, args.inference.precision, args.inference.threads)?;
-    let teacher = args.teacher.as_deref().map(Head::load).transpose()?;
+    let teacher = match args.teacher.as_slice() {
+        [] => None,
+        paths => Some(Ensemble::load(paths, None)?),
+    };
     let options = args.options();
     let mut progress = Bars::new(!args.json && std::io::stderr().is_terminal());
     let trained = train::train(
@@ -164,10 +168,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &absolute(&weights),
         &classes,
         &options,
-        teacher
-            .as_ref()
-            .zip(args.teacher.as_deref())
-            .map(|(head, path)| Teacher { head, path }),
+        teacher.as_ref().map(|heads| Teacher { heads }),
         &mut progress,
     )?;
     progress.finish();

@@ -4,7 +4,8 @@
 //! ```toml
 //! [[heads]]
 //! name = "garage_door"                               # one MQTT topic level, unique
-//! weights = "/var/lib/edgeclass/heads/garage_door.gguf"
+//! weights = "/var/lib/edgeclass/heads/garage_door.gguf"  # or a list: an ensemble
+//! # ensemble_weights = [2.0, 1.0]                   # optional, one per file of the list
 //! [heads.postprocess]                                # optional, see crate::postprocess
 //! [heads.publish_policy]                             # optional; keys not given: [publish_policy]'s
 //!
@@ -19,7 +20,7 @@ use serde::Deserialize;
 
 use super::tree::Node;
 use crate::capture::is_topic_id;
-use crate::model::{Head, Model, ModelError};
+use crate::model::{Ensemble, Head, Model, ModelError};
 use crate::postprocess::{HeadPostprocessConfig, PolicyConfig, PostprocessError, Postprocessor};
 
 /// One `[[heads]]` entry: a head file, and how its classifications are postprocessed and
@@ -30,8 +31,13 @@ pub struct HeadConfig {
     /// The head's name: in its topics (`<prefix>/<camera>/<name>/event`), Home Assistant ids
     /// and the cameras' `heads` lists.
     pub name: HeadName,
-    /// The head file, as `edgeclass train` writes it.
-    pub weights: PathBuf,
+    /// The head file, as `edgeclass train` writes it; or several (a list in the config), with
+    /// the same classes: an ensemble averaging their probabilities.
+    #[serde(deserialize_with = "one_or_more")]
+    pub weights: Vec<PathBuf>,
+    /// One weight per file of an ensemble (default: equal), each above 0.
+    #[serde(default)]
+    pub ensemble_weights: Option<Vec<f32>>,
     /// `[heads.postprocess]`: thresholds, labels, top-k over the head's classes.
     #[serde(default)]
     pub postprocess: HeadPostprocessConfig,
@@ -41,29 +47,49 @@ pub struct HeadConfig {
 }
 
 impl HeadConfig {
-    /// Reads the head file; given the model, also checks that the head was trained on its
-    /// backbone.
-    pub fn load(&self, backbone: Option<&Model>) -> Result<Head, ModelError> {
-        let head = Head::load(&self.weights)?;
+    /// Reads the head files into an ensemble (of one, for one file); given the model, also
+    /// checks that each head was trained on its backbone.
+    pub fn load(&self, backbone: Option<&Model>) -> Result<Ensemble, ModelError> {
+        let heads = Ensemble::load(&self.weights, self.ensemble_weights.clone())?;
         if let Some(model) = backbone {
-            model.check_head(&head, &self.weights)?;
+            heads.check_backbone(model)?;
         }
-        Ok(head)
+        Ok(heads)
     }
 
     /// The postprocessor of `head` (loaded from this entry, the `index`th), from the head's
-    /// classes, its recommended thresholds and `[heads.postprocess]`.
+    /// classes, its recommended thresholds (a single head's: they were fitted to its own
+    /// scores) and `[heads.postprocess]`.
     pub fn postprocessor(
         &self,
         index: usize,
-        head: &Head,
+        head: &Ensemble,
     ) -> Result<Postprocessor, PostprocessError> {
         Postprocessor::for_head(
             head.classes(),
-            head.thresholds(),
+            head.single().and_then(Head::thresholds),
             &self.postprocess,
             &format!("heads[{index}].postprocess"),
         )
+    }
+}
+
+/// `weights`: one path, or a non-empty list of them.
+fn one_or_more<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a head file path or a non-empty list of them")]
+    enum OneOrMore {
+        One(PathBuf),
+        More(Vec<PathBuf>),
+    }
+    match OneOrMore::deserialize(deserializer)? {
+        OneOrMore::One(path) => Ok(vec![path]),
+        OneOrMore::More(paths) if !paths.is_empty() => Ok(paths),
+        OneOrMore::More(_) => Err(serde::de::Error::custom(
+            "an empty list: give at least one head file",
+        )),
     }
 }
 

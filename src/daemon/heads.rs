@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::capture::CameraConfig;
 use crate::config::{Config, ConfigError, HeadConfig, HeadName};
-use crate::model::{Head, Model};
+use crate::model::{Ensemble, Model};
 use crate::postprocess::{PolicyConfig, Postprocessor};
 use crate::publish::Publisher;
 
@@ -17,16 +17,16 @@ use crate::publish::Publisher;
 pub struct ActiveHead {
     /// Its name, the topic level of its events.
     pub name: HeadName,
-    /// The classifier over the backbone's features.
-    pub head: Head,
+    /// The classifier over the backbone's features: one head, or an ensemble of them.
+    pub head: Ensemble,
     /// Its thresholds and labels.
     pub postprocessor: Postprocessor,
     /// Its publish policy.
     pub policy: PolicyConfig,
     /// `model` of its events: the backbone's description and the head's name.
     pub description: String,
-    /// The file as it was when loaded: a reload reads it again only when this changed.
-    stamp: Option<FileStamp>,
+    /// The files as they were when loaded: a reload reads them again only when one changed.
+    stamps: Vec<Option<FileStamp>>,
 }
 
 /// What tells that a file was replaced or rewritten.
@@ -38,6 +38,11 @@ struct FileStamp {
 }
 
 impl FileStamp {
+    /// The stamps of a head entry's files.
+    fn of_all(paths: &[PathBuf]) -> Vec<Option<FileStamp>> {
+        paths.iter().map(|path| FileStamp::of(path)).collect()
+    }
+
     /// `None` when the file cannot be inspected: loading it then says why.
     fn of(path: &Path) -> Option<FileStamp> {
         let metadata = std::fs::metadata(path).ok()?;
@@ -52,9 +57,9 @@ impl FileStamp {
 impl ActiveHead {
     fn new(
         config: &HeadConfig,
-        head: Head,
+        head: Ensemble,
         postprocessor: Postprocessor,
-        stamp: Option<FileStamp>,
+        stamps: Vec<Option<FileStamp>>,
         model: &Model,
     ) -> ActiveHead {
         ActiveHead {
@@ -63,7 +68,7 @@ impl ActiveHead {
             head,
             postprocessor,
             policy: config.publish_policy.clone(),
-            stamp,
+            stamps,
         }
     }
 }
@@ -79,7 +84,7 @@ pub fn load(
     let stamps: Vec<_> = config
         .heads
         .iter()
-        .map(|h| FileStamp::of(&h.weights))
+        .map(|h| FileStamp::of_all(&h.weights))
         .collect();
     let loaded = config.load_heads(config_file, Some(model))?;
     Ok(config
@@ -91,7 +96,7 @@ pub fn load(
             log::info!(
                 "head {} loaded from {} (classes: {})",
                 head_config.name,
-                head_config.weights.display(),
+                files(head_config),
                 head.classes().join(", ")
             );
             Arc::new(ActiveHead::new(
@@ -136,8 +141,8 @@ fn reload_one(
     config: &HeadConfig,
     model: &Model,
 ) -> anyhow::Result<ActiveHead> {
-    let stamp = FileStamp::of(&config.weights);
-    let changed = stamp.is_none() || stamp != old.stamp;
+    let stamps = FileStamp::of_all(&config.weights);
+    let changed = stamps.iter().any(Option::is_none) || stamps != old.stamps;
     let head = if changed {
         config.load(Some(model))?
     } else {
@@ -148,11 +153,21 @@ fn reload_one(
         log::info!(
             "head {} reloaded from {} (classes: {})",
             config.name,
-            config.weights.display(),
+            files(config),
             head.classes().join(", ")
         );
     }
-    Ok(ActiveHead::new(config, head, postprocessor, stamp, model))
+    Ok(ActiveHead::new(config, head, postprocessor, stamps, model))
+}
+
+/// The head files of an entry, for the log.
+fn files(config: &HeadConfig) -> String {
+    let paths: Vec<_> = config
+        .weights
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    paths.join(", ")
 }
 
 /// Announces the Home Assistant sensor of each of `heads` on every camera that runs it.

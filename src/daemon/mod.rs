@@ -99,6 +99,7 @@ async fn serve(
             policy: config.publish_policy.clone(),
             heads,
         })),
+        tta: config.model.tta,
         snapshots: config.mqtt.snapshot.enabled,
         print_events: config.log.print_events,
     });

@@ -5,6 +5,9 @@
 //! A camera with heads runs the backbone once per frame and gives its features to each head:
 //! every classifier (the ImageNet one first, then the heads) is one [`Stream`] with its own
 //! postprocessor, publish policy and topics.
+//!
+//! With test-time augmentation (`[model] tta`) every view of the frame takes that path and
+//! each stream averages its probabilities over the views before postprocessing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,11 +21,12 @@ use crate::capture::{
     CameraConfig, Collector, Frame, FrameSlot, GateStats, MotionGate, PixelFormat,
 };
 use crate::heartbeat::Heartbeat;
-use crate::model::{Model, IMAGENET_CLASSES};
+use crate::model::{EnsembleBuffers, Model, IMAGENET_CLASSES};
 use crate::postprocess::{
-    Classification, Decision, PolicyConfig, Postprocessor, PublishMode, PublishPolicy,
+    Classification, Decision, MeanProbabilities, PolicyConfig, Postprocessor, PublishMode,
+    PublishPolicy,
 };
-use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor};
+use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor, Tta};
 use crate::publish::{Event, Publisher};
 
 /// How long a pipeline waits for a frame before checking whether a heartbeat event is due.
@@ -43,6 +47,8 @@ pub struct Shared {
     pub publisher: Publisher,
     /// The daemon sends reloaded settings here; each pipeline holds a receiver.
     pub settings: watch::Sender<Arc<Reloadable>>,
+    /// `[model] tta`: the views of each frame that are classified and averaged.
+    pub tta: Tta,
     pub snapshots: bool,
     pub print_events: bool,
 }
@@ -58,6 +64,8 @@ struct Stream {
     /// What to do about the current frame (decided for every stream before any is published,
     /// so the snapshot goes out once, first).
     decision: Decision,
+    /// The probabilities averaged over the views, with test-time augmentation.
+    mean: MeanProbabilities,
 }
 
 impl Stream {
@@ -68,6 +76,7 @@ impl Stream {
             last_classification: None,
             last_event: None,
             decision: Decision::Skip,
+            mean: MeanProbabilities::default(),
         })
     }
 
@@ -98,7 +107,7 @@ pub struct Pipeline {
     logits: Vec<f32>,
     /// The backbone's features, for the heads.
     features: Vec<f32>,
-    head_hidden: Vec<f32>,
+    head_buffers: EnsembleBuffers,
     head_logits: Vec<f32>,
     jpeg: Vec<u8>,
     /// Frames skipped because their JPEG was cut off.
@@ -143,7 +152,7 @@ impl Pipeline {
             preprocessor: Preprocessor::new(preprocess).with_region(camera.crop),
             logits: Vec::with_capacity(IMAGENET_CLASSES),
             features: Vec::with_capacity(shared.model.feature_len()),
-            head_hidden: Vec::new(),
+            head_buffers: EnsembleBuffers::default(),
             head_logits: Vec::new(),
             jpeg: Vec::new(),
             cut_off_frames: 0,
@@ -229,28 +238,47 @@ impl Pipeline {
         // and heads apply at once.
         let classified = self.motion.changed(rgb) || reloaded;
         if classified {
-            let input = self.preprocessor.normalize();
             let model = &self.shared.model;
-            if self.streams.len() > 1 {
-                model.forward_with_features(input, &mut self.logits, &mut self.features)?;
-            } else {
-                model.forward(input, &mut self.logits)?;
-            }
-            for stream in &mut self.streams {
-                let classification = match stream.head {
-                    None => settings.postprocessor.classify(&self.logits),
-                    Some(h) => {
-                        let head = &settings.heads[h];
-                        head.head.forward(
-                            &self.features,
-                            &mut self.head_hidden,
-                            &mut self.head_logits,
-                        );
-                        head.postprocessor.classify(&self.head_logits)
-                    }
-                };
-                let latency_ms = started.elapsed().as_secs_f32() * 1e3;
-                stream.last_classification = Some((classification, latency_ms));
+            let views = self.shared.tta.views();
+            for (n, &view) in views.iter().enumerate() {
+                let input = self.preprocessor.view(view);
+                if self.streams.len() > 1 {
+                    model.forward_with_features(input, &mut self.logits, &mut self.features)?;
+                } else {
+                    model.forward(input, &mut self.logits)?;
+                }
+                for stream in &mut self.streams {
+                    let (logits, postprocessor) = match stream.head {
+                        None => (&self.logits, &settings.postprocessor),
+                        Some(h) => {
+                            let head = &settings.heads[h];
+                            head.head.forward(
+                                &self.features,
+                                1.0,
+                                &mut self.head_buffers,
+                                &mut self.head_logits,
+                                |_, _| {},
+                            );
+                            (&self.head_logits, &head.postprocessor)
+                        }
+                    };
+                    // Without TTA the logits are classified as they are (no averaging work).
+                    let logits = if views.len() == 1 {
+                        logits.as_slice()
+                    } else {
+                        if n == 0 {
+                            stream.mean.clear();
+                        }
+                        stream.mean.add(logits, 1.0);
+                        if n + 1 < views.len() {
+                            continue;
+                        }
+                        stream.mean.logits()
+                    };
+                    let classification = postprocessor.classify(logits);
+                    let latency_ms = started.elapsed().as_secs_f32() * 1e3;
+                    stream.last_classification = Some((classification, latency_ms));
+                }
             }
         }
         let now = Instant::now();

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::fetch::{data_dir, WeightsSource};
 use super::Precision;
+use crate::preprocess::Tta;
 
 /// `[model]`: which weights, at which precision, on how many threads.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -26,6 +27,9 @@ pub struct ModelConfig {
     pub sha256: String,
     /// Seeded random weights of the real shapes instead of a file: for tests and benchmarks.
     pub synthetic_seed: Option<u64>,
+    /// Test-time augmentation: classify each frame's views and average their probabilities
+    /// (ImageNet's and every head's); each view costs one backbone pass.
+    pub tta: Tta,
 }
 
 impl Default for ModelConfig {
@@ -39,6 +43,7 @@ impl Default for ModelConfig {
             base_url: source.base_url,
             sha256: source.sha256,
             synthetic_seed: None,
+            tta: Tta::None,
         }
     }
 }

@@ -5,9 +5,12 @@
 //! A GGUF file may carry activation ranges measured by [`calibrate`]; the int8 path then runs
 //! with static activation scales.
 //! One [`Model`] is shared by every camera: [`Model::forward`] takes `&self`.
+//! Heads ([`Head`]) classify its features into a user's own classes; an [`Ensemble`] averages
+//! several heads with the same classes.
 
 mod calibration;
 mod config;
+mod ensemble;
 pub mod fetch;
 mod head;
 pub mod install;
@@ -25,6 +28,7 @@ use crate::sysexits::Sysexit;
 
 pub use calibration::ActivationRanges;
 pub use config::{default_weights_path, ModelConfig};
+pub use ensemble::{Ensemble, EnsembleBuffers};
 pub use head::{is_head_file, BackboneRef, Dense, Head, HEAD_ARCHITECTURE};
 pub use quantize::{quantize_file, scale_temperature, write_gguf, StorageDtype};
 pub use weights::Network;
@@ -214,6 +218,17 @@ pub enum ModelError {
         backbone: PathBuf,
         /// That model's [`Model::fingerprint`].
         backbone_fingerprint: String,
+    },
+    /// The heads of an [`Ensemble`] do not fit together: other classes than the first head's,
+    /// or unusable weights.
+    #[error("head file {} cannot join an ensemble with {}: {reason}", path.display(), first.display())]
+    Ensemble {
+        /// The head file that does not fit.
+        path: PathBuf,
+        /// The ensemble's first head file.
+        first: PathBuf,
+        /// What does not fit.
+        reason: String,
     },
     /// An input tensor given to [`Model::forward`] or [`calibrate`] is not `1x3xSxS`.
     #[error("input tensor has {found} values, the model needs 1x3x{size}x{size} = {expected}")]

@@ -112,6 +112,7 @@
 
 mod classify;
 pub mod labels;
+mod mean;
 mod policy;
 pub mod topk;
 
@@ -123,6 +124,7 @@ use serde::Deserialize;
 use crate::sysexits::Sysexit;
 
 pub use classify::{Classification, Postprocessor, Prediction};
+pub use mean::MeanProbabilities;
 pub use policy::{Decision, PolicyConfig, PublishMode, PublishPolicy};
 
 /// The `[postprocess]` config table. See the module docs for semantics.

@@ -17,6 +17,8 @@
 //! Raw camera formats are converted with BT.601 limited-range ("TV range") YCbCr coefficients,
 //! which is what UVC cameras send for YUYV and NV12.
 //!
+//! [`Preprocessor::view`] gives the test-time augmented views ([`Tta`]) of the same image.
+//!
 //! All buffers (decoded RGB, the cut region, intermediate rows, output tensor) are kept and
 //! reused, so a stream of same-sized frames does not allocate after the first one, except inside
 //! the `image` crate's decoders for compressed formats.
@@ -25,6 +27,7 @@ mod crop;
 mod decode;
 mod mjpeg;
 mod resample;
+mod tta;
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +39,7 @@ use decode::FrameDecoder;
 
 pub use crop::{CropRegion, InvalidCropRegion};
 use resample::{CropResampler, NormalizeTable};
+pub use tta::{Tta, TtaView, UnknownTta};
 
 /// Parameters of the eval transform; the defaults are torchvision's ImageNet values.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -228,6 +232,11 @@ pub struct Preprocessor {
     whole: Vec<u8>,
     /// The image that is classified: the decoded frame, or its region.
     rgb: RgbImage,
+    /// A test-time view (mirrored or corner) of `rgb`.
+    view: RgbImage,
+    /// The corner views' own resampler: their size differs from the frame's, and one
+    /// resampler would recompute (and allocate) its filters at every switch.
+    corner_resampler: CropResampler,
     tensor: Vec<f32>,
 }
 
@@ -247,6 +256,8 @@ impl Preprocessor {
             region: None,
             whole: Vec::new(),
             rgb: RgbImage::default(),
+            view: RgbImage::default(),
+            corner_resampler: CropResampler::default(),
         }
     }
 
@@ -310,6 +321,38 @@ impl Preprocessor {
             &self.normalize_table,
             &mut self.tensor,
         );
+        &self.tensor
+    }
+
+    /// The tensor of one test-time view ([`Tta::views`]) of the last decoded image, in the
+    /// same reused buffer as [`Preprocessor::normalize`] (which is the plain view).
+    pub fn view(&mut self, view: TtaView) -> &[f32] {
+        let (resize, crop) = (self.config.resize, self.config.crop);
+        let (rgb, mut out) = (
+            std::mem::take(&mut self.rgb),
+            std::mem::take(&mut self.view),
+        );
+        match view {
+            TtaView::Plain => {
+                self.transform(&rgb);
+            }
+            TtaView::Mirror => {
+                tta::mirror(&rgb, &mut out);
+                self.transform(&out);
+            }
+            TtaView::Corner(right, bottom) => {
+                tta::cut_corner(&rgb, (right, bottom), resize, crop, &mut out);
+                // The corner square already is the crop: only resized to `crop`.
+                self.corner_resampler.resize_crop_normalize(
+                    &out,
+                    crop,
+                    crop,
+                    &self.normalize_table,
+                    &mut self.tensor,
+                );
+            }
+        }
+        (self.rgb, self.view) = (rgb, out);
         &self.tensor
     }
 

@@ -11,7 +11,8 @@
 //! 3. [`features::extract`]: the plain view and `views` augmented ones ([`augment`]); corrupt
 //!    pictures are skipped with their name.
 //! 4. [`fit::fit`]: AdamW, cosine schedule with warm-up, label smoothing, class weights,
-//!    optional distillation from a teacher head, early stopping that restores the best epoch.
+//!    optional distillation from a teacher head (or an ensemble of heads), early stopping that
+//!    restores the best epoch.
 //! 5. The validation split is evaluated with [`crate::evaluate`]: per-class precision and
 //!    recall, the confusion matrix, and thresholds reaching the target precision.
 
@@ -26,7 +27,7 @@ use serde::Serialize;
 
 use crate::dataset::TrainingClass;
 use crate::evaluate::{Evaluation, LabelledClass, Sample};
-use crate::model::{BackboneRef, Head, Model, ModelError, SplitMix};
+use crate::model::{BackboneRef, Ensemble, EnsembleBuffers, Head, Model, ModelError, SplitMix};
 use crate::preprocess::{PreprocessConfig, Preprocessor};
 use crate::sysexits::Sysexit;
 
@@ -110,12 +111,11 @@ impl TrainError {
     }
 }
 
-/// A teacher for distillation: a head on the same backbone with the same classes.
+/// A teacher for distillation: a head, or an ensemble of heads (their probabilities averaged
+/// at the distillation temperature), on the same backbone with the same classes.
 pub struct Teacher<'a> {
-    /// The teacher head.
-    pub head: &'a Head,
-    /// Its file, for messages.
-    pub path: &'a Path,
+    /// The teacher heads.
+    pub heads: &'a Ensemble,
 }
 
 /// What training tells as it goes.
@@ -178,8 +178,8 @@ pub struct Report {
     pub timings: Timings,
     /// The options of the run.
     pub options: TrainOptions,
-    /// The teacher distilled from, if any.
-    pub teacher: Option<PathBuf>,
+    /// The teacher distilled from (its head files: several for an ensemble); empty: none.
+    pub teacher: Vec<PathBuf>,
 }
 
 /// A trained head and its report.
@@ -227,7 +227,7 @@ pub fn train(
     let started = Instant::now();
     let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
     let teacher = teacher
-        .map(|t| teacher_order(&t, model, &names).map(|order| (t.head, t.path, order)))
+        .map(|t| teacher_order(&t, model, &names).map(|order| (t.heads, order)))
         .transpose()?;
 
     let total: usize = classes.iter().map(|c| c.images.len()).sum();
@@ -265,13 +265,14 @@ pub fn train(
         options.fit.seed,
     );
     // Teacher logits, one row per view, in the class order of this run.
+    let temperature = options.fit.distillation.map_or(1.0, |d| d.temperature);
     let teacher_logits: Vec<Vec<Vec<f32>>> = match &teacher {
-        Some((head, _, order)) => pictures
+        Some((heads, order)) => pictures
             .iter()
             .map(|p| {
                 p.views
                     .iter()
-                    .map(|f| head_logits(head, f, order))
+                    .map(|f| head_logits(heads, f, order, temperature))
                     .collect()
             })
             .collect(),
@@ -374,7 +375,7 @@ pub fn train(
             fit: fit_options,
             ..options.clone()
         },
-        teacher: teacher.map(|(_, path, _)| path.to_path_buf()),
+        teacher: teacher.map_or_else(Vec::new, |(heads, _)| heads.paths().to_vec()),
     };
     if let Ok(json) = serde_json::to_string(&report) {
         head.set_report(json);
@@ -382,38 +383,45 @@ pub fn train(
     Ok(Trained { head, report })
 }
 
-/// Per class of the student, its index among the teacher's outputs; the teacher must run on
-/// the same backbone and know exactly the same classes.
+/// Per class of the student, its index among the teacher's outputs; each teacher head must
+/// run on the same backbone, and the teacher know exactly the same classes.
 fn teacher_order(
     teacher: &Teacher,
     model: &Model,
     names: &[String],
 ) -> Result<Vec<usize>, TrainError> {
-    let error = |reason: String| TrainError::Teacher {
-        path: teacher.path.to_path_buf(),
+    let error = |path: &Path, reason: String| TrainError::Teacher {
+        path: path.to_path_buf(),
         reason,
     };
-    model
-        .check_head(teacher.head, teacher.path)
-        .map_err(|e| error(e.to_string()))?;
-    let theirs = teacher.head.classes();
+    let paths = teacher.heads.paths();
+    for (head, path) in teacher.heads.members().iter().zip(paths) {
+        model
+            .check_head(head, path)
+            .map_err(|e| error(path, e.to_string()))?;
+    }
+    let theirs = teacher.heads.classes();
     let order: Option<Vec<usize>> = names
         .iter()
         .map(|n| theirs.iter().position(|t| t == n))
         .collect();
     match order {
         Some(order) if theirs.len() == names.len() => Ok(order),
-        _ => Err(error(format!(
-            "its classes are {}, the data's are {}",
-            theirs.join(", "),
-            names.join(", ")
-        ))),
+        _ => Err(error(
+            &paths[0],
+            format!(
+                "its classes are {}, the data's are {}",
+                theirs.join(", "),
+                names.join(", ")
+            ),
+        )),
     }
 }
 
-/// The teacher's logits for `features`, reordered to the student's classes.
-fn head_logits(head: &Head, features: &[f32], order: &[usize]) -> Vec<f32> {
-    let (mut hidden, mut logits) = (Vec::new(), Vec::new());
-    head.forward(features, &mut hidden, &mut logits);
+/// The teacher's logits for `features` (whose softmax at `temperature` is the ensemble's mean
+/// at that temperature), reordered to the student's classes.
+fn head_logits(heads: &Ensemble, features: &[f32], order: &[usize], temperature: f32) -> Vec<f32> {
+    let (mut buffers, mut logits) = (EnsembleBuffers::default(), Vec::new());
+    heads.forward(features, temperature, &mut buffers, &mut logits, |_, _| {});
     order.iter().map(|&i| logits[i]).collect()
 }
