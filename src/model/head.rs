@@ -27,6 +27,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::Device;
 
 use super::quantize::{f32_tensor, write_gguf_file};
+use super::weights::checked_elem_count;
 use super::ModelError;
 
 /// `general.architecture` of a head file.
@@ -296,6 +297,7 @@ impl Head {
         })?;
         let content = gguf_file::Content::read(&mut file)
             .map_err(|e| malformed(format!("GGUF header: {e}")))?;
+        let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
         let metadata = &content.metadata;
         match metadata.get("general.architecture") {
             Some(Value::String(a)) if a == HEAD_ARCHITECTURE => {}
@@ -322,6 +324,20 @@ impl Head {
                     tensor: name.to_string(),
                     problem,
                 };
+                // A corrupt header can claim more values than fit in memory or in the file.
+                let info = content.tensor_infos.get(name);
+                let bytes = info.and_then(|info| {
+                    let count = checked_elem_count(info)?;
+                    let dtype = info.ggml_dtype;
+                    (count % dtype.block_size() == 0)
+                        .then(|| count / dtype.block_size() * dtype.type_size())
+                });
+                if info.is_some() && bytes.is_none_or(|b| b as u64 > file_len) {
+                    return Err(bad(format!(
+                        "its shape {:?} does not fit in the file",
+                        info.map(|i| i.shape.dims().to_vec()).unwrap_or_default()
+                    )));
+                }
                 let tensor = content
                     .tensor(&mut file, name, &Device::Cpu)
                     .and_then(|q| q.dequantize(&Device::Cpu))

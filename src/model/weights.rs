@@ -344,6 +344,15 @@ impl Network {
     }
 }
 
+/// The number of values of a GGUF tensor, `None` when its dimensions overflow (a corrupt
+/// header): candle's own count would overflow (a panic, or a wrapped size in release).
+pub(crate) fn checked_elem_count(info: &gguf_file::TensorInfo) -> Option<usize> {
+    info.shape
+        .dims()
+        .iter()
+        .try_fold(1usize, |count, &dim| count.checked_mul(dim))
+}
+
 /// SplitMix64: a tiny seeded generator, so synthetic weights are the same everywhere.
 pub(crate) struct SplitMix(u64);
 
@@ -619,7 +628,8 @@ impl<'a> GgufReader<'a> {
             .tensor_infos
             .get(name)
             .ok_or_else(|| self.missing(name))?;
-        let elems = info.shape.elem_count();
+        let elems = checked_elem_count(info)
+            .ok_or_else(|| self.bad(name, format!("shape {:?} is too large", info.shape.dims())))?;
         let block = info.ggml_dtype.block_size();
         if elems % block != 0 {
             return Err(self.bad(name, format!("{elems} values is not a multiple of {block}")));
