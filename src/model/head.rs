@@ -326,8 +326,9 @@ impl Head {
                 };
                 // A corrupt header can claim more values than fit in memory or in the file.
                 let info = content.tensor_infos.get(name);
+                // Zero values is malformed too (and trips candle's aligned-slice check).
                 let bytes = info.and_then(|info| {
-                    let count = checked_elem_count(info)?;
+                    let count = checked_elem_count(info).filter(|&count| count > 0)?;
                     let dtype = info.ggml_dtype;
                     (count % dtype.block_size() == 0)
                         .then(|| count / dtype.block_size() * dtype.type_size())
@@ -499,6 +500,34 @@ mod tests {
         let err = Head::new(vec!["a".into()], vec![output], 2, backbone())
             .expect_err("2 outputs, 1 class");
         assert!(err.contains("2 outputs but 1 class"), "{err}");
+    }
+
+    #[test]
+    fn a_tensor_without_values_is_malformed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("empty.gguf");
+        let empty = f32_tensor(Vec::new(), &[0, 2]).expect("empty tensor");
+        let bias = f32_tensor(vec![0.0; 2], &[2]).expect("bias");
+        let classes = Value::Array(vec![Value::String("a".into()), Value::String("b".into())]);
+        let text = |s: &str| Value::String(s.into());
+        let metadata = [
+            ("general.architecture", text(HEAD_ARCHITECTURE)),
+            (CLASSES, classes),
+            (FINGERPRINT, text("abc")),
+            (BACKBONE_FILE, text("/b.gguf")),
+        ];
+        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        write_gguf_file(
+            &path,
+            &metadata,
+            &[("head.0.weight", &empty), ("head.0.bias", &bias)],
+        )
+        .expect("write");
+        let err = Head::load(&path).expect_err("no values").to_string();
+        assert!(
+            err.contains("head.0.weight") && err.contains("does not fit"),
+            "{err}"
+        );
     }
 
     #[test]
