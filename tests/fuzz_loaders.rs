@@ -184,13 +184,14 @@ fn config_files_never_panic_the_loader() {
     });
 }
 
-/// Inputs fuzzing found panicking (a tensor shape whose value count overflows, read by
-/// candle's GGUF reader), kept as regression tests: now errors naming the tensor.
+/// Inputs fuzzing found panicking (a tensor shape whose value count, or byte size, overflows),
+/// kept as regression tests: now errors naming the file.
 #[test]
 fn crashes_found_by_fuzzing_are_errors() {
     for name in [
         "fuzz/head-overflowing-shape-1.gguf",
         "fuzz/head-overflowing-shape-2.gguf",
+        "fuzz/head-overflowing-size.gguf",
     ] {
         let err = Head::load(&fixture(name)).expect_err(name).to_string();
         assert!(err.contains(name), "{err}");

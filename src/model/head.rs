@@ -331,7 +331,8 @@ impl Head {
                     let count = checked_elem_count(info).filter(|&count| count > 0)?;
                     let dtype = info.ggml_dtype;
                     (count % dtype.block_size() == 0)
-                        .then(|| count / dtype.block_size() * dtype.type_size())
+                        .then_some(count / dtype.block_size())?
+                        .checked_mul(dtype.type_size())
                 });
                 if info.is_some() && bytes.is_none_or(|b| b as u64 > file_len) {
                     return Err(bad(format!(
