@@ -1,5 +1,5 @@
 //! Seeded mutation fuzzing of everything edgeclass reads from outside: model files (GGUF,
-//! safetensors), head files, images and raw camera frames, config files. Each mutated input
+//! safetensors), head files, images and raw camera frames, config, label map and groups files. Each mutated input
 //! must give `Ok` or an error, never a panic. Inputs that panic are saved under
 //! `target/fuzz-crashes/` for a regression test.
 //!
@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use edgeclass::capture::{Frame, PixelFormat};
 use edgeclass::config::Config;
 use edgeclass::model::{write_gguf, BackboneRef, Dense, Head, Network, StorageDtype};
+use edgeclass::postprocess::{PostprocessConfig, Postprocessor};
 use edgeclass::preprocess::{PreprocessConfig, Preprocessor};
 
 /// SplitMix64: seeded, so a failure reproduces.
@@ -197,4 +198,28 @@ fn crashes_found_by_fuzzing_are_errors() {
         assert!(err.contains(name), "{err}");
         let _ = Network::load(&fixture(name));
     }
+}
+
+#[test]
+fn label_map_and_groups_files_never_panic_the_postprocessor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let labels = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/labels");
+    let read = |name: &str| std::fs::read(labels.join(name)).expect("label file");
+    let file = dir.path().join("labels.toml");
+    fuzz("groups file", &[read("groups-home.toml")], |bytes| {
+        std::fs::write(&file, bytes).expect("write groups");
+        let config = PostprocessConfig {
+            groups: Some(file.clone()),
+            ..PostprocessConfig::default()
+        };
+        let _ = Postprocessor::new(&config);
+    });
+    fuzz("label map", &[read("zh.toml")], |bytes| {
+        std::fs::write(&file, bytes).expect("write label map");
+        let config = PostprocessConfig {
+            label_map: Some(file.clone()),
+            ..PostprocessConfig::default()
+        };
+        let _ = Postprocessor::new(&config);
+    });
 }
