@@ -3,6 +3,7 @@
 
 mod common {
     pub mod mosquitto;
+    pub mod rng;
     pub mod scenes;
     pub mod wait;
 }
@@ -49,53 +50,57 @@ impl Daemon {
     }
 
     fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let file = dir.path().join("edgeclass.toml");
-        fs::write(&file, config).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_edgeclass"))
-            .args(["run", "--config"])
-            .arg(&file)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.path().join("stdout")).expect("stdout file"))
-            .stderr(fs::File::create(dir.path().join("stderr")).expect("stderr file"))
-            .spawn()
-            .expect("spawn edgeclass");
-        Daemon { child, dir }
+        Self::spawn(config, |file| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_edgeclass"));
+            command
+                .args(["run", "--config"])
+                .arg(file)
+                .envs(env.iter().copied());
+            command
+        })
     }
 
     /// Starts the daemon as if on another machine named `host`, as the shipped unit runs it:
     /// in its own UTS, mount and pid namespaces (a user namespace, so no root is needed) with
     /// `/proc` mounted `subset=pid` (`ProcSubset=pid`: no `/proc/sys`).
     fn start_on_host(config: &str, host: &str) -> Daemon {
+        Self::spawn(config, |file| {
+            let mut command = Command::new("unshare");
+            command
+                .args([
+                    "--user",
+                    "--map-root-user",
+                    "--uts",
+                    "--mount",
+                    "--pid",
+                    "--fork",
+                ])
+                .arg("--kill-child")
+                .args(["sh", "-c"])
+                .arg(
+                    "hostname \"$2\" && mount -t proc -o subset=pid proc /proc && \
+                     exec \"$0\" run --config \"$1\"",
+                )
+                .arg(env!("CARGO_BIN_EXE_edgeclass"))
+                .arg(file)
+                .arg(host);
+            command
+        })
+    }
+
+    /// Writes `config` into a temp dir and runs `command(config file)` with its output kept
+    /// there.
+    fn spawn(config: &str, command: impl FnOnce(&Path) -> Command) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("edgeclass.toml");
         fs::write(&file, config).expect("write config");
-        let child = Command::new("unshare")
-            .args([
-                "--user",
-                "--map-root-user",
-                "--uts",
-                "--mount",
-                "--pid",
-                "--fork",
-            ])
-            .arg("--kill-child")
-            .args(["sh", "-c"])
-            .arg(
-                "hostname \"$2\" && mount -t proc -o subset=pid proc /proc && \
-                 exec \"$0\" run --config \"$1\"",
-            )
-            .arg(env!("CARGO_BIN_EXE_edgeclass"))
-            .arg(&file)
-            .arg(host)
+        let child = command(&file)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(fs::File::create(dir.path().join("stdout")).expect("stdout file"))
             .stderr(fs::File::create(dir.path().join("stderr")).expect("stderr file"))
             .spawn()
-            .expect("spawn unshare (util-linux)");
+            .expect("spawn the daemon");
         Daemon { child, dir }
     }
 

@@ -1,38 +1,26 @@
 //! Seeded mutation fuzzing of everything edgeclass reads from outside: model files (GGUF,
-//! safetensors), head files, images and raw camera frames, config, label map and groups files. Each mutated input
-//! must give `Ok` or an error, never a panic. Inputs that panic are saved under
+//! safetensors), head files, images and raw camera frames, config, label map and groups
+//! files. Each mutated input must give `Ok` or an error, never a panic. Inputs that panic are saved under
 //! `target/fuzz-crashes/` for a regression test.
 //!
 //! `EDGECLASS_FUZZ_ITERATIONS` sets the mutations per target (default 1500, a few seconds;
 //! run more by hand: `EDGECLASS_FUZZ_ITERATIONS=200000 cargo test --release --test fuzz_loaders
 //! -- --nocapture`).
 
+mod common {
+    pub mod rng;
+}
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use common::rng::Rng;
 use edgeclass::capture::{Frame, PixelFormat};
 use edgeclass::config::Config;
 use edgeclass::model::{write_gguf, BackboneRef, Dense, Head, Network, StorageDtype};
 use edgeclass::postprocess::{PostprocessConfig, Postprocessor};
 use edgeclass::preprocess::{PreprocessConfig, Preprocessor};
-
-/// SplitMix64: seeded, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// One to eight mutations of `seed`: random bytes, bit flips, truncation, overwritten 64-bit
 /// words (lengths and offsets in headers), duplicated spans.

@@ -3,6 +3,7 @@
 
 mod common {
     pub mod cli;
+    pub mod rng;
     pub mod scenes;
 }
 

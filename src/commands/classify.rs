@@ -14,7 +14,7 @@ use crate::postprocess::topk::{softmax_in_place, top_k};
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor, Tta};
 
 use super::classifier::{Buffers, Classifier};
-use super::InferenceArgs;
+use super::ClassifierArgs;
 
 /// Arguments of `edgeclass classify`: image files, the weights, precision and thread count,
 /// and the output form.
@@ -29,17 +29,9 @@ pub struct Args {
     /// [default: resnet18-q8_0.gguf in the data directory, as `edgeclass fetch-model` writes it].
     #[arg(long)]
     pub weights: Vec<PathBuf>,
-    /// With a head file as `--weights`: the backbone to run it on; it must be the one the head
-    /// was trained on [default: the backbone file the head records].
-    #[arg(long)]
-    pub backbone: Option<PathBuf>,
-    /// Compute precision and threads.
+    /// The backbone of head files, precision, threads, test-time augmentation.
     #[command(flatten)]
-    pub inference: InferenceArgs,
-    /// Test-time augmentation: average the probabilities over the image and its mirror image
-    /// (`flip`, 2 passes), and its four corner crops (`flip+crops`, 6 passes).
-    #[arg(long, default_value = "none", value_name = "none|flip|flip+crops")]
-    pub tta: Tta,
+    pub classifier: ClassifierArgs,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -78,7 +70,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if weights.is_empty() {
         weights.push(crate::model::default_weights_path());
     }
-    let classifier = Classifier::load(&weights, args.backbone.as_deref(), &args.inference)?;
+    let classifier = Classifier::load(
+        &weights,
+        args.classifier.backbone.as_deref(),
+        &args.classifier.inference,
+    )?;
     let size = classifier.model.input_size() as u32;
     let mut preprocessor = Preprocessor::new(PreprocessConfig::for_input_size(size));
     let mut buffers = Buffers::default();
@@ -92,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let frame = read_image_file(path)?;
             preprocessor.decode(&frame)?;
             buffers
-                .classify(&classifier, &mut preprocessor, args.tta)
+                .classify(&classifier, &mut preprocessor, args.classifier.tta)
                 .with_context(|| format!("classifying {}", path.display()))
         };
         if let Err(err) = classify() {
@@ -121,7 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             top3,
             model: classifier.description.clone(),
             precision: classifier.model.precision(),
-            tta: args.tta,
+            tta: args.classifier.tta,
             latency_ms,
         };
         if args.json {

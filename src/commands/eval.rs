@@ -17,7 +17,7 @@ use crate::model::{scale_temperature, Head};
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor, Tta};
 
 use super::classifier::{Buffers, Classifier};
-use super::InferenceArgs;
+use super::ClassifierArgs;
 
 /// Arguments of `edgeclass eval`: the labelled folder, the model, the output forms and the
 /// precision to recommend thresholds for.
@@ -31,18 +31,9 @@ pub struct Args {
     /// averaging their probabilities, reported member by member and as a whole.
     #[arg(long, required = true)]
     pub weights: Vec<PathBuf>,
-    /// With a head file as `--weights`: the backbone to run it on [default: the backbone file
-    /// the head records].
-    #[arg(long)]
-    pub backbone: Option<PathBuf>,
-    /// Compute precision and threads.
+    /// The backbone of head files, precision, threads, test-time augmentation.
     #[command(flatten)]
-    pub inference: InferenceArgs,
-    /// Test-time augmentation to measure: the evaluation is of the probabilities averaged over
-    /// the views (`flip`: 2 passes, `flip+crops`: 6), preceded by the accuracy and cost
-    /// without and with it.
-    #[arg(long, default_value = "none", value_name = "none|flip|flip+crops")]
-    pub tta: Tta,
+    pub classifier: ClassifierArgs,
     /// One JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -75,17 +66,21 @@ fn parse_probability(text: &str) -> Result<f64, String> {
 /// optionally writes the HTML report and the recommended thresholds. Unreadable images are
 /// skipped and counted; the command fails if none is readable.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let classifier = Classifier::load(&args.weights, args.backbone.as_deref(), &args.inference)?;
+    let classifier = Classifier::load(
+        &args.weights,
+        args.classifier.backbone.as_deref(),
+        &args.classifier.inference,
+    )?;
     if args.update_model && args.weights.len() > 1 {
         bail!(
             "--update-model stores one model's calibration; {} is one of an ensemble",
             args.weights[0].display()
         );
     }
-    if args.update_model && args.tta != Tta::None {
+    if args.update_model && args.classifier.tta != Tta::None {
         bail!(
             "--update-model fits the model's own scores; run it without --tta {}",
-            args.tta
+            args.classifier.tta
         );
     }
     let folders = match &classifier.head {
@@ -107,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut classify = || -> anyhow::Result<()> {
                 let frame = read_image_file(&path)?;
                 preprocessor.decode(&frame)?;
-                buffers.classify(&classifier, &mut preprocessor, args.tta)?;
+                buffers.classify(&classifier, &mut preprocessor, args.classifier.tta)?;
                 Ok(())
             };
             match classify() {
@@ -147,12 +142,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let classes: Vec<_> = folders.into_iter().map(|(class, _)| class).collect();
     let evaluation = Evaluation::new(&samples, classes.clone(), args.target_precision);
-    let comparison = (args.tta != Tta::None).then(|| {
+    let comparison = (args.classifier.tta != Tta::None).then(|| {
         let images = samples.len() as f64;
         let plain = Evaluation::new(&plain_samples, classes.clone(), None);
         TtaComparison {
-            tta: args.tta,
-            views: args.tta.views().len(),
+            tta: args.classifier.tta,
+            views: args.classifier.tta.views().len(),
             without: Cost::of(&plain, plain_time, images),
             with: Cost::of(&evaluation, time, images),
         }

@@ -22,6 +22,24 @@ pub struct InferenceArgs {
     pub threads: usize,
 }
 
+/// How `classify` and `eval` run their classifier: the backbone of head files, precision and
+/// threads, test-time augmentation.
+#[derive(Debug, clap::Args)]
+pub struct ClassifierArgs {
+    /// With head files as `--weights`: the backbone to run them on; it must be the one they
+    /// were trained on [default: the backbone file the head records].
+    #[arg(long)]
+    pub backbone: Option<std::path::PathBuf>,
+    /// Compute precision and threads.
+    #[command(flatten)]
+    pub inference: InferenceArgs,
+    /// Test-time augmentation: average the probabilities over the image and its mirror image
+    /// (`flip`, 2 passes), and also its four corner crops (`flip+crops`, 6 passes); `eval`
+    /// reports the accuracy and cost without and with it.
+    #[arg(long, default_value = "none", value_name = "none|flip|flip+crops")]
+    pub tta: crate::preprocess::Tta,
+}
+
 /// Tells which calibration images were measured and which were skipped (on stderr, so stdout
 /// stays the command's result).
 fn report_calibration(images: &crate::model::install::CalibrationImages) {

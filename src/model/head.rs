@@ -179,14 +179,8 @@ impl Head {
 
     /// Sets the temperature (temperature scaling); it must be finite and positive.
     pub fn set_temperature(&mut self, temperature: f32) -> Result<(), String> {
-        if temperature.is_finite() && temperature > 0.0 {
-            self.temperature = temperature;
-            Ok(())
-        } else {
-            Err(format!(
-                "temperature {temperature} is not a positive number"
-            ))
-        }
+        self.temperature = super::check_temperature(temperature)?;
+        Ok(())
     }
 
     /// Recommended per-class thresholds, in class order, when known.

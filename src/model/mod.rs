@@ -115,6 +115,18 @@ impl FromStr for Precision {
     }
 }
 
+/// Checks a temperature for temperature scaling (logits are divided by it): finite and
+/// positive. Shared by whole networks and heads, and by their file readers.
+pub(crate) fn check_temperature(temperature: f32) -> Result<f32, String> {
+    if temperature.is_finite() && temperature > 0.0 {
+        Ok(temperature)
+    } else {
+        Err(format!(
+            "temperature {temperature} is not a positive number"
+        ))
+    }
+}
+
 /// Width of quantized weights: symmetric per output channel, `-127..=127` or `-7..=7`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WeightBits {

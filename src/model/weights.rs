@@ -252,14 +252,8 @@ impl Network {
 
     /// Sets the temperature the logits are divided by; it must be finite and positive.
     pub fn set_temperature(&mut self, temperature: f32) -> Result<(), String> {
-        if temperature.is_finite() && temperature > 0.0 {
-            self.temperature = temperature;
-            Ok(())
-        } else {
-            Err(format!(
-                "temperature {temperature} is not a positive number"
-            ))
-        }
+        self.temperature = super::check_temperature(temperature)?;
+        Ok(())
     }
 
     /// The calibrated activation ranges, if any.
@@ -795,7 +789,7 @@ impl TensorReader for GgufReader<'_> {
             return Ok(1.0);
         };
         match value.to_f32() {
-            Ok(t) if t.is_finite() && t > 0.0 => Ok(t),
+            Ok(t) if super::check_temperature(t).is_ok() => Ok(t),
             _ => Err(ModelError::Malformed {
                 path: self.path.clone(),
                 reason: format!("{TEMPERATURE_KEY} is {value:?}, expected a positive number"),

@@ -6,6 +6,8 @@
 
 use image::{Rgb, RgbImage};
 
+use super::rng::Rng;
+
 /// How much a set of scenes varies.
 #[derive(Debug, Clone, Copy)]
 pub struct Variation {
@@ -33,23 +35,6 @@ impl Variation {
     };
 }
 
-/// A seeded generator (SplitMix64), so scenes are the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    fn range(&mut self, low: f32, high: f32) -> f32 {
-        low + (high - low) * self.next()
-    }
-}
-
 /// A 160x120 picture of a door, `open` or closed, varied by `seed` within `variation`.
 pub fn door(open: bool, seed: u64, variation: Variation) -> RgbImage {
     let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ u64::from(open));
@@ -70,7 +55,7 @@ pub fn door(open: bool, seed: u64, variation: Variation) -> RgbImage {
     let (door_w, door_h) = (rng.range(40.0, 48.0) as i32, rng.range(80.0, 90.0) as i32);
     let left = width / 2 - door_w / 2 + rng.range(-variation.shift, variation.shift) as i32;
     let top = height - door_h - 8 + rng.range(-variation.shift / 3.0, variation.shift / 3.0) as i32;
-    let hinge_left = !(variation.mirrored && rng.next() < 0.5);
+    let hinge_left = !(variation.mirrored && rng.unit() < 0.5);
     let mut noise = Rng(seed ^ 0xA5A5);
     RgbImage::from_fn(width as u32, height as u32, |x, y| {
         let (x, y) = (x as i32, y as i32);
