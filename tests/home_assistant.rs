@@ -11,6 +11,7 @@
 mod common {
     pub mod daemon;
     pub mod mosquitto;
+    pub mod rng;
     pub mod scenes;
     pub mod wait;
 }
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use common::mosquitto::{free_port, Mosquitto, Subscriber};
-use common::scenes::{write_doors, Variation};
+use common::scenes::{door, write_doors, Variation};
 use common::wait::poll_until;
 use edgeclass::model::{write_gguf, Model, Network, Precision, StorageDtype};
 use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
@@ -353,15 +354,22 @@ fn home_assistant_shows_state_top3_snapshots_and_availability_across_restarts() 
     let dir = tempfile::tempdir().expect("temp dir");
 
     // The README automation fires on the label `dog`: a groups file makes `dog` the class the
-    // synthetic network sees in chelsea.jpg, while coffee.jpg shows something else.
+    // synthetic network sees in the second scene, while the first shows something else.
     let model = Model::synthetic(SEED, Precision::Q8_0, 1).expect("synthetic model");
-    let (start_scene, dog_scene) = (sample("coffee.jpg"), sample("chelsea.jpg"));
-    let dog_class = top1(&model, &dog_scene);
-    assert_ne!(
-        top1(&model, &start_scene),
-        dog_class,
-        "the two scenes must differ"
-    );
+    let start_scene = sample("coffee.jpg");
+    let start_class = top1(&model, &start_scene);
+    let rendered = dir.path().join("rendered_door.png");
+    door(true, 3, Variation::CAMERA)
+        .save(&rendered)
+        .expect("render a scene");
+    let candidates = [sample("chelsea.jpg"), sample("astronaut.jpg"), rendered];
+    let classes: Vec<usize> = candidates.iter().map(|c| top1(&model, c)).collect();
+    let (dog_scene, dog_class) = candidates
+        .iter()
+        .zip(&classes)
+        .find(|(_, &class)| class != start_class)
+        .unwrap_or_else(|| panic!("every scene is class {start_class}: {classes:?}"));
+    let dog_scene = dog_scene.clone();
     let groups = dir.path().join("groups.toml");
     fs::write(
         &groups,
