@@ -584,7 +584,7 @@ fn config_tables_deserialize_with_defaults_and_reject_unknown_keys() {
             empty.postprocess.threshold,
             empty.postprocess.unknown_label.as_str()
         ),
-        (3, 0.6, "unknown")
+        (3, 0.6, "unrecognized")
     );
     assert_eq!(
         empty.publish_policy,
@@ -669,7 +669,10 @@ fn head_classes_are_named_indexed_and_have_no_wnid() {
     let post =
         Postprocessor::for_head(&two, None, &HeadPostprocessConfig::default(), SECTION).unwrap();
     assert_eq!(post.classify(&head_logits(&[0.9, 0.1])).top.len(), 2);
-    assert_eq!(post.labels().collect::<Vec<_>>(), ["yes", "no", "unknown"]);
+    assert_eq!(
+        post.labels().collect::<Vec<_>>(),
+        ["yes", "no", "unrecognized"]
+    );
 }
 
 #[test]
@@ -687,7 +690,7 @@ fn head_thresholds_come_from_the_file_unless_config_keys_override_them() {
     )
     .unwrap();
     let c = from_file.classify(&frame);
-    assert!(c.unknown && c.label == "unknown", "{c:?}");
+    assert!(c.unknown && c.label == "unrecognized", "{c:?}");
     let without_file =
         Postprocessor::for_head(&classes, None, &HeadPostprocessConfig::default(), SECTION)
             .unwrap();
@@ -957,7 +960,16 @@ fn on_change_needs_a_held_change_and_ignores_flicker() {
         run(
             &mut policy,
             t1,
-            &["dog", "cat", "dog", "dog", "cat", "unknown", "dog", "cat"]
+            &[
+                "dog",
+                "cat",
+                "dog",
+                "dog",
+                "cat",
+                "unrecognized",
+                "dog",
+                "cat"
+            ]
         ),
         [Skip; 8]
     );
