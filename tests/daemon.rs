@@ -1113,7 +1113,7 @@ fn heads_publish_on_their_own_topics_with_their_own_home_assistant_sensor() {
         .expect("today's sensor");
     assert_eq!(
         custom["json_attributes_topic"],
-        "edgeclass/door/garage_door/event"
+        "edgeclass/door/garage_door/state"
     );
     assert_eq!(custom["device_class"], "enum");
     assert_eq!(
