@@ -214,6 +214,28 @@ impl Config {
         Ok(config)
     }
 
+    /// Settings that are valid but probably not what the user wants, each as `key...: why`:
+    /// a camera's `motion.threshold` (ignored) and `unknown_label = "unknown"` (Home Assistant
+    /// cannot tell it from its own `unknown`). `check-config` prints them, the daemon logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let cameras = self
+            .cameras
+            .iter()
+            .enumerate()
+            .filter_map(|(index, camera)| {
+                let deprecation = camera.motion.deprecation()?;
+                Some(format!("cameras[{index}].{deprecation}"))
+            });
+        let heads = self.heads.iter().enumerate().filter_map(|(index, head)| {
+            head.postprocess
+                .warning(&format!("heads[{index}].postprocess"))
+        });
+        cameras
+            .chain(self.postprocess.warning())
+            .chain(heads)
+            .collect()
+    }
+
     /// Rules serde cannot express: ranges, uniqueness, cross-key consistency, files the
     /// postprocess section names. Each stage checks its own section.
     fn validate(&self, errors: &Errors) -> Result<(), ConfigError> {

@@ -228,7 +228,8 @@ pub fn training_classes(data: &Path) -> Result<Vec<TrainingClass>, DatasetError>
 
 /// Whether `name` can be published as a label: an MQTT payload and a Home Assistant sensor
 /// option that automations can type. Letters, digits, `_`, `-`, `.` and inner spaces, at most
-/// 64 characters, and not `unknown` (the label of a frame below its threshold).
+/// 64 characters, and not one of Home Assistant's own state words (`unknown`, `unavailable`,
+/// `None`, see [`crate::postprocess::label_problem`]).
 pub fn check_label(name: &str) -> Result<(), String> {
     if name.is_empty() || name.chars().count() > 64 {
         return Err("a label has 1 to 64 characters".into());
@@ -244,10 +245,10 @@ pub fn check_label(name: &str) -> Result<(), String> {
             "{c:?} is not allowed (use letters, digits, '_', '-', '.' or spaces)"
         ));
     }
-    if name.eq_ignore_ascii_case("unknown") {
-        return Err("\"unknown\" is what a frame below its threshold is labelled".into());
+    match crate::postprocess::label_problem(name) {
+        Some(problem) => Err(problem),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The files in `folder`, sorted; hidden files are left out.
@@ -282,7 +283,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_must_be_typeable_and_not_unknown() {
+    fn labels_must_be_typeable_and_not_home_assistant_state_words() {
         for good in ["open", "closed", "car_in", "Tür-offen", "state 2", "v1.5"] {
             assert_eq!(check_label(good), Ok(()), "{good}");
         }
@@ -292,7 +293,9 @@ mod tests {
             ("a/b", "'/'"),
             ("a+b", "'+'"),
             ("#", "'#'"),
-            ("Unknown", "below its threshold"),
+            ("Unknown", "Home Assistant"),
+            ("unavailable", "Home Assistant"),
+            ("None", "Home Assistant"),
         ] {
             let err = check_label(bad).expect_err(bad);
             assert!(err.contains(why), "{bad}: {err}");

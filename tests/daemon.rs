@@ -2,6 +2,7 @@
 //! mosquitto on 127.0.0.1, a real MQTT subscriber.
 
 mod common {
+    pub mod daemon;
     pub mod mosquitto;
     pub mod rng;
     pub mod scenes;
@@ -11,10 +12,11 @@ mod common {
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::daemon::Daemon;
 use common::mosquitto::{free_port, Mosquitto, Received, Subscriber};
 use common::scenes::{door, write_doors, Variation};
 use common::wait::{is_listening, poll_until};
@@ -36,117 +38,6 @@ fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/images")
         .join(name)
-}
-
-/// A daemon process with its own config file in a temp dir.
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(config: &str) -> Daemon {
-        Self::start_with_env(config, &[])
-    }
-
-    fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
-        Self::spawn(config, |file| {
-            let mut command = Command::new(env!("CARGO_BIN_EXE_edgeclass"));
-            command
-                .args(["run", "--config"])
-                .arg(file)
-                .envs(env.iter().copied());
-            command
-        })
-    }
-
-    /// Starts the daemon as if on another machine named `host`, as the shipped unit runs it:
-    /// in its own UTS, mount and pid namespaces (a user namespace, so no root is needed) with
-    /// `/proc` mounted `subset=pid` (`ProcSubset=pid`: no `/proc/sys`).
-    fn start_on_host(config: &str, host: &str) -> Daemon {
-        Self::spawn(config, |file| {
-            let mut command = Command::new("unshare");
-            command
-                .args([
-                    "--user",
-                    "--map-root-user",
-                    "--uts",
-                    "--mount",
-                    "--pid",
-                    "--fork",
-                ])
-                .arg("--kill-child")
-                .args(["sh", "-c"])
-                .arg(
-                    "hostname \"$2\" && mount -t proc -o subset=pid proc /proc && \
-                     exec \"$0\" run --config \"$1\"",
-                )
-                .arg(env!("CARGO_BIN_EXE_edgeclass"))
-                .arg(file)
-                .arg(host);
-            command
-        })
-    }
-
-    /// Writes `config` into a temp dir and runs `command(config file)` with its output kept
-    /// there.
-    fn spawn(config: &str, command: impl FnOnce(&Path) -> Command) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let file = dir.path().join("edgeclass.toml");
-        fs::write(&file, config).expect("write config");
-        let child = command(&file)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.path().join("stdout")).expect("stdout file"))
-            .stderr(fs::File::create(dir.path().join("stderr")).expect("stderr file"))
-            .spawn()
-            .expect("spawn the daemon");
-        Daemon { child, dir }
-    }
-
-    fn config_file(&self) -> PathBuf {
-        self.dir.path().join("edgeclass.toml")
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
-        assert_eq!(rc, 0, "kill({signal}) failed");
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let mut status = None;
-        poll_until(timeout, || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        status
-            .unwrap_or_else(|| panic!("daemon did not exit within {timeout:?}\n{}", self.stderr()))
-    }
-
-    /// The highest `seq` among the events printed on stdout (`[log] print_events = true`): how
-    /// many events the daemon has handed to its publisher so far, broker up or not.
-    fn last_printed_seq(&self) -> u64 {
-        fs::read_to_string(self.dir.path().join("stdout"))
-            .unwrap_or_default()
-            .lines()
-            // The line being written may be incomplete.
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter_map(|event| event["seq"].as_u64())
-            .max()
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A config for one `file:` camera with synthetic weights; `extra` is appended (TOML tables;
@@ -655,6 +546,38 @@ fn config_errors_name_the_key_and_file_and_exit_78() {
     assert!(
         err.contains("cameras[0].motion.threshold is ignored") && err.contains("cell_threshold"),
         "{err}"
+    );
+
+    // Labels Home Assistant would read as its own "no value" are refused, naming the key; the
+    // old default `unknown` still loads, with a warning saying what to use instead.
+    for (postprocess, key) in [
+        (
+            "unknown_label = \"unavailable\"",
+            "postprocess.unknown_label",
+        ),
+        ("unknown_label = \"None\"", "postprocess.unknown_label"),
+    ] {
+        let (code, err, _) = check(&format!("[postprocess]\n{postprocess}\n{camera}"), &[]);
+        assert_eq!(code, Some(78), "{postprocess}: {err}");
+        assert!(
+            err.contains(key) && err.contains("Home Assistant") && err.contains("unrecognized"),
+            "{postprocess}: {err}"
+        );
+    }
+    let (code, err, _) = check(
+        &format!("[postprocess]\nunknown_label = \"unknown\"\n{camera}"),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning: postprocess.unknown_label = \"unknown\"")
+            && err.contains("\"unrecognized\" (the default)"),
+        "{err}"
+    );
+    let (_, err, _) = check(camera, &[]);
+    assert!(
+        !err.contains("warning"),
+        "the default warns about nothing: {err}"
     );
 
     // A label file that does not exist: named once, with the OS reason once.
@@ -1190,12 +1113,12 @@ fn heads_publish_on_their_own_topics_with_their_own_home_assistant_sensor() {
         .expect("today's sensor");
     assert_eq!(
         custom["json_attributes_topic"],
-        "edgeclass/door/garage_door/event"
+        "edgeclass/door/garage_door/state"
     );
     assert_eq!(custom["device_class"], "enum");
     assert_eq!(
         custom["options"],
-        serde_json::json!(["open", "closed", "unknown"])
+        serde_json::json!(["open", "closed", "unrecognized"])
     );
     assert_eq!(custom["device"], default["device"]);
     assert_ne!(custom["unique_id"], default["unique_id"]);
@@ -1343,7 +1266,7 @@ fn sighup_reloads_a_changed_head_file_and_keeps_the_head_when_the_new_file_is_ba
     named.sort();
     assert_eq!(named, ["courier", "no_parcel", "parcel"]);
     let announced = ha.wait_until(WAIT, |m| {
-        m.json()["options"] == serde_json::json!(["parcel", "no_parcel", "courier", "unknown"])
+        m.json()["options"] == serde_json::json!(["parcel", "no_parcel", "courier", "unrecognized"])
     });
     assert!(announced.is_some(), "the sensor was not announced again");
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use edgeclass::postprocess::{
-    Classification, Decision, HeadPostprocessConfig, PolicyConfig, PostprocessConfig,
-    PostprocessError, Postprocessor, PublishMode, PublishPolicy,
+    label_problem, Classification, Decision, HeadPostprocessConfig, PolicyConfig,
+    PostprocessConfig, PostprocessError, Postprocessor, PublishMode, PublishPolicy,
 };
 
 const CLASSES: usize = 1000;
@@ -133,7 +133,7 @@ fn per_label_thresholds_override_the_global_one() {
     let c = post.classify(&logits_for(&[(TABBY, 0.8)]));
     assert_eq!(
         (c.label.as_str(), c.top[0].label.as_str()),
-        ("unknown", "tabby")
+        ("unrecognized", "tabby")
     );
 }
 
@@ -251,7 +251,7 @@ fn group_thresholds_and_threshold_key_errors() {
             .classify(&logits);
         assert_eq!(
             (c.label.as_str(), c.top[0].label.as_str()),
-            ("unknown", "Hund")
+            ("unrecognized", "Hund")
         );
     }
     // Without a per-label threshold the global 0.9 applies.
@@ -312,7 +312,7 @@ fn shipped_groups_and_chinese_names_load_and_resolve() {
             "{grouped} should be inside a group"
         );
     }
-    assert!(labels.contains(&"信箱") && labels.contains(&"unknown"));
+    assert!(labels.contains(&"信箱") && labels.contains(&"unrecognized"));
 
     // Uniform logits: every class has 0.001, so a group's score counts its members.
     let c = post.classify(&[0.0; CLASSES]);
@@ -584,7 +584,7 @@ fn config_tables_deserialize_with_defaults_and_reject_unknown_keys() {
             empty.postprocess.threshold,
             empty.postprocess.unknown_label.as_str()
         ),
-        (3, 0.6, "unknown")
+        (3, 0.6, "unrecognized")
     );
     assert_eq!(
         empty.publish_policy,
@@ -669,7 +669,10 @@ fn head_classes_are_named_indexed_and_have_no_wnid() {
     let post =
         Postprocessor::for_head(&two, None, &HeadPostprocessConfig::default(), SECTION).unwrap();
     assert_eq!(post.classify(&head_logits(&[0.9, 0.1])).top.len(), 2);
-    assert_eq!(post.labels().collect::<Vec<_>>(), ["yes", "no", "unknown"]);
+    assert_eq!(
+        post.labels().collect::<Vec<_>>(),
+        ["yes", "no", "unrecognized"]
+    );
 }
 
 #[test]
@@ -687,7 +690,7 @@ fn head_thresholds_come_from_the_file_unless_config_keys_override_them() {
     )
     .unwrap();
     let c = from_file.classify(&frame);
-    assert!(c.unknown && c.label == "unknown", "{c:?}");
+    assert!(c.unknown && c.label == "unrecognized", "{c:?}");
     let without_file =
         Postprocessor::for_head(&classes, None, &HeadPostprocessConfig::default(), SECTION)
             .unwrap();
@@ -786,6 +789,122 @@ fn head_config_errors_name_the_heads_key() {
     }
 }
 
+#[test]
+fn home_assistant_state_words_are_refused_as_labels_but_the_old_default_only_warns() {
+    assert_eq!(PostprocessConfig::default().unknown_label, "unrecognized");
+    assert_eq!(PostprocessConfig::default().warning(), None);
+    for word in [
+        "unknown",
+        "Unknown",
+        "unavailable",
+        "UNAVAILABLE",
+        "None",
+        "none",
+        " ",
+    ] {
+        assert!(label_problem(word).is_some(), "{word:?}");
+    }
+    for fine in ["unrecognized", "unknown person", "nobody", "Hund"] {
+        assert_eq!(label_problem(fine), None, "{fine:?}");
+    }
+
+    // unknown_label: refused, except the old default, which loads and warns.
+    for word in ["unavailable", "None", ""] {
+        let err = Postprocessor::new(&PostprocessConfig {
+            unknown_label: word.to_string(),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("postprocess.unknown_label"), "{word:?}: {err}");
+    }
+    let old_default = PostprocessConfig {
+        unknown_label: "unknown".to_string(),
+        ..Default::default()
+    };
+    let post = Postprocessor::new(&old_default).expect("the old default still loads");
+    assert_eq!(post.unknown_label(), "unknown");
+    let warning = old_default.warning().expect("a warning");
+    assert!(
+        warning.contains("postprocess.unknown_label = \"unknown\"")
+            && warning.contains("Home Assistant")
+            && warning.contains("\"unrecognized\""),
+        "{warning}"
+    );
+
+    // A label map or group label, named by the file's key.
+    let dir = tempfile::tempdir().unwrap();
+    let map = write(&dir, "map.toml", "[names]\ntabby = \"Unavailable\"\n");
+    let err = Postprocessor::new(&PostprocessConfig {
+        label_map: Some(map),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("postprocess.label_map") && err.contains("\"Unavailable\" is Home Assistant"),
+        "{err}"
+    );
+    let groups = write(
+        &dir,
+        "groups.toml",
+        "[groups.none]\nmembers = [\"tabby\"]\n",
+    );
+    let err = Postprocessor::new(&PostprocessConfig {
+        groups: Some(groups),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("postprocess.groups") && err.contains("\"none\" is Home Assistant"),
+        "{err}"
+    );
+
+    // A head: its labels, its unknown label, and a class name it would publish unmapped.
+    let head = |config: HeadPostprocessConfig, classes: &[&str]| {
+        let classes: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
+        Postprocessor::for_head(&classes, None, &config, SECTION).map(drop)
+    };
+    let err = head(
+        HeadPostprocessConfig {
+            labels: [("open".to_string(), "unknown".to_string())].into(),
+            ..Default::default()
+        },
+        &["open", "closed"],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("heads[0].postprocess.labels.\"open\""),
+        "{err}"
+    );
+    let err = head(Default::default(), &["open", "None"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("heads[0].postprocess.labels.\"None\"") && err.contains("another name"),
+        "{err}"
+    );
+    // ... which mapping it to another label cures.
+    head(
+        HeadPostprocessConfig {
+            labels: [("None".to_string(), "nothing".to_string())].into(),
+            ..Default::default()
+        },
+        &["open", "None"],
+    )
+    .expect("mapped away from the reserved word");
+    let old_default = HeadPostprocessConfig {
+        unknown_label: "unknown".to_string(),
+        ..Default::default()
+    };
+    head(old_default.clone(), &["open", "closed"]).expect("the old default still loads");
+    assert!(old_default
+        .warning(SECTION)
+        .is_some_and(|w| w.contains("heads[0].postprocess.unknown_label")));
+}
+
 // ---- publish policy ------------------------------------------------------------------------
 
 fn classification(label: &str) -> Classification {
@@ -841,7 +960,16 @@ fn on_change_needs_a_held_change_and_ignores_flicker() {
         run(
             &mut policy,
             t1,
-            &["dog", "cat", "dog", "dog", "cat", "unknown", "dog", "cat"]
+            &[
+                "dog",
+                "cat",
+                "dog",
+                "dog",
+                "cat",
+                "unrecognized",
+                "dog",
+                "cat"
+            ]
         ),
         [Skip; 8]
     );

@@ -157,6 +157,13 @@ async fn event_schema_retained_state_and_offline_on_shutdown() {
         !late.contains_key("edgeclass/door/event"),
         "events are not retained"
     );
+    // The last event is retained on the state topic: Home Assistant's attributes source.
+    let (state, retained) = &late["edgeclass/door/state"];
+    assert!(retained, "the state is retained");
+    let state: serde_json::Value = serde_json::from_str(state).expect("state is JSON");
+    assert_eq!(state["seq"], 2, "the state is the last event");
+    assert_eq!(state["frame"], 11);
+    assert_eq!(state["top3"], json["top3"]);
 
     // The subscriber can have both events before the publisher has processed their PUBACKs.
     wait_for("both events to be acknowledged", || {
@@ -258,7 +265,7 @@ async fn home_assistant_discovery_and_reannounce_on_ha_birth() {
     );
     assert!(sensor.get("object_id").is_none(), "object_id is deprecated");
     assert_eq!(sensor["state_topic"], "edgeclass/door/label");
-    assert_eq!(sensor["json_attributes_topic"], "edgeclass/door/event");
+    assert_eq!(sensor["json_attributes_topic"], "edgeclass/door/state");
     assert!(sensor["json_attributes_template"]
         .as_str()
         .unwrap()
@@ -324,7 +331,7 @@ async fn heads_have_their_own_topics_seqs_and_sensor_reannounced_when_labels_cha
     publisher.announce_head(
         &id("door"),
         "garage_door",
-        &["open", "closed", "open", "unknown"],
+        &["open", "closed", "open", "unrecognized"],
     );
     publisher.event(event("door", 1, "tabby"));
     publisher.head_event("garage_door", event("door", 1, "open"));
@@ -384,12 +391,19 @@ async fn heads_have_their_own_topics_seqs_and_sensor_reannounced_when_labels_cha
     assert_eq!(sensor["name"], "door garage_door");
     assert_eq!(sensor["state_topic"], "edgeclass/door/garage_door/label");
     assert_eq!(
+        sensor["json_attributes_topic"],
+        "edgeclass/door/garage_door/state"
+    );
+    let head_state = last("edgeclass/door/garage_door/state").expect("retained head state");
+    assert_eq!(head_state.json()["seq"], 2);
+    assert_eq!(head_state.json()["label"], "closed");
+    assert_eq!(
         sensor["options"],
-        serde_json::json!(["open", "closed", "unknown"])
+        serde_json::json!(["open", "closed", "unrecognized"])
     );
 
     // New labels replace the announcement, also the one Home Assistant's birth triggers.
-    publisher.announce_head(&id("door"), "garage_door", &["parcel", "unknown"]);
+    publisher.announce_head(&id("door"), "garage_door", &["parcel", "unrecognized"]);
     let again = blocking(move || {
         let changed = sub.wait_until(WAIT, |m| m.topic == head_sensor);
         sub.publish("homeassistant/status", "online", false);
@@ -399,7 +413,7 @@ async fn heads_have_their_own_topics_seqs_and_sensor_reannounced_when_labels_cha
     .await;
     for announced in [again.0, again.1] {
         let options = announced.expect("head sensor announced").json()["options"].clone();
-        assert_eq!(options, serde_json::json!(["parcel", "unknown"]));
+        assert_eq!(options, serde_json::json!(["parcel", "unrecognized"]));
     }
     publisher.shutdown(WAIT).await.unwrap();
 }

@@ -15,13 +15,8 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = crate::config::Config::load(&args.file)?;
     config.load_heads(&args.file, None)?;
-    for (index, camera) in config.cameras.iter().enumerate() {
-        if let Some(deprecation) = camera.motion.deprecation() {
-            eprintln!(
-                "{}: warning: cameras[{index}].{deprecation}",
-                args.file.display()
-            );
-        }
+    for warning in config.warnings() {
+        eprintln!("{}: warning: {warning}", args.file.display());
     }
     println!(
         "{}: OK ({} camera(s), {} head(s))",

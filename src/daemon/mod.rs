@@ -51,6 +51,9 @@ pub fn run(config_file: &Path) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         config_file.display()
     );
+    for warning in config.warnings() {
+        log::warn!("{}: {warning}", config_file.display());
+    }
 
     let model = Arc::new(service::while_starting(
         "loading the model (downloading it on first start)",

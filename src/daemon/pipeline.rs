@@ -140,9 +140,6 @@ impl Pipeline {
                 &crate::model::fetch::data_dir(),
             )
         });
-        if let Some(deprecation) = camera.motion.deprecation() {
-            log::warn!("camera {}: {deprecation}", camera.id);
-        }
         Ok(Self {
             motion: MotionGate::new(&camera.motion),
             collector,

@@ -147,11 +147,11 @@ pub(super) fn check_common(
             "must be at least 1",
         ));
     }
-    if unknown_label.trim().is_empty() {
-        return Err(config_error(
-            format!("{section}.unknown_label"),
-            "must not be empty",
-        ));
+    // "unknown" was the default before: accepted, with a warning (see `unknown_label_warning`).
+    if !unknown_label.eq_ignore_ascii_case("unknown") {
+        if let Some(problem) = super::label_problem(unknown_label) {
+            return Err(config_error(format!("{section}.unknown_label"), problem));
+        }
     }
     for (key, threshold) in thresholds {
         check_unit(|| format!("{section}.thresholds.{key:?}"), *threshold)?;
@@ -219,6 +219,19 @@ impl OutputLayout {
             outputs,
             output_of_class,
             group_of_class,
+        }
+    }
+
+    /// Rejects an output label Home Assistant would misread (see `label_problem`), naming the
+    /// config key it came from.
+    fn check_labels(&self, key: impl FnOnce() -> String) -> Result<(), PostprocessError> {
+        match self
+            .outputs
+            .iter()
+            .find_map(|o| super::label_problem(&o.label))
+        {
+            Some(problem) => Err(config_error(key(), format!("output label {problem}"))),
+            None => Ok(()),
         }
     }
 
@@ -313,6 +326,13 @@ impl Postprocessor {
         let mut layout = OutputLayout::new(&classes, &groups, &group_labels, class_labels, |_| {
             config.threshold
         });
+        // ImageNet's own names are fine; a reserved label comes from one of the two files.
+        let file_key = if config.label_map.is_some() {
+            "label_map"
+        } else {
+            "groups"
+        };
+        layout.check_labels(|| format!("{SECTION}.{file_key}"))?;
         layout.set_thresholds(SECTION, &config.thresholds, &classes, &groups)?;
         Ok(Self::from_layout(
             config.top_k,
@@ -353,6 +373,18 @@ impl Postprocessor {
                 .or_else(|| recommended.and_then(|r| r.get(class).copied()))
                 .unwrap_or(super::DEFAULT_THRESHOLD)
         };
+        // Mapped labels were checked by `validate`; an unmapped class publishes its name.
+        if let Some((class, problem)) = classes
+            .iter()
+            .zip(&class_labels)
+            .filter(|(_, label)| label.is_none())
+            .find_map(|(class, _)| super::label_problem(class).map(|p| (class, p)))
+        {
+            return Err(config_error(
+                format!("{section}.labels.{class:?}"),
+                format!("the head's class {problem}; publish it under another name with this key"),
+            ));
+        }
         let classes = Classes::Head(classes.to_vec());
         let mut layout = OutputLayout::new(&classes, &[], &[], &class_labels, threshold);
         layout.set_thresholds(section, &config.thresholds, &classes, &[])?;

@@ -28,7 +28,7 @@
 //! [postprocess]
 //! top_k = 3                       # 1..=1000 outputs reported in `top`
 //! threshold = 0.6                 # global threshold for the top-1, 0.0..=1.0
-//! unknown_label = "unknown"       # label published when the top-1 is below its threshold
+//! unknown_label = "unrecognized"  # label published when the top-1 is below its threshold
 //! label_map = "/etc/edgeclass/labels/zh.toml"        # optional
 //! groups = "/etc/edgeclass/labels/groups-home.toml"  # optional
 //! [postprocess.thresholds]        # optional per-output thresholds, 0.0..=1.0
@@ -104,6 +104,16 @@
 //! ImageNet-only. A head's predictions carry the class name as `raw_label`, the class's output
 //! index as `index`, and no `wnid`.
 //!
+//! # Labels Home Assistant would misread
+//!
+//! A published label becomes a Home Assistant sensor's state, so no label may be one of Home
+//! Assistant's own words for "no value" ([`HOME_ASSISTANT_STATE_WORDS`]: `unknown`,
+//! `unavailable`, `None`, any case) or empty: the sensor would look like one that never received
+//! anything, and `to: unknown` automations would fire on it. Such an `unknown_label`, label map
+//! or group label, head `labels` value or (unmapped) head class name is a config error; only
+//! `unknown_label = "unknown"`, the default of earlier versions, is still accepted, with a
+//! warning ([`PostprocessConfig::warning`]). The default is `unrecognized`.
+//!
 //! # Errors
 //!
 //! Bad files give a [`PostprocessError`] naming the file, the line, the key or entry and the
@@ -148,12 +158,51 @@ pub struct PostprocessConfig {
 /// The threshold of a class nothing else sets one for.
 pub const DEFAULT_THRESHOLD: f32 = 0.6;
 
+/// The label of a classification below its threshold unless `unknown_label` says otherwise; not
+/// one of [`HOME_ASSISTANT_STATE_WORDS`].
+pub const DEFAULT_UNKNOWN_LABEL: &str = "unrecognized";
+
+/// Home Assistant's words for a sensor without a value (`unknown`, `unavailable`) and the MQTT
+/// sensor payload that clears its value (`None`); labels are compared with them ignoring case.
+pub const HOME_ASSISTANT_STATE_WORDS: [&str; 3] = ["unknown", "unavailable", "none"];
+
+/// Why `label` cannot be published, or `None` if it can: it is empty or one of
+/// [`HOME_ASSISTANT_STATE_WORDS`].
+pub fn label_problem(label: &str) -> Option<String> {
+    if label.trim().is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    HOME_ASSISTANT_STATE_WORDS
+        .iter()
+        .any(|word| label.eq_ignore_ascii_case(word))
+        .then(|| {
+            format!(
+                "{label:?} is Home Assistant's own state for a sensor without a value (reserved: \
+                 unknown, unavailable, None, any case); a sensor showing it could not be told from \
+                 one that received nothing: choose another label, e.g. \"{DEFAULT_UNKNOWN_LABEL}\""
+            )
+        })
+}
+
+/// The warning for `unknown_label = "unknown"` (any case) at key path `section`: accepted
+/// because it was the default before, but Home Assistant cannot tell it from its own `unknown`.
+fn unknown_label_warning(section: &str, unknown_label: &str) -> Option<String> {
+    unknown_label.eq_ignore_ascii_case("unknown").then(|| {
+        format!(
+            "{section}.unknown_label = {unknown_label:?} is Home Assistant's own state for a \
+             sensor without a value, so \"to: unknown\" automations also fire when edgeclass \
+             recognises nothing; set it to another label, e.g. \"{DEFAULT_UNKNOWN_LABEL}\" (the \
+             default), and update automations that use it"
+        )
+    })
+}
+
 impl Default for PostprocessConfig {
     fn default() -> Self {
         Self {
             top_k: 3,
             threshold: DEFAULT_THRESHOLD,
-            unknown_label: "unknown".to_string(),
+            unknown_label: DEFAULT_UNKNOWN_LABEL.to_string(),
             label_map: None,
             groups: None,
             thresholds: BTreeMap::new(),
@@ -166,6 +215,11 @@ impl PostprocessConfig {
     /// loads them: it is [`Postprocessor::new`] with the result dropped.
     pub fn validate(&self) -> Result<(), PostprocessError> {
         Postprocessor::new(self).map(drop)
+    }
+
+    /// The warning for a valid but misleading setting: `unknown_label = "unknown"`.
+    pub fn warning(&self) -> Option<String> {
+        unknown_label_warning("postprocess", &self.unknown_label)
     }
 }
 
@@ -210,17 +264,20 @@ impl HeadPostprocessConfig {
         if let Some(threshold) = self.threshold {
             classify::check_unit(|| format!("{section}.threshold"), threshold)?;
         }
-        match self
-            .labels
-            .iter()
-            .find(|(_, label)| label.trim().is_empty())
-        {
-            Some((class, _)) => Err(PostprocessError::Config {
-                key: format!("{section}.labels.{class:?}"),
-                problem: "empty label".to_string(),
-            }),
-            None => Ok(()),
+        for (class, label) in &self.labels {
+            if let Some(problem) = label_problem(label) {
+                return Err(PostprocessError::Config {
+                    key: format!("{section}.labels.{class:?}"),
+                    problem,
+                });
+            }
         }
+        Ok(())
+    }
+
+    /// [`PostprocessConfig::warning`] for the head's table at key path `section`.
+    pub fn warning(&self, section: &str) -> Option<String> {
+        unknown_label_warning(section, &self.unknown_label)
     }
 }
 

@@ -20,7 +20,8 @@ pub(crate) struct Announcement {
     pub topics: Topics,
 }
 
-/// Attributes shown on the sensor, taken from the event JSON.
+/// Attributes shown on the sensor, taken from the retained state (the last event's JSON): retained
+/// so Home Assistant has them as soon as it subscribes, also after it restarts.
 const ATTRIBUTES_TEMPLATE: &str = "{{ {'top3': value_json.top3, 'score': value_json.score, \
      'unknown': value_json.unknown, 'seq': value_json.seq, 'ts': value_json.ts, \
      'frame': value_json.frame, 'model': value_json.model, \
@@ -122,7 +123,7 @@ impl Announcement {
     ) -> serde_json::Value {
         let mut config = self.common(camera, "sensor", what, name);
         config["state_topic"] = self.topics.label(camera, head).into();
-        config["json_attributes_topic"] = self.topics.event(camera, head).into();
+        config["json_attributes_topic"] = self.topics.state(camera, head).into();
         config["json_attributes_template"] = ATTRIBUTES_TEMPLATE.into();
         config["icon"] = "mdi:image-search".into();
         config

@@ -3,9 +3,12 @@
 //!
 //! Topics (prefix `edgeclass` by default):
 //! - `<prefix>/<camera>/event`: one JSON [`Event`] per classification (not retained);
+//! - `<prefix>/<camera>/state`: the last event again, retained, so a subscriber that starts
+//!   later (Home Assistant's sensor attributes) gets the current Top-3 at once;
 //! - `<prefix>/<camera>/label`: the top-1 label, retained;
-//! - `<prefix>/<camera>/<head>/event` and `<prefix>/<camera>/<head>/label`: the same for each
-//!   custom head the camera runs ([`Publisher::head_event`]);
+//! - `<prefix>/<camera>/<head>/event`, `<prefix>/<camera>/<head>/state` and
+//!   `<prefix>/<camera>/<head>/label`: the same for each custom head the camera runs
+//!   ([`Publisher::head_event`]);
 //! - `<prefix>/<camera>/snapshot`: JPEG of the classified frame, retained, size-capped;
 //! - `<prefix>/<camera>/availability`: `online`/`offline`, retained;
 //! - `<prefix>/status`: `online`/`offline`, retained, `offline` is the last will.
@@ -115,6 +118,11 @@ impl Topics {
     /// `<prefix>/<camera>/event`, or `<prefix>/<camera>/<head>/event` for a head's events.
     pub fn event(&self, camera: &CameraId, head: Option<&str>) -> String {
         self.classifier_topic(camera, head, "event")
+    }
+
+    /// `<prefix>/<camera>/state` (the last event, retained), or `<prefix>/<camera>/<head>/state`.
+    pub fn state(&self, camera: &CameraId, head: Option<&str>) -> String {
+        self.classifier_topic(camera, head, "state")
     }
 
     /// `<prefix>/<camera>/label`, or `<prefix>/<camera>/<head>/label` for a head's label.

@@ -197,14 +197,15 @@ impl Publisher {
         Ok(Publisher { inner })
     }
 
-    /// Queues an event for `<prefix>/<camera>/event` and, when the label changed, the retained
+    /// Queues an event for `<prefix>/<camera>/event`, the same JSON for the retained
+    /// `<prefix>/<camera>/state` and, when the label changed, the retained
     /// `<prefix>/<camera>/label`. Assigns `event.seq` (per camera, from 1) and returns it.
     pub fn event(&self, event: Event) -> u64 {
         self.classifier_event(None, event)
     }
 
-    /// [`Publisher::event`] for a custom head's classification: `<prefix>/<camera>/<head>/event`
-    /// and `<prefix>/<camera>/<head>/label`, with its own `seq` (per camera and head, from 1).
+    /// [`Publisher::event`] for a custom head's classification: `<prefix>/<camera>/<head>/event`,
+    /// `<prefix>/<camera>/<head>/state` and `<prefix>/<camera>/<head>/label`, with its own `seq` (per camera and head, from 1).
     /// `head` is the head's name, one topic level.
     pub fn head_event(&self, head: &str, event: Event) -> u64 {
         self.classifier_event(Some(head), event)
@@ -228,6 +229,10 @@ impl Publisher {
         };
         state.outbox.push(Message::event(
             inner.topics.event(&event.camera, head),
+            payload.clone(),
+        ));
+        state.publish_state(Message::state(
+            inner.topics.state(&event.camera, head),
             payload,
         ));
         if state.labels.get(&stream) != Some(&event.label) {
