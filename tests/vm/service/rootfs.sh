@@ -23,8 +23,10 @@ VM_HOSTNAME=edgeclass-vm
 # Camera: vivid and what it needs; disk: virtio block, ext4.
 CAMERA_MODULES=(vivid)
 BOOT_MODULES=(virtio_pci virtio_mmio virtio_blk crc32c_generic ext4)
+# busybox-static: the initramfs's shell and, in the VM, httpd serving the model to fetch-model.
+# Nothing for edgeclass itself: its dependencies (libc6, libgcc-s1) are in every Debian, and
+# dpkg -i in the VM fails if that ever changes.
 PACKAGES=systemd,systemd-sysv,udev,kmod,libnss-systemd,mosquitto,mosquitto-clients,busybox-static
-PACKAGES+=,libv4l-0   # the package's $auto dependency besides libc (checked by run.sh's dpkg -i)
 
 version=$("$here/../kernel.sh" "$arch" "$cache/kernel")
 stamp="$(sha256sum "$0" | cut -d' ' -f1) $version"
@@ -41,6 +43,15 @@ trap 'rm -rf "$work"' EXIT
 mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null |
   grep -oE 'https?://[^ ]*/debian/?( |$)' | awk '{ print $1; exit }' || true)
 root=$work/root
+# A foreign root filesystem runs its maintainer scripts under qemu-user: register the static
+# emulator with the kernel if nothing did (containers without systemd-binfmt).
+if [ "$arch" != "$(dpkg --print-architecture)" ]; then
+  binfmt=/proc/sys/fs/binfmt_misc
+  qemu_arch=$(case "$arch" in arm64) echo aarch64 ;; *) echo "$arch" ;; esac)
+  [ -e "$binfmt/register" ] || mount -t binfmt_misc binfmt_misc "$binfmt"
+  [ -e "$binfmt/qemu-$qemu_arch" ] ||
+    /lib/systemd/systemd-binfmt "/usr/lib/binfmt.d/qemu-$qemu_arch.conf"
+fi
 # merged-usr hook: the /usr merge without the usrmerge package (and its perl).
 mmdebstrap --quiet --variant=minbase --arch="$arch" --include="$PACKAGES" \
   --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
