@@ -48,7 +48,7 @@ image=$(apt-cache "${apt_opts[@]}" depends "linux-image-$arch" |
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && apt-get "${apt_opts[@]}" -qq download "$image:$arch" >&2)
-rm -rf "$out/lib" "$out/boot"
+rm -rf "${out:?}/lib"
 dpkg-deb -x "$work"/*.deb "$work/root"
 version=${image#linux-image-}
 mv "$work/root/boot/vmlinuz-$version" "$out/vmlinuz"

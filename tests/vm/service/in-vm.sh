@@ -5,6 +5,7 @@
 # and `VMTEST DONE` at the end; tests/vm/service/run.sh asserts them on the serial console.
 # /payload/env sets SCENARIOS (full | subset) and HUB_PATH (where the model is served).
 set -u
+# shellcheck source=/dev/null # written by run.sh
 . /payload/env
 UNIT=edgeclass
 CONFIG=/etc/edgeclass/edgeclass.toml
@@ -102,7 +103,10 @@ uid=$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
 groups=$(awk '/^Groups:/ { $1 = ""; print }' "/proc/$pid/status" 2>/dev/null)
 video_gid=$(getent group video | cut -d: -f3)
 user=$(getent passwd "$uid" | cut -d: -f1)
-camera_fd=$(ls -l "/proc/$pid/fd" 2>/dev/null | grep -c '/dev/video0')
+camera_fd=0
+for fd in "/proc/$pid/fd"/*; do
+  [ "$(readlink "$fd")" = /dev/video0 ] && camera_fd=$((camera_fd + 1))
+done
 if [ -n "$uid" ] && [ "$uid" -ge 61184 ] && [ "$user" = edgeclass ] &&
    echo " $groups " | grep -q " $video_gid " && [ "$camera_fd" -ge 1 ]; then
   pass dynamic-user "uid $uid ($user, dynamic), groups$groups incl. video ($video_gid), /dev/video0 open"
@@ -118,7 +122,7 @@ else
 fi
 
 # ---- Home Assistant discovery carries the VM's host name --------------------------------------
-node=$(hostname | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\{1,\}/_/g; s/^_//; s/_$//')
+node=$(hostname | tr '[:upper:]' '[:lower:]' | sed 's/[^a-z0-9]\{1,\}/_/g; s/^_//; s/_$//')
 topic=$(grep -o "^homeassistant/sensor/[^ ]*/config" "$MQTT_LOG" | head -n 1)
 if [ "$topic" = "homeassistant/sensor/$node/edgeclass_${node}_${CAMERA}_label/config" ]; then
   pass discovery-hostname "$topic (host name $(hostname))"

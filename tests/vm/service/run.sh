@@ -13,7 +13,7 @@
 # console, default target/vm-service-ARCH.log), VM_TIMEOUT (seconds, default 900).
 set -euo pipefail
 usage() { sed -n '8,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 64; }
-[ $# -ge 2 ] && [ $# -le 3 ] || usage
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then usage; fi
 arch=$1 deb=$2 scenarios=${3:-full}
 case "$arch" in amd64 | arm64) ;; *) usage ;; esac
 case "$scenarios" in full | subset) ;; *) usage ;; esac
