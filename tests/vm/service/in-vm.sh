@@ -69,8 +69,10 @@ mosquitto_sub -h 127.0.0.1 -v -t "$PREFIX/status" -t "$PREFIX/+/event" -t "$PREF
   -t 'homeassistant/+/+/+/config' >"$MQTT_LOG" 2>&1 &
 
 # ---- install ---------------------------------------------------------------------------------
-if out=$(dpkg -i /payload/edgeclass.deb 2>&1) && [ -f /lib/systemd/system/edgeclass.service ]; then
-  pass install "dpkg -i: $(dpkg-query -W -f='${Package} ${Version} ${Architecture}' edgeclass)"
+# "install ok installed": the maintainer scripts ran and succeeded.
+if out=$(dpkg -i /payload/edgeclass.deb 2>&1) && [ -f /lib/systemd/system/edgeclass.service ] &&
+   [ "$(dpkg-query -W -f='${Status}' edgeclass)" = "install ok installed" ]; then
+  pass install "dpkg -i: $(dpkg-query -W -f='${Package} ${Version} ${Architecture}: ${Status}' edgeclass)"
 else
   fail install "dpkg -i: $(echo "$out" | tail -n 3 | tr '\n' ' ')"
   echo "VMTEST DONE failures=$((failures))"; exit 1
