@@ -60,8 +60,21 @@ fn main() {
             std::process::exit(0);
         }
         // `{:#}` names each cause once: no error repeats its source in its own message.
-        eprintln!("edgeclass: {err:#}");
+        print_error(&format!("edgeclass: {err:#}"));
         std::process::exit(exit_code(&err));
+    }
+}
+
+/// Prints the error that ends the command on stderr. Under systemd stderr is the journal, which
+/// would file it at the stream's priority (info): a `<3>` prefix on each line (journald's
+/// `SyslogLevelPrefix=`) files it as an error, so `journalctl -p err` shows why the start failed.
+fn print_error(message: &str) {
+    if systemd_journal_logger::connected_to_journal() {
+        for line in message.lines() {
+            eprintln!("<3>{line}");
+        }
+    } else {
+        eprintln!("{message}");
     }
 }
 
