@@ -137,7 +137,7 @@ scenario_mjpeg_fallback() {
   fi
   # A reopen would log again: disconnect once so the check covers it.
   ctl disconnect=1
-  wait_count $W/log 'online' 2 30
+  wait_count $W/log 'cam: online' 2 30
   stop_daemon >/dev/null
   n=$(count $W/log 'no MJPEG')
   errors=$(count $W/log ' ERROR | WARN .*(mjpeg|MJPEG)')
@@ -178,19 +178,19 @@ scenario_disconnect() {
   fi
   t0=$(now_cs)
   ctl disconnect=1
-  wait_count $W/log 'offline' 1 10
+  wait_count $W/log 'cam: offline' 1 10
   t_off=$(($(now_cs) - t0))
-  wait_count $W/log 'online' 2 30
+  wait_count $W/log 'cam: online' 2 30
   t_on=$(($(now_cs) - t0))
   before=$(events)
   wait_count $W/events '"top3"' $((before + 2)) 30
   after=$(events)
   stop_daemon >/dev/null
-  if [ "$(count $W/log offline)" -ge 1 ] && [ $t_off -le 200 ] && [ "$(count $W/log online)" = 2 ] &&
+  if [ "$(count $W/log 'cam: offline')" -ge 1 ] && [ $t_off -le 200 ] && [ "$(count $W/log 'cam: online')" = 2 ] &&
      [ "$after" -gt "$before" ]; then
     pass disconnect "offline after $(secs $t_off) s, online after $(secs $t_on) s, events resumed ($before -> $after)"
   else
-    fail disconnect "offline after $(secs $t_off) s ($(count $W/log offline) lines), online lines $(count $W/log online), events $before -> $after"
+    fail disconnect "offline after $(secs $t_off) s ($(count $W/log 'cam: offline') lines), online lines $(count $W/log 'cam: online'), events $before -> $after"
   fi
 }
 
@@ -204,21 +204,21 @@ scenario_unbind() {
   pid=$DAEMON
   echo vivid.0 >/sys/bus/platform/drivers/vivid/unbind
   t0=$(now_cs)
-  wait_count $W/log 'offline' 1 10
+  wait_count $W/log 'cam: offline' 1 10
   t_off=$(($(now_cs) - t0))
   # Long enough for three attempts (after 1, 2 and 4 s of backoff).
   sleep 8
   gone=$([ -e $DEV ] && echo present || echo gone)
-  offline_lines=$(count $W/log 'offline')
+  offline_lines=$(count $W/log 'cam: offline')
   echo vivid.0 >/sys/bus/platform/drivers/vivid/bind
   t1=$(now_cs)
-  wait_count $W/log 'online' 2 60
+  wait_count $W/log 'cam: online' 2 60
   t_on=$(($(now_cs) - t1))
   stop_daemon >/dev/null
-  if [ "$gone" = gone ] && [ "$offline_lines" = 1 ] && [ "$(count $W/log online)" = 2 ] && [ "$pid" = "$DAEMON" ]; then
+  if [ "$gone" = gone ] && [ "$offline_lines" = 1 ] && [ "$(count $W/log 'cam: online')" = 2 ] && [ "$pid" = "$DAEMON" ]; then
     pass unbind "$DEV $gone, offline after $(secs $t_off) s, 1 offline line in 8 s of retries, online $(secs $t_on) s after bind"
   else
-    fail unbind "$DEV $gone, offline lines $offline_lines, online lines $(count $W/log online)"
+    fail unbind "$DEV $gone, offline lines $offline_lines, online lines $(count $W/log 'cam: online')"
   fi
 }
 
@@ -236,17 +236,17 @@ scenario_errors() {
   before=$(events)
   wait_count $W/events '"top3"' $((before + 3)) 30
   after=$(events)
-  wait_count $W/log 'buffer errors' 1 15
+  wait_count $W/log 'buffer errors and [1-9][0-9]* dropped' 1 20
   line=$(grep 'buffer errors' $W/log | tail -n 1 | sed 's/.*camera/camera/')
   up=$(alive && echo running || echo exited)
   stop_daemon >/dev/null
   errors=$(echo "$line" | sed -n 's/.* \([0-9]*\) buffer errors.*/\1/p')
   dropped=$(echo "$line" | sed -n 's/.* \([0-9]*\) dropped frames.*/\1/p')
   if [ "$up" = running ] && [ "${errors:-0}" -ge 1 ] && [ "${dropped:-0}" -ge 1 ] &&
-     [ "$after" -gt "$before" ] && [ "$(count $W/log offline)" = 0 ]; then
+     [ "$after" -gt "$before" ] && [ "$(count $W/log 'cam: offline')" = 0 ]; then
     pass errors "$line; events $before -> $after, never offline"
   else
-    fail errors "daemon $up, line [$line], events $before -> $after, offline lines $(count $W/log offline)"
+    fail errors "daemon $up, line [$line], events $before -> $after, offline lines $(count $W/log 'cam: offline')"
   fi
 }
 
@@ -260,25 +260,25 @@ scenario_stall() {
   fi
   ctl percentage_of_dropped_buffers=100
   t0=$(now_cs)
-  wait_count $W/log 'offline' 1 20
+  wait_count $W/log 'cam: offline' 1 20
   t_off=$(($(now_cs) - t0))
-  reason=$(grep -m1 'offline' $W/log | sed 's/.*offline: //')
+  reason=$(grep -m1 'cam: offline' $W/log | sed 's/.*offline: //')
   sleep 4
   ctl percentage_of_dropped_buffers=0
   t1=$(now_cs)
-  wait_count $W/log 'online' 2 60
+  wait_count $W/log 'cam: online' 2 60
   t_on=$(($(now_cs) - t1))
   ctl percentage_of_dropped_buffers=100
-  wait_count $W/log 'offline' 2 20
+  wait_count $W/log 'cam: offline' 2 20
   sleep 1
   stop_cs=$(stop_daemon)
   ctl percentage_of_dropped_buffers=0
   case "$reason" in *timeout*) timed_out=yes ;; *) timed_out=no ;; esac
-  if [ $timed_out = yes ] && [ "$(count $W/log online)" = 2 ] && [ "$(count $W/log offline)" = 2 ] &&
+  if [ $timed_out = yes ] && [ "$(count $W/log 'cam: online')" = 2 ] && [ "$(count $W/log 'cam: offline')" = 2 ] &&
      [ "$stop_cs" -le 500 ]; then
     pass stall "offline after $(secs $t_off) s ($reason), reopened online $(secs $t_on) s after frames resumed, SIGTERM while stalled exited in $(secs $stop_cs) s"
   else
-    fail stall "reason [$reason] after $(secs $t_off) s, online lines $(count $W/log online), offline lines $(count $W/log offline), SIGTERM took $(secs $stop_cs) s"
+    fail stall "reason [$reason] after $(secs $t_off) s, online lines $(count $W/log 'cam: online'), offline lines $(count $W/log 'cam: offline'), SIGTERM took $(secs $stop_cs) s"
   fi
 }
 

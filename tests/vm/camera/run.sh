@@ -2,6 +2,7 @@
 # Runs the camera scenarios against the kernel's virtual camera (vivid) in a QEMU VM.
 #
 #   tests/vm/camera/run.sh <x86_64|aarch64> <edgeclass binary> [scenario...]
+#   tests/vm/camera/run.sh <x86_64|aarch64> --prepare     (only download kernel and busybox)
 #
 # Builds an initramfs from busybox-static, vivid and its modules from the Debian kernel
 # (tests/vm/kernel.sh), vivid-ctl (tests/vm/camera/vivid-ctl.c, built static), the edgeclass
@@ -19,7 +20,7 @@
 # Needs (installed by .ci/setup): qemu-system-x86 / qemu-system-arm, busybox-static, cpio, kmod,
 # gcc / gcc-aarch64-linux-gnu with libc6-dev-arm64-cross.
 set -euo pipefail
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 64; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 64; }
 [ $# -ge 2 ] || usage
 arch=$1 binary=$2
 shift 2
@@ -42,35 +43,14 @@ case "$arch" in
     need qemu-system-aarch64 qemu-system-arm ;;
   *) usage ;;
 esac
-need "$cc" "the C compiler for $arch"
-need cpio cpio
-need readelf binutils
-[ -x "$binary" ] || { echo "run.sh: $binary is not an executable" >&2; exit 66; }
-scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=("${default_scenarios[@]}")
 
-root=$(mktemp -d)
-trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,sbin,edgeclass,proc,sys,dev,tmp,lib,lib64}
-
-# Kernel and modules: vivid and what modules.dep says it needs.
+# Kernel and modules (tests/vm/kernel.sh), and busybox: the host's for x86_64, the arm64
+# package's for aarch64; downloaded once into the cache.
 kernel=$cache/$debarch/kernel
 version=$("$repo/tests/vm/kernel.sh" "$debarch" "$kernel" | tail -n 1)
-moddir=lib/modules/$version
-mkdir -p "$root/$moddir"
-cp "$kernel/$moddir"/modules.{dep,alias,symbols,builtin,order} "$root/$moddir/" 2>/dev/null || true
-cp "$kernel/$moddir/modules.dep" "$root/$moddir/"
-vivid_line=$(grep -E '(^|/)vivid\.ko:' "$kernel/$moddir/modules.dep") ||
-  { echo "run.sh: no vivid.ko in $kernel/$moddir/modules.dep" >&2; exit 70; }
-for module in ${vivid_line/:/}; do
-  mkdir -p "$root/$moddir/$(dirname "$module")"
-  cp "$kernel/$moddir/$module" "$root/$moddir/$module"
-done
-
-# busybox: the host's for x86_64, the arm64 package's for aarch64 (downloaded once).
 if [ "$arch" = x86_64 ]; then
   busybox=/bin/busybox
-  [ -x "$busybox" ] && file -L "$busybox" 2>/dev/null | grep -q 'statically linked' ||
+  [ -x "$busybox" ] && ! readelf -l "$busybox" 2>/dev/null | grep -q 'program interpreter' ||
     { echo "run.sh: /bin/busybox missing or not static: run .ci/setup (busybox-static)" >&2; exit 69; }
 else
   busybox=$cache/arm64/busybox
@@ -83,6 +63,31 @@ else
     rm -rf "$tmp"
   fi
 fi
+[ "$binary" = --prepare ] && { echo "run.sh: $arch kernel $version and busybox ready in $cache"; exit 0; }
+
+need "$cc" "the C compiler for $arch"
+need cpio cpio
+need readelf binutils
+[ -x "$binary" ] || { echo "run.sh: $binary is not an executable" >&2; exit 66; }
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=("${default_scenarios[@]}")
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,sbin,edgeclass,proc,sys,dev,tmp,lib,lib64}
+
+# vivid and the modules modules.dep says it needs.
+moddir=lib/modules/$version
+mkdir -p "$root/$moddir"
+cp "$kernel/$moddir"/modules.{dep,alias,symbols,builtin,order} "$root/$moddir/" 2>/dev/null || true
+cp "$kernel/$moddir/modules.dep" "$root/$moddir/"
+vivid_line=$(grep -E '(^|/)vivid\.ko:' "$kernel/$moddir/modules.dep") ||
+  { echo "run.sh: no vivid.ko in $kernel/$moddir/modules.dep" >&2; exit 70; }
+for module in ${vivid_line/:/}; do
+  mkdir -p "$root/$moddir/$(dirname "$module")"
+  cp "$kernel/$moddir/$module" "$root/$moddir/$module"
+done
+
 cp "$busybox" "$root/bin/busybox"
 for applet in sh mount ip modprobe insmod sleep cat grep sed awk tr head tail wc echo kill \
               ls poweroff uname date mkdir rm cp; do
