@@ -21,7 +21,7 @@ pub enum CameraEvent {
     },
 }
 
-/// A frame source, driven by the camera thread that created it (nokhwa's camera is not `Send`).
+/// A frame source, driven by the camera thread that created it (a V4L2 stream stays on the thread that opened it).
 /// Sources (re)open their device or connection lazily inside `next_frame`, so a failure only
 /// costs one call.
 pub(super) trait FrameSource {

@@ -1,13 +1,11 @@
-//! V4L2 cameras through nokhwa. Frames are handed over in the camera's own pixel format; decoding
-//! is the preprocess stage's job.
+//! V4L2 cameras through the `v4l` crate. Frames are handed over in the camera's own pixel
+//! format; decoding is the preprocess stage's job.
 
 use std::time::{Duration, Instant, SystemTime};
 
-use nokhwa::utils::{
-    ApiBackend, CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType,
-};
-use nokhwa::Camera;
 use v4l::buffer::{Flags as BufferFlags, Type as BufferType};
+use v4l::frameinterval::FrameIntervalEnum;
+use v4l::framesize::FrameSizeEnum;
 use v4l::io::traits::CaptureStream;
 use v4l::prelude::MmapStream;
 use v4l::video::capture::Parameters;
@@ -20,39 +18,26 @@ use super::{
     V4l2Device,
 };
 
-/// Every format nokhwa knows: opening accepts any of them, so a camera without a usable format
-/// gets an error listing what it does offer rather than nokhwa's "Failed to Fufill".
-const KNOWN_FORMATS: [FrameFormat; 6] = [
-    FrameFormat::MJPEG,
-    FrameFormat::YUYV,
-    FrameFormat::NV12,
-    FrameFormat::RAWRGB,
-    FrameFormat::RAWBGR,
-    FrameFormat::GRAY,
+/// The formats edgeclass decodes, by V4L2 four-character code (`JPEG` is how some webcams name
+/// their MJPEG stream). Other formats are not listed.
+const KNOWN_FORMATS: [(&[u8; 4], PixelFormat); 7] = [
+    (b"MJPG", PixelFormat::Mjpeg),
+    (b"JPEG", PixelFormat::Mjpeg),
+    (b"YUYV", PixelFormat::Yuyv),
+    (b"NV12", PixelFormat::Nv12),
+    (b"RGB3", PixelFormat::Rgb24),
+    (b"BGR3", PixelFormat::Bgr24),
+    (b"GREY", PixelFormat::Gray),
 ];
 
-fn pixel_format(format: FrameFormat) -> Option<PixelFormat> {
-    match format {
-        FrameFormat::MJPEG => Some(PixelFormat::Mjpeg),
-        FrameFormat::YUYV => Some(PixelFormat::Yuyv),
-        FrameFormat::NV12 => Some(PixelFormat::Nv12),
-        FrameFormat::RAWRGB => Some(PixelFormat::Rgb24),
-        FrameFormat::RAWBGR => Some(PixelFormat::Bgr24),
-        FrameFormat::GRAY => Some(PixelFormat::Gray),
-    }
+fn pixel_format(fourcc: FourCC) -> Option<PixelFormat> {
+    KNOWN_FORMATS
+        .iter()
+        .find(|(code, _)| **code == fourcc.repr)
+        .map(|&(_, format)| format)
 }
 
-fn camera_mode(format: &CameraFormat) -> CameraMode {
-    CameraMode {
-        format: format.format().to_string(),
-        pixel_format: pixel_format(format.format()),
-        width: format.width(),
-        height: format.height(),
-        fps: format.frame_rate(),
-    }
-}
-
-/// `/dev/video3` (or a symlink to it) -> 3; nokhwa's V4L2 backend addresses devices by index.
+/// `/dev/video3` (or a symlink to it) -> 3: devices are opened by index.
 fn device_index(device: &V4l2Device) -> Result<u32, CaptureError> {
     let path = match device {
         V4l2Device::Index(index) => return Ok(*index),
@@ -83,22 +68,18 @@ fn device_name(device: &V4l2Device) -> String {
     }
 }
 
-/// Lists V4L2 devices and the modes each offers. A device that cannot be opened (busy, or a
+/// Lists V4L2 devices and the modes each offers. A device whose modes cannot be read (busy, or a
 /// metadata node rather than a capture node) is listed with its error instead of failing the list.
 pub fn list_cameras() -> Result<Vec<CameraInfo>, CaptureError> {
-    let devices = nokhwa::query(ApiBackend::Video4Linux).map_err(|e| CaptureError::Camera {
-        device: "/dev/video*".into(),
-        reason: format!("cannot list devices: {e}"),
-    })?;
-    let mut cameras: Vec<CameraInfo> = devices
+    let mut cameras: Vec<CameraInfo> = v4l::context::enum_devices()
         .into_iter()
-        .filter_map(|info| {
-            let index = info.index().as_index().ok()?;
-            let modes = query_modes(info.index().clone());
+        .filter_map(|node| {
+            let index = u32::try_from(node.index()).ok()?;
+            let modes = query_modes(index);
             Some(CameraInfo {
                 index,
-                path: format!("/dev/video{index}"),
-                name: info.human_name(),
+                path: node.path().display().to_string(),
+                name: node.name().unwrap_or_default(),
                 modes: modes.as_ref().map_or_else(|_| Vec::new(), Clone::clone),
                 error: modes.err(),
             })
@@ -108,16 +89,53 @@ pub fn list_cameras() -> Result<Vec<CameraInfo>, CaptureError> {
     Ok(cameras)
 }
 
-fn query_modes(index: CameraIndex) -> Result<Vec<CameraMode>, String> {
-    let request = RequestedFormat::with_formats(RequestedFormatType::None, &KNOWN_FORMATS);
-    let mut camera =
-        Camera::with_backend(index, request, ApiBackend::Video4Linux).map_err(|e| e.to_string())?;
-    let mut modes: Vec<CameraMode> = camera
-        .compatible_camera_formats()
-        .map_err(|e| e.to_string())?
-        .iter()
-        .map(camera_mode)
-        .collect();
+/// Every mode of a known format `/dev/video<index>` offers, sorted by format, size and rate.
+/// Stepwise sizes and rates (rare in webcams) contribute their smallest and largest values.
+fn query_modes(index: u32) -> Result<Vec<CameraMode>, String> {
+    let device = Device::new(index as usize).map_err(|e| e.to_string())?;
+    let formats = device
+        .enum_formats()
+        .map_err(|e| format!("cannot list formats: {e}"))?;
+    if formats.is_empty() {
+        return Err("offers no capture formats (not a capture node)".into());
+    }
+    let mut modes = Vec::new();
+    for description in formats {
+        let fourcc = description.fourcc;
+        let Some(format) = pixel_format(fourcc) else {
+            continue;
+        };
+        let sizes = device
+            .enum_framesizes(fourcc)
+            .map_err(|e| format!("cannot list {fourcc} sizes: {e}"))?;
+        for size in sizes {
+            let extremes = match size.size {
+                FrameSizeEnum::Discrete(size) => vec![(size.width, size.height)],
+                FrameSizeEnum::Stepwise(steps) => vec![
+                    (steps.min_width, steps.min_height),
+                    (steps.max_width, steps.max_height),
+                ],
+            };
+            for (width, height) in extremes {
+                let intervals = device
+                    .enum_frameintervals(fourcc, width, height)
+                    .map_err(|e| format!("cannot list {fourcc} {width}x{height} rates: {e}"))?;
+                for interval in intervals {
+                    let fractions = match interval.interval {
+                        FrameIntervalEnum::Discrete(fraction) => vec![fraction],
+                        FrameIntervalEnum::Stepwise(steps) => vec![steps.min, steps.max],
+                    };
+                    modes.extend(fractions.into_iter().map(|fraction| CameraMode {
+                        format: fourcc.to_string(),
+                        pixel_format: Some(format),
+                        width,
+                        height,
+                        fps: fps_of(fraction.numerator, fraction.denominator),
+                    }));
+                }
+            }
+        }
+    }
     modes.sort_by(|a, b| {
         (&a.format, a.width, a.height, a.fps).cmp(&(&b.format, b.width, b.height, b.fps))
     });
@@ -127,10 +145,9 @@ fn query_modes(index: CameraIndex) -> Result<Vec<CameraMode>, String> {
 
 /// `v4l2:...`: streams continuously and hands over the newest frame once `due`.
 ///
-/// nokhwa lists the device's modes; streaming uses the `v4l` crate (nokhwa's own V4L2 layer)
-/// directly, because nokhwa's read blocks forever on a camera that stops delivering: here the
-/// device is polled in short slices, so a silent camera is a capture timeout (`timeout_ms`) and
-/// shutdown is noticed within a slice.
+/// The device is polled in short slices, so a camera that stops delivering without an error is a
+/// capture timeout (`timeout_ms`) rather than a read blocked forever, and shutdown is noticed
+/// within a slice.
 ///
 /// The stream is drained at the camera's frame rate even between deliveries: otherwise the
 /// driver's queued buffers would go stale and a delivery would show the scene from seconds ago.
@@ -185,8 +202,7 @@ impl V4l2Source {
 
     fn open(&mut self) -> Result<OpenCamera, CaptureError> {
         let index = device_index(&self.device)?;
-        let modes = query_modes(CameraIndex::Index(index))
-            .map_err(|e| self.error(format!("cannot open: {e}")))?;
+        let modes = query_modes(index).map_err(|e| self.error(format!("cannot open: {e}")))?;
         let chosen = self.request.choose(&modes).ok_or_else(|| {
             self.error(format!(
                 "offers no usable mode (MJPEG, YUYV, NV12, RGB24, BGR24, GREY); it has: {}",
@@ -207,9 +223,14 @@ impl V4l2Source {
                 );
             }
         }
-        let device = Device::new(index as usize)
-            .map_err(|e| self.error(format!("cannot open: {e}")))?;
-        let fourcc = FourCC::new(fourcc_of(pixel_format));
+        let device =
+            Device::new(index as usize).map_err(|e| self.error(format!("cannot open: {e}")))?;
+        let code: [u8; 4] = mode
+            .format
+            .as_bytes()
+            .try_into()
+            .map_err(|_| self.error(format!("{mode} has no four-character code")))?;
+        let fourcc = FourCC::new(&code);
         let wanted = Format::new(mode.width, mode.height, fourcc);
         let active = device
             .set_format(&wanted)
@@ -309,7 +330,8 @@ impl V4l2Source {
             open.holds_buffer = true;
             waiting_since = Instant::now();
             if let Some(last) = open.last_sequence {
-                self.faults.dropped += u64::from(meta.sequence.wrapping_sub(last).saturating_sub(1));
+                self.faults.dropped +=
+                    u64::from(meta.sequence.wrapping_sub(last).saturating_sub(1));
             }
             open.last_sequence = Some(meta.sequence);
             let used = (meta.bytesused as usize).min(data.len());
@@ -361,18 +383,6 @@ impl FaultCounts {
                 self.dropped
             );
         }
-    }
-}
-
-/// The V4L2 four-character code of a pixel format.
-fn fourcc_of(format: PixelFormat) -> &'static [u8; 4] {
-    match format {
-        PixelFormat::Mjpeg | PixelFormat::Encoded => b"MJPG",
-        PixelFormat::Yuyv => b"YUYV",
-        PixelFormat::Nv12 => b"NV12",
-        PixelFormat::Rgb24 => b"RGB3",
-        PixelFormat::Bgr24 => b"BGR3",
-        PixelFormat::Gray => b"GREY",
     }
 }
 
@@ -556,11 +566,14 @@ mod tests {
     }
 
     #[test]
-    fn frame_formats_map_to_pixel_formats() {
-        assert_eq!(pixel_format(FrameFormat::MJPEG), Some(PixelFormat::Mjpeg));
-        assert_eq!(pixel_format(FrameFormat::YUYV), Some(PixelFormat::Yuyv));
-        assert_eq!(pixel_format(FrameFormat::GRAY), Some(PixelFormat::Gray));
-        assert_eq!(pixel_format(FrameFormat::RAWBGR), Some(PixelFormat::Bgr24));
+    fn fourccs_map_to_pixel_formats() {
+        let format = |code: &[u8; 4]| pixel_format(FourCC::new(code));
+        assert_eq!(format(b"MJPG"), Some(PixelFormat::Mjpeg));
+        assert_eq!(format(b"JPEG"), Some(PixelFormat::Mjpeg));
+        assert_eq!(format(b"YUYV"), Some(PixelFormat::Yuyv));
+        assert_eq!(format(b"GREY"), Some(PixelFormat::Gray));
+        assert_eq!(format(b"BGR3"), Some(PixelFormat::Bgr24));
+        assert_eq!(format(b"H264"), None);
     }
 
     fn mode(format: PixelFormat, width: u32, height: u32, fps: u32) -> CameraMode {
@@ -683,8 +696,6 @@ mod tests {
         assert_eq!(raw_frame_bytes(PixelFormat::Gray, 640, 360), Some(230_400));
         assert_eq!(raw_frame_bytes(PixelFormat::Rgb24, 4, 2), Some(24));
         assert_eq!(raw_frame_bytes(PixelFormat::Bgr24, 4, 2), Some(24));
-        assert_eq!(&fourcc_of(PixelFormat::Rgb24), &b"RGB3");
-        assert_eq!(&fourcc_of(PixelFormat::Gray), &b"GREY");
     }
 
     #[test]

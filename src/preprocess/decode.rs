@@ -50,7 +50,12 @@ impl FrameDecoder {
             PixelFormat::Bgr24 => {
                 check_raw_size(frame, 3, 1)?;
                 pixels.clear();
-                pixels.extend(frame.data.chunks_exact(3).flat_map(|bgr| [bgr[2], bgr[1], bgr[0]]));
+                pixels.extend(
+                    frame
+                        .data
+                        .chunks_exact(3)
+                        .flat_map(|bgr| [bgr[2], bgr[1], bgr[0]]),
+                );
             }
             PixelFormat::Gray => {
                 check_raw_size(frame, 1, 1)?;
