@@ -4,7 +4,7 @@
 # Builds use the rustup target plus Debian's cross toolchains (no docker):
 #   gcc-aarch64-linux-gnu libc6-dev-arm64-cross        (aarch64: Pi 3/4/5 running 64-bit Pi OS)
 #   gcc-arm-linux-gnueabihf libc6-dev-armhf-cross      (armv7: 32-bit Pi OS on Pi 2 v1.1 and later)
-#   libclang-dev clang                                  (bindgen for nokhwa's V4L2 bindings)
+#   libclang-dev clang                                  (bindgen for the v4l crate's V4L2 bindings)
 #   qemu-user-static                                    (cross/test.sh runs the test binaries)
 # libc6-dev-*-cross pulls in linux-libc-dev-*-cross, whose linux/videodev2.h is the header
 # v4l2-sys-mit runs bindgen on; pointing clang at the cross sysroot makes the bindings match the

@@ -278,6 +278,34 @@ fn rgb24_frame_decodes_unchanged() {
     assert_eq!(preprocessor.decode(&rgb).unwrap(), &original);
 }
 
+#[test]
+fn bgr24_and_grey_frames_decode_like_their_rgb_equivalents() {
+    let original = sample_image();
+    let (width, height) = original.dimensions();
+    let bgr: Vec<u8> = original
+        .pixels()
+        .flat_map(|p| [p.0[2], p.0[1], p.0[0]])
+        .collect();
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+    let decoded = preprocessor
+        .decode(&frame(PixelFormat::Bgr24, width, height, bgr, "bgr"))
+        .unwrap();
+    assert_eq!(decoded, &original);
+
+    let grey = image::imageops::grayscale(&original);
+    let decoded = preprocessor
+        .decode(&frame(
+            PixelFormat::Gray,
+            width,
+            height,
+            grey.as_raw().clone(),
+            "grey",
+        ))
+        .unwrap();
+    let expected = image::DynamicImage::ImageLuma8(grey).to_rgb8();
+    assert_eq!(decoded, &expected);
+}
+
 fn encode_png(pixels: &[u8], width: u32, height: u32, color: image::ExtendedColorType) -> Frame {
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut png)
@@ -447,6 +475,10 @@ fn bad_frames_give_errors_naming_origin() {
         (
             frame(PixelFormat::Nv12, 4, 2, vec![0; 8], "cam2"),
             "NV12 frame at 4x2 needs 12",
+        ),
+        (
+            frame(PixelFormat::Gray, 4, 2, vec![0; 7], "cam6"),
+            "GREY frame at 4x2 needs 8",
         ),
         (
             frame(PixelFormat::Yuyv, 3, 2, vec![0; 12], "cam3"),

@@ -31,10 +31,12 @@ pub struct CameraConfig {
     /// V4L2 only: wanted camera frame rate; default is the lowest rate at or above 5 fps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fps: Option<u32>,
-    /// V4L2 only: which pixel format to stream.
+    /// V4L2 only: which pixel format to prefer; a camera without it streams the automatic
+    /// choice instead (logged once).
     #[serde(default)]
     pub pixel_format: PixelFormatPreference,
-    /// HTTP only: connect + whole-request timeout in milliseconds.
+    /// HTTP: connect + whole-request timeout in milliseconds. V4L2: the longest wait for a
+    /// frame before the camera counts as stalled (offline, reopened).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// The part of the frame that is classified, as fractions `[x, y, w, h]`; unset means the
@@ -223,17 +225,28 @@ impl CollectConfig {
     }
 }
 
-/// V4L2 pixel format to ask the camera for. Frames are handed over undecoded either way.
+/// V4L2 pixel format to ask the camera for. Frames are handed over undecoded either way. A
+/// camera that does not offer the preferred format streams the [`PixelFormatPreference::Auto`]
+/// choice instead, and says so once in the log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PixelFormatPreference {
-    /// MJPEG if offered (least USB bandwidth), else YUYV, NV12, RGB.
+    /// MJPEG if offered (least USB bandwidth), else YUYV, NV12, RGB24, BGR24, GREY.
     #[default]
     Auto,
-    /// Only MJPEG; a camera that does not offer it is an error.
+    /// MJPEG (compressed, least USB bandwidth).
     Mjpeg,
-    /// Only YUYV (uncompressed, more USB bandwidth); a camera that does not offer it is an error.
+    /// YUYV (uncompressed 4:2:2, more USB bandwidth).
     Yuyv,
+    /// NV12 (uncompressed 4:2:0).
+    Nv12,
+    /// Packed RGB (V4L2 `RGB3`).
+    Rgb24,
+    /// Packed BGR (V4L2 `BGR3`).
+    Bgr24,
+    /// 8-bit grey (V4L2 `GREY`); classified as an RGB image with equal channels.
+    #[serde(alias = "grey")]
+    Gray,
 }
 
 /// One day: longer intervals are almost certainly a typo, and bounded values keep deadline

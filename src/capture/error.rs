@@ -69,7 +69,7 @@ pub enum CaptureError {
         reason: String,
     },
 
-    /// This binary was built without the `camera` feature (no nokhwa/V4L2).
+    /// This binary was built without the `camera` feature (no V4L2).
     #[error("edgeclass was built without V4L2 camera support (cargo feature `camera`)")]
     CameraSupportDisabled,
 }

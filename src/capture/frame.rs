@@ -5,6 +5,10 @@ use std::time::SystemTime;
 pub enum PixelFormat {
     /// Packed 8-bit R, G, B; `width * height * 3` bytes.
     Rgb24,
+    /// Packed 8-bit B, G, R; `width * height * 3` bytes.
+    Bgr24,
+    /// 8-bit luma only (V4L2 `GREY`); `width * height` bytes.
+    Gray,
     /// Packed 4:2:2 Y0 U Y1 V; `width * height * 2` bytes.
     Yuyv,
     /// Planar Y then interleaved UV at half resolution; `width * height * 3 / 2` bytes.

@@ -1,4 +1,4 @@
-//! Frame sources: V4L2 cameras (nokhwa), image files and folders, HTTP snapshot URLs.
+//! Frame sources: V4L2 cameras (the `v4l` crate), image files and folders, HTTP snapshot URLs.
 //!
 //! Each camera runs on its own OS thread ([`spawn`]), paced to at most one frame per
 //! `interval_ms`, and hands frames to the daemon through a latest-frame-wins [`FrameSlot`]. A

@@ -20,7 +20,7 @@ pub struct CameraInfo {
 /// One format/size/rate combination a camera offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CameraMode {
-    /// The driver's format name: MJPEG, YUYV, NV12, RAWRGB, RAWBGR, GRAY.
+    /// The format's V4L2 four-character code: MJPG, YUYV, NV12, RGB3, BGR3, GREY.
     pub format: String,
     /// How edgeclass would hand the frames over; `None` if it cannot use this format.
     pub pixel_format: Option<PixelFormat>,

@@ -21,7 +21,7 @@ pub enum CameraEvent {
     },
 }
 
-/// A frame source, driven by the camera thread that created it (nokhwa's camera is not `Send`).
+/// A frame source, driven by the camera thread that created it (a V4L2 stream stays on the thread that opened it).
 /// Sources (re)open their device or connection lazily inside `next_frame`, so a failure only
 /// costs one call.
 pub(super) trait FrameSource {
@@ -97,13 +97,13 @@ pub fn spawn(
         .spawn(move || run(&config, open_source(&config), &cancel, &events, &heartbeat))
 }
 
-/// How long one capture may block after its due time: HTTP requests up to their configured
-/// timeout; file reads and V4L2 dequeues (at most one frame period) have no timeout of their
-/// own, and the watchdog's tolerance covers them.
+/// How long one capture may block after its due time: HTTP requests and waits for a V4L2 frame
+/// up to their configured timeout; file reads have no timeout of their own, and the watchdog's
+/// tolerance covers them.
 fn read_allowance(config: &CameraConfig) -> Duration {
     match config.source {
-        SourceSpec::Http(_) => Duration::from_millis(config.timeout_ms),
-        _ => Duration::ZERO,
+        SourceSpec::Http(_) | SourceSpec::V4l2(_) => Duration::from_millis(config.timeout_ms),
+        SourceSpec::File(_) => Duration::ZERO,
     }
 }
 
@@ -251,6 +251,23 @@ mod tests {
         }
         assert!(thread.join().is_ok());
         assert_eq!(heartbeat.lateness(Instant::now() + PROMPT), Duration::ZERO);
+    }
+
+    #[test]
+    fn waits_for_cameras_and_snapshots_count_against_the_heartbeat_up_to_their_timeout() {
+        let allowance = |source: &str| {
+            let config: CameraConfig = toml::from_str(&format!(
+                "id = \"cam\"\nsource = \"{source}\"\ntimeout_ms = 2500"
+            ))
+            .expect("test camera config");
+            read_allowance(&config)
+        };
+        assert_eq!(allowance("v4l2:/dev/video0"), Duration::from_millis(2500));
+        assert_eq!(
+            allowance("http://127.0.0.1:9/snapshot.jpg"),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(allowance("file:/tmp/frame.jpg"), Duration::ZERO);
     }
 
     #[test]

@@ -47,6 +47,21 @@ impl FrameDecoder {
                 pixels.clear();
                 pixels.extend_from_slice(&frame.data);
             }
+            PixelFormat::Bgr24 => {
+                check_raw_size(frame, 3, 1)?;
+                pixels.clear();
+                pixels.extend(
+                    frame
+                        .data
+                        .chunks_exact(3)
+                        .flat_map(|bgr| [bgr[2], bgr[1], bgr[0]]),
+                );
+            }
+            PixelFormat::Gray => {
+                check_raw_size(frame, 1, 1)?;
+                pixels.clear();
+                pixels.extend(frame.data.iter().flat_map(|&luma| [luma; 3]));
+            }
             PixelFormat::Yuyv => {
                 check_even(frame, width, "YUYV needs an even width")?;
                 check_raw_size(frame, 2, 1)?;

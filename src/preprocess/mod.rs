@@ -214,6 +214,8 @@ impl PreprocessError {
 fn format_name(format: PixelFormat) -> &'static str {
     match format {
         PixelFormat::Rgb24 => "RGB24 frame",
+        PixelFormat::Bgr24 => "BGR24 frame",
+        PixelFormat::Gray => "GREY frame",
         PixelFormat::Yuyv => "YUYV frame",
         PixelFormat::Nv12 => "NV12 frame",
         PixelFormat::Mjpeg => "MJPEG frame",

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Fetches the host Debian release's stock kernel for a test VM (run as root or not; offline after
-# the first run: the download is kept in OUTDIR).
+# Fetches the host Debian release's stock kernel and static busybox for a test VM (run as root or
+# not; offline after the first run: the download is kept in OUTDIR).
 #
 #   tests/vm/kernel.sh <amd64|arm64> OUTDIR
 #
-# Leaves OUTDIR/vmlinuz and OUTDIR/lib/modules/VERSION/ (with modules.dep, from depmod -b) and
-# prints VERSION. The package index of ARCH is read into OUTDIR/apt (a private apt state), so the
+# Leaves OUTDIR/vmlinuz, OUTDIR/lib/modules/VERSION/ (with modules.dep, from depmod -b) and
+# OUTDIR/busybox (busybox-static of ARCH, the initramfs's userland), and prints VERSION. The package index of ARCH is read into OUTDIR/apt (a private apt state), so the
 # host's apt configuration and its list of architectures stay untouched.
 set -euo pipefail
 if [ $# -ne 2 ] || { [ "$1" != amd64 ] && [ "$1" != arm64 ]; }; then
@@ -15,7 +15,7 @@ fi
 arch=$1
 out=$(mkdir -p "$2" && cd "$2" && pwd)
 
-if [ -f "$out/version" ] && [ -f "$out/vmlinuz" ]; then
+if [ -f "$out/version" ] && [ -f "$out/vmlinuz" ] && [ -x "$out/busybox" ]; then
   version=$(cat "$out/version")
   if [ -f "$out/lib/modules/$version/modules.dep" ]; then
     echo "$version"
@@ -47,9 +47,11 @@ image=$(apt-cache "${apt_opts[@]}" depends "linux-image-$arch" |
 [ -n "$image" ] || { echo "kernel.sh: linux-image-$arch has no versioned kernel dependency" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-(cd "$work" && apt-get "${apt_opts[@]}" -qq download "$image:$arch" >&2)
+(cd "$work" && apt-get "${apt_opts[@]}" -qq download "$image:$arch" "busybox-static:$arch" >&2)
 rm -rf "${out:?}/lib"
-dpkg-deb -x "$work"/*.deb "$work/root"
+dpkg-deb -x "$work"/busybox-static_*.deb "$work/busybox"
+cp "$work/busybox/bin/busybox" "$out/busybox"
+dpkg-deb -x "$work"/linux-image-*.deb "$work/root"
 version=${image#linux-image-}
 mv "$work/root/boot/vmlinuz-$version" "$out/vmlinuz"
 mkdir -p "$out/lib/modules"

@@ -28,13 +28,13 @@ BOOT_MODULES=(virtio_pci virtio_mmio virtio_blk crc32c_generic ext4)
 # dpkg -i in the VM fails if that ever changes.
 PACKAGES=systemd,systemd-sysv,udev,kmod,libnss-systemd,mosquitto,mosquitto-clients,busybox-static
 
-version=$("$here/../kernel.sh" "$arch" "$cache/kernel")
+kdir=${EDGECLASS_VM_KERNELS:-/var/cache/edgeclass-ci/kernel}/$arch
+version=$("$here/../kernel.sh" "$arch" "$kdir")
 stamp="$(sha256sum "$0" | cut -d' ' -f1) $version"
 if [ -f "$cache/stamp" ] && [ "$(cat "$cache/stamp")" = "$stamp" ]; then
   exit 0
 fi
 rm -f "$cache/stamp"
-kdir=$cache/kernel
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
