@@ -83,13 +83,11 @@ where
                          "--disable-dev-shm-usage", "--window-size=1100,900"],
             }),
         );
-        let client = ClientBuilder::new(
-            hyper_util::client::legacy::connect::HttpConnector::new(),
-        )
-        .capabilities(capabilities)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("a chromium session through chromedriver");
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .await
+            .expect("a chromium session through chromedriver");
         let result = test(client.clone()).await;
         if let Err(err) = &result {
             let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-browser");
@@ -146,7 +144,9 @@ async fn texts(client: &Client, css: &str) -> anyhow::Result<Vec<String>> {
 }
 
 async fn not_pwned(client: &Client) -> anyhow::Result<()> {
-    let pwned = client.execute("return window.pwned === undefined;", vec![]).await?;
+    let pwned = client
+        .execute("return window.pwned === undefined;", vec![])
+        .await?;
     ensure!(pwned == json!(true), "markup in a label ran as script");
     let injected = client
         .execute(
@@ -203,7 +203,10 @@ fn the_camera_tile_follows_events_and_shows_labels_as_text() {
             .await?;
         ensure!(bars.len() == 3, "{} bars", bars.len());
         let label = texts(&client, &format!("{tile} .label")).await?.join("");
-        ensure!(label.contains("<script>window.pwned = 1</script>"), "label {label:?}");
+        ensure!(
+            label.contains("<script>window.pwned = 1</script>"),
+            "label {label:?}"
+        );
         not_pwned(&client).await?;
         let live = texts(&client, "#live").await?;
         ensure!(live == ["live"], "live badge {live:?}");
@@ -230,7 +233,10 @@ fn an_uploaded_image_shows_its_top3() {
         .unwrap();
     let answer: serde_json::Value =
         serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
-    let expected = answer["classification"]["label"].as_str().unwrap().to_string();
+    let expected = answer["classification"]["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let url = daemon.url("/#classify");
     in_browser("upload", |client| async move {
         client.goto(&url).await?;

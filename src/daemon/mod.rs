@@ -116,18 +116,21 @@ async fn serve(
         .enabled
         .then(|| Arc::new(Board::new(slots.iter().map(|(id, slot)| (id, slot)))));
     if let Some(board) = &board {
-        web::start(
-            &config.web,
-            web::Context {
-                board: board.clone(),
-                publisher: publisher.clone(),
-                model: shared.model.clone(),
-                tta: config.model.tta,
-                postprocessor: current_postprocessor(&shared),
-            },
-            shutdown.clone(),
-        )
-        .await?;
+        let context = web::Context {
+            board: board.clone(),
+            publisher: publisher.clone(),
+            model: shared.model.clone(),
+            tta: config.model.tta,
+            postprocessor: current_postprocessor(&shared),
+        };
+        match web::start(&config.web, context, shutdown.clone()).await {
+            Ok(_) => {}
+            // The page is an extra: a taken port must not stop classifying and publishing.
+            Err(err @ web::WebError::Bind { .. }) => {
+                log::error!("no web page: {:#}", anyhow::Error::from(err))
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
 
     let (camera_events, camera_status) = mpsc::channel();

@@ -75,7 +75,7 @@ impl Rates {
             .or_insert((now, processed, 0.0));
         let elapsed = now.duration_since(entry.0);
         if elapsed >= RATE_WINDOW {
-            entry.2 = (processed - entry.1) as f32 / elapsed.as_secs_f32();
+            entry.2 = processed.saturating_sub(entry.1) as f32 / elapsed.as_secs_f32();
             *entry = (now, processed, entry.2);
         }
         entry.2

@@ -105,8 +105,8 @@ pub struct Context {
     pub postprocessor: Box<dyn Fn() -> Arc<Postprocessor> + Send + Sync>,
 }
 
-/// Binds `config.listen` and serves until `shutdown`; returns once listening, so a bad address
-/// stops the daemon's start.
+/// Binds `config.listen` and serves until `shutdown`; returns once listening, so the caller
+/// hears about an address it cannot listen on.
 pub async fn start(
     config: &WebConfig,
     context: Context,
