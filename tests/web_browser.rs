@@ -181,21 +181,21 @@ fn the_camera_tile_follows_events_and_shows_labels_as_text() {
         client.goto(&url).await?;
         let tile = ".tile[data-camera=\"door\"]";
         let mut seen = BTreeSet::new();
-        eventually("the tile to show several different events", || {
-            let client = client.clone();
-            let seen = &mut seen;
-            async move {
-                let label = texts(&client, &format!("{tile} .label")).await?;
-                let bars = texts(&client, &format!("{tile} .bars")).await?;
-                if let (Some(label), Some(bars)) = (label.first(), bars.first()) {
-                    if !label.is_empty() {
-                        seen.insert((label.clone(), bars.clone()));
-                    }
+        let deadline = Instant::now() + WAIT;
+        while seen.len() < 2 {
+            ensure!(
+                Instant::now() < deadline,
+                "the tile showed only {seen:?}, not several events"
+            );
+            let label = texts(&client, &format!("{tile} .label")).await?;
+            let bars = texts(&client, &format!("{tile} .bars")).await?;
+            if let (Some(label), Some(bars)) = (label.first(), bars.first()) {
+                if !label.is_empty() {
+                    seen.insert((label.clone(), bars.clone()));
                 }
-                Ok((seen.len() >= 2).then_some(()))
             }
-        })
-        .await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let status = texts(&client, &format!("{tile} .status")).await?;
         ensure!(status == ["online"], "status {status:?}");
         let bars = client
