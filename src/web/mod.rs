@@ -136,7 +136,7 @@ pub async fn start(
         .route("/app.js", get(assets::script))
         .route("/app.css", get(assets::style))
         .route("/api/cameras", get(api::cameras))
-        .route("/api/cameras/{id}/snapshot.jpg", get(api::snapshot))
+        .route("/api/cameras/:id/snapshot.jpg", get(api::snapshot))
         .route("/api/events", get(api::events))
         .route("/api/classify", post(api::classify))
         .route("/metrics", get(api::metrics))
