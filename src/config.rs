@@ -26,6 +26,7 @@ use crate::postprocess::{PolicyConfig, PostprocessConfig, PostprocessError, Post
 use crate::preprocess::{PreprocessConfig, PreprocessError};
 use crate::publish::{MqttConfig, PublishError};
 use crate::sysexits::Sysexit;
+use crate::web::{WebConfig, WebError};
 
 pub use heads::{HeadConfig, HeadName};
 use tree::{Node, TreeError};
@@ -62,6 +63,9 @@ pub struct Config {
     /// `[log]`
     #[serde(default)]
     pub log: LogConfig,
+    /// `[web]`
+    #[serde(default)]
+    pub web: WebConfig,
 }
 
 /// `[log]`
@@ -252,6 +256,7 @@ impl Config {
         self.publish_policy
             .validate()
             .map_err(|e| errors.stage(e))?;
+        self.web.validate().map_err(|e| errors.stage(e))?;
         self.validate_heads(errors)
     }
 
@@ -480,6 +485,15 @@ impl StageError for PublishError {
     fn into_key(self) -> Result<(String, String), Self> {
         match self {
             PublishError::Config { key, reason } => Ok((key.to_string(), reason)),
+            other => Err(other),
+        }
+    }
+}
+
+impl StageError for WebError {
+    fn into_key(self) -> Result<(String, String), Self> {
+        match self {
+            WebError::Config { key, message } => Ok((key.to_string(), message)),
             other => Err(other),
         }
     }

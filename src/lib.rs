@@ -34,6 +34,9 @@
 //!   backbone's features: augmentation, AdamW with a cosine schedule, early stopping,
 //!   distillation. A [`model::Head`] file then runs next to the ImageNet classes on the same
 //!   backbone pass.
+//! - [`web`] serves the web page and its JSON API from the daemon (cameras live, classifying
+//!   uploads, Prometheus `/metrics`, health probes); the pipelines write what it shows into a
+//!   [`web::Board`] at almost no cost, and nothing per browser.
 //! - [`dataset`] reads labelled folders (one sub-folder per class) for `eval` and `train`.
 //! - [`commands`] holds one thin module per CLI verb.
 //!
@@ -60,3 +63,4 @@ pub mod publish;
 pub mod shutdown;
 pub mod sysexits;
 pub mod train;
+pub mod web;

@@ -95,7 +95,9 @@ fn exit_code(err: &anyhow::Error) -> i32 {
 
 /// The stage errors that classify themselves, and I/O errors.
 fn sysexit_of(cause: &(dyn Error + 'static)) -> Option<Sysexit> {
-    use edgeclass::{capture, config, dataset, model, postprocess, preprocess, publish, train};
+    use edgeclass::{
+        capture, config, dataset, model, postprocess, preprocess, publish, train, web,
+    };
     // Each stage error type has an inherent `sysexit()`; try them in turn.
     macro_rules! sysexit_of_any {
         ($($error:ty),+ $(,)?) => {
@@ -116,6 +118,7 @@ fn sysexit_of(cause: &(dyn Error + 'static)) -> Option<Sysexit> {
         publish::PublishError,
         dataset::DatasetError,
         train::TrainError,
+        web::WebError,
     );
     cause
         .downcast_ref::<std::io::Error>()

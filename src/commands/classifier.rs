@@ -2,6 +2,7 @@
 //! (one, or an ensemble averaging several) on the backbone they were trained on.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,7 +16,8 @@ use super::InferenceArgs;
 
 /// What `classify` and `eval` run: the ImageNet fc, or heads on the backbone's features.
 pub(crate) struct Classifier {
-    pub(crate) model: Model,
+    /// Shared with the daemon's pipelines when the web page classifies uploads.
+    pub(crate) model: Arc<Model>,
     /// The head, or the ensemble of heads; `None`: the ImageNet fc.
     pub(crate) head: Option<Ensemble>,
     /// `model` of the report: the network and precision, and the head files' names.
@@ -55,12 +57,7 @@ impl Classifier {
                 "no usable model (download one with `edgeclass fetch-model`, or pass --weights)",
             )?;
             model.require_classes(IMAGENET_CLASSES)?;
-            let description = model.description();
-            return Ok(Classifier {
-                model,
-                head: None,
-                description,
-            });
+            return Ok(Classifier::imagenet(Arc::new(model)));
         }
         let heads = Ensemble::load(weights, None)?;
         let backbone = backbone.unwrap_or(&heads.members()[0].backbone().file);
@@ -77,10 +74,20 @@ impl Classifier {
             .collect();
         let description = format!("{}+{}", model.description(), names.join("+"));
         Ok(Classifier {
-            model,
+            model: Arc::new(model),
             head: Some(heads),
             description,
         })
+    }
+
+    /// The ImageNet classifier of `model`.
+    pub(crate) fn imagenet(model: Arc<Model>) -> Self {
+        let description = model.description();
+        Classifier {
+            model,
+            head: None,
+            description,
+        }
     }
 
     /// Name and WordNet id (empty for a head's classes) of class `index`.

@@ -37,9 +37,9 @@ pub struct Args {
     pub json: bool,
 }
 
-/// One line of `--json` output.
+/// One line of `--json` output (also `POST /api/classify`'s answer, in [`crate::web`]).
 #[derive(Debug, Serialize)]
-struct Report<'a> {
+pub(crate) struct Report<'a> {
     file: &'a Path,
     top3: Vec<Guess<'a>>,
     model: String,
@@ -52,7 +52,7 @@ struct Report<'a> {
 }
 
 #[derive(Debug, Serialize)]
-struct Guess<'a> {
+pub(crate) struct Guess<'a> {
     index: usize,
     /// Empty, and left out, for a head's classes.
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -98,6 +98,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             continue;
         }
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let report = Report::new(
+            &classifier,
+            &mut buffers,
+            path,
+            args.classifier.tta,
+            latency_ms,
+        );
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+        } else {
+            write_table(&mut out, &report)?;
+        }
+    }
+    match first_failure {
+        None => Ok(()),
+        Some(err) => Err(err.context(format!(
+            "{failures} of {} images could not be classified",
+            args.images.len()
+        ))),
+    }
+}
+
+impl<'a> Report<'a> {
+    /// The report of the image `buffers` classified last (its scores become probabilities),
+    /// named `file`, which took `latency_ms`.
+    pub(crate) fn new(
+        classifier: &'a Classifier,
+        buffers: &mut Buffers,
+        file: &'a Path,
+        tta: Tta,
+        latency_ms: f64,
+    ) -> Self {
         let scores = buffers.scores();
         softmax_in_place(scores);
         let top3 = top_k(scores, 3)
@@ -112,26 +144,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
             })
             .collect();
-        let report = Report {
-            file: path,
+        Report {
+            file,
             top3,
             model: classifier.description.clone(),
             precision: classifier.model.precision(),
-            tta: args.classifier.tta,
+            tta,
             latency_ms,
-        };
-        if args.json {
-            writeln!(out, "{}", serde_json::to_string(&report)?)?;
-        } else {
-            write_table(&mut out, &report)?;
         }
-    }
-    match first_failure {
-        None => Ok(()),
-        Some(err) => Err(err.context(format!(
-            "{failures} of {} images could not be classified",
-            args.images.len()
-        ))),
     }
 }
 

@@ -2,7 +2,7 @@
 
 pub mod bench;
 pub mod check_config;
-mod classifier;
+pub(crate) mod classifier;
 pub mod classify;
 pub mod eval;
 pub mod fetch_model;

@@ -29,6 +29,7 @@ use crate::model::Model;
 use crate::postprocess::Postprocessor;
 use crate::publish::{EmbeddedBroker, Publisher};
 use crate::shutdown::Shutdown;
+use crate::web::{self, Board};
 
 use heads::ActiveHead;
 use pipeline::{Pipeline, Reloadable, Shared};
@@ -98,7 +99,7 @@ async fn serve(
         model,
         publisher: publisher.clone(),
         settings: watch::Sender::new(Arc::new(Reloadable {
-            postprocessor: Postprocessor::new(&config.postprocess)?,
+            postprocessor: Arc::new(Postprocessor::new(&config.postprocess)?),
             policy: config.publish_policy.clone(),
             heads,
         })),
@@ -107,12 +108,41 @@ async fn serve(
         print_events: config.log.print_events,
     });
 
+    let slots: Vec<_> = config
+        .cameras
+        .iter()
+        .map(|camera| (camera.id.clone(), Arc::new(FrameSlot::new())))
+        .collect();
+    // The web page's view of the cameras, written by the pipelines only when it is served.
+    let board = config
+        .web
+        .enabled
+        .then(|| Arc::new(Board::new(slots.iter().map(|(id, slot)| (id, slot)))));
+    if let Some(board) = &board {
+        let context = web::Context {
+            board: board.clone(),
+            publisher: publisher.clone(),
+            model: shared.model.clone(),
+            tta: config.model.tta,
+            postprocessor: current_postprocessor(&shared),
+        };
+        match web::start(&config.web, context, shutdown.clone()).await {
+            Ok(_) => {}
+            // The page is an extra: a taken port must not stop classifying and publishing.
+            Err(err @ web::WebError::Bind { .. }) => {
+                log::error!("no web page: {:#}", anyhow::Error::from(err))
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+
     let (camera_events, camera_status) = mpsc::channel();
-    let mut slots = Vec::new();
     let mut heartbeats = Vec::new();
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    for camera in &config.cameras {
-        let slot = Arc::new(FrameSlot::new());
+    for (camera, (_, slot)) in config.cameras.iter().zip(&slots) {
+        let watch = board
+            .as_ref()
+            .and_then(|b| b.camera(camera.id.as_str()).cloned());
         let camera_heartbeats = CameraHeartbeats {
             camera: camera.id.clone(),
             capture: Arc::new(Heartbeat::new()),
@@ -131,6 +161,7 @@ async fn serve(
             camera_heartbeats.pipeline.clone(),
             config.preprocess.clone(),
             shared.clone(),
+            watch,
         )?;
         threads.push(
             std::thread::Builder::new()
@@ -138,11 +169,14 @@ async fn serve(
                 .spawn(move || pipeline.run())
                 .context("cannot start a pipeline thread")?,
         );
-        slots.push((camera.id.clone(), slot));
         heartbeats.push(camera_heartbeats);
     }
     drop(camera_events);
-    threads.push(forward_camera_status(camera_status, publisher.clone())?);
+    threads.push(forward_camera_status(
+        camera_status,
+        publisher.clone(),
+        board.clone(),
+    )?);
 
     service::ready(&format!("classifying {} camera(s)", config.cameras.len()));
     service::spawn_watchdog(heartbeats, shutdown.clone());
@@ -193,25 +227,37 @@ async fn serve(
     Ok(())
 }
 
-/// Relays the camera threads' online/offline reports (a std channel) to MQTT availability.
-/// The thread ends when the last camera thread has ended and dropped its sender.
+/// Relays the camera threads' online/offline reports (a std channel) to MQTT availability
+/// and the web page. The thread ends when the last camera thread has ended and dropped its
+/// sender.
 fn forward_camera_status(
     status: mpsc::Receiver<CameraEvent>,
     publisher: Publisher,
+    board: Option<Arc<Board>>,
 ) -> anyhow::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("camera-status".into())
         .spawn(move || {
             for event in status {
-                match event {
-                    CameraEvent::Online(camera) => publisher.camera_available(&camera, true),
-                    CameraEvent::Offline { camera, .. } => {
-                        publisher.camera_available(&camera, false)
-                    }
+                let (camera, online) = match event {
+                    CameraEvent::Online(camera) => (camera, true),
+                    CameraEvent::Offline { camera, .. } => (camera, false),
+                };
+                publisher.camera_available(&camera, online);
+                if let Some(watch) = board.as_ref().and_then(|b| b.camera(camera.as_str())) {
+                    watch.set_online(online);
                 }
             }
         })
         .context("cannot start the camera status thread")
+}
+
+/// The ImageNet postprocessor the pipelines use now, for the web page's uploads.
+fn current_postprocessor(
+    shared: &Arc<Shared>,
+) -> Box<dyn Fn() -> Arc<Postprocessor> + Send + Sync> {
+    let settings = shared.settings.subscribe();
+    Box::new(move || Arc::clone(&settings.borrow().postprocessor))
 }
 
 /// Waits for SIGTERM/SIGINT; on SIGHUP reloads thresholds, label maps, the publish policy and
@@ -265,7 +311,7 @@ fn reload(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) {
     heads::announce(&shared.publisher, cameras, relabelled);
     // Each pipeline sees the change before its next frame.
     shared.settings.send_replace(Arc::new(Reloadable {
-        postprocessor,
+        postprocessor: Arc::new(postprocessor),
         policy: config.publish_policy,
         heads,
     }));

@@ -28,6 +28,7 @@ use crate::postprocess::{
 };
 use crate::preprocess::{PreprocessConfig, PreprocessError, Preprocessor, Tta};
 use crate::publish::{Event, Publisher};
+use crate::web::CameraWatch;
 
 /// How long a pipeline waits for a frame before checking whether a heartbeat event is due.
 /// (Shutdown does not wait for it: closing the slot ends the wait at once.)
@@ -35,7 +36,8 @@ const FRAME_WAIT: Duration = Duration::from_millis(250);
 
 /// Settings that SIGHUP replaces while the pipelines run.
 pub struct Reloadable {
-    pub postprocessor: Postprocessor,
+    /// Shared with the web page's uploads.
+    pub postprocessor: Arc<Postprocessor>,
     pub policy: PolicyConfig,
     /// Every `[[heads]]` entry, in config order; which heads there are is fixed at start.
     pub heads: Vec<Arc<ActiveHead>>,
@@ -112,6 +114,8 @@ pub struct Pipeline {
     jpeg: Vec<u8>,
     /// Frames skipped because their JPEG was cut off.
     cut_off_frames: u64,
+    /// The web page's view of this camera, when the page is served.
+    watch: Option<Arc<CameraWatch>>,
 }
 
 impl Pipeline {
@@ -121,6 +125,7 @@ impl Pipeline {
         heartbeat: Arc<Heartbeat>,
         preprocess: PreprocessConfig,
         shared: Arc<Shared>,
+        watch: Option<Arc<CameraWatch>>,
     ) -> anyhow::Result<Self> {
         let settings = shared.settings.subscribe();
         let current = Arc::clone(&settings.borrow());
@@ -153,6 +158,7 @@ impl Pipeline {
             head_logits: Vec::new(),
             jpeg: Vec::new(),
             cut_off_frames: 0,
+            watch,
             camera,
             slot,
             shared,
@@ -169,7 +175,12 @@ impl Pipeline {
             match frame {
                 Some(frame) => match self.process(&frame) {
                     // After the event went out: saving is not part of its latency.
-                    Ok(()) => self.collect(&frame),
+                    Ok(latency_ms) => {
+                        self.collect(&frame);
+                        if let Some(watch) = &self.watch {
+                            watch.frame_done(frame, latency_ms);
+                        }
+                    }
                     Err(err) => self.skipped(&err),
                 },
                 None if self.slot.is_closed() => break,
@@ -224,7 +235,9 @@ impl Pipeline {
         (Arc::clone(&settings), changed)
     }
 
-    fn process(&mut self, frame: &Frame) -> anyhow::Result<()> {
+    /// Classifies the frame if the scene changed and publishes what the policies decide;
+    /// returns the classification latency of a classified frame.
+    fn process(&mut self, frame: &Frame) -> anyhow::Result<Option<f32>> {
         let (settings, reloaded) = self.current_settings();
         if reloaded {
             self.reconfigure(&settings);
@@ -234,6 +247,7 @@ impl Pipeline {
         // After a reload the frame is classified even in a static scene, so the new thresholds
         // and heads apply at once.
         let classified = self.motion.changed(rgb) || reloaded;
+        let mut latency_ms = None;
         if classified {
             let model = &self.shared.model;
             let views = self.shared.tta.views();
@@ -246,7 +260,7 @@ impl Pipeline {
                 }
                 for stream in &mut self.streams {
                     let (logits, postprocessor) = match stream.head {
-                        None => (&self.logits, &settings.postprocessor),
+                        None => (&self.logits, &*settings.postprocessor),
                         Some(h) => {
                             let head = &settings.heads[h];
                             head.head.forward(
@@ -273,8 +287,9 @@ impl Pipeline {
                         stream.mean.logits()
                     };
                     let classification = postprocessor.classify(logits);
-                    let latency_ms = started.elapsed().as_secs_f32() * 1e3;
-                    stream.last_classification = Some((classification, latency_ms));
+                    let elapsed_ms = started.elapsed().as_secs_f32() * 1e3;
+                    latency_ms = Some(elapsed_ms);
+                    stream.last_classification = Some((classification, elapsed_ms));
                 }
             }
         }
@@ -310,7 +325,7 @@ impl Pipeline {
                 }
             }
         }
-        Ok(())
+        Ok(latency_ms)
     }
 
     /// Switches every stream to its reloaded publish policy (a bad one keeps the previous).
@@ -411,13 +426,19 @@ impl Pipeline {
             None => publisher.event(event),
             Some(head) => publisher.head_event(head, event),
         };
-        if !self.shared.print_events {
+        if !self.shared.print_events && self.watch.is_none() {
             publish(event);
             return;
         }
-        let mut printed = event.clone();
-        printed.seq = publish(event);
-        if let Ok(line) = serde_json::to_string(&printed) {
+        let mut published = event.clone();
+        published.seq = publish(event);
+        if let Some(watch) = &self.watch {
+            watch.event(Stream::head_name(stream.head, settings), &published);
+        }
+        if !self.shared.print_events {
+            return;
+        }
+        if let Ok(line) = serde_json::to_string(&published) {
             println!("{line}");
         }
     }

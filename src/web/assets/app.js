@@ -1,0 +1,166 @@
+// edgeclass web page: plain DOM, no framework, no build step. Every text from the daemon
+// (camera ids, labels) is set with textContent, never parsed as HTML.
+"use strict";
+
+const pages = ["cameras", "classify"];
+const tiles = new Map(); // camera id -> tile element
+
+function show() {
+  const name = pages.includes(location.hash.slice(1)) ? location.hash.slice(1) : "cameras";
+  for (const page of pages) {
+    document.getElementById("page-" + page).hidden = page !== name;
+    document.getElementById("nav-" + page).classList.toggle("active", page === name);
+  }
+}
+
+function percent(score) {
+  return (score * 100).toFixed(1) + " %";
+}
+
+// Top-k bars: one row per prediction, label as text, score as a meter.
+function bars(container, predictions) {
+  container.replaceChildren();
+  for (const p of predictions || []) {
+    const row = document.createElement("div");
+    row.className = "bar";
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = p.label;
+    name.title = p.raw_label || p.label;
+    const meter = document.createElement("meter");
+    meter.min = 0;
+    meter.max = 1;
+    meter.value = p.score;
+    const value = document.createElement("span");
+    value.textContent = percent(p.score);
+    row.append(name, meter, value);
+    container.append(row);
+  }
+}
+
+function newTile(title) {
+  const tile = document.getElementById("tile").content.firstElementChild.cloneNode(true);
+  tile.querySelector(".name").textContent = title;
+  return tile;
+}
+
+function snapshotUrl(id) {
+  return "/api/cameras/" + encodeURIComponent(id) + "/snapshot.jpg?t=" + Date.now();
+}
+
+function cameraTile(id) {
+  let tile = tiles.get(id);
+  if (!tile) {
+    tile = newTile(id);
+    tile.dataset.camera = id;
+    tiles.set(id, tile);
+    document.getElementById("tiles").append(tile);
+  }
+  return tile;
+}
+
+function showEvent(tile, event) {
+  const label = tile.querySelector(".label");
+  label.textContent = event.label + " · " + percent(event.score);
+  label.classList.toggle("unknown", event.unknown);
+  bars(tile.querySelector(".bars"), event.top3);
+  tile.dataset.lastEvent = new Date(event.ts).toLocaleTimeString();
+  tile.dataset.latency = event.latency_ms.toFixed(0);
+  showDetails(tile);
+}
+
+function showStatus(tile, online) {
+  const status = tile.querySelector(".status");
+  status.textContent = online ? "online" : "offline";
+  status.className = "status badge " + (online ? "online" : "offline");
+}
+
+function showDetails(tile) {
+  const d = tile.dataset;
+  tile.querySelector(".details").textContent =
+    (d.fps || "0.0") + " fps · " + (d.latency || "–") + " ms inference · last event " +
+    (d.lastEvent || "–");
+}
+
+async function refreshCameras() {
+  const response = await fetch("/api/cameras");
+  if (!response.ok) return;
+  for (const camera of await response.json()) {
+    const tile = cameraTile(camera.id);
+    showStatus(tile, camera.online);
+    tile.dataset.fps = camera.fps.toFixed(1);
+    if (camera.event && tile.dataset.seq !== String(camera.event.seq)) {
+      tile.dataset.seq = camera.event.seq;
+      showEvent(tile, camera.event);
+    }
+    if (camera.frames_processed > 0) {
+      tile.querySelector(".snapshot").src = snapshotUrl(camera.id);
+    }
+    showDetails(tile);
+  }
+}
+
+function listen() {
+  const live = document.getElementById("live");
+  const source = new EventSource("/api/events");
+  source.onopen = () => { live.textContent = "live"; live.className = "badge online"; };
+  source.onerror = () => { live.textContent = "reconnecting…"; live.className = "badge offline"; };
+  source.onmessage = (message) => {
+    const update = JSON.parse(message.data);
+    if (update.kind === "availability") {
+      showStatus(cameraTile(update.camera), update.online);
+    } else if (update.kind === "event" && !update.head) {
+      const tile = cameraTile(update.event.camera);
+      tile.dataset.seq = update.event.seq;
+      showEvent(tile, update.event);
+      tile.querySelector(".snapshot").src = snapshotUrl(update.event.camera);
+    }
+  };
+}
+
+async function classifyFile(file) {
+  const tile = newTile(file.name);
+  tile.classList.add("result");
+  tile.querySelector(".snapshot").src = URL.createObjectURL(file);
+  document.getElementById("results").prepend(tile);
+  const label = tile.querySelector(".label");
+  label.textContent = "classifying…";
+  try {
+    const response = await fetch("/api/classify", {
+      method: "POST",
+      headers: { "Content-Type": file.type || "application/octet-stream" },
+      body: file,
+    });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error || response.statusText);
+    const c = answer.classification;
+    label.textContent = c.label + " · " + percent(c.score);
+    label.classList.toggle("unknown", c.unknown);
+    bars(tile.querySelector(".bars"), c.top3);
+    tile.querySelector(".details").textContent =
+      "ImageNet: " + answer.top3.map((g) => g.label + " " + percent(g.score)).join(", ") +
+      " · " + answer.latency_ms.toFixed(0) + " ms · " + answer.model;
+  } catch (error) {
+    label.textContent = "failed: " + error.message;
+    label.classList.add("error");
+  }
+}
+
+function setupClassify() {
+  const input = document.getElementById("files");
+  const drop = document.getElementById("drop");
+  input.addEventListener("change", () => { for (const f of input.files) classifyFile(f); });
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    for (const f of e.dataTransfer.files) classifyFile(f);
+  });
+}
+
+window.addEventListener("hashchange", show);
+show();
+setupClassify();
+refreshCameras().then(listen);
+setInterval(refreshCameras, 2000);

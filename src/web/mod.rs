@@ -1,0 +1,160 @@
+//! The web page and its JSON API, served by the daemon (axum, on the daemon's tokio runtime).
+//!
+//! ```text
+//! pipeline threads ──frame_done / event──▶ Board ◀──read── web server ──▶ browser, Prometheus
+//!                                           │ (latest state, atomics)
+//!                                           └──broadcast (only while someone listens)──▶ /api/events
+//! ```
+//!
+//! - Pages (`/`, embedded in the binary, no internet needed): *Cameras*, each camera's
+//!   latest snapshot, label, score, Top-3 bars, availability, frames per second, latency and
+//!   last event time, updated live; *Classify*, the Top-3 of uploaded images.
+//! - API: `GET /api/cameras`, `GET /api/cameras/{id}/snapshot.jpg`, `GET /api/events`
+//!   (server-sent events), `POST /api/classify` (`classify --json`'s report plus the daemon's
+//!   postprocessing), `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`.
+//! - Security ([`auth`](self) module): loopback by default; beyond it credentials are required
+//!   (a config error otherwise); requests that change state pass a same-origin check; bodies
+//!   over `max_upload_bytes` get 413; camera ids select configured cameras only; the page
+//!   renders every label with `textContent`.
+
+mod api;
+mod assets;
+mod auth;
+mod board;
+mod config;
+mod metrics;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use board::{Board, CameraWatch};
+pub use config::WebConfig;
+
+use crate::commands::classifier::Classifier;
+use crate::model::Model;
+use crate::postprocess::Postprocessor;
+use crate::preprocess::Tta;
+use crate::publish::Publisher;
+use crate::shutdown::Shutdown;
+use crate::sysexits::Sysexit;
+
+/// What can go wrong configuring or starting the web server.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// A `[web]` key has an invalid value.
+    #[error("invalid web config {key}: {message}")]
+    Config {
+        /// Path of the key, e.g. `web.listen`.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The password file cannot be read or is malformed.
+    #[error("web.password_file {}: {message}", file.display())]
+    PasswordFile {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The address cannot be listened on (in use, not local).
+    #[error("cannot listen on {listen} (web.listen)")]
+    Bind {
+        /// The address.
+        listen: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl WebError {
+    /// The kind of failure, for the process exit status.
+    pub fn sysexit(&self) -> Sysexit {
+        match self {
+            WebError::Config { .. } | WebError::PasswordFile { .. } => Sysexit::Config,
+            WebError::Bind { .. } => Sysexit::Unavailable,
+        }
+    }
+}
+
+/// What the handlers share.
+struct App {
+    board: Arc<Board>,
+    publisher: Publisher,
+    registry: prometheus_client::registry::Registry,
+    rates: api::Rates,
+    classify: api::Classify,
+}
+
+/// What the daemon hands the web server.
+pub struct Context {
+    /// The cameras' state.
+    pub board: Arc<Board>,
+    /// The MQTT publisher, for its counters and connection state.
+    pub publisher: Publisher,
+    /// The daemon's model, shared with the pipelines.
+    pub model: Arc<Model>,
+    /// `[model] tta`.
+    pub tta: Tta,
+    /// The daemon's current ImageNet postprocessor (SIGHUP replaces it).
+    pub postprocessor: Box<dyn Fn() -> Arc<Postprocessor> + Send + Sync>,
+}
+
+/// Binds `config.listen` and serves until `shutdown`; returns once listening, so the caller
+/// hears about an address it cannot listen on.
+pub async fn start(
+    config: &WebConfig,
+    context: Context,
+    shutdown: Shutdown,
+) -> Result<tokio::task::JoinHandle<()>, WebError> {
+    let credentials = Arc::new(auth::Credentials::load(config)?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| WebError::Bind {
+            listen: config.listen,
+            source,
+        })?;
+    let classifier = Classifier::imagenet(context.model);
+    let app = Arc::new(App {
+        registry: metrics::registry(
+            context.board.clone(),
+            context.publisher.clone(),
+            classifier.description.clone(),
+        ),
+        board: context.board,
+        publisher: context.publisher,
+        rates: api::Rates::default(),
+        classify: api::Classify::new(classifier, context.tta, context.postprocessor),
+    });
+    let router = Router::new()
+        .route("/", get(assets::index))
+        .route("/app.js", get(assets::script))
+        .route("/app.css", get(assets::style))
+        .route("/api/cameras", get(api::cameras))
+        .route("/api/cameras/:id/snapshot.jpg", get(api::snapshot))
+        .route("/api/events", get(api::events))
+        .route("/api/classify", post(api::classify))
+        .route("/metrics", get(api::metrics))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .with_state(app)
+        .layer(DefaultBodyLimit::max(config.max_upload_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            credentials,
+            auth::guard,
+        ));
+    log::info!("web page on http://{}/", config.listen);
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.recv().await })
+            .await;
+        if let Err(err) = served {
+            log::error!("web server stopped: {err}");
+        }
+    }))
+}

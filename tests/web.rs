@@ -1,0 +1,339 @@
+//! The web page's HTTP API against the real daemon on 127.0.0.1: schemas, snapshots, the live
+//! stream, `/metrics` through a Prometheus text parser, uploads, limits, credentials, CSRF and
+//! path traversal.
+
+mod common {
+    pub mod mosquitto;
+    pub mod wait;
+    pub mod web;
+}
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use common::wait::poll_until;
+use common::web::{config, sample, WebDaemon, START};
+use edgeclass::model::{Model, Precision};
+use edgeclass::postprocess::topk::{softmax_in_place, top_k};
+use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn chelsea_daemon(web: &str) -> WebDaemon {
+    let source = format!("file:{}", sample("chelsea.jpg").display());
+    let web = web.to_string();
+    WebDaemon::start(move |broker, port, _| config(broker, port, &[("door", &source)], &web, ""))
+}
+
+/// The counters of `/metrics`, parsed by `prometheus-parse`, as `(name, camera) -> value`.
+fn scrape(daemon: &WebDaemon) -> Vec<prometheus_parse::Sample> {
+    let mut response = daemon.get("/metrics").expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    let text = response.body_mut().read_to_string().expect("body");
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines)
+        .unwrap_or_else(|e| panic!("/metrics is not the text format: {e}\n{text}"))
+        .samples
+}
+
+fn value(samples: &[prometheus_parse::Sample], name: &str) -> f64 {
+    let sample = samples
+        .iter()
+        .find(|s| s.metric == name)
+        .unwrap_or_else(|| panic!("no {name} in /metrics"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{name}: unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn cameras_snapshot_events_and_metrics_follow_the_frames() {
+    let daemon = chelsea_daemon("");
+    let has_event = poll_until(WAIT, || {
+        daemon.get_json("/api/cameras")[0]["event"].is_object()
+    });
+    assert!(
+        has_event,
+        "no event reached /api/cameras\n{}",
+        daemon.stderr()
+    );
+    let cameras = daemon.get_json("/api/cameras");
+    let door = &cameras[0];
+    assert_eq!(cameras.as_array().map(Vec::len), Some(1));
+    assert_eq!(door["id"], "door");
+    assert_eq!(door["online"], true);
+    assert!(door["frames_processed"].as_u64() > Some(0), "{door}");
+    assert!(door["fps"].is_number(), "{door}");
+    let event = &door["event"];
+    assert_eq!(event["camera"], "door");
+    assert_eq!(event["top3"].as_array().map(Vec::len), Some(3), "{event}");
+    assert!(event["label"].is_string() && event["latency_ms"].is_number());
+
+    // The snapshot is the captured JPEG byte for byte.
+    let mut response = daemon
+        .get("/api/cameras/door/snapshot.jpg")
+        .expect("GET snapshot");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/jpeg");
+    let jpeg = response.body_mut().read_to_vec().expect("body");
+    assert_eq!(jpeg, std::fs::read(sample("chelsea.jpg")).unwrap());
+
+    // The live stream delivers events as they are published.
+    let response = daemon.get("/api/events").expect("GET /api/events");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut lines = BufReader::new(response.into_body().into_reader()).lines();
+    let data = lines
+        .find_map(|line| line.ok()?.strip_prefix("data:").map(str::to_string))
+        .expect("an event on /api/events");
+    let update: serde_json::Value = serde_json::from_str(data.trim()).expect("JSON event");
+    assert_eq!(update["kind"], "event");
+    assert_eq!(update["event"]["camera"], "door");
+
+    // The counters move as frames flow.
+    let first = scrape(&daemon);
+    let processed = value(&first, "edgeclass_frames_processed_total");
+    assert!(processed > 0.0);
+    assert!(value(&first, "edgeclass_frames_captured_total") >= processed);
+    assert_eq!(value(&first, "edgeclass_camera_online"), 1.0);
+    assert_eq!(value(&first, "edgeclass_broker_connected"), 1.0);
+    assert!(first
+        .iter()
+        .any(|s| s.metric == "edgeclass_inference_latency_seconds"
+            && s.labels.get("camera") == Some("door")));
+    assert!(first
+        .iter()
+        .any(|s| s.metric.starts_with("edgeclass_model")));
+    let moved = poll_until(WAIT, || {
+        let now = scrape(&daemon);
+        value(&now, "edgeclass_frames_processed_total") > processed
+            && value(&now, "edgeclass_events_published_total") > 0.0
+    });
+    assert!(moved, "frames_processed did not move");
+
+    // Ready: model loaded, broker connected, camera online.
+    let ready = daemon.get_json("/readyz");
+    assert_eq!(ready["ready"], true, "{ready}");
+}
+
+#[test]
+fn uploads_are_classified_like_classify_json() {
+    let daemon = chelsea_daemon("max_upload_bytes = 200000");
+    let photo = std::fs::read(sample("chelsea.jpg")).unwrap();
+    let mut response = daemon
+        .agent()
+        .post(daemon.url("/api/classify"))
+        .header("content-type", "image/jpeg")
+        .send(&photo[..])
+        .expect("POST /api/classify");
+    let text = response.body_mut().read_to_string().unwrap();
+    assert_eq!(response.status(), 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+
+    // What `edgeclass classify --json` computes for the same model and file.
+    let model = Model::synthetic(7, Precision::Q8_0, 1).unwrap();
+    let mut preprocessor =
+        Preprocessor::new(PreprocessConfig::for_input_size(model.input_size() as u32));
+    let mut logits = Vec::new();
+    let input = preprocessor
+        .run(&read_image_file(&sample("chelsea.jpg")).unwrap())
+        .unwrap();
+    model.forward(input, &mut logits).unwrap();
+    softmax_in_place(&mut logits);
+    let expected = top_k(&logits, 3);
+    let top3 = answer["top3"].as_array().expect("top3");
+    assert_eq!(top3.len(), 3);
+    for (guess, (index, score)) in top3.iter().zip(expected) {
+        assert_eq!(guess["index"].as_u64(), Some(index as u64), "{text}");
+        let got = guess["score"].as_f64().unwrap();
+        assert!((got - f64::from(score)).abs() < 1e-5, "{got} vs {score}");
+        assert!(guess["wnid"].as_str().is_some_and(|w| w.starts_with('n')));
+    }
+    assert_eq!(answer["model"], model.description());
+    assert_eq!(answer["precision"], "q8_0");
+    assert!(answer["latency_ms"].is_number());
+    // The daemon's postprocessing of the same scores (threshold 0: never unknown).
+    let mapped = &answer["classification"];
+    assert_eq!(mapped["unknown"], false);
+    assert_eq!(mapped["label"], top3[0]["label"]);
+    assert_eq!(mapped["top3"][0]["index"], top3[0]["index"]);
+
+    // Multipart: one answer per file part.
+    let boundary = "edgeclass-test-boundary";
+    let mut form = Vec::new();
+    for name in ["a.jpg", "b.jpg"] {
+        form.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
+                 filename=\"{name}\"\r\nContent-Type: image/jpeg\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        form.extend_from_slice(&photo);
+        form.extend_from_slice(b"\r\n");
+    }
+    form.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let mut response = daemon
+        .agent()
+        .post(daemon.url("/api/classify"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .send(&form[..])
+        .unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    assert_eq!(response.status(), 200, "{text}");
+    let answers: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answers[1]["file"], "b.jpg");
+    assert_eq!(answers[1]["top3"], answer["top3"]);
+
+    // Not an image: 422 with a reason. Too large: 413, raw or multipart.
+    let response = daemon
+        .agent()
+        .post(daemon.url("/api/classify"))
+        .send(&b"not an image"[..])
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let big = vec![0u8; 200_001];
+    let response = daemon
+        .agent()
+        .post(daemon.url("/api/classify"))
+        .send(&big[..])
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let mut big_form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
+         filename=\"big.jpg\"\r\n\r\n"
+    )
+    .into_bytes();
+    big_form.extend_from_slice(&big);
+    big_form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let response = daemon
+        .agent()
+        .post(daemon.url("/api/classify"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .send(&big_form[..])
+        .unwrap();
+    assert_eq!(response.status(), 413);
+}
+
+#[test]
+fn cross_site_writes_and_path_tricks_are_refused() {
+    let daemon = chelsea_daemon("");
+    let photo = std::fs::read(sample("chelsea.jpg")).unwrap();
+    let post = |headers: &[(&str, &str)]| {
+        let mut request = daemon.agent().post(daemon.url("/api/classify"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send(&photo[..]).unwrap().status()
+    };
+    let own = format!("http://127.0.0.1:{}", daemon.port);
+    assert_eq!(post(&[("origin", &own)]), 200);
+    assert_eq!(post(&[("origin", "http://evil.example")]), 403);
+    assert_eq!(post(&[("referer", "http://evil.example/page")]), 403);
+    assert_eq!(post(&[("sec-fetch-site", "cross-site")]), 403);
+
+    for path in [
+        "/api/cameras/nope/snapshot.jpg",
+        "/api/cameras/..%2F..%2Fetc%2Fpasswd/snapshot.jpg",
+        "/api/cameras/../../etc/passwd",
+        "/api/cameras/%2e%2e/snapshot.jpg",
+        "/../../etc/passwd",
+        "/app.js/../../Cargo.toml",
+    ] {
+        let mut response = daemon.get(path).unwrap();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        assert!(
+            matches!(response.status().as_u16(), 400 | 404),
+            "{path}: {} {body}",
+            response.status()
+        );
+        assert!(!body.contains("root:"), "{path}: {body}");
+    }
+}
+
+#[test]
+fn beyond_loopback_credentials_are_required() {
+    // Without credentials the daemon refuses to start: a configuration error.
+    let mut refused = WebDaemon::spawn(|broker, port, _| {
+        let source = format!("file:{}", sample("chelsea.jpg").display());
+        config(
+            broker,
+            port,
+            &[("door", &source)],
+            &format!("listen = \"0.0.0.0:{port}\""),
+            "",
+        )
+    });
+    let status = refused.wait_exit(START);
+    assert_eq!(status.code(), Some(78), "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("web.listen"),
+        "{}",
+        refused.stderr()
+    );
+
+    // With a token: every request but the probes needs it.
+    let daemon = WebDaemon::start(|broker, port, dir| {
+        let passwd = dir.join("web.passwd");
+        std::fs::write(&passwd, "ana:s3cret\n").unwrap();
+        let source = format!("file:{}", sample("chelsea.jpg").display());
+        config(
+            broker,
+            port,
+            &[("door", &source)],
+            &format!(
+                "listen = \"0.0.0.0:{port}\"\ntoken = \"t0ken\"\npassword_file = \"{}\"",
+                passwd.display()
+            ),
+            "",
+        )
+    });
+    for path in [
+        "/",
+        "/api/cameras",
+        "/metrics",
+        "/api/cameras/door/snapshot.jpg",
+    ] {
+        let response = daemon.get(path).unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        assert!(response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic"));
+    }
+    assert_eq!(daemon.get("/healthz").unwrap().status(), 200);
+    let with = |value: &str| {
+        daemon
+            .agent()
+            .get(daemon.url("/api/cameras"))
+            .header("authorization", value)
+            .call()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(with("Bearer t0ken"), 200);
+    assert_eq!(with("Bearer wrong"), 401);
+    // HTTP Basic, as a browser sends it: ana:s3cret, then anyone:t0ken, then ana:wrong.
+    assert_eq!(with("Basic YW5hOnMzY3JldA=="), 200);
+    assert_eq!(with("Basic YW55b25lOnQwa2Vu"), 200);
+    assert_eq!(with("Basic YW5hOndyb25n"), 401);
+    // Writes need credentials too.
+    let response = daemon
+        .agent()
+        .post(daemon.url("/api/classify"))
+        .send(&b"x"[..])
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}

@@ -1,0 +1,263 @@
+//! The web page in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
+//! installed by `.ci/setup`), driven through chromedriver with fantoccini against the real
+//! daemon on 127.0.0.1. A failing test saves a screenshot under `target/web-browser/`.
+
+mod common {
+    pub mod mosquitto;
+    pub mod wait;
+    pub mod web;
+}
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use common::mosquitto::free_port;
+use common::wait::{is_listening, poll_until};
+use common::web::{config, sample, WebDaemon};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// chromedriver on a free port; killed on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        for tool in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                Path::new(tool).exists(),
+                "{tool} is missing: run `sudo .ci/setup` (installs chromium and chromium-driver)"
+            );
+        }
+        let port = free_port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        assert!(
+            poll_until(WAIT, || is_listening(port)),
+            "chromedriver did not listen on {port}"
+        );
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `test` with a fresh headless browser; an error saves a screenshot, then fails the test.
+fn in_browser<F, Fut>(name: &str, test: F)
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let driver = Driver::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1100,900"],
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .await
+            .expect("a chromium session through chromedriver");
+        let result = test(client.clone()).await;
+        if let Err(err) = &result {
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-browser");
+            let file = dir.join(format!("{name}.png"));
+            let saved = match client.screenshot().await {
+                Ok(png) => std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::fs::write(&file, png))
+                    .map(|()| format!("screenshot: {}", file.display()))
+                    .unwrap_or_else(|e| format!("no screenshot: {e}")),
+                Err(e) => format!("no screenshot: {e}"),
+            };
+            let _ = client.close().await;
+            panic!("{name}: {err:#}\n{saved}");
+        }
+        let _ = client.close().await;
+    });
+}
+
+/// Polls `check` until it returns `Some`, for at most [`WAIT`].
+async fn eventually<T, Fut: Future<Output = anyhow::Result<Option<T>>>>(
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A label map naming every ImageNet class with markup: the page must show it as text.
+fn hostile_label_map(dir: &Path) -> PathBuf {
+    let mut text = String::from("[names]\n");
+    for index in 0..1000 {
+        text += &format!(
+            "\"{index}\" = \"<script>window.pwned = 1</script><img src=x onerror='window.pwned = 1'> {index}\"\n"
+        );
+    }
+    let file = dir.join("hostile.toml");
+    std::fs::write(&file, text).expect("write the label map");
+    file
+}
+
+/// The text of every element matching `css`.
+async fn texts(client: &Client, css: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for element in client.find_all(Locator::Css(css)).await? {
+        out.push(element.text().await?);
+    }
+    Ok(out)
+}
+
+async fn not_pwned(client: &Client) -> anyhow::Result<()> {
+    let pwned = client
+        .execute("return window.pwned === undefined;", vec![])
+        .await?;
+    ensure!(pwned == json!(true), "markup in a label ran as script");
+    let injected = client
+        .execute(
+            "return document.querySelectorAll('main script, main img[src=\"x\"]').length;",
+            vec![],
+        )
+        .await?;
+    ensure!(injected == json!(0), "markup in a label became elements");
+    Ok(())
+}
+
+#[test]
+fn the_camera_tile_follows_events_and_shows_labels_as_text() {
+    // Two photos in turn: the tile's label and bars must change as their events arrive.
+    let frames = tempfile::tempdir().unwrap();
+    for name in ["chelsea.jpg", "coffee.jpg"] {
+        std::fs::copy(sample(name), frames.path().join(name)).unwrap();
+    }
+    let source = format!("file:{}", frames.path().display());
+    let daemon = WebDaemon::start(|broker, port, dir| {
+        let map = hostile_label_map(dir);
+        let camera = [("door", source.as_str())];
+        let mut text = config(broker, port, &camera, "", "");
+        text = text.replace(
+            "[postprocess]\n",
+            &format!("[postprocess]\nlabel_map = \"{}\"\n", map.display()),
+        );
+        text.replace("interval_ms = 100", "interval_ms = 400")
+    });
+    let url = daemon.url("/");
+    in_browser("camera_tile", |client| async move {
+        client.goto(&url).await?;
+        let tile = ".tile[data-camera=\"door\"]";
+        let mut seen = BTreeSet::new();
+        let deadline = Instant::now() + WAIT;
+        while seen.len() < 2 {
+            ensure!(
+                Instant::now() < deadline,
+                "the tile showed only {seen:?}, not several events"
+            );
+            let label = texts(&client, &format!("{tile} .label")).await?;
+            let bars = texts(&client, &format!("{tile} .bars")).await?;
+            if let (Some(label), Some(bars)) = (label.first(), bars.first()) {
+                if !label.is_empty() {
+                    seen.insert((label.clone(), bars.clone()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let status = texts(&client, &format!("{tile} .status")).await?;
+        ensure!(status == ["online"], "status {status:?}");
+        let bars = client
+            .find_all(Locator::Css(&format!("{tile} .bar")))
+            .await?;
+        ensure!(bars.len() == 3, "{} bars", bars.len());
+        let label = texts(&client, &format!("{tile} .label")).await?.join("");
+        ensure!(
+            label.contains("<script>window.pwned = 1</script>"),
+            "label {label:?}"
+        );
+        not_pwned(&client).await?;
+        let live = texts(&client, "#live").await?;
+        ensure!(live == ["live"], "live badge {live:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn an_uploaded_image_shows_its_top3() {
+    let source = format!("file:{}", sample("chelsea.jpg").display());
+    let daemon = WebDaemon::start(|broker, port, dir| {
+        let map = hostile_label_map(dir);
+        config(broker, port, &[("door", source.as_str())], "", "").replace(
+            "[postprocess]\n",
+            &format!("[postprocess]\nlabel_map = \"{}\"\n", map.display()),
+        )
+    });
+    // What the API says about the same file, to compare with the page.
+    let photo = std::fs::read(sample("coffee.jpg")).unwrap();
+    let mut response = daemon
+        .agent()
+        .post(daemon.url("/api/classify"))
+        .send(&photo[..])
+        .unwrap();
+    let answer: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    let expected = answer["classification"]["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = daemon.url("/#classify");
+    in_browser("upload", |client| async move {
+        client.goto(&url).await?;
+        let input = client.find(Locator::Css("#files")).await?;
+        input
+            .send_keys(&sample("coffee.jpg").display().to_string())
+            .await
+            .context("choose the file")?;
+        let label = eventually("the upload's Top-3", || {
+            let client = client.clone();
+            async move {
+                let bars = client.find_all(Locator::Css(".result .bar")).await?;
+                let label = texts(&client, ".result .label").await?;
+                Ok((bars.len() == 3).then(|| label.join("")))
+            }
+        })
+        .await?;
+        ensure!(label.starts_with(&expected), "{label:?} vs {expected:?}");
+        let details = texts(&client, ".result .details").await?.join("");
+        ensure!(details.starts_with("ImageNet: "), "{details:?}");
+        not_pwned(&client).await?;
+        Ok(())
+    });
+}
