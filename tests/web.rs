@@ -228,7 +228,7 @@ fn uploads_are_classified_like_classify_json() {
 }
 
 #[test]
-fn cross_site_writes_and_path_tricks_are_refused() {
+fn cross_site_writes_rebound_host_names_and_path_tricks_are_refused() {
     let daemon = chelsea_daemon("");
     let photo = std::fs::read(sample("chelsea.jpg")).unwrap();
     let post = |headers: &[(&str, &str)]| {
@@ -243,6 +243,17 @@ fn cross_site_writes_and_path_tricks_are_refused() {
     assert_eq!(post(&[("origin", "http://evil.example")]), 403);
     assert_eq!(post(&[("referer", "http://evil.example/page")]), 403);
     assert_eq!(post(&[("sec-fetch-site", "cross-site")]), 403);
+
+    // On loopback only loopback host names are served: a site re-pointed at 127.0.0.1 (DNS
+    // rebinding) gets nothing, not even a read.
+    let host = |name: &str| {
+        let request = daemon.agent().get(daemon.url("/api/cameras"));
+        let response = request.header("host", format!("{name}:{}", daemon.port));
+        response.call().unwrap().status()
+    };
+    assert_eq!(host("evil.example"), 403);
+    assert_eq!(host("localhost"), 200);
+    assert_eq!(host("127.0.0.1"), 200);
 
     for path in [
         "/api/cameras/nope/snapshot.jpg",

@@ -3,7 +3,9 @@
 //!
 //! With credentials configured every request needs them except the health probes; without
 //! them (loopback, or `allow_unauthenticated`) reading and writing are open, but writes must
-//! still come from the page itself, not from another site a browser has open (CSRF).
+//! still come from the page itself, not from another site a browser has open (CSRF). A page
+//! listening on loopback answers only to loopback host names, so a web site whose name an
+//! attacker re-points at 127.0.0.1 (DNS rebinding) cannot read it through the visitor's browser.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -13,6 +15,23 @@ use base64::prelude::{Engine, BASE64_STANDARD};
 
 use super::config::{read_password_file, WebConfig};
 use super::WebError;
+
+/// What the guard checks: the credentials, and whether only loopback host names are served.
+#[derive(Debug)]
+pub(super) struct Access {
+    credentials: Credentials,
+    loopback: bool,
+}
+
+impl Access {
+    /// The access rules of `config`.
+    pub(super) fn load(config: &WebConfig) -> Result<Self, WebError> {
+        Ok(Self {
+            credentials: Credentials::load(config)?,
+            loopback: config.listen.ip().is_loopback(),
+        })
+    }
+}
 
 /// The accepted credentials.
 #[derive(Debug, Clone, Default)]
@@ -83,6 +102,25 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
+/// Whether the `Host` header names this machine's loopback (`localhost`, `127.x.y.z`, `[::1]`,
+/// any port). A request without one cannot come from a browser and passes.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(bracketed),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Paths anyone may ask: the health probes.
 fn is_probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz")
@@ -112,13 +150,23 @@ fn same_origin(headers: &HeaderMap) -> bool {
     authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
 }
 
-/// The middleware: credentials, then the same-origin check for anything but GET and HEAD.
+/// The middleware: the host name on loopback, credentials, then the same-origin check for
+/// anything but GET and HEAD.
 pub(super) async fn guard(
-    State(credentials): State<std::sync::Arc<Credentials>>,
+    State(access): State<std::sync::Arc<Access>>,
     request: Request,
     next: Next,
 ) -> Response {
     let headers = request.headers();
+    if access.loopback && !loopback_host(headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "this page listens on loopback and answers only to a loopback host name \
+             (http://127.0.0.1:PORT/ or http://localhost:PORT/)\n",
+        )
+            .into_response();
+    }
+    let credentials = &access.credentials;
     if credentials.required() && !is_probe(request.uri().path()) && !credentials.accept(headers) {
         return (
             StatusCode::UNAUTHORIZED,
@@ -174,6 +222,25 @@ mod tests {
             );
         }
         assert!(!credentials.accept(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn only_loopback_host_names_count_as_loopback() {
+        for (host, ok) in [
+            ("127.0.0.1:8080", true),
+            ("127.1.2.3", true),
+            ("localhost:8080", true),
+            ("LOCALHOST", true),
+            ("[::1]:8080", true),
+            ("[::1]", true),
+            ("evil.example:8080", false),
+            ("127.0.0.1.evil.example", false),
+            ("192.168.1.5:8080", false),
+            ("[2001:db8::1]:8080", false),
+        ] {
+            assert_eq!(loopback_host(&headers(&[("host", host)])), ok, "{host}");
+        }
+        assert!(loopback_host(&HeaderMap::new()));
     }
 
     #[test]

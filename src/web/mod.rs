@@ -12,8 +12,9 @@
 //! - API: `GET /api/cameras`, `GET /api/cameras/{id}/snapshot.jpg`, `GET /api/events`
 //!   (server-sent events), `POST /api/classify` (`classify --json`'s report plus the daemon's
 //!   postprocessing), `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`.
-//! - Security ([`auth`](self) module): loopback by default; beyond it credentials are required
-//!   (a config error otherwise); requests that change state pass a same-origin check; bodies
+//! - Security ([`auth`](self) module): loopback by default, answering only to loopback host
+//!   names (DNS rebinding); beyond it credentials are required (a config error otherwise);
+//!   requests that change state pass a same-origin check; bodies
 //!   over `max_upload_bytes` get 413; camera ids select configured cameras only; the page
 //!   renders every label with `textContent`.
 
@@ -112,7 +113,7 @@ pub async fn start(
     context: Context,
     shutdown: Shutdown,
 ) -> Result<tokio::task::JoinHandle<()>, WebError> {
-    let credentials = Arc::new(auth::Credentials::load(config)?);
+    let access = Arc::new(auth::Access::load(config)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| WebError::Bind {
@@ -144,10 +145,7 @@ pub async fn start(
         .route("/readyz", get(api::readyz))
         .with_state(app)
         .layer(DefaultBodyLimit::max(config.max_upload_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            credentials,
-            auth::guard,
-        ));
+        .layer(axum::middleware::from_fn_with_state(access, auth::guard));
     log::info!("web page on http://{}/", config.listen);
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, router)
