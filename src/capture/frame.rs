@@ -52,4 +52,11 @@ impl Frame {
             origin,
         }
     }
+
+    /// Whether the bytes are a JPEG as captured (an MJPEG frame or a JPEG file), which can be
+    /// passed on byte for byte as a snapshot.
+    pub fn is_jpeg(&self) -> bool {
+        matches!(self.format, PixelFormat::Mjpeg | PixelFormat::Encoded)
+            && self.data.starts_with(&[0xFF, 0xD8])
+    }
 }

@@ -17,9 +17,7 @@ use image::RgbImage;
 use tokio::sync::watch;
 
 use super::heads::ActiveHead;
-use crate::capture::{
-    CameraConfig, Collector, Frame, FrameSlot, GateStats, MotionGate, PixelFormat,
-};
+use crate::capture::{CameraConfig, Collector, Frame, FrameSlot, GateStats, MotionGate};
 use crate::heartbeat::Heartbeat;
 use crate::model::{EnsembleBuffers, Model, IMAGENET_CLASSES};
 use crate::postprocess::{
@@ -452,9 +450,7 @@ fn classified_jpeg<'a>(
     image: &RgbImage,
     buffer: &'a mut Vec<u8>,
 ) -> image::ImageResult<&'a [u8]> {
-    let is_jpeg = matches!(frame.format, PixelFormat::Mjpeg | PixelFormat::Encoded)
-        && frame.data.starts_with(&[0xFF, 0xD8]);
-    if whole && is_jpeg {
+    if whole && frame.is_jpeg() {
         return Ok(&frame.data);
     }
     buffer.clear();

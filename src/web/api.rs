@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::board::CameraWatch;
 use super::App;
-use crate::capture::{Frame, PixelFormat};
+use crate::capture::Frame;
 use crate::commands::classifier::{Buffers, Classifier};
 use crate::commands::classify::Report;
 use crate::postprocess::{Classification, Postprocessor, Prediction};
@@ -118,7 +118,7 @@ pub(super) async fn snapshot(
     let camera = app.board.camera(&id).ok_or_else(|| not_found("camera"))?;
     let frame = camera
         .with_latest_frame(|frame| {
-            if is_jpeg(frame) {
+            if frame.is_jpeg() {
                 Ok(Bytes::copy_from_slice(&frame.data))
             } else {
                 Err(frame.clone())
@@ -139,11 +139,6 @@ pub(super) async fn snapshot(
         jpeg,
     )
         .into_response())
-}
-
-fn is_jpeg(frame: &Frame) -> bool {
-    matches!(frame.format, PixelFormat::Mjpeg | PixelFormat::Encoded)
-        && frame.data.starts_with(&[0xFF, 0xD8])
 }
 
 fn encode_jpeg(frame: &Frame) -> Result<Bytes, ApiError> {
