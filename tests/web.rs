@@ -348,3 +348,44 @@ fn beyond_loopback_credentials_are_required() {
         .unwrap();
     assert_eq!(response.status(), 401);
 }
+
+#[test]
+fn a_taken_port_costs_the_page_but_not_the_events() {
+    // Another program holds the web port: the daemon says so and classifies and publishes on.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("address").port();
+    let mut daemon = WebDaemon::spawn(|broker, _, _| {
+        let source = format!("file:{}", sample("chelsea.jpg").display());
+        config(
+            broker,
+            taken,
+            &[("door", &source)],
+            &format!("listen = \"127.0.0.1:{taken}\""),
+            "",
+        )
+    });
+    let event = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &daemon.broker.port().to_string()])
+        .args(["-t", "edgeclass/door/event", "-C", "1", "-W", "30"])
+        .output()
+        .expect("mosquitto_sub (run .ci/setup)");
+    let event = String::from_utf8_lossy(&event.stdout);
+    assert!(
+        event.contains("\"camera\":\"door\""),
+        "no event: {event}\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        daemon
+            .stderr()
+            .contains(&format!("cannot listen on 127.0.0.1:{taken} (web.listen)")),
+        "{}",
+        daemon.stderr()
+    );
+    assert!(
+        daemon.is_running(),
+        "the daemon stopped\n{}",
+        daemon.stderr()
+    );
+    drop(holder);
+}
