@@ -11,6 +11,7 @@
 //! own validation, so a configuration that loads is one `run` accepts.
 
 mod heads;
+pub mod overrides;
 mod tree;
 
 use std::collections::{BTreeMap, HashSet};
@@ -173,24 +174,32 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Reads `file`, applies environment overrides, deserializes and validates every section.
+    /// Reads `file`, merges the overrides file ([`overrides`]) and then the environment
+    /// overrides over it, deserializes and validates every section.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_path_buf(),
             source,
         })?;
-        Self::parse(file, &text)
+        Self::from_sources(
+            file,
+            &text,
+            Some(&overrides::overrides_path()),
+            std::env::vars_os(),
+        )
     }
 
-    /// Like [`Config::load`] with the file's text already read (`file` names it in errors).
+    /// Like [`Config::load`] with the file's text already read (`file` names it in errors),
+    /// without the overrides file.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        Self::from_sources(file, text, std::env::vars_os())
+        Self::from_sources(file, text, None, std::env::vars_os())
     }
 
     /// [`Config::parse`] with the environment given, so tests need not change the process's.
     fn from_sources(
         file: &Path,
         text: &str,
+        overrides_file: Option<&Path>,
         env: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Result<Self, ConfigError> {
         let table: toml::Table =
@@ -200,6 +209,9 @@ impl Config {
                     message: e.to_string(),
                 })?;
         let mut root = Node::from(toml::Value::Table(table));
+        if let Some(overrides_file) = overrides_file {
+            overrides::apply(&mut root, overrides_file)?;
+        }
         let overrides = Overrides::apply(file, &mut root, env)?;
         let errors = Errors {
             file,
@@ -527,7 +539,7 @@ mod tests {
         let env = env
             .iter()
             .map(|(var, value)| (OsString::from(var), OsString::from(value)));
-        Config::from_sources(Path::new("/etc/edgeclass.toml"), text, env)
+        Config::from_sources(Path::new("/etc/edgeclass.toml"), text, None, env)
     }
 
     fn key_error(text: &str, env: &[(&str, &str)]) -> (String, Option<String>, String) {

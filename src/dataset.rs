@@ -198,7 +198,17 @@ pub struct TrainingClass {
 /// The classes of a training folder, checked before any work: at least two, each named like a
 /// usable label and holding at least [`MIN_TRAINING_IMAGES`] files.
 pub fn training_classes(data: &Path) -> Result<Vec<TrainingClass>, DatasetError> {
-    let folders = class_folders(data)?;
+    training_classes_except(data, None)
+}
+
+/// [`training_classes`], leaving out the class folder named `skip` (a camera's
+/// `unlabelled/` frames beside its class folders).
+pub fn training_classes_except(
+    data: &Path,
+    skip: Option<&str>,
+) -> Result<Vec<TrainingClass>, DatasetError> {
+    let mut folders = class_folders(data)?;
+    folders.retain(|(name, _)| Some(name.as_str()) != skip);
     if folders.len() < 2 {
         return Err(DatasetError::TooFewClasses {
             path: data.to_path_buf(),

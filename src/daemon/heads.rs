@@ -1,12 +1,14 @@
 //! The custom heads the pipelines run: loaded at start (an unusable head stops the daemon with
-//! a configuration error), reloaded on SIGHUP when their file changed (an unusable file keeps
-//! the running head).
+//! a configuration error), reloaded on SIGHUP (or the web page's "Activate") when their file
+//! changed (an unusable file keeps the running head); heads added to the config, or to a
+//! running camera's `heads`, start running at the reload.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::capture::CameraConfig;
+use crate::capture::{CameraConfig, CameraId};
 use crate::config::{Config, ConfigError, HeadConfig, HeadName};
 use crate::model::{Ensemble, Model};
 use crate::postprocess::{PolicyConfig, Postprocessor};
@@ -111,10 +113,12 @@ pub fn load(
 }
 
 /// The running heads with `config` applied: each head's file is read again when it changed,
-/// its postprocessor and policy are rebuilt. A head whose file or settings are unusable keeps
-/// running as it was, and the log says why. The set of heads is the one loaded at start.
+/// its postprocessor and policy are rebuilt; entries new in `config` are loaded and appended
+/// (indices of running heads never change). A head whose file or settings are unusable keeps
+/// running as it was (a new one is left out), and the log says why. A head removed from the
+/// config runs until the daemon restarts.
 pub fn reload(running: &[Arc<ActiveHead>], config: &Config, model: &Model) -> Vec<Arc<ActiveHead>> {
-    running
+    let mut heads: Vec<Arc<ActiveHead>> = running
         .iter()
         .map(|old| {
             let Some(index) = config.heads.iter().position(|h| h.name == old.name) else {
@@ -131,6 +135,62 @@ pub fn reload(running: &[Arc<ActiveHead>], config: &Config, model: &Model) -> Ve
                     Arc::clone(old)
                 }
             }
+        })
+        .collect();
+    for (index, head_config) in config.heads.iter().enumerate() {
+        if running.iter().any(|h| h.name == head_config.name) {
+            continue;
+        }
+        match load_new(index, head_config, model) {
+            Ok(head) => heads.push(Arc::new(head)),
+            Err(err) => log::error!("head {}: not started: {err:#}", head_config.name),
+        }
+    }
+    heads
+}
+
+/// A head entry added since the daemon started.
+fn load_new(index: usize, config: &HeadConfig, model: &Model) -> anyhow::Result<ActiveHead> {
+    let stamps = FileStamp::of_all(&config.weights);
+    let head = config.load(Some(model))?;
+    let postprocessor = config.postprocessor(index, &head)?;
+    log::info!(
+        "head {} added from {} (classes: {})",
+        config.name,
+        files(config),
+        head.classes().join(", ")
+    );
+    Ok(ActiveHead::new(config, head, postprocessor, stamps, model))
+}
+
+/// Which heads each camera runs: indices into the running heads, by camera id.
+pub type Assignments = BTreeMap<CameraId, Vec<usize>>;
+
+/// The heads `config` gives each of the running `cameras`, on top of those in `previous`
+/// (a head taken off a camera runs until the daemon restarts). A name that is not among
+/// `heads` (its file failed to load) is left out; the load said why.
+pub fn assign(
+    cameras: &[CameraConfig],
+    config: &Config,
+    heads: &[Arc<ActiveHead>],
+    previous: &Assignments,
+) -> Assignments {
+    cameras
+        .iter()
+        .map(|camera| {
+            let mut assigned = previous.get(&camera.id).cloned().unwrap_or_default();
+            let names = config
+                .cameras
+                .iter()
+                .find(|c| c.id == camera.id)
+                .map_or(&camera.heads, |c| &c.heads);
+            for name in names {
+                let index = heads.iter().position(|h| h.name.as_str() == name);
+                if let Some(index) = index.filter(|i| !assigned.contains(i)) {
+                    assigned.push(index);
+                }
+            }
+            (camera.id.clone(), assigned)
         })
         .collect()
 }
@@ -170,34 +230,35 @@ fn files(config: &HeadConfig) -> String {
     paths.join(", ")
 }
 
-/// Announces the Home Assistant sensor of each of `heads` on every camera that runs it.
-pub fn announce<'a>(
+/// Announces the Home Assistant sensor of each head in `which` on every camera that runs it
+/// in `assignments`.
+pub fn announce(
     publisher: &Publisher,
-    cameras: &[CameraConfig],
-    heads: impl IntoIterator<Item = &'a ActiveHead>,
+    heads: &[Arc<ActiveHead>],
+    assignments: &Assignments,
+    which: impl Fn(&CameraId, usize) -> bool,
 ) {
-    for head in heads {
-        let labels: Vec<&str> = head.postprocessor.labels().collect();
-        let runs_it = |c: &&CameraConfig| c.heads.iter().any(|h| h == head.name.as_str());
-        for camera in cameras.iter().filter(runs_it) {
-            publisher.announce_head(&camera.id, head.name.as_str(), &labels);
+    for (camera, assigned) in assignments {
+        for &index in assigned.iter().filter(|&&i| which(camera, i)) {
+            let head = &heads[index];
+            let labels: Vec<&str> = head.postprocessor.labels().collect();
+            publisher.announce_head(camera, head.name.as_str(), &labels);
         }
     }
 }
 
-/// Warns when the reloaded config adds, removes or reassigns heads, which takes a restart.
-pub fn warn_about_restart(running: &[Arc<ActiveHead>], cameras: &[CameraConfig], config: &Config) {
-    let running_names = running.iter().map(|h| &h.name);
-    let same_heads = running_names.eq(config.heads.iter().map(|h| &h.name));
+/// Warns when the reloaded config adds or removes cameras, or takes heads off them: that
+/// takes a restart (adding heads does not).
+pub fn warn_about_restart(cameras: &[CameraConfig], config: &Config) {
     let same_cameras = cameras.len() == config.cameras.len()
         && cameras
             .iter()
             .zip(&config.cameras)
-            .all(|(a, b)| a.id == b.id && a.heads == b.heads);
-    if !same_heads || !same_cameras {
+            .all(|(a, b)| a.id == b.id && a.heads.iter().all(|h| b.heads.contains(h)));
+    if !same_cameras {
         log::warn!(
-            "heads or cameras were added, removed or reassigned: that takes effect when the \
-             daemon restarts"
+            "cameras were added or removed, or heads taken off a camera: that takes effect \
+             when the daemon restarts"
         );
     }
 }

@@ -10,6 +10,7 @@
 //! keep their schedule, reloads thresholds/labels/policy and changed head files on SIGHUP and
 //! shuts down cleanly on SIGTERM/SIGINT (the stop order is written down in `serve`).
 
+mod activate;
 mod heads;
 mod pipeline;
 pub mod service;
@@ -20,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::capture::{self, CameraConfig, CameraEvent, FrameSlot};
 use crate::config::Config;
@@ -31,7 +32,7 @@ use crate::publish::{EmbeddedBroker, Publisher};
 use crate::shutdown::Shutdown;
 use crate::web::{self, Board};
 
-use heads::ActiveHead;
+use heads::{ActiveHead, Assignments};
 use pipeline::{Pipeline, Reloadable, Shared};
 use service::CameraHeartbeats;
 
@@ -92,7 +93,8 @@ async fn serve(
     };
     let camera_ids: Vec<_> = config.cameras.iter().map(|c| c.id.clone()).collect();
     let publisher = Publisher::start(&config.mqtt, &camera_ids, &model.description()).await?;
-    heads::announce(&publisher, &config.cameras, heads.iter().map(Arc::as_ref));
+    let assignments = heads::assign(&config.cameras, &config, &heads, &Assignments::new());
+    heads::announce(&publisher, &heads, &assignments, |_, _| true);
 
     let shutdown = Shutdown::new();
     let shared = Arc::new(Shared {
@@ -102,6 +104,7 @@ async fn serve(
             postprocessor: Arc::new(Postprocessor::new(&config.postprocess)?),
             policy: config.publish_policy.clone(),
             heads,
+            assignments,
         })),
         tta: config.model.tta,
         snapshots: config.mqtt.snapshot.enabled,
@@ -118,8 +121,16 @@ async fn serve(
         .web
         .enabled
         .then(|| Arc::new(Board::new(slots.iter().map(|(id, slot)| (id, slot)))));
+    // The web page's "Activate" asks for the same reload as SIGHUP.
+    let reload_requests = Arc::new(Notify::new());
     if let Some(board) = &board {
         let context = web::Context {
+            data_dir: crate::model::fetch::data_dir(),
+            model_config: config.model.clone(),
+            activator: Arc::new(activate::Activation::new(
+                config_file.clone(),
+                reload_requests.clone(),
+            )),
             board: board.clone(),
             publisher: publisher.clone(),
             model: shared.model.clone(),
@@ -182,7 +193,7 @@ async fn serve(
     service::spawn_watchdog(heartbeats, shutdown.clone());
     log::info!("ready: {} camera(s)", config.cameras.len());
 
-    wait_for_shutdown(&config_file, &shared, &config.cameras).await;
+    wait_for_shutdown(&config_file, &shared, &config.cameras, &reload_requests).await;
 
     // The stop order, in one place:
     // 1. SIGTERM/SIGINT ended the wait above.
@@ -260,9 +271,14 @@ fn current_postprocessor(
     Box::new(move || Arc::clone(&settings.borrow().postprocessor))
 }
 
-/// Waits for SIGTERM/SIGINT; on SIGHUP reloads thresholds, label maps, the publish policy and
-/// changed head files.
-async fn wait_for_shutdown(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) {
+/// Waits for SIGTERM/SIGINT; on SIGHUP (or a request of the web page) reloads thresholds, label
+/// maps, the publish policy, changed head files and added heads.
+async fn wait_for_shutdown(
+    config_file: &Path,
+    shared: &Shared,
+    cameras: &[CameraConfig],
+    reload_requests: &Notify,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -277,6 +293,7 @@ async fn wait_for_shutdown(config_file: &Path, shared: &Shared, cameras: &[Camer
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => reload(config_file, shared, cameras),
+            _ = reload_requests.notified() => reload(config_file, shared, cameras),
         }
     }
 }
@@ -299,21 +316,29 @@ fn reload(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) {
         }
     };
     let running = Arc::clone(&shared.settings.borrow());
-    heads::warn_about_restart(&running.heads, cameras, &config);
+    heads::warn_about_restart(cameras, &config);
     let heads = heads::reload(&running.heads, &config, &shared.model);
-    // Home Assistant's sensors list the labels a head can publish.
-    let relabelled = running
-        .heads
-        .iter()
-        .zip(&heads)
-        .filter(|(old, new)| !old.postprocessor.labels().eq(new.postprocessor.labels()))
-        .map(|(_, new)| new.as_ref());
-    heads::announce(&shared.publisher, cameras, relabelled);
+    let assignments = heads::assign(cameras, &config, &heads, &running.assignments);
+    // Home Assistant's sensors list the labels a head can publish: announced for heads new on
+    // a camera, and again for those whose labels changed.
+    heads::announce(&shared.publisher, &heads, &assignments, |camera, index| {
+        let ran = running
+            .assignments
+            .get(camera)
+            .is_some_and(|a| a.contains(&index));
+        let relabelled = running.heads.get(index).is_none_or(|old| {
+            !old.postprocessor
+                .labels()
+                .eq(heads[index].postprocessor.labels())
+        });
+        !ran || relabelled
+    });
     // Each pipeline sees the change before its next frame.
     shared.settings.send_replace(Arc::new(Reloadable {
         postprocessor: Arc::new(postprocessor),
         policy: config.publish_policy,
         heads,
+        assignments,
     }));
     log::info!(
         "reloaded thresholds, label maps, publish policy and heads from {}",

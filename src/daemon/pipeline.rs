@@ -16,7 +16,7 @@ use anyhow::Context;
 use image::RgbImage;
 use tokio::sync::watch;
 
-use super::heads::ActiveHead;
+use super::heads::{ActiveHead, Assignments};
 use crate::capture::{CameraConfig, Collector, Frame, FrameSlot, GateStats, MotionGate};
 use crate::heartbeat::Heartbeat;
 use crate::model::{EnsembleBuffers, Model, IMAGENET_CLASSES};
@@ -37,8 +37,11 @@ pub struct Reloadable {
     /// Shared with the web page's uploads.
     pub postprocessor: Arc<Postprocessor>,
     pub policy: PolicyConfig,
-    /// Every `[[heads]]` entry, in config order; which heads there are is fixed at start.
+    /// Every head loaded: `[[heads]]` entries in config order, then those added by reloads
+    /// (an index never changes while the daemon runs).
     pub heads: Vec<Arc<ActiveHead>>,
+    /// Which of `heads` each camera runs.
+    pub assignments: Assignments,
 }
 
 /// What the pipelines share with the daemon.
@@ -128,12 +131,7 @@ impl Pipeline {
         let settings = shared.settings.subscribe();
         let current = Arc::clone(&settings.borrow());
         let mut streams = vec![Stream::new(None, &current)?];
-        for name in &camera.heads {
-            let index = current
-                .heads
-                .iter()
-                .position(|h| h.name.as_str() == name)
-                .with_context(|| format!("camera {}: no head named {name}", camera.id))?;
+        for &index in current.assignments.get(&camera.id).into_iter().flatten() {
             streams.push(Stream::new(Some(index), &current)?);
         }
         let collector = camera.collect.enabled.then(|| {
@@ -326,8 +324,34 @@ impl Pipeline {
         Ok(latency_ms)
     }
 
-    /// Switches every stream to its reloaded publish policy (a bad one keeps the previous).
+    /// Switches every stream to its reloaded publish policy (a bad one keeps the previous),
+    /// and starts a stream for each head newly assigned to the camera.
     fn reconfigure(&mut self, settings: &Reloadable) {
+        let assigned = settings
+            .assignments
+            .get(&self.camera.id)
+            .into_iter()
+            .flatten();
+        for &index in assigned {
+            if self.streams.iter().any(|s| s.head == Some(index)) {
+                continue;
+            }
+            match Stream::new(Some(index), settings) {
+                Ok(stream) => {
+                    log::info!(
+                        "camera {}: head {} runs from now on",
+                        self.camera.id,
+                        settings.heads[index].name
+                    );
+                    self.streams.push(stream);
+                }
+                Err(err) => log::error!(
+                    "camera {}: head {} not started: {err:#}",
+                    self.camera.id,
+                    settings.heads[index].name
+                ),
+            }
+        }
         for stream in &mut self.streams {
             let config = Stream::policy_config(stream.head, settings);
             if let Err(err) = stream.policy.reconfigure(config) {

@@ -25,7 +25,8 @@ use crate::preprocess::{PreprocessConfig, Preprocessor, Tta};
 use crate::publish::Event;
 
 /// An error answer: a status and a JSON `{"error": ...}`.
-pub(super) struct ApiError(StatusCode, String);
+#[derive(Debug)]
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

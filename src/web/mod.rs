@@ -12,6 +12,13 @@
 //! - API: `GET /api/cameras`, `GET /api/cameras/{id}/snapshot.jpg`, `GET /api/events`
 //!   (server-sent events), `POST /api/classify` (`classify --json`'s report plus the daemon's
 //!   postprocessing), `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`.
+//! - *Label and train* ([`labels`](self) and [`training`](self) modules): a camera's collected
+//!   frames and class folders, bulk labelling, a training job with live progress and its
+//!   report, and activating the trained head without a restart ([`Activator`]):
+//!   `GET /api/datasets/{camera}`, `GET /api/datasets/{camera}/frames/{class}/{file}`,
+//!   `POST /api/datasets/{camera}/assign`, `POST /api/datasets/{camera}/delete`,
+//!   `POST /api/datasets/{camera}/classes`, `DELETE /api/datasets/{camera}/classes/{class}`,
+//!   `GET|POST /api/train`, `POST /api/train/activate`.
 //! - Security ([`auth`](self) module): loopback by default, answering only to loopback host
 //!   names (DNS rebinding); beyond it credentials are required (a config error otherwise);
 //!   requests that change state pass a same-origin check; bodies
@@ -23,20 +30,24 @@ mod assets;
 mod auth;
 mod board;
 mod config;
+mod labels;
 mod metrics;
+mod training;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 pub use board::{Board, CameraWatch};
 pub use config::WebConfig;
+pub use labels::UNLABELLED;
+pub use training::Activator;
 
 use crate::commands::classifier::Classifier;
-use crate::model::Model;
+use crate::model::{Model, ModelConfig};
 use crate::postprocess::Postprocessor;
 use crate::preprocess::Tta;
 use crate::publish::Publisher;
@@ -90,6 +101,8 @@ struct App {
     registry: prometheus_client::registry::Registry,
     rates: api::Rates,
     classify: api::Classify,
+    datasets: labels::Datasets,
+    trainer: training::Trainer,
 }
 
 /// What the daemon hands the web server.
@@ -104,6 +117,12 @@ pub struct Context {
     pub tta: Tta,
     /// The daemon's current ImageNet postprocessor (SIGHUP replaces it).
     pub postprocessor: Box<dyn Fn() -> Arc<Postprocessor> + Send + Sync>,
+    /// The state directory: the cameras' datasets and trained heads are kept there.
+    pub data_dir: PathBuf,
+    /// `[model]`, for training jobs to load the backbone with.
+    pub model_config: ModelConfig,
+    /// Makes a trained head run on its camera.
+    pub activator: Arc<dyn Activator>,
 }
 
 /// Binds `config.listen` and serves until `shutdown`; returns once listening, so the caller
@@ -121,6 +140,7 @@ pub async fn start(
             source,
         })?;
     let classifier = Classifier::imagenet(context.model);
+    let datasets = labels::Datasets::new(&context.data_dir);
     let app = Arc::new(App {
         registry: metrics::registry(
             context.board.clone(),
@@ -131,6 +151,13 @@ pub async fn start(
         publisher: context.publisher,
         rates: api::Rates::default(),
         classify: api::Classify::new(classifier, context.tta, context.postprocessor),
+        trainer: training::Trainer::new(
+            datasets.clone(),
+            &context.data_dir,
+            context.model_config,
+            context.activator,
+        ),
+        datasets,
     });
     let router = Router::new()
         .route("/", get(assets::index))
@@ -140,6 +167,20 @@ pub async fn start(
         .route("/api/cameras/:id/snapshot.jpg", get(api::snapshot))
         .route("/api/events", get(api::events))
         .route("/api/classify", post(api::classify))
+        .route("/api/datasets/:camera", get(labels::list))
+        .route(
+            "/api/datasets/:camera/frames/:class/:file",
+            get(labels::frame),
+        )
+        .route("/api/datasets/:camera/assign", post(labels::assign))
+        .route("/api/datasets/:camera/delete", post(labels::delete_frames))
+        .route("/api/datasets/:camera/classes", post(labels::create_class))
+        .route(
+            "/api/datasets/:camera/classes/:class",
+            delete(labels::delete_class),
+        )
+        .route("/api/train", get(training::status).post(training::start))
+        .route("/api/train/activate", post(training::activate))
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
