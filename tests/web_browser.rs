@@ -4,6 +4,8 @@
 
 mod common {
     pub mod mosquitto;
+    pub mod rng;
+    pub mod scenes;
     pub mod wait;
     pub mod web;
 }
@@ -258,6 +260,150 @@ fn an_uploaded_image_shows_its_top3() {
         let details = texts(&client, ".result .details").await?.join("");
         ensure!(details.starts_with("ImageNet: "), "{details:?}");
         not_pwned(&client).await?;
+        Ok(())
+    });
+}
+
+/// The names of the files in `folder`, sorted.
+fn files_in(folder: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .map(|entries| {
+            entries
+                .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn bulk_labelling_in_the_grid_moves_files_and_training_shows_progress_and_report() {
+    use common::scenes::{door, Variation};
+    let source = format!("file:{}", sample("chelsea.jpg").display());
+    let daemon = WebDaemon::start(|broker, port, dir| {
+        let dataset = dir.join("state/datasets/door");
+        for (class, open) in [("unlabelled", true), ("closed", false)] {
+            std::fs::create_dir_all(dataset.join(class)).unwrap();
+            for seed in 0..12 {
+                door(open, seed, Variation::CAMERA)
+                    .save(dataset.join(class).join(format!("door-{seed:02}.png")))
+                    .unwrap();
+            }
+        }
+        config(broker, port, &[("door", source.as_str())], "", "")
+    });
+    let dataset = daemon.dir.path().join("state/datasets/door");
+    let url = daemon.url("/#label");
+    let (check_dataset, check_unlabelled) = (dataset.clone(), dataset.join("unlabelled"));
+    in_browser("label_and_train", |client| async move {
+        client.goto(&url).await?;
+        // A new class, created on the page, becomes the assign target.
+        client
+            .find(Locator::Css("#new-class"))
+            .await?
+            .send_keys("open")
+            .await?;
+        client
+            .find(Locator::Css("#create-class"))
+            .await?
+            .click()
+            .await?;
+        eventually("the new class in the class list", || {
+            let client = client.clone();
+            async move {
+                let value = client
+                    .execute(
+                        "return document.getElementById('assign-class').value;",
+                        vec![],
+                    )
+                    .await?;
+                Ok((value == json!("open")).then_some(()))
+            }
+        })
+        .await?;
+        client
+            .find(Locator::Css("#show-class"))
+            .await?
+            .select_by_value("unlabelled")
+            .await?;
+        let frames = eventually("12 unlabelled frames in the grid", || {
+            let client = client.clone();
+            async move {
+                let frames = client.find_all(Locator::Css("#frames .frame img")).await?;
+                Ok((frames.len() == 12).then_some(frames.len()))
+            }
+        })
+        .await?;
+        ensure!(frames == 12);
+        // Select all, then click one frame off again: 11 selected.
+        client
+            .find(Locator::Css("#select-all"))
+            .await?
+            .click()
+            .await?;
+        client
+            .find(Locator::Css("#frames .frame[data-file=\"door-05.png\"]"))
+            .await?
+            .click()
+            .await?;
+        let selected = texts(&client, "#selected-count").await?;
+        ensure!(selected == ["11 selected"], "{selected:?}");
+        client.find(Locator::Css("#assign")).await?.click().await?;
+        eventually("the grid after the move", || {
+            let client = client.clone();
+            async move {
+                let left = client.find_all(Locator::Css("#frames .frame")).await?;
+                Ok((left.len() == 1).then_some(()))
+            }
+        })
+        .await?;
+        let open = files_in(&check_dataset.join("open"));
+        ensure!(open.len() == 11, "open/ holds {open:?}");
+        ensure!(!open.contains(&"door-05.png".to_string()), "{open:?}");
+        let unlabelled = files_in(&check_unlabelled);
+        ensure!(
+            unlabelled == ["door-05.png"],
+            "unlabelled/ holds {unlabelled:?}"
+        );
+
+        // Training: live progress, then the report.
+        client.find(Locator::Css("#train")).await?.click().await?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut saw_progress = false;
+        loop {
+            let status = texts(&client, "#train-status").await?.join("");
+            // Progress while it runs (pictures through the backbone, then epochs; fitting
+            // cached features can be over within one poll), not only the final line.
+            saw_progress |= status.starts_with("reading pictures ")
+                || (status.starts_with("epoch ") && status.contains("validation accuracy"));
+            ensure!(!status.contains("failed"), "{status}");
+            if status.starts_with("done") {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "training did not finish: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ensure!(saw_progress, "no progress was shown while training ran");
+        let status = texts(&client, "#train-status").await?.join("");
+        ensure!(
+            status.contains("validation accuracy") && status.contains("learning rate"),
+            "the last epoch's figures: {status}"
+        );
+        let report = texts(&client, "#train-report").await?.join(" ");
+        ensure!(report.contains("accuracy: validation"), "{report}");
+        let rows = client
+            .find_all(Locator::Css("#train-report table.confusion tr"))
+            .await?;
+        ensure!(rows.len() == 3, "confusion matrix rows: {}", rows.len());
+        let activate = client.find(Locator::Css("#activate")).await?;
+        ensure!(
+            activate.attr("disabled").await?.is_none(),
+            "Activate stays disabled"
+        );
         Ok(())
     });
 }

@@ -39,3 +39,11 @@ pub(super) async fn script() -> impl IntoResponse {
 pub(super) async fn style() -> impl IntoResponse {
     asset("text/css; charset=utf-8", include_str!("assets/app.css"))
 }
+
+/// `GET /label.js`: the *Label and train* page.
+pub(super) async fn label_script() -> impl IntoResponse {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("assets/label.js"),
+    )
+}

@@ -163,6 +163,7 @@ pub async fn start(
         .route("/", get(assets::index))
         .route("/app.js", get(assets::script))
         .route("/app.css", get(assets::style))
+        .route("/label.js", get(assets::label_script))
         .route("/api/cameras", get(api::cameras))
         .route("/api/cameras/:id/snapshot.jpg", get(api::snapshot))
         .route("/api/events", get(api::events))

@@ -2,7 +2,7 @@
 // (camera ids, labels) is set with textContent, never parsed as HTML.
 "use strict";
 
-const pages = ["cameras", "classify"];
+const pages = ["cameras", "classify", "label"];
 const tiles = new Map(); // camera id -> tile element
 
 function show() {
