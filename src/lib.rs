@@ -24,8 +24,8 @@
 //!   into its own classes, postprocessed and published on its own topics.
 //! - The [`daemon`] wires the stages together and owns the lifecycle: it loads the [`config`]
 //!   (each section owned by its stage), starts one capture thread and one pipeline thread per
-//!   camera, tells systemd it is ready, reloads thresholds, labels and changed head files on
-//!   SIGHUP, and stops every thread and task through one [`shutdown::Shutdown`]. Every worker thread reports a
+//!   camera, tells systemd it is ready, reloads thresholds, labels, changed head files and
+//!   added heads on SIGHUP (or the web page's "Activate"), and stops every thread and task through one [`shutdown::Shutdown`]. Every worker thread reports a
 //!   [`heartbeat::Heartbeat`], and the systemd watchdog is fed only while all of them are on
 //!   schedule.
 //! - [`evaluate`] measures a model on labelled images (`edgeclass eval`): accuracy, confusion,
@@ -35,7 +35,8 @@
 //!   distillation. A [`model::Head`] file then runs next to the ImageNet classes on the same
 //!   backbone pass.
 //! - [`web`] serves the web page and its JSON API from the daemon (cameras live, classifying
-//!   uploads, Prometheus `/metrics`, health probes); the pipelines write what it shows into a
+//!   uploads, labelling a camera's frames and training a head on them, Prometheus `/metrics`,
+//!   health probes); the pipelines write what it shows into a
 //!   [`web::Board`] at almost no cost, and nothing per browser.
 //! - [`dataset`] reads labelled folders (one sub-folder per class) for `eval` and `train`.
 //! - [`commands`] holds one thin module per CLI verb.
