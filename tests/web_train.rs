@@ -207,6 +207,22 @@ fn frames_are_listed_labelled_in_bulk_and_deleted_and_paths_never_escape() {
     assert_eq!(files_in(&dataset.join("unlabelled")), unlabelled[1..]);
 }
 
+/// The nice value of `process`'s thread named `name`, while it runs.
+fn thread_nice(process: u32, name: &str) -> Option<i64> {
+    fs::read_dir(format!("/proc/{process}/task"))
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|task| {
+            fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .and_then(|task| {
+            let stat = fs::read_to_string(task.path().join("stat")).ok()?;
+            // Fields after the parenthesized command name; nice is the 19th field of the line.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            fields.get(16)?.parse().ok()
+        })
+}
+
 /// Polls `GET /api/train` until the job leaves the running phases; returns the last status and
 /// every phase seen.
 fn wait_for_job(daemon: &WebDaemon) -> (Value, Vec<String>) {
@@ -265,6 +281,11 @@ fn a_training_job_runs_to_its_report_and_activation_starts_the_head_without_a_re
     assert_eq!(code, 202, "{text}");
     let (code, text) = post(&daemon, "/api/train", start, None);
     assert_eq!(code, 409, "one job at a time: {text}");
+    assert!(
+        poll_until(WAIT, || thread_nice(pid, "train") == Some(19)),
+        "no training thread at nice 19\n{}",
+        daemon.stderr()
+    );
 
     let (job, phases) = wait_for_job(&daemon);
     assert_eq!(job["phase"], "done", "{job}");
