@@ -6,8 +6,9 @@
 //! of those rules: it names a head file, its postprocess and policy tables, and the cameras'
 //! `heads` lists must name its entries.
 //!
-//! Loading merges the file and the overrides into one tree (the private `tree` module),
-//! deserializes it while `serde_path_to_error` tracks the key path, then runs every section's
+//! Loading merges the file, the [`overrides`] file the daemon writes (the web page's
+//! thresholds) and the environment overrides into one tree (the private `tree` module), in that
+//! order, deserializes it while `serde_path_to_error` tracks the key path, then runs every section's
 //! own validation, so a configuration that loads is one `run` accepts.
 
 mod heads;
@@ -67,6 +68,9 @@ pub struct Config {
     /// `[web]`
     #[serde(default)]
     pub web: WebConfig,
+    /// The [`overrides`] file merged into this configuration, when there was one.
+    #[serde(skip)]
+    pub overrides_file: Option<PathBuf>,
 }
 
 /// `[log]`
@@ -118,8 +122,17 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// The overrides file cannot be read or is not valid TOML.
+    #[error("config file {}", file.display())]
+    OverridesFile {
+        /// The configuration file the overrides apply to.
+        file: PathBuf,
+        /// What is wrong; names the overrides file.
+        #[source]
+        source: overrides::OverridesError,
+    },
     /// A key is missing, unknown or has an invalid value.
-    #[error("config file {}: key `{key}`{}: {message}", file.display(), Origin(from_env.as_deref()))]
+    #[error("config file {}: key `{key}`{}: {message}", file.display(), Origin { var: from_env.as_deref(), overrides: from_overrides.as_deref() })]
     Key {
         /// The configuration file.
         file: PathBuf,
@@ -127,6 +140,8 @@ pub enum ConfigError {
         key: String,
         /// The environment variable that set the key, if one did.
         from_env: Option<String>,
+        /// The overrides file, if it set the key.
+        from_overrides: Option<PathBuf>,
         /// The problem and, where it helps, the expected form.
         message: String,
     },
@@ -153,15 +168,19 @@ pub enum ConfigError {
     },
 }
 
-/// ` (from environment variable X)` after a key an override set, so users look in the right
-/// place.
-struct Origin<'a>(Option<&'a str>);
+/// ` (from environment variable X)` or ` (from overrides file F)` after a key an override
+/// set, so users look in the right place.
+struct Origin<'a> {
+    var: Option<&'a str>,
+    overrides: Option<&'a Path>,
+}
 
 impl fmt::Display for Origin<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(var) => write!(f, " (from environment variable {var})"),
-            None => Ok(()),
+        match (self.var, self.overrides) {
+            (Some(var), _) => write!(f, " (from environment variable {var})"),
+            (None, Some(file)) => write!(f, " (from overrides file {})", file.display()),
+            (None, None) => Ok(()),
         }
     }
 }
@@ -174,32 +193,40 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Reads `file`, merges the overrides file ([`overrides`]) and then the environment
-    /// overrides over it, deserializes and validates every section.
+    /// Reads `file`, merges the [`overrides`] file of the data directory
+    /// ([`overrides::path`]) over it when there is one, applies environment overrides,
+    /// deserializes and validates every section.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_overrides(file, &overrides::path())
+    }
+
+    /// [`Config::load`] with the overrides file at `overrides_file` (it may not exist).
+    pub fn load_with_overrides(file: &Path, overrides_file: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_path_buf(),
             source,
         })?;
-        Self::from_sources(
-            file,
-            &text,
-            Some(&overrides::overrides_path()),
-            std::env::vars_os(),
-        )
+        let table =
+            overrides::read(overrides_file).map_err(|source| ConfigError::OverridesFile {
+                file: file.to_path_buf(),
+                source,
+            })?;
+        let merged = table.map(|table| (overrides_file, table));
+        Self::from_sources(file, &text, merged, std::env::vars_os())
     }
 
     /// Like [`Config::load`] with the file's text already read (`file` names it in errors),
-    /// without the overrides file.
+    /// without an overrides file.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
         Self::from_sources(file, text, None, std::env::vars_os())
     }
 
-    /// [`Config::parse`] with the environment given, so tests need not change the process's.
+    /// [`Config::parse`] with the overrides file's table and the environment given, so tests
+    /// need not change the process's.
     fn from_sources(
         file: &Path,
         text: &str,
-        overrides_file: Option<&Path>,
+        overrides_file: Option<(&Path, toml::Table)>,
         env: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Result<Self, ConfigError> {
         let table: toml::Table =
@@ -209,16 +236,29 @@ impl Config {
                     message: e.to_string(),
                 })?;
         let mut root = Node::from(toml::Value::Table(table));
-        if let Some(overrides_file) = overrides_file {
-            overrides::apply(&mut root, overrides_file)?;
-        }
-        let overrides = Overrides::apply(file, &mut root, env)?;
+        let (overrides_file, set_by_file) = match overrides_file {
+            Some((path, table)) => {
+                let set = overrides::merge(&mut root, table).map_err(|(key, message)| {
+                    ConfigError::Key {
+                        file: file.to_path_buf(),
+                        key,
+                        from_env: None,
+                        from_overrides: Some(path.to_path_buf()),
+                        message,
+                    }
+                })?;
+                (Some(path), set)
+            }
+            None => (None, Vec::new()),
+        };
+        let env_overrides = Overrides::apply(file, &mut root, env)?;
         let errors = Errors {
             file,
-            overrides: &overrides,
+            overrides: &env_overrides,
+            overrides_file: overrides_file.map(|path| (path, set_by_file.as_slice())),
         };
         heads::prepare(&mut root).map_err(|(key, message)| errors.key(key, message))?;
-        let config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
             let key = match e.inner() {
                 TreeError::MissingField(field) => key_path(e.path(), Some(field)),
                 TreeError::Invalid(_) => key_path(e.path(), None),
@@ -227,6 +267,7 @@ impl Config {
             errors.key(key, message)
         })?;
         config.validate(&errors)?;
+        config.overrides_file = overrides_file.map(Path::to_path_buf);
         Ok(config)
     }
 
@@ -335,6 +376,7 @@ impl Config {
         let errors = Errors {
             file,
             overrides: &no_overrides,
+            overrides_file: None,
         };
         self.heads
             .iter()
@@ -450,17 +492,26 @@ fn set(node: &mut Node, path: &[String], value: &str) -> Result<(), String> {
     })
 }
 
-/// Builds [`ConfigError`]s naming the file and, for keys an override set, the variable.
+/// Builds [`ConfigError`]s naming the file and, for keys an override set, the variable or the
+/// overrides file.
 struct Errors<'a> {
     file: &'a Path,
     overrides: &'a Overrides,
+    /// The overrides file and the key paths it set.
+    overrides_file: Option<(&'a Path, &'a [String])>,
 }
 
 impl Errors<'_> {
     fn key(&self, key: String, message: String) -> ConfigError {
+        let from_env = self.overrides.var_of(&key).map(str::to_string);
+        let from_overrides = self
+            .overrides_file
+            .filter(|(_, set)| from_env.is_none() && overrides::covers(set, &key))
+            .map(|(path, _)| path.to_path_buf());
         ConfigError::Key {
             file: self.file.to_path_buf(),
-            from_env: self.overrides.var_of(&key).map(str::to_string),
+            from_env,
+            from_overrides,
             key,
             message,
         }
@@ -787,6 +838,127 @@ mod tests {
         assert_eq!(
             config.model.weights_path(),
             crate::model::default_weights_path()
+        );
+    }
+
+    fn load_over(text: &str, overrides: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(var, value)| (OsString::from(var), OsString::from(value)));
+        let table = overrides.parse().unwrap();
+        let path = Path::new("/var/lib/edgeclass/overrides.toml");
+        Config::from_sources(
+            Path::new("/etc/edgeclass.toml"),
+            text,
+            Some((path, table)),
+            env,
+        )
+    }
+
+    #[test]
+    fn the_overrides_file_is_merged_over_the_file_and_under_the_environment() {
+        let text = format!(
+            "{CAMERA}[postprocess]\nthreshold = 0.6\n[postprocess.thresholds]\ntabby = 0.4\n"
+        );
+        let config = load_over(
+            &text,
+            "[postprocess]\nthreshold = 0.3\n[postprocess.thresholds]\nbeagle = 0.8\n\
+             [[cameras]]\nid = \"door\"\ninterval_ms = 250\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.postprocess.threshold, 0.3);
+        assert_eq!(
+            config.postprocess.thresholds,
+            BTreeMap::from([("beagle".to_string(), 0.8), ("tabby".to_string(), 0.4)])
+        );
+        assert_eq!(config.cameras.len(), 1);
+        assert_eq!(config.cameras[0].interval_ms, 250);
+        assert_eq!(
+            config.overrides_file.as_deref(),
+            Some(Path::new("/var/lib/edgeclass/overrides.toml"))
+        );
+        let config = load_over(
+            &text,
+            "[postprocess]\nthreshold = 0.3\n",
+            &[("EDGECLASS__POSTPROCESS__THRESHOLD", "0.2")],
+        )
+        .unwrap();
+        assert_eq!(config.postprocess.threshold, 0.2);
+        assert_eq!(load(CAMERA, &[]).unwrap().overrides_file, None);
+    }
+
+    #[test]
+    fn errors_in_the_overrides_file_name_it_and_the_key() {
+        let cases = [
+            (
+                "[postprocess]\nthreshold = 2.0\n",
+                "postprocess.threshold",
+                true,
+            ),
+            (
+                "[postprocess.thresholds]\nnothing_at_all = 0.5\n",
+                "postprocess.thresholds.\"nothing_at_all\"",
+                true,
+            ),
+            ("[[cameras]]\nid = \"yard\"\n", "cameras[1].source", true),
+            ("[[cameras]]\nsource = \"file:/x\"\n", "cameras[0].id", true),
+            ("[mqtt]\nqso = 1\n", "mqtt", true),
+            // A mistake of the config file itself is not blamed on the overrides.
+            ("[postprocess]\ntop_k = 2\n", "mqtt.qos", false),
+        ];
+        for (overrides, want_key, blamed) in cases {
+            let text = format!("{CAMERA}[mqtt]\nqos = 7\n");
+            let text = if blamed { CAMERA.to_string() } else { text };
+            match load_over(&text, overrides, &[]) {
+                Err(error @ ConfigError::Key { .. }) => {
+                    let ConfigError::Key {
+                        ref key,
+                        ref from_overrides,
+                        ..
+                    } = error
+                    else {
+                        unreachable!()
+                    };
+                    assert!(key.starts_with(want_key), "{key} for {overrides}");
+                    assert_eq!(from_overrides.is_some(), blamed, "{error}");
+                    if blamed {
+                        let text = error.to_string();
+                        assert!(
+                            text.contains(
+                                "(from overrides file /var/lib/edgeclass/overrides.toml)"
+                            ),
+                            "{text}"
+                        );
+                    }
+                }
+                other => panic!("expected a key error for {overrides}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unreadable_overrides_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("edgeclass.toml");
+        std::fs::write(&file, CAMERA).unwrap();
+        let overrides_file = dir.path().join("overrides.toml");
+        std::fs::write(&overrides_file, "[postprocess\n").unwrap();
+        let error = Config::load_with_overrides(&file, &overrides_file).unwrap_err();
+        assert!(
+            matches!(error, ConfigError::OverridesFile { .. }),
+            "{error}"
+        );
+        let chain = format!("{:#}", anyhow::Error::from(error));
+        assert!(
+            chain.contains(&overrides_file.display().to_string()),
+            "{chain}"
+        );
+        assert_eq!(
+            Config::load_with_overrides(&file, &dir.path().join("none.toml"))
+                .unwrap()
+                .overrides_file,
+            None
         );
     }
 }

@@ -212,6 +212,90 @@ fn per_label_threshold_turns_the_label_unknown_after_sighup_reload() {
 }
 
 #[test]
+fn the_overrides_file_in_the_state_directory_applies_at_start_and_on_reload() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
+    let state = tempfile::tempdir().expect("state dir");
+    let state_env = state.path().display().to_string();
+    let overrides = state.path().join("overrides.toml");
+    let cfg = config(
+        &broker.url(),
+        &sample("coffee.jpg"),
+        "[postprocess]\nthreshold = 0.0\n[publish_policy]\nmode = \"every\"\n\
+         [cameras.motion]\nenabled = false\n",
+    );
+    let mut daemon = Daemon::start_with_env(&cfg, &[("STATE_DIRECTORY", &state_env)]);
+    let first = sub
+        .wait_for_topic("edgeclass/door/event", WAIT)
+        .unwrap_or_else(|| panic!("no first event\n{}", daemon.stderr()))
+        .json();
+    let label = first["label"].as_str().expect("label").to_string();
+    assert_eq!(first["unknown"], false);
+
+    // The config file stays as it is; the overrides file makes the label need certainty.
+    fs::write(
+        &overrides,
+        format!(
+            "[postprocess]\nunknown_label = \"nothing sure\"\n\
+             [postprocess.thresholds]\n\"{label}\" = 1.0\n"
+        ),
+    )
+    .expect("write overrides");
+    daemon.signal(libc::SIGHUP);
+    let unknown = sub
+        .wait_until(WAIT, |m| m.json()["unknown"] == true)
+        .unwrap_or_else(|| panic!("the overrides did not apply on reload\n{}", daemon.stderr()))
+        .json();
+    assert_eq!(unknown["label"], "nothing sure");
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+
+    // check-config says the overrides file is in effect.
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeclass"))
+        .arg("check-config")
+        .arg(daemon.config_file())
+        .env("STATE_DIRECTORY", &state_env)
+        .output()
+        .expect("run check-config");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "overrides file {} is in effect",
+            overrides.display()
+        )),
+        "{stdout}"
+    );
+
+    // At start too: a fresh daemon is unknown from its first event on.
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);
+    let mut daemon = Daemon::start_with_env(&cfg, &[("STATE_DIRECTORY", &state_env)]);
+    let event = sub
+        .wait_for_topic("edgeclass/door/event", WAIT)
+        .unwrap_or_else(|| panic!("no event\n{}", daemon.stderr()))
+        .json();
+    assert_eq!(event["label"], "nothing sure", "{event}");
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(5)).success());
+
+    // A bad value in it: exit 78, naming the overrides file and the key.
+    fs::write(&overrides, "[postprocess]\nthreshold = 2.0\n").expect("write overrides");
+    let mut daemon = Daemon::start_with_env(&cfg, &[("STATE_DIRECTORY", &state_env)]);
+    assert_eq!(
+        daemon.wait_exit(WAIT).code(),
+        Some(78),
+        "{}",
+        daemon.stderr()
+    );
+    let err = daemon.stderr();
+    assert!(
+        err.contains("postprocess.threshold")
+            && err.contains(&format!("from overrides file {}", overrides.display())),
+        "{err}"
+    );
+}
+
+#[test]
 fn groups_sum_member_probabilities_into_one_label() {
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port(), &["edgeclass/door/event"]);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::Notify;
 
-use crate::config::overrides::{overrides_path, update};
+use crate::config::overrides;
 use crate::config::{Config, HeadName};
 use crate::web::Activator;
 
@@ -24,7 +24,7 @@ impl Activation {
     pub fn new(config_file: PathBuf, reload: Arc<Notify>) -> Self {
         Self {
             config_file,
-            overrides_file: overrides_path(),
+            overrides_file: overrides::path(),
             reload,
         }
     }
@@ -45,56 +45,29 @@ impl Activator for Activation {
         if !heads.iter().any(|h| h == head.as_str()) {
             heads.push(head.to_string());
         }
-        update(&self.overrides_file, |table| {
-            upsert(table, "heads", "name", head.as_str(), |entry| {
-                entry.insert(
-                    "weights".into(),
+        let names = heads.into_iter().map(toml::Value::String).collect();
+        let weights_key = ["heads", head.as_str(), "weights"];
+        let heads_key = ["cameras", camera, "heads"];
+        let undo = overrides::set_all(
+            &self.overrides_file,
+            [
+                (
+                    &weights_key[..],
                     toml::Value::String(weights.display().to_string()),
-                );
-            });
-            upsert(table, "cameras", "id", camera, |entry| {
-                let names = heads.iter().cloned().map(toml::Value::String).collect();
-                entry.insert("heads".into(), toml::Value::Array(names));
-            });
-        })
-        .with_context(|| format!("updating {}", self.overrides_file.display()))?;
+                ),
+                (&heads_key[..], toml::Value::Array(names)),
+            ],
+        )?;
+        // A configuration that no longer loads would stop the next start: put the file back.
+        if let Err(err) = Config::load(&self.config_file) {
+            undo.undo()?;
+            return Err(anyhow::Error::from(err).context("the activated head does not fit"));
+        }
         log::info!(
             "head {head} activated on camera {camera} ({}); reloading",
             weights.display()
         );
         self.reload.notify_one();
         Ok(())
-    }
-}
-
-/// The entry of the array `table[array]` whose `key` is `id` (made if missing), changed by
-/// `change`.
-fn upsert(
-    table: &mut toml::Table,
-    array: &str,
-    key: &str,
-    id: &str,
-    change: impl FnOnce(&mut toml::Table),
-) {
-    let entries = table
-        .entry(array)
-        .or_insert_with(|| toml::Value::Array(Vec::new()));
-    if !entries.is_array() {
-        *entries = toml::Value::Array(Vec::new());
-    }
-    let Some(entries) = entries.as_array_mut() else {
-        return;
-    };
-    let position = entries
-        .iter()
-        .position(|e| e.get(key).and_then(toml::Value::as_str) == Some(id));
-    let index = position.unwrap_or_else(|| {
-        let mut entry = toml::Table::new();
-        entry.insert(key.into(), toml::Value::String(id.into()));
-        entries.push(toml::Value::Table(entry));
-        entries.len() - 1
-    });
-    if let Some(entry) = entries[index].as_table_mut() {
-        change(entry);
     }
 }

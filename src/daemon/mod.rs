@@ -56,6 +56,9 @@ pub fn run(config_file: &Path) -> anyhow::Result<()> {
     for warning in config.warnings() {
         log::warn!("{}: {warning}", config_file.display());
     }
+    if let Some(overrides) = &config.overrides_file {
+        log::info!("overrides file {} is in effect", overrides.display());
+    }
 
     let model = Arc::new(service::while_starting(
         "loading the model (downloading it on first start)",
