@@ -336,6 +336,29 @@ fn bulk_labelling_in_the_grid_moves_files_and_training_shows_progress_and_report
         })
         .await?;
         ensure!(frames == 12);
+        // Click, then shift-click: the range between them.
+        client
+            .find(Locator::Css("#frames .frame[data-file=\"door-00.png\"]"))
+            .await?
+            .click()
+            .await?;
+        client
+            .execute(
+                "document.querySelector('#frames .frame[data-file=\"door-03.png\"]')\
+                 .dispatchEvent(new MouseEvent('click', {bubbles: true, shiftKey: true}));",
+                vec![],
+            )
+            .await?;
+        let selected = texts(&client, "#selected-count").await?;
+        ensure!(
+            selected == ["4 selected"],
+            "click and shift-click: {selected:?}"
+        );
+        client
+            .find(Locator::Css("#select-none"))
+            .await?
+            .click()
+            .await?;
         // Select all, then click one frame off again: 11 selected.
         client
             .find(Locator::Css("#select-all"))

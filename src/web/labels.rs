@@ -211,6 +211,7 @@ pub(super) async fn frame(
     Ok((
         [
             (header::CONTENT_TYPE, content_type),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::CACHE_CONTROL, "private, max-age=3600"),
         ],
         bytes,

@@ -8,6 +8,7 @@
 //! work of training then never runs at normal priority nor in the pipelines' thread pool (the
 //! cost is the model's memory a second time while a job runs).
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -173,7 +174,11 @@ pub(super) async fn start(
         .name("train".into())
         .spawn(move || {
             lower_priority();
-            let result = run(&model_config, &classes, &shared);
+            // A panic must not leave the job "running" forever (every later start a 409).
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                run(&model_config, &classes, &shared)
+            }))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("training stopped by an internal error")));
             let mut status = lock(&shared);
             match result {
                 Ok((head, report)) => {
