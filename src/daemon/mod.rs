@@ -128,6 +128,15 @@ async fn serve(
             model: shared.model.clone(),
             tta: config.model.tta,
             postprocessor: current_postprocessor(&shared),
+            overrides_file: config
+                .overrides_file
+                .clone()
+                .unwrap_or_else(crate::config::overrides::path),
+            reload: {
+                let (file, shared, cameras) =
+                    (config_file.clone(), shared.clone(), config.cameras.clone());
+                Arc::new(move || reload(&file, &shared, &cameras))
+            },
         };
         match web::start(&config.web, context, shutdown.clone()).await {
             Ok(_) => {}
@@ -279,28 +288,22 @@ async fn wait_for_shutdown(config_file: &Path, shared: &Shared, cameras: &[Camer
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => reload(config_file, shared, cameras),
+            _ = hup.recv() => {
+                if let Err(err) = reload(config_file, shared, cameras) {
+                    log::error!("reload failed, keeping the previous settings: {err:#}");
+                }
+            }
         }
     }
 }
 
-/// Rebuilds the reloadable settings from the config file; a bad file keeps the old ones, and a
-/// head whose file or settings are unusable keeps running as it was. `cameras` are the ones
-/// running (from the config at start).
-fn reload(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) {
-    let result = Config::load(config_file)
-        .map_err(anyhow::Error::from)
-        .and_then(|config| {
-            let postprocessor = Postprocessor::new(&config.postprocess)?;
-            Ok((config, postprocessor))
-        });
-    let (config, postprocessor) = match result {
-        Ok(loaded) => loaded,
-        Err(err) => {
-            log::error!("reload failed, keeping the previous settings: {err:#}");
-            return;
-        }
-    };
+/// Rebuilds the reloadable settings from the config file and the overrides file (SIGHUP, and
+/// the web page's Apply); a bad file keeps the old ones (the error is returned), and a head
+/// whose file or settings are unusable keeps running as it was. `cameras` are the ones running
+/// (from the config at start).
+fn reload(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) -> anyhow::Result<()> {
+    let config = Config::load(config_file)?;
+    let postprocessor = Postprocessor::new(&config.postprocess)?;
     let running = Arc::clone(&shared.settings.borrow());
     heads::warn_about_restart(&running.heads, cameras, &config);
     let heads = heads::reload(&running.heads, &config, &shared.model);
@@ -319,7 +322,12 @@ fn reload(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) {
         heads,
     }));
     log::info!(
-        "reloaded thresholds, label maps, publish policy and heads from {}",
-        config_file.display()
+        "reloaded thresholds, label maps, publish policy and heads from {}{}",
+        config_file.display(),
+        config
+            .overrides_file
+            .map(|file| format!(" and {}", file.display()))
+            .unwrap_or_default()
     );
+    Ok(())
 }

@@ -25,7 +25,7 @@ use crate::preprocess::{PreprocessConfig, Preprocessor, Tta};
 use crate::publish::Event;
 
 /// An error answer: a status and a JSON `{"error": ...}`.
-pub(super) struct ApiError(StatusCode, String);
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -230,7 +230,7 @@ pub(super) struct Classify {
     model_description: String,
     tta: Tta,
     /// The daemon's current ImageNet postprocessor (reloads included).
-    postprocessor: Box<dyn Fn() -> Arc<Postprocessor> + Send + Sync>,
+    pub(super) postprocessor: Box<dyn Fn() -> Arc<Postprocessor> + Send + Sync>,
     /// One permit: uploads take turns instead of crowding the CPU the cameras need.
     turn: tokio::sync::Semaphore,
     work: Mutex<(Preprocessor, Buffers)>,

@@ -8,10 +8,13 @@
 //!
 //! - Pages (`/`, embedded in the binary, no internet needed): *Cameras*, each camera's
 //!   latest snapshot, label, score, Top-3 bars, availability, frames per second, latency and
-//!   last event time, updated live; *Classify*, the Top-3 of uploaded images.
+//!   last event time, updated live; *Classify*, the Top-3 of uploaded images; *Thresholds*,
+//!   per label the recent top-1 scores as a histogram and a slider previewing which frames a
+//!   threshold would turn unknown, applied through the overrides file.
 //! - API: `GET /api/cameras`, `GET /api/cameras/{id}/snapshot.jpg`, `GET /api/events`
 //!   (server-sent events), `POST /api/classify` (`classify --json`'s report plus the daemon's
-//!   postprocessing), `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`.
+//!   postprocessing), `GET`/`POST /api/thresholds` ([`thresholds`](self) module),
+//!   `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`.
 //! - Security ([`auth`](self) module): loopback by default, answering only to loopback host
 //!   names (DNS rebinding); beyond it credentials are required (a config error otherwise);
 //!   requests that change state pass a same-origin check; bodies
@@ -24,6 +27,7 @@ mod auth;
 mod board;
 mod config;
 mod metrics;
+mod thresholds;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +36,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use board::{Board, CameraWatch};
+pub use board::{Board, CameraWatch, RecentScore, RECENT_SCORES};
 pub use config::WebConfig;
 
 use crate::commands::classifier::Classifier;
@@ -90,7 +94,12 @@ struct App {
     registry: prometheus_client::registry::Registry,
     rates: api::Rates,
     classify: api::Classify,
+    thresholds: thresholds::Thresholds,
 }
+
+/// Reloads the daemon's settings as SIGHUP does; `Err` when the configuration does not load
+/// (the previous settings stay).
+pub type Reload = Arc<dyn Fn() -> anyhow::Result<()> + Send + Sync>;
 
 /// What the daemon hands the web server.
 pub struct Context {
@@ -104,6 +113,10 @@ pub struct Context {
     pub tta: Tta,
     /// The daemon's current ImageNet postprocessor (SIGHUP replaces it).
     pub postprocessor: Box<dyn Fn() -> Arc<Postprocessor> + Send + Sync>,
+    /// The overrides file the Thresholds page writes.
+    pub overrides_file: PathBuf,
+    /// The daemon's reload, run after the overrides file changed.
+    pub reload: Reload,
 }
 
 /// Binds `config.listen` and serves until `shutdown`; returns once listening, so the caller
@@ -131,6 +144,10 @@ pub async fn start(
         publisher: context.publisher,
         rates: api::Rates::default(),
         classify: api::Classify::new(classifier, context.tta, context.postprocessor),
+        thresholds: thresholds::Thresholds {
+            overrides_file: context.overrides_file,
+            reload: context.reload,
+        },
     });
     let router = Router::new()
         .route("/", get(assets::index))
@@ -140,6 +157,10 @@ pub async fn start(
         .route("/api/cameras/:id/snapshot.jpg", get(api::snapshot))
         .route("/api/events", get(api::events))
         .route("/api/classify", post(api::classify))
+        .route(
+            "/api/thresholds",
+            get(thresholds::current).post(thresholds::apply),
+        )
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
