@@ -35,8 +35,9 @@
 //!   distillation. A [`model::Head`] file then runs next to the ImageNet classes on the same
 //!   backbone pass.
 //! - [`web`] serves the web page and its JSON API from the daemon (cameras live, classifying
-//!   uploads, Prometheus `/metrics`, health probes); the pipelines write what it shows into a
-//!   [`web::Board`] at almost no cost, and nothing per browser.
+//!   uploads, tuning thresholds, Prometheus `/metrics`, health probes); the pipelines write what
+//!   it shows into a [`web::Board`] at almost no cost, and nothing per browser. Thresholds it
+//!   applies go to the [`config::overrides`] file, merged over the config file at every load.
 //! - [`dataset`] reads labelled folders (one sub-folder per class) for `eval` and `train`.
 //! - [`commands`] holds one thin module per CLI verb.
 //!

@@ -146,8 +146,7 @@ pub fn set_all<'k>(
 }
 
 /// What [`set_all`] replaced, to put it back when the change turned out unusable (the
-/// configuration with it does not load).
-#[must_use = "dropping an Undo keeps the change"]
+/// configuration with it does not load); dropping it keeps the change.
 #[derive(Debug)]
 pub struct Undo {
     file: PathBuf,

@@ -70,7 +70,7 @@ fn snapshot(app: &App) -> Current {
             })
         })
         .collect();
-    recent.sort_by(|a, b| b.score.ts_ms.cmp(&a.score.ts_ms));
+    recent.sort_by_key(|entry| std::cmp::Reverse(entry.score.ts_ms));
     let mut labels = BTreeMap::new();
     for entry in &recent {
         if let Some(threshold) = postprocessor.threshold_of(&entry.score.label) {
