@@ -107,7 +107,10 @@ pub(super) async fn apply(
     let mut reader = serde_json::Deserializer::from_slice(&body);
     let request: Apply = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
         let path = e.path().to_string();
-        bad_request(format!("{path}: {}", e.into_inner()))
+        match path.as_str() {
+            "." => bad_request(e.into_inner().to_string()),
+            _ => bad_request(format!("{path}: {}", e.into_inner())),
+        }
     })?;
     if request.thresholds.is_empty() {
         return Err(bad_request("thresholds: no label given".into()));
