@@ -35,9 +35,11 @@
 //!   distillation. A [`model::Head`] file then runs next to the ImageNet classes on the same
 //!   backbone pass.
 //! - [`web`] serves the web page and its JSON API from the daemon (cameras live, classifying
-//!   uploads, labelling a camera's frames and training a head on them, Prometheus `/metrics`,
-//!   health probes); the pipelines write what it shows into a
-//!   [`web::Board`] at almost no cost, and nothing per browser.
+//!   uploads, tuning thresholds, labelling a camera's frames and training a head on them,
+//!   Prometheus `/metrics`, health probes); the pipelines write what it shows into a
+//!   [`web::Board`] at almost no cost, and nothing per browser. Thresholds it applies and heads
+//!   it activates go to the [`config::overrides`] file, merged over the config file at every
+//!   load.
 //! - [`dataset`] reads labelled folders (one sub-folder per class) for `eval` and `train`.
 //! - [`commands`] holds one thin module per CLI verb.
 //!

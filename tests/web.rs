@@ -11,6 +11,7 @@ mod common {
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
+use common::mosquitto::Subscriber;
 use common::wait::poll_until;
 use common::web::{config, sample, WebDaemon, START};
 use edgeclass::model::{Model, Precision};
@@ -388,4 +389,105 @@ fn a_taken_port_costs_the_page_but_not_the_events() {
         daemon.stderr()
     );
     drop(holder);
+}
+
+/// POSTs `body` to `/api/thresholds` with `origin`; the status and the body.
+fn post_thresholds(daemon: &WebDaemon, origin: &str, body: &str) -> (u16, String) {
+    let mut response = daemon
+        .agent()
+        .post(daemon.url("/api/thresholds"))
+        .header("origin", origin)
+        .header("content-type", "application/json")
+        .send(body.as_bytes())
+        .expect("POST /api/thresholds");
+    let text = response.body_mut().read_to_string().expect("body");
+    (response.status().as_u16(), text)
+}
+
+#[test]
+fn applied_thresholds_go_to_the_overrides_file_and_the_events_follow_them() {
+    let daemon = chelsea_daemon("");
+    let events = Subscriber::connect(daemon.broker.port(), &["edgeclass/door/event"]);
+    let has_scores = poll_until(WAIT, || {
+        daemon.get_json("/api/thresholds")["labels"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+    });
+    assert!(has_scores, "no recent scores\n{}", daemon.stderr());
+    let current = daemon.get_json("/api/thresholds");
+    let label = current["labels"][0]["label"].as_str().unwrap().to_string();
+    // The config's global threshold 0.0 applies to the label.
+    assert_eq!(current["labels"][0]["threshold"], 0.0, "{current}");
+    let recent = &current["recent"][0];
+    assert_eq!(recent["camera"], "door");
+    assert_eq!(recent["label"], label.as_str());
+    assert!(
+        recent["score"].as_f64() > Some(0.0) && recent["ts_ms"].is_u64(),
+        "{recent}"
+    );
+    let overrides = daemon.dir.path().join("state/overrides.toml");
+    assert_eq!(
+        current["overrides_file"].as_str(),
+        Some(overrides.to_str().unwrap())
+    );
+
+    // Cross-site: refused, nothing written.
+    let apply = format!("{{\"thresholds\": {{{label:?}: 1.0}}}}");
+    let (status, _) = post_thresholds(&daemon, "http://evil.example", &apply);
+    assert_eq!(status, 403);
+    assert!(!overrides.exists());
+
+    // Invalid values: 400 naming the field, nothing written.
+    let own = format!("http://127.0.0.1:{}", daemon.port);
+    for (body, field) in [
+        (
+            format!("{{\"thresholds\": {{{label:?}: 1.5}}}}"),
+            format!("thresholds.{label:?}"),
+        ),
+        (
+            format!("{{\"thresholds\": {{{label:?}: \"high\"}}}}"),
+            "thresholds".to_string(),
+        ),
+        (
+            "{\"thresholds\": {\"no such label\": 0.5}}".to_string(),
+            "thresholds.\"no such label\"".to_string(),
+        ),
+        ("{\"thresholds\": {}}".to_string(), "thresholds".to_string()),
+        ("{\"threshold\": 0.5}".to_string(), "threshold".to_string()),
+        ("not json".to_string(), "expected".to_string()),
+    ] {
+        let (status, text) = post_thresholds(&daemon, &own, &body);
+        assert_eq!(status, 400, "{body}: {text}");
+        let error: serde_json::Value = serde_json::from_str(&text).expect("a JSON error");
+        let error = error["error"].as_str().unwrap_or_default();
+        assert!(error.contains(&field), "{body}: {error}");
+    }
+    assert!(!overrides.exists());
+
+    // Applied: written to the overrides file, reloaded, and the events follow.
+    let (status, text) = post_thresholds(&daemon, &own, &apply);
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let applied = answer["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["label"] == label.as_str())
+        .expect("the label in the answer");
+    assert_eq!(applied["threshold"], 1.0, "{answer}");
+    let written: toml::Table = std::fs::read_to_string(&overrides)
+        .expect("the overrides file")
+        .parse()
+        .expect("TOML");
+    assert_eq!(
+        written["postprocess"]["thresholds"][label.as_str()].as_float(),
+        Some(1.0),
+        "{written}"
+    );
+    let unknown = events
+        .wait_until(WAIT, |m| m.json()["unknown"] == true)
+        .unwrap_or_else(|| panic!("events did not follow the threshold\n{}", daemon.stderr()))
+        .json();
+    assert_eq!(unknown["label"], "unrecognized");
+    assert_eq!(unknown["top3"][0]["label"], label.as_str());
 }

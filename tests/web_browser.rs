@@ -430,3 +430,86 @@ fn bulk_labelling_in_the_grid_moves_files_and_training_shows_progress_and_report
         Ok(())
     });
 }
+
+#[test]
+fn the_threshold_slider_previews_unknown_frames_and_apply_writes_the_overrides_file() {
+    let source = format!("file:{}", sample("chelsea.jpg").display());
+    let daemon = WebDaemon::start(|broker, port, _| {
+        config(broker, port, &[("door", source.as_str())], "", "")
+    });
+    let scored = poll_until(WAIT, || {
+        daemon.get_json("/api/thresholds")["recent"]
+            .as_array()
+            .is_some_and(|r| r.len() >= 3)
+    });
+    assert!(scored, "no recent scores\n{}", daemon.stderr());
+    let overrides = daemon.dir.path().join("state/overrides.toml");
+    let url = daemon.url("/#thresholds");
+    in_browser("thresholds", |client| async move {
+        client.goto(&url).await?;
+        let tile = ".tile.threshold";
+        let (label, total) = eventually("a label's histogram", || {
+            let client = client.clone();
+            async move {
+                let names = texts(&client, &format!("{tile} .name")).await?;
+                let totals = texts(&client, &format!("{tile} .total")).await?;
+                Ok(names.first().cloned().zip(totals.first().cloned()))
+            }
+        })
+        .await?;
+        let total: usize = total.parse().context("frame count")?;
+        ensure!(total >= 3, "{total} frames");
+        let bars = client
+            .find_all(Locator::Css(&format!("{tile} .histogram rect")))
+            .await?;
+        ensure!(bars.len() == 20, "{} histogram bars", bars.len());
+        // Threshold 0.0 from the config: no frame would be unknown.
+        let unknown = texts(&client, &format!("{tile} .would-unknown")).await?;
+        ensure!(
+            unknown.first().map(String::as_str) == Some("0"),
+            "{unknown:?}"
+        );
+        // Moving the slider to 1.0 turns every recent frame of the label unknown.
+        client
+            .execute(
+                "const s = document.querySelector('.tile.threshold .slider'); \
+                 s.value = '1'; s.dispatchEvent(new Event('input'));",
+                vec![],
+            )
+            .await?;
+        let unknown = texts(&client, &format!("{tile} .would-unknown")).await?;
+        ensure!(
+            unknown.first() == Some(&total.to_string()),
+            "{unknown:?} of {total}"
+        );
+        let listed = client
+            .find_all(Locator::Css(&format!("{tile} .frames li")))
+            .await?;
+        ensure!(listed.len() == total, "{} frames listed", listed.len());
+        client
+            .find(Locator::Css(&format!("{tile} .apply")))
+            .await?
+            .click()
+            .await?;
+        let written = eventually("the overrides file", || {
+            let overrides = overrides.clone();
+            async move { Ok(std::fs::read_to_string(&overrides).ok()) }
+        })
+        .await?;
+        let table: toml::Table = written.parse().context("overrides TOML")?;
+        let value = table["postprocess"]["thresholds"]
+            .get(&label)
+            .and_then(|v| v.as_float());
+        ensure!(value == Some(1.0), "{label}: {written}");
+        let status = eventually("the applied note", || {
+            let client = client.clone();
+            async move {
+                let text = texts(&client, &format!("{tile} .applied")).await?.join("");
+                Ok(text.starts_with("applied").then_some(text))
+            }
+        })
+        .await?;
+        ensure!(status == "applied 1.00", "{status}");
+        Ok(())
+    });
+}

@@ -10,8 +10,8 @@
 //! - the arrays of named tables merge element by element, matched by their name key:
 //!   `[[cameras]]` by `id`, `[[heads]]` by `name`; an element with a new name is appended.
 //!
-//! A key the overrides file set is named with the file in errors (`key `postprocess.threshold`
-//! (from overrides file /var/lib/edgeclass/overrides.toml)`); a daemon starting with a bad
+//! A key the overrides file set is named with the file in errors ("key `postprocess.threshold`
+//! (from overrides file /var/lib/edgeclass/overrides.toml)"); a daemon starting with a bad
 //! overrides file exits with 78, and a reload keeps the previous settings.
 //!
 //! Writers use [`set`] or [`set_all`]: read the file, change keys, write a temporary file

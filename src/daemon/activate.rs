@@ -3,25 +3,22 @@
 //! which starts the head on the running camera and announces its Home Assistant sensor.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use anyhow::Context;
-use tokio::sync::Notify;
 
 use crate::config::overrides;
 use crate::config::{Config, HeadName};
-use crate::web::Activator;
+use crate::web::{Activator, Reload};
+use anyhow::Context;
 
 /// Activation through the overrides file and a reload request.
 pub struct Activation {
     config_file: PathBuf,
     overrides_file: PathBuf,
-    reload: Arc<Notify>,
+    reload: Reload,
 }
 
 impl Activation {
-    /// Activates for the daemon run with `config_file`, asking for reloads on `reload`.
-    pub fn new(config_file: PathBuf, reload: Arc<Notify>) -> Self {
+    /// Activates for the daemon run with `config_file`, reloading it with `reload`.
+    pub fn new(config_file: PathBuf, reload: Reload) -> Self {
         Self {
             config_file,
             overrides_file: overrides::path(),
@@ -58,16 +55,15 @@ impl Activator for Activation {
                 (&heads_key[..], toml::Value::Array(names)),
             ],
         )?;
-        // A configuration that no longer loads would stop the next start: put the file back.
-        if let Err(err) = Config::load(&self.config_file) {
-            undo.undo()?;
-            return Err(anyhow::Error::from(err).context("the activated head does not fit"));
-        }
         log::info!(
             "head {head} activated on camera {camera} ({}); reloading",
             weights.display()
         );
-        self.reload.notify_one();
+        // A configuration that no longer loads would stop the next start: put the file back.
+        if let Err(err) = (self.reload)() {
+            undo.undo()?;
+            return Err(err.context("the activated head does not fit; overrides file restored"));
+        }
         Ok(())
     }
 }

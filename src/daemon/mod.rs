@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::capture::{self, CameraConfig, CameraEvent, FrameSlot};
 use crate::config::Config;
@@ -124,21 +124,30 @@ async fn serve(
         .web
         .enabled
         .then(|| Arc::new(Board::new(slots.iter().map(|(id, slot)| (id, slot)))));
-    // The web page's "Activate" asks for the same reload as SIGHUP.
-    let reload_requests = Arc::new(Notify::new());
     if let Some(board) = &board {
+        // The web page's Apply and Activate reload as SIGHUP does.
+        let reload: web::Reload = {
+            let (file, shared, cameras) =
+                (config_file.clone(), shared.clone(), config.cameras.clone());
+            Arc::new(move || reload(&file, &shared, &cameras))
+        };
         let context = web::Context {
             data_dir: crate::model::fetch::data_dir(),
             model_config: config.model.clone(),
             activator: Arc::new(activate::Activation::new(
                 config_file.clone(),
-                reload_requests.clone(),
+                reload.clone(),
             )),
             board: board.clone(),
             publisher: publisher.clone(),
             model: shared.model.clone(),
             tta: config.model.tta,
             postprocessor: current_postprocessor(&shared),
+            overrides_file: config
+                .overrides_file
+                .clone()
+                .unwrap_or_else(crate::config::overrides::path),
+            reload,
         };
         match web::start(&config.web, context, shutdown.clone()).await {
             Ok(_) => {}
@@ -196,7 +205,7 @@ async fn serve(
     service::spawn_watchdog(heartbeats, shutdown.clone());
     log::info!("ready: {} camera(s)", config.cameras.len());
 
-    wait_for_shutdown(&config_file, &shared, &config.cameras, &reload_requests).await;
+    wait_for_shutdown(&config_file, &shared, &config.cameras).await;
 
     // The stop order, in one place:
     // 1. SIGTERM/SIGINT ended the wait above.
@@ -274,14 +283,9 @@ fn current_postprocessor(
     Box::new(move || Arc::clone(&settings.borrow().postprocessor))
 }
 
-/// Waits for SIGTERM/SIGINT; on SIGHUP (or a request of the web page) reloads thresholds, label
-/// maps, the publish policy, changed head files and added heads.
-async fn wait_for_shutdown(
-    config_file: &Path,
-    shared: &Shared,
-    cameras: &[CameraConfig],
-    reload_requests: &Notify,
-) {
+/// Waits for SIGTERM/SIGINT; on SIGHUP reloads thresholds, label maps, the publish policy,
+/// changed head files and added heads.
+async fn wait_for_shutdown(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -295,29 +299,22 @@ async fn wait_for_shutdown(
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => reload(config_file, shared, cameras),
-            _ = reload_requests.notified() => reload(config_file, shared, cameras),
+            _ = hup.recv() => {
+                if let Err(err) = reload(config_file, shared, cameras) {
+                    log::error!("reload failed, keeping the previous settings: {err:#}");
+                }
+            }
         }
     }
 }
 
-/// Rebuilds the reloadable settings from the config file; a bad file keeps the old ones, and a
-/// head whose file or settings are unusable keeps running as it was. `cameras` are the ones
-/// running (from the config at start).
-fn reload(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) {
-    let result = Config::load(config_file)
-        .map_err(anyhow::Error::from)
-        .and_then(|config| {
-            let postprocessor = Postprocessor::new(&config.postprocess)?;
-            Ok((config, postprocessor))
-        });
-    let (config, postprocessor) = match result {
-        Ok(loaded) => loaded,
-        Err(err) => {
-            log::error!("reload failed, keeping the previous settings: {err:#}");
-            return;
-        }
-    };
+/// Rebuilds the reloadable settings from the config file and the overrides file (SIGHUP, and
+/// the web page's Apply); a bad file keeps the old ones (the error is returned), and a head
+/// whose file or settings are unusable keeps running as it was. `cameras` are the ones running
+/// (from the config at start).
+fn reload(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) -> anyhow::Result<()> {
+    let config = Config::load(config_file)?;
+    let postprocessor = Postprocessor::new(&config.postprocess)?;
     let running = Arc::clone(&shared.settings.borrow());
     heads::warn_about_restart(cameras, &config);
     let heads = heads::reload(&running.heads, &config, &shared.model);
@@ -344,7 +341,12 @@ fn reload(config_file: &Path, shared: &Shared, cameras: &[CameraConfig]) {
         assignments,
     }));
     log::info!(
-        "reloaded thresholds, label maps, publish policy and heads from {}",
-        config_file.display()
+        "reloaded thresholds, label maps, publish policy and heads from {}{}",
+        config_file.display(),
+        config
+            .overrides_file
+            .map(|file| format!(" and {}", file.display()))
+            .unwrap_or_default()
     );
+    Ok(())
 }

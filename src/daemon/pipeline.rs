@@ -283,6 +283,9 @@ impl Pipeline {
                         stream.mean.logits()
                     };
                     let classification = postprocessor.classify(logits);
+                    if let (None, Some(watch)) = (stream.head, &self.watch) {
+                        watch.classified(&classification);
+                    }
                     let elapsed_ms = started.elapsed().as_secs_f32() * 1e3;
                     latency_ms = Some(elapsed_ms);
                     stream.last_classification = Some((classification, elapsed_ms));

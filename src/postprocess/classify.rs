@@ -416,6 +416,15 @@ impl Postprocessor {
         &self.unknown_label
     }
 
+    /// The threshold the output labelled `label` must reach (the first such output's, when
+    /// several share a mapped label); `None` if no output has that label.
+    pub fn threshold_of(&self, label: &str) -> Option<f32> {
+        self.outputs
+            .iter()
+            .find(|o| o.label == label)
+            .map(|o| o.threshold)
+    }
+
     /// Every label a classification can carry (outputs, then the unknown label), e.g. for Home
     /// Assistant discovery. Outputs that share a mapped label appear once per output.
     pub fn labels(&self) -> impl Iterator<Item = &str> {

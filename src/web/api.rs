@@ -231,7 +231,7 @@ pub(super) struct Classify {
     model_description: String,
     tta: Tta,
     /// The daemon's current ImageNet postprocessor (reloads included).
-    postprocessor: Box<dyn Fn() -> Arc<Postprocessor> + Send + Sync>,
+    pub(super) postprocessor: Box<dyn Fn() -> Arc<Postprocessor> + Send + Sync>,
     /// One permit: uploads take turns instead of crowding the CPU the cameras need.
     turn: tokio::sync::Semaphore,
     work: Mutex<(Preprocessor, Buffers)>,

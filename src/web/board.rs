@@ -3,21 +3,73 @@
 //!
 //! Writing costs the pipeline little and nothing scales with the number of browsers: a frame
 //! is moved (not copied) into its camera's slot, counters are atomics, the latest event
-//! replaces the previous one, and a live update is serialized only while someone listens.
+//! replaces the previous one, a classification's top-1 is copied into a fixed ring of recent
+//! scores (its strings reused once the ring is full), and a live update is serialized only
+//! while someone listens.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::capture::{CameraId, Frame, FrameSlot};
+use crate::postprocess::Classification;
 use crate::publish::Event;
 
 /// How many live updates a slow browser may fall behind before it skips some.
 const LIVE_BACKLOG: usize = 64;
+
+/// How many recent classifications each camera keeps for the Thresholds page.
+pub const RECENT_SCORES: usize = 240;
+
+/// One classified frame's top-1 before its threshold, for previewing thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecentScore {
+    /// The top-1 output label (mapped, or the group's), whatever its score.
+    pub label: String,
+    /// Its score.
+    pub score: f32,
+    /// When it was classified, in milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+}
+
+/// The last [`RECENT_SCORES`] classifications of a camera, oldest overwritten first.
+#[derive(Default)]
+struct Ring {
+    entries: Vec<RecentScore>,
+    /// Where the next entry goes once the ring is full.
+    next: usize,
+}
+
+impl Ring {
+    fn record(&mut self, label: &str, score: f32, ts_ms: u64) {
+        if self.entries.len() < RECENT_SCORES {
+            self.entries.push(RecentScore {
+                label: label.to_string(),
+                score,
+                ts_ms,
+            });
+            return;
+        }
+        // Reuses the entry's string: no allocation once the ring is full.
+        let entry = &mut self.entries[self.next];
+        entry.label.clear();
+        entry.label.push_str(label);
+        entry.score = score;
+        entry.ts_ms = ts_ms;
+        self.next = (self.next + 1) % RECENT_SCORES;
+    }
+
+    /// Newest first.
+    fn newest_first(&self) -> Vec<RecentScore> {
+        let (older, newer) = self.entries.split_at(self.next.min(self.entries.len()));
+        newer.iter().chain(older).rev().cloned().collect()
+    }
+}
 
 /// Every camera's [`CameraWatch`], and the live update channel.
 pub struct Board {
@@ -37,6 +89,8 @@ pub struct CameraWatch {
     latest_frame: Mutex<Option<Frame>>,
     /// The last event of each classifier: `None` is ImageNet's, `Some(name)` a head's.
     latest_events: Mutex<BTreeMap<Option<String>, Event>>,
+    /// The ImageNet classifier's recent top-1 scores.
+    recent: Mutex<Ring>,
     live: broadcast::Sender<Arc<str>>,
 }
 
@@ -72,6 +126,7 @@ impl Board {
                     latency: Histogram::new(LATENCY_BUCKETS.iter().copied()),
                     latest_frame: Mutex::new(None),
                     latest_events: Mutex::new(BTreeMap::new()),
+                    recent: Mutex::new(Ring::default()),
                     live: live.clone(),
                 };
                 (id.to_string(), Arc::new(watch))
@@ -115,6 +170,23 @@ impl CameraWatch {
             self.latency.observe(f64::from(ms) / 1e3);
         }
         *lock(&self.latest_frame) = Some(frame);
+    }
+
+    /// Records the ImageNet classifier's classification of a frame (its top-1, before the
+    /// threshold) in the ring of recent scores.
+    pub fn classified(&self, classification: &Classification) {
+        let Some(best) = classification.top.first() else {
+            return;
+        };
+        let ts_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        lock(&self.recent).record(&best.label, best.score, ts_ms);
+    }
+
+    /// The recent classifications' top-1 scores, newest first (at most [`RECENT_SCORES`]).
+    pub fn recent_scores(&self) -> Vec<RecentScore> {
+        lock(&self.recent).newest_first()
     }
 
     /// Records an event as published (a heartbeat only refreshes it); tells live browsers.
@@ -230,6 +302,20 @@ mod tests {
         let latest = watch.latest_events();
         assert_eq!(latest[&None].label, "cat");
         assert_eq!(latest[&Some("garage".to_string())].label, "open");
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_scores_in_fixed_room() {
+        let mut ring = Ring::default();
+        for n in 0..RECENT_SCORES + 5 {
+            ring.record(if n % 2 == 0 { "cat" } else { "dog" }, n as f32, n as u64);
+        }
+        let recent = ring.newest_first();
+        assert_eq!(recent.len(), RECENT_SCORES);
+        assert_eq!(recent[0].ts_ms, (RECENT_SCORES + 4) as u64);
+        assert_eq!(recent[0].label, "cat");
+        assert_eq!(recent[RECENT_SCORES - 1].ts_ms, 5);
+        assert!(recent.windows(2).all(|w| w[0].ts_ms == w[1].ts_ms + 1));
     }
 
     #[test]

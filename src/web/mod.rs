@@ -8,10 +8,13 @@
 //!
 //! - Pages (`/`, embedded in the binary, no internet needed): *Cameras*, each camera's
 //!   latest snapshot, label, score, Top-3 bars, availability, frames per second, latency and
-//!   last event time, updated live; *Classify*, the Top-3 of uploaded images.
+//!   last event time, updated live; *Classify*, the Top-3 of uploaded images; *Thresholds*,
+//!   per label the recent top-1 scores as a histogram and a slider previewing which frames a
+//!   threshold would turn unknown, applied through the overrides file.
 //! - API: `GET /api/cameras`, `GET /api/cameras/{id}/snapshot.jpg`, `GET /api/events`
 //!   (server-sent events), `POST /api/classify` (`classify --json`'s report plus the daemon's
-//!   postprocessing), `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`.
+//!   postprocessing), `GET`/`POST /api/thresholds` ([`thresholds`](self) module),
+//!   `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`.
 //! - *Label and train* ([`labels`](self) and [`training`](self) modules): a camera's collected
 //!   frames and class folders, bulk labelling, a training job with live progress and its
 //!   report, and activating the trained head without a restart ([`Activator`]):
@@ -32,6 +35,7 @@ mod board;
 mod config;
 mod labels;
 mod metrics;
+mod thresholds;
 mod training;
 
 use std::path::PathBuf;
@@ -41,7 +45,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-pub use board::{Board, CameraWatch};
+pub use board::{Board, CameraWatch, RecentScore, RECENT_SCORES};
 pub use config::WebConfig;
 pub use labels::UNLABELLED;
 pub use training::Activator;
@@ -103,7 +107,12 @@ struct App {
     classify: api::Classify,
     datasets: labels::Datasets,
     trainer: training::Trainer,
+    thresholds: thresholds::Thresholds,
 }
+
+/// Reloads the daemon's settings as SIGHUP does; `Err` when the configuration does not load
+/// (the previous settings stay).
+pub type Reload = Arc<dyn Fn() -> anyhow::Result<()> + Send + Sync>;
 
 /// What the daemon hands the web server.
 pub struct Context {
@@ -123,6 +132,10 @@ pub struct Context {
     pub model_config: ModelConfig,
     /// Makes a trained head run on its camera.
     pub activator: Arc<dyn Activator>,
+    /// The overrides file the Thresholds page writes.
+    pub overrides_file: PathBuf,
+    /// The daemon's reload, run after the overrides file changed.
+    pub reload: Reload,
 }
 
 /// Binds `config.listen` and serves until `shutdown`; returns once listening, so the caller
@@ -158,6 +171,10 @@ pub async fn start(
             context.activator,
         ),
         datasets,
+        thresholds: thresholds::Thresholds {
+            overrides_file: context.overrides_file,
+            reload: context.reload,
+        },
     });
     let router = Router::new()
         .route("/", get(assets::index))
@@ -182,6 +199,10 @@ pub async fn start(
         )
         .route("/api/train", get(training::status).post(training::start))
         .route("/api/train/activate", post(training::activate))
+        .route(
+            "/api/thresholds",
+            get(thresholds::current).post(thresholds::apply),
+        )
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

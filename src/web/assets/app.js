@@ -2,7 +2,7 @@
 // (camera ids, labels) is set with textContent, never parsed as HTML.
 "use strict";
 
-const pages = ["cameras", "classify", "label"];
+const pages = ["cameras", "classify", "thresholds", "label"];
 const tiles = new Map(); // camera id -> tile element
 
 function show() {
@@ -11,6 +11,7 @@ function show() {
     document.getElementById("page-" + page).hidden = page !== name;
     document.getElementById("nav-" + page).classList.toggle("active", page === name);
   }
+  if (name === "thresholds") loadThresholds();
 }
 
 function percent(score) {
@@ -159,6 +160,100 @@ function setupClassify() {
   });
 }
 
+// Thresholds: per label, the recent top-1 scores as a histogram and a slider previewing which
+// of those frames a threshold would turn unknown; Apply writes it to the overrides file.
+const BINS = 20;
+const SVG = "http://www.w3.org/2000/svg";
+
+async function loadThresholds() {
+  const note = document.getElementById("thresholds-note");
+  const response = await fetch("/api/thresholds");
+  if (!response.ok) { note.textContent = "cannot load: " + response.statusText; return; }
+  const data = await response.json();
+  note.textContent = data.recent.length + " recent classifications; Apply writes to " +
+    data.overrides_file + " and reloads";
+  const container = document.getElementById("threshold-labels");
+  container.replaceChildren();
+  const byCount = data.labels.map((l) => ({
+    label: l.label,
+    threshold: l.threshold,
+    frames: data.recent.filter((r) => r.label === l.label),
+  })).sort((a, b) => b.frames.length - a.frames.length);
+  for (const entry of byCount) container.append(thresholdTile(entry));
+}
+
+function thresholdTile(entry) {
+  const tile = document.getElementById("threshold-tile").content.firstElementChild.cloneNode(true);
+  tile.dataset.label = entry.label;
+  tile.querySelector(".name").textContent = entry.label;
+  const slider = tile.querySelector(".slider");
+  slider.value = entry.threshold;
+  const update = () => previewThreshold(tile, entry.frames, Number(slider.value));
+  slider.addEventListener("input", update);
+  tile.querySelector(".apply").addEventListener("click", () =>
+    applyThreshold(tile, entry.label, Number(slider.value)));
+  update();
+  return tile;
+}
+
+function previewThreshold(tile, frames, threshold) {
+  tile.querySelector(".value").textContent = threshold.toFixed(2);
+  const unknown = frames.filter((f) => f.score < threshold);
+  tile.querySelector(".would-unknown").textContent = String(unknown.length);
+  tile.querySelector(".total").textContent = String(frames.length);
+  const list = tile.querySelector(".frames");
+  list.replaceChildren();
+  for (const f of unknown) {
+    const item = document.createElement("li");
+    item.textContent = new Date(f.ts_ms).toLocaleTimeString() + " · " + f.camera + " · " +
+      percent(f.score);
+    list.append(item);
+  }
+  histogram(tile.querySelector(".histogram"), frames, threshold);
+}
+
+function histogram(svg, frames, threshold) {
+  const counts = new Array(BINS).fill(0);
+  for (const f of frames) counts[Math.min(BINS - 1, Math.floor(f.score * BINS))] += 1;
+  const most = Math.max(1, ...counts);
+  svg.replaceChildren();
+  counts.forEach((count, bin) => {
+    const rect = document.createElementNS(SVG, "rect");
+    const height = (count / most) * 38;
+    rect.setAttribute("x", String(bin * (100 / BINS) + 0.3));
+    rect.setAttribute("width", String(100 / BINS - 0.6));
+    rect.setAttribute("y", String(40 - height));
+    rect.setAttribute("height", String(height));
+    if ((bin + 1) / BINS <= threshold) rect.setAttribute("class", "below");
+    svg.append(rect);
+  });
+  const line = document.createElementNS(SVG, "line");
+  for (const [k, v] of [["x1", threshold * 100], ["x2", threshold * 100], ["y1", 0], ["y2", 40]]) {
+    line.setAttribute(k, String(v));
+  }
+  svg.append(line);
+}
+
+async function applyThreshold(tile, label, threshold) {
+  const status = tile.querySelector(".applied");
+  status.textContent = "applying…";
+  try {
+    const response = await fetch("/api/thresholds", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ thresholds: { [label]: threshold } }),
+    });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error || response.statusText);
+    status.textContent = "applied " + threshold.toFixed(2);
+    status.classList.remove("error");
+  } catch (error) {
+    status.textContent = "failed: " + error.message;
+    status.classList.add("error");
+  }
+}
+
+document.getElementById("thresholds-refresh").addEventListener("click", loadThresholds);
 window.addEventListener("hashchange", show);
 show();
 setupClassify();
