@@ -64,7 +64,13 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("edgeclass.toml");
         fs::write(&file, config).expect("write config");
-        let child = command(&file)
+        let mut command = command(&file);
+        // State (the overrides file, collected frames) stays in the temp dir unless the test
+        // chose a state directory: a real /var/lib/edgeclass/overrides.toml must not leak in.
+        if !command.get_envs().any(|(key, _)| key == "STATE_DIRECTORY") {
+            command.env("STATE_DIRECTORY", dir.path().join("state"));
+        }
+        let child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(fs::File::create(dir.path().join("stdout")).expect("stdout file"))
