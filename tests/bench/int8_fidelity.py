@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How faithful edgeclass's int8 paths are to f32, next to ONNX Runtime's static int8.
 
-    python3 -m pip install onnx onnxruntime numpy pillow
+    python3 -m pip install onnx onnxruntime numpy pillow sympy
     cargo build --release --bin edgeclass --example logits
     python3 tests/bench/int8_fidelity.py [--profile release] [--seed 0] [--keep DIR]
 
