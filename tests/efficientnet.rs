@@ -99,6 +99,29 @@ fn f32_logits_match_pytorch_on_the_fixture_photos() {
     }
 }
 
+/// The input `make_reference.py`'s `pattern()` computes, bit for bit.
+fn pattern() -> Vec<f32> {
+    (0..3 * 224 * 224u64)
+        .map(|i| ((i * 7919) % 1999) as f32 / 1999.0 * 4.0 - 2.0)
+        .collect()
+}
+
+#[test]
+fn f32_logits_match_pytorch_on_the_same_input_tensor() {
+    let model = Model::load(&weights(), Precision::F32, 2).unwrap();
+    let reference = reference_logits("pattern");
+    let mut logits = Vec::new();
+    model.forward(&pattern(), &mut logits).unwrap();
+    let max_delta = logits
+        .iter()
+        .zip(&reference)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    // Only float rounding differs (summation order): the network itself is PyTorch's.
+    assert!(max_delta < 1e-4, "max |Δlogit| {max_delta}");
+    assert_eq!(top(&logits, 5), top(&reference, 5));
+    eprintln!("pattern: max |Δlogit| {max_delta:.2e}");
+}
+
 #[test]
 fn coffee_is_espresso_and_chelsea_a_cat() {
     let model = Model::load(&weights(), Precision::F32, 2).unwrap();
