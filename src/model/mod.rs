@@ -674,6 +674,17 @@ impl Model {
         self.input_size
     }
 
+    /// torchvision's eval transform for this model: the input size, and the normalization its
+    /// architecture was trained with ([`Architecture::normalization`]).
+    pub fn preprocess_config(&self) -> crate::preprocess::PreprocessConfig {
+        let (mean, std) = self.architecture().normalization();
+        crate::preprocess::PreprocessConfig {
+            mean,
+            std,
+            ..crate::preprocess::PreprocessConfig::for_input_size(self.input_size as u32)
+        }
+    }
+
     /// Threads of the inference pool.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
