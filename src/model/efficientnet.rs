@@ -169,21 +169,20 @@ impl Depthwise {
                 let src = &input[plane * h * w..][..h * w];
                 let filter = &self.weights[c * k * k..][..k * k];
                 for oy in 0..oh {
+                    // The filter rows inside the image (the zero padding adds nothing).
+                    let (y0, above) = (oy * stride).overflowing_sub(top);
+                    let ky_start = if above { top - oy * stride } else { 0 };
+                    let ky_end = k.min((h + top).saturating_sub(oy * stride));
                     for ox in 0..ow {
+                        let kx_start = left.saturating_sub(ox * stride);
+                        let kx_end = k.min((w + left).saturating_sub(ox * stride));
+                        let x0 = (ox * stride + kx_start) - left;
                         let mut acc = self.bias[c];
-                        for ky in 0..k {
-                            // Rows and columns in the zero padding add nothing.
-                            let Some(iy) = (oy * stride + ky).checked_sub(top).filter(|&y| y < h)
-                            else {
-                                continue;
-                            };
-                            for kx in 0..k {
-                                if let Some(ix) =
-                                    (ox * stride + kx).checked_sub(left).filter(|&x| x < w)
-                                {
-                                    acc += src[iy * w + ix] * filter[ky * k + kx];
-                                }
-                            }
+                        for ky in ky_start..ky_end {
+                            let iy = y0.wrapping_add(ky);
+                            let row = &src[iy * w + x0..][..kx_end - kx_start];
+                            let taps = &filter[ky * k + kx_start..ky * k + kx_end];
+                            acc += row.iter().zip(taps).map(|(a, b)| a * b).sum::<f32>();
                         }
                         out[oy * ow + ox] = acc.clamp(0.0, 6.0);
                     }
