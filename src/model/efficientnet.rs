@@ -94,7 +94,8 @@ pub(crate) fn is_efficientnet(bytes: &[u8]) -> bool {
             .any(|w| w == b"\"_conv_stem.weight\"")
 }
 
-/// A convolution with BatchNorm folded in, padded like TensorFlow's `SAME`.
+/// A convolution with BatchNorm folded in, padded like TensorFlow's `SAME`. Depthwise ones
+/// run as [`Depthwise`].
 struct Conv {
     name: String,
     /// `[out][in / groups][k][k]`.
@@ -103,7 +104,6 @@ struct Conv {
     bias: Tensor,
     kernel: usize,
     stride: usize,
-    groups: usize,
 }
 
 impl Conv {
@@ -114,7 +114,7 @@ impl Conv {
         let x = x
             .pad_with_zeros(2, top, bottom)?
             .pad_with_zeros(3, left, right)?;
-        x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?
+        x.conv2d(&self.weight, 0, self.stride, 1, 1)?
             .broadcast_add(&self.bias)
     }
 
@@ -436,7 +436,6 @@ impl Reader {
             bias: self.tensor(bias, &[1, output, 1, 1])?,
             kernel,
             stride,
-            groups,
         })
     }
 
