@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::capture::{CameraConfig, CaptureError};
-use crate::model::{Ensemble, Model, ModelConfig};
+use crate::model::{Architecture, Ensemble, Model, ModelConfig};
 use crate::postprocess::{PolicyConfig, PostprocessConfig, PostprocessError, Postprocessor};
 use crate::preprocess::{PreprocessConfig, PreprocessError};
 use crate::publish::{MqttConfig, PublishError};
@@ -44,9 +44,13 @@ pub struct Config {
     /// `[model]`
     #[serde(default)]
     pub model: ModelConfig,
-    /// `[preprocess]`
+    /// `[preprocess]`; its `mean` and `std` follow the model's architecture unless the file
+    /// sets them ([`Config::preprocess_for`]).
     #[serde(default)]
     pub preprocess: PreprocessConfig,
+    /// Whether the file (or the environment) sets `preprocess.mean` and `preprocess.std`.
+    #[serde(skip)]
+    normalization_set: [bool; 2],
     /// `[postprocess]`
     #[serde(default)]
     pub postprocess: PostprocessConfig,
@@ -258,6 +262,15 @@ impl Config {
             overrides_file: overrides_file.map(|path| (path, set_by_file.as_slice())),
         };
         heads::prepare(&mut root).map_err(|(key, message)| errors.key(key, message))?;
+        let normalization_set = match &root {
+            Node::Table(root) => match root.get("preprocess") {
+                Some(Node::Table(preprocess)) => {
+                    ["mean", "std"].map(|k| preprocess.contains_key(k))
+                }
+                _ => [false; 2],
+            },
+            _ => [false; 2],
+        };
         let mut config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
             let key = match e.inner() {
                 TreeError::MissingField(field) => key_path(e.path(), Some(field)),
@@ -268,7 +281,20 @@ impl Config {
         })?;
         config.validate(&errors)?;
         config.overrides_file = overrides_file.map(Path::to_path_buf);
+        config.normalization_set = normalization_set;
         Ok(config)
+    }
+
+    /// `[preprocess]` for a model of `architecture`: `mean` and `std` as the file sets them,
+    /// else the normalization the architecture was trained with.
+    pub fn preprocess_for(&self, architecture: Architecture) -> PreprocessConfig {
+        let (mean, std) = architecture.normalization();
+        let [mean_set, std_set] = self.normalization_set;
+        PreprocessConfig {
+            mean: if mean_set { self.preprocess.mean } else { mean },
+            std: if std_set { self.preprocess.std } else { std },
+            ..self.preprocess.clone()
+        }
     }
 
     /// Settings that are valid but probably not what the user wants, each as `key...: why`:
@@ -603,6 +629,43 @@ mod tests {
             }) => (key, from_env, message),
             other => panic!("expected a key error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn normalization_follows_the_architecture_unless_the_file_sets_it() {
+        let effnet = Architecture::EfficientNetLite0;
+        let config = load(CAMERA, &[]).unwrap();
+        let preprocess = config.preprocess_for(effnet);
+        assert_eq!((preprocess.mean, preprocess.std), effnet.normalization());
+        let resnet = config.preprocess_for(Architecture::ResNet18);
+        assert_eq!(
+            (resnet.mean, resnet.std),
+            Architecture::ResNet18.normalization()
+        );
+
+        let text = format!("{CAMERA}[preprocess]\nmean = [0.5, 0.5, 0.5]\nresize = 300\n");
+        let preprocess = load(&text, &[]).unwrap().preprocess_for(effnet);
+        assert_eq!(preprocess.mean, [0.5; 3]);
+        assert_eq!(preprocess.std, effnet.normalization().1);
+        assert_eq!(preprocess.resize, 300);
+    }
+
+    #[test]
+    fn model_arch_is_parsed_and_unknown_names_listed() {
+        let config = load(
+            &format!("{CAMERA}[model]\narch = \"efficientnet-lite0\"\n"),
+            &[],
+        );
+        assert_eq!(
+            config.unwrap().model.arch,
+            Some(Architecture::EfficientNetLite0)
+        );
+        let (key, _, message) = key_error(&format!("{CAMERA}[model]\narch = \"vgg16\"\n"), &[]);
+        assert_eq!(key, "model.arch");
+        assert!(
+            message.contains("resnet18 or efficientnet-lite0"),
+            "{message}"
+        );
     }
 
     #[test]

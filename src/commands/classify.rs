@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::model::Precision;
 use crate::postprocess::topk::{softmax_in_place, top_k};
-use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor, Tta};
+use crate::preprocess::{read_image_file, Preprocessor, Tta};
 
 use super::classifier::{Buffers, Classifier};
 use super::ClassifierArgs;
@@ -75,8 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.classifier.backbone.as_deref(),
         &args.classifier.inference,
     )?;
-    let size = classifier.model.input_size() as u32;
-    let mut preprocessor = Preprocessor::new(PreprocessConfig::for_input_size(size));
+    let mut preprocessor = Preprocessor::new(classifier.model.preprocess_config());
     let mut buffers = Buffers::default();
     let mut first_failure = None;
     let mut failures = 0;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::dataset::{imagenet_class_folders, images_in, named_class_folders};
 use crate::evaluate::{report, Evaluation, Sample};
 use crate::model::{scale_temperature, Head};
-use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor, Tta};
+use crate::preprocess::{read_image_file, Preprocessor, Tta};
 
 use super::classifier::{Buffers, Classifier};
 use super::ClassifierArgs;
@@ -87,8 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(head) => named_class_folders(&args.data, head.classes())?,
         None => imagenet_class_folders(&args.data)?,
     };
-    let size = classifier.model.input_size() as u32;
-    let mut preprocessor = Preprocessor::new(PreprocessConfig::for_input_size(size));
+    let mut preprocessor = Preprocessor::new(classifier.model.preprocess_config());
     let mut buffers = Buffers::default();
     let mut samples = Vec::new();
     let mut plain_samples = Vec::new();

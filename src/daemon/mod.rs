@@ -182,7 +182,7 @@ async fn serve(
             camera.clone(),
             slot.clone(),
             camera_heartbeats.pipeline.clone(),
-            config.preprocess.clone(),
+            config.preprocess_for(shared.model.architecture()),
             shared.clone(),
             watch,
         )?;

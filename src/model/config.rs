@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::fetch::{data_dir, WeightsSource};
-use super::Precision;
+use super::{Architecture, Precision};
 use crate::preprocess::Tta;
 
 /// `[model]`: which weights, at which precision, on how many threads.
@@ -15,6 +15,8 @@ pub struct ModelConfig {
     /// safetensors or GGUF; downloaded (and quantized) on first start when missing. Unset means
     /// [`default_weights_path`], resolved by [`ModelConfig::weights_path`].
     pub weights: Option<PathBuf>,
+    /// The architecture `weights` must hold; unset: whatever the file holds (detected).
+    pub arch: Option<Architecture>,
     /// Compute precision (safetensors weights are quantized at load).
     pub precision: Precision,
     /// Inference threads; 0 means one per core.
@@ -37,6 +39,7 @@ impl Default for ModelConfig {
         let source = WeightsSource::default();
         Self {
             weights: None,
+            arch: None,
             precision: Precision::Q8_0,
             threads: 0,
             fetch: true,

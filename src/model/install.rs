@@ -10,7 +10,8 @@ use anyhow::Context;
 
 use super::fetch::{self, FetchError, WeightsSource};
 use super::{
-    calibrate, write_gguf, Model, ModelConfig, ModelError, Network, Precision, StorageDtype,
+    calibrate, write_gguf, Architecture, Model, ModelConfig, ModelError, Network, Precision,
+    StorageDtype,
 };
 use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
 
@@ -54,6 +55,14 @@ pub fn load_configured(config: &ModelConfig) -> anyhow::Result<Model> {
         };
         log::info!("model {} is missing: fetching it", weights.display());
         install(&weights, config.precision, &source, None, None)?;
+    }
+    if let Some(arch) = config.arch {
+        let found = Architecture::detect(&weights)?;
+        anyhow::ensure!(
+            found == arch,
+            "[model] arch is {arch}, but the model file {} holds {found}",
+            weights.display()
+        );
     }
     Ok(Model::load(&weights, config.precision, config.threads)?)
 }

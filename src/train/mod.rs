@@ -28,7 +28,7 @@ use serde::Serialize;
 use crate::dataset::TrainingClass;
 use crate::evaluate::{Evaluation, LabelledClass, Sample};
 use crate::model::{BackboneRef, Ensemble, EnsembleBuffers, Head, Model, ModelError, SplitMix};
-use crate::preprocess::{PreprocessConfig, Preprocessor};
+use crate::preprocess::Preprocessor;
 use crate::sysexits::Sysexit;
 
 use augment::Augmentation;
@@ -231,8 +231,7 @@ pub fn train(
         .transpose()?;
 
     let total: usize = classes.iter().map(|c| c.images.len()).sum();
-    let mut preprocessor =
-        Preprocessor::new(PreprocessConfig::for_input_size(model.input_size() as u32));
+    let mut preprocessor = Preprocessor::new(model.preprocess_config());
     let mut done = 0;
     let (pictures, skipped) = features::extract(
         model,

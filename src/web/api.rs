@@ -243,17 +243,14 @@ impl Classify {
         tta: Tta,
         postprocessor: Box<dyn Fn() -> Arc<Postprocessor> + Send + Sync>,
     ) -> Self {
-        let size = classifier.model.input_size() as u32;
+        let preprocess = classifier.model.preprocess_config();
         Self {
             model_description: classifier.description.clone(),
             classifier,
             tta,
             postprocessor,
             turn: tokio::sync::Semaphore::new(1),
-            work: Mutex::new((
-                Preprocessor::new(PreprocessConfig::for_input_size(size)),
-                Buffers::default(),
-            )),
+            work: Mutex::new((Preprocessor::new(preprocess), Buffers::default())),
         }
     }
 }
