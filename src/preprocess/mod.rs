@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
-use crate::capture::{Frame, PixelFormat};
+use crate::capture::{Frame, MotionGate, PixelFormat};
 use crate::sysexits::Sysexit;
 use decode::FrameDecoder;
 
@@ -240,6 +240,10 @@ pub struct Preprocessor {
     region: Option<CropRegion>,
     /// The whole decoded frame, when `region` is cut out of it into `rgb`.
     whole: Vec<u8>,
+    /// The motion gate's thumbnail of a JPEG frame (1/8 scale, the region cut out).
+    thumbnail: RgbImage,
+    /// Frames decoded at the classified size (counted for the gate's tests and statistics).
+    full_decodes: u64,
     /// The image that is classified: the decoded frame, or its region.
     rgb: RgbImage,
     /// A test-time view (mirrored or corner) of `rgb`.
@@ -265,6 +269,8 @@ impl Preprocessor {
             resampler: CropResampler::default(),
             region: None,
             whole: Vec::new(),
+            thumbnail: RgbImage::default(),
+            full_decodes: 0,
             rgb: RgbImage::default(),
             view: RgbImage::default(),
             corner_resampler: CropResampler::default(),
@@ -285,6 +291,7 @@ impl Preprocessor {
     /// Compressed frames (MJPEG, encoded files) take their size from the data, not from
     /// `frame.width`/`frame.height`. After an error the decoded image is empty (0x0).
     pub fn decode(&mut self, frame: &Frame) -> Result<&RgbImage, PreprocessError> {
+        self.full_decodes += 1;
         let mut pixels = std::mem::take(&mut self.rgb).into_raw();
         let (resize, region) = (self.config.resize, self.region);
         // Fast mode: the classified image (the region, if any) keeps its short side >= resize.
@@ -308,6 +315,51 @@ impl Preprocessor {
         // `pixels` holds width * height * 3 bytes (decoded or cut), so this never falls back.
         self.rgb = RgbImage::from_raw(width, height, pixels).unwrap_or_default();
         decoded.map(|_| &self.rgb)
+    }
+
+    /// Decodes `frame` only if `gate` finds the scene changed (or `force`), and says whether
+    /// it did: the frame is then to be classified.
+    ///
+    /// In fast mode (`exact = false`) with the gate on, a JPEG frame is judged on its 1/8-scale
+    /// decode (DC coefficients only, region cut out), so a frame of an unchanged scene is never
+    /// decoded at full size. Other frames are decoded and judged as they are. After `false`,
+    /// [`Preprocessor::decoded`] still holds the last decoded (classified) image.
+    pub fn decode_if_changed(
+        &mut self,
+        frame: &Frame,
+        gate: &mut MotionGate,
+        force: bool,
+    ) -> Result<bool, PreprocessError> {
+        if self.config.exact || !gate.is_enabled() || !frame.is_jpeg() {
+            let rgb = self.decode(frame)?;
+            return Ok(gate.changed(rgb) || force);
+        }
+        let mut pixels = std::mem::take(&mut self.thumbnail).into_raw();
+        let smallest: &dyn Fn(u32, u32) -> bool = &|_, _| true;
+        let decoded = match &self.region {
+            None => self.decoder.decode(frame, &mut pixels, Some(smallest)),
+            Some(region) => self
+                .decoder
+                .decode(frame, &mut self.whole, Some(smallest))
+                .map(|(width, height)| region.cut(&self.whole, width, height, &mut pixels)),
+        };
+        let (width, height) = *decoded.as_ref().unwrap_or(&(0, 0));
+        if decoded.is_err() {
+            pixels.clear();
+        }
+        self.thumbnail = RgbImage::from_raw(width, height, pixels).unwrap_or_default();
+        decoded?;
+        let changed = gate.changed(&self.thumbnail) || force;
+        if changed {
+            self.decode(frame)?;
+        }
+        Ok(changed)
+    }
+
+    /// How many frames [`Preprocessor::decode`] (directly or through
+    /// [`Preprocessor::decode_if_changed`]) decoded at the classified size.
+    pub fn full_decodes(&self) -> u64 {
+        self.full_decodes
     }
 
     /// The image the last [`Preprocessor::decode`] produced (the region, if one is set): what
