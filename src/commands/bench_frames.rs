@@ -311,10 +311,10 @@ fn to_nv12(rgb: &RgbImage) -> Vec<u8> {
                 (y + 1) * width + x,
                 (y + 1) * width + x + 1,
             ];
-            for channel in 1..3 {
-                let sum: f32 = block.iter().map(|&i| pixels[i][channel]).sum();
-                out.push(to_byte(sum / 4.0));
-            }
+            let (cb, cr) = block.iter().fold((0.0, 0.0), |(cb, cr), &i| {
+                (cb + pixels[i][1], cr + pixels[i][2])
+            });
+            out.extend_from_slice(&[to_byte(cb / 4.0), to_byte(cr / 4.0)]);
         }
     }
     out
