@@ -62,6 +62,10 @@ pub struct Args {
     /// With `--frames`: the folder of photos the frames are made from.
     #[arg(long, default_value = "tests/fixtures/images", requires = "frames")]
     pub images: PathBuf,
+    /// With `--frames`: also write the frames measured into this folder (MJPEG as `.jpg`, raw
+    /// formats as `.yuyv` / `.nv12`), e.g. as a `file:` camera's source.
+    #[arg(long, requires = "frames")]
+    pub save_frames: Option<PathBuf>,
     /// Internal: measure the single configuration given and print it as JSON.
     #[arg(long, hide = true)]
     pub child: bool,
@@ -178,7 +182,14 @@ fn run_frames(args: &Args) -> anyhow::Result<()> {
         None if args.dynamic => Model::synthetic(SYNTHETIC_SEED, precision, threads)?,
         None => Model::synthetic_calibrated(SYNTHETIC_SEED, precision, threads)?,
     };
-    super::bench_frames::run(&model, &args.images, args.runs, args.warmup, args.json)
+    super::bench_frames::run(
+        &model,
+        &args.images,
+        args.save_frames.as_deref(),
+        args.runs,
+        args.warmup,
+        args.json,
+    )
 }
 
 fn measure_in_child(

@@ -54,10 +54,11 @@ struct CaseResult {
 }
 
 /// Measures every case with `model` for `rounds` rounds after `warmup` untimed ones, and prints
-/// a table (or JSON lines).
+/// a table (or JSON lines). With `save_frames`, first writes the frames into that folder.
 pub fn run(
     model: &Model,
     images: &Path,
+    save_frames: Option<&Path>,
     rounds: usize,
     warmup: usize,
     json: bool,
@@ -68,8 +69,19 @@ pub fn run(
     for (format, width, height) in CASES {
         let frames = photos
             .iter()
-            .map(|photo| make_frame(photo, format, width, height))
+            .map(|(_, photo)| make_frame(photo, format, width, height))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        if let Some(dir) = save_frames {
+            for ((name, _), frame) in photos.iter().zip(&frames) {
+                let extension = match format {
+                    PixelFormat::Mjpeg => "jpg",
+                    _ => &format_name(format).to_ascii_lowercase(),
+                };
+                let path = dir.join(format!("{name}-{width}x{height}.{extension}"));
+                std::fs::write(&path, &frame.data)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
         let modes: &[bool] = if format == PixelFormat::Mjpeg {
             &[false, true]
         } else {
@@ -191,8 +203,8 @@ fn format_name(format: PixelFormat) -> &'static str {
     }
 }
 
-/// The photos (JPEG or PNG files) in `dir`, decoded; at least one.
-fn load_photos(dir: &Path) -> anyhow::Result<Vec<RgbImage>> {
+/// The photos (JPEG or PNG files) in `dir`, decoded, with their file stems; at least one.
+fn load_photos(dir: &Path) -> anyhow::Result<Vec<(String, RgbImage)>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the --images folder {}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -215,7 +227,11 @@ fn load_photos(dir: &Path) -> anyhow::Result<Vec<RgbImage>> {
     });
     paths
         .iter()
-        .map(|path| Ok(preprocessor.decode(&read_image_file(path)?)?.clone()))
+        .map(|path| {
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+            let photo = preprocessor.decode(&read_image_file(path)?)?.clone();
+            Ok((stem.into_owned(), photo))
+        })
         .collect()
 }
 
