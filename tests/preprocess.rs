@@ -77,6 +77,7 @@ fn matches_torchvision_reference() {
         let config = PreprocessConfig {
             resize,
             crop,
+            exact: true,
             ..Default::default()
         };
         let mut preprocessor = Preprocessor::new(config.clone());

@@ -260,6 +260,14 @@ fn decode_with_libjpeg(
 ) -> std::io::Result<Option<(u32, u32)>> {
     let mut decompress = mozjpeg::Decompress::new_mem(jpeg)?;
     let (width, height) = decompress.size();
+    // The header may be corrupt: refuse what the exact decoder refuses (decoder output and RGB
+    // copy at full size over the limit), so both modes accept the same images.
+    if width.saturating_mul(height).saturating_mul(6) > MAX_DECODE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            format!("{width}x{height} pixels exceed the {MAX_DECODE_BYTES}-byte decoding limit"),
+        ));
+    }
     // JPEG sides are 16-bit.
     let denominator = dct_scale(width as u32, height as u32, large_enough);
     if denominator == 1 {
@@ -268,14 +276,7 @@ fn decode_with_libjpeg(
     decompress.scale((8 / denominator) as u8);
     let mut started = decompress.rgb()?;
     let (width, height) = (started.width(), started.height());
-    let bytes = width * height * 3;
-    if bytes > MAX_DECODE_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::OutOfMemory,
-            format!("{width}x{height} pixels exceed the {MAX_DECODE_BYTES}-byte decoding limit"),
-        ));
-    }
-    pixels.resize(bytes, 0);
+    pixels.resize(width * height * 3, 0);
     started.read_scanlines_into(&mut pixels[..])?;
     started.finish()?;
     Ok(Some((width as u32, height as u32)))
