@@ -14,6 +14,12 @@
 //! done in `f32` in the same order as torch. For lossless inputs the output equals torchvision's
 //! exactly; JPEG inputs differ only by what two JPEG decoders disagree on.
 //!
+//! That is with `exact = true` (what `classify`, `eval` and `train` use). The daemon's default,
+//! `exact = false`, decodes a JPEG with libjpeg-turbo at the smallest DCT scale (1/2, 1/4, 1/8)
+//! whose short side (of the crop region, if any) still covers `resize`, as Pillow's `draft()`
+//! does, then applies the same transform; [`Preprocessor::decode_if_changed`] lets the motion
+//! gate judge a JPEG frame on its 1/8-scale decode before any larger one.
+//!
 //! Raw camera formats are converted with BT.601 limited-range ("TV range") YCbCr coefficients,
 //! which is what UVC cameras send for YUYV and NV12.
 //!
@@ -21,7 +27,7 @@
 //!
 //! All buffers (decoded RGB, the cut region, intermediate rows, output tensor) are kept and
 //! reused, so a stream of same-sized frames does not allocate after the first one, except inside
-//! the `image` crate's decoders for compressed formats.
+//! the decoders of compressed formats (the `image` crate's, libjpeg's).
 
 mod crop;
 mod decode;
