@@ -452,3 +452,65 @@ fn the_gate_watches_only_the_crop_region() {
         );
     }
 }
+
+/// `image` as an MJPEG frame at JPEG `quality`.
+fn mjpeg(image: &RgbImage, quality: u8, seq: u64) -> Frame {
+    let mut data = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut data, quality)
+        .encode_image(image)
+        .unwrap();
+    Frame {
+        format: PixelFormat::Mjpeg,
+        width: image.width(),
+        height: image.height(),
+        data,
+        captured_at: SystemTime::now(),
+        seq,
+        origin: "mjpeg".into(),
+    }
+}
+
+#[test]
+fn the_gate_never_fully_decodes_a_frame_of_an_unchanged_mjpeg_scene() {
+    let cat = fixture("chelsea.jpg");
+    let noisy_cat = noisy(&cat, 4);
+    let mut preprocessor = Preprocessor::new(PreprocessConfig {
+        resize: 50,
+        crop: 48,
+        ..PreprocessConfig::default()
+    });
+    let mut gate = gate();
+    assert!(preprocessor
+        .decode_if_changed(&mjpeg(&cat, 90, 0), &mut gate, false)
+        .unwrap());
+    assert_eq!(preprocessor.full_decodes(), 1);
+    let classified_size = preprocessor.decoded().dimensions();
+    // A camera's frames of a static scene differ byte for byte: noise and its encoder's rate
+    // control. None of them is decoded beyond the gate's thumbnail.
+    for (seq, quality) in (1..).zip(80..=95) {
+        let image = if seq % 2 == 0 { &cat } else { &noisy_cat };
+        let frame = mjpeg(image, quality, seq);
+        assert!(!preprocessor
+            .decode_if_changed(&frame, &mut gate, false)
+            .unwrap());
+    }
+    assert_eq!(preprocessor.full_decodes(), 1);
+    assert_eq!(gate.stats().skipped, 16);
+    // The classified image stays the last classified frame's.
+    assert_eq!(preprocessor.decoded().dimensions(), classified_size);
+    // A change is decoded at once, and so is a forced frame (a reload).
+    assert!(preprocessor
+        .decode_if_changed(&mjpeg(&shifted(&cat, 24), 90, 17), &mut gate, false)
+        .unwrap());
+    assert_eq!(preprocessor.full_decodes(), 2);
+    assert!(preprocessor
+        .decode_if_changed(&mjpeg(&shifted(&cat, 24), 85, 18), &mut gate, true)
+        .unwrap());
+    assert_eq!(preprocessor.full_decodes(), 3);
+    // The fast decode covers `resize` on the short side at a reduced DCT scale: 213 / 4 > 50.
+    let (width, height) = preprocessor.decoded().dimensions();
+    assert_eq!(
+        (width, height),
+        (cat.width().div_ceil(4), cat.height().div_ceil(4))
+    );
+}

@@ -510,6 +510,75 @@ fn bench_times_heads_against_fc_only() {
     );
 }
 
+#[test]
+fn bench_frames_times_every_stage_of_every_frame_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().display().to_string();
+    let images = fixture("images").display().to_string();
+    let out = edgeclass(&[
+        "bench",
+        "--frames",
+        "--weights",
+        &tiny(),
+        "--images",
+        &images,
+        "--save-frames",
+        &saved,
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let cases: Vec<&str> = rows.iter().map(|r| r["case"].as_str().unwrap()).collect();
+    assert_eq!(
+        cases,
+        [
+            "YUYV 640x480 fast",
+            "MJPEG 1280x720 fast",
+            "MJPEG 1280x720 exact",
+            "MJPEG 1920x1080 fast",
+            "MJPEG 1920x1080 exact",
+            "NV12 1280x720 fast",
+            "NV12 1920x1080 fast"
+        ]
+    );
+    for r in &rows {
+        let ms = |key: &str| r[key].as_f64().unwrap_or_else(|| panic!("{key}: {r}"));
+        for key in [
+            "decode_ms",
+            "resize_normalize_ms",
+            "inference_ms",
+            "postprocess_ms",
+        ] {
+            assert!(ms(key) > 0.0, "{key}: {r}");
+        }
+        let outside = ms("decode_ms") + ms("resize_normalize_ms") + ms("postprocess_ms");
+        let percent = outside / ms("inference_ms") * 100.0;
+        assert!(
+            (ms("non_model_percent") - percent).abs() < 1e-6 * percent,
+            "{r}"
+        );
+    }
+    // The frames measured, written as a camera would send them.
+    for (name, bytes) in [
+        ("chelsea-640x480.yuyv", Some(640 * 480 * 2)),
+        ("coffee-1920x1080.nv12", Some(1920 * 1080 * 3 / 2)),
+        ("astronaut-1280x720.jpg", None),
+    ] {
+        let data = std::fs::read(dir.path().join(name)).unwrap();
+        match bytes {
+            Some(len) => assert_eq!(data.len(), len, "{name}"),
+            None => assert!(data.starts_with(&[0xFF, 0xD8]), "{name}"),
+        }
+    }
+}
+
 /// `edgeclass classify --json a.jpg b.jpg | head -1`: a reader that closed the pipe ends the
 /// command quietly with success, not with a panic (exit 101).
 #[test]

@@ -98,6 +98,12 @@ impl MotionGate {
         self.changed_at(rgb, Instant::now())
     }
 
+    /// Whether the gate judges frames at all (`enabled`); a disabled gate says "classify" to
+    /// every frame.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The fraction of watched cells that changed, measured by the last
     /// [`changed`](Self::changed) call that had a reference to compare with, in [0, 1].
     pub fn last_changed_area(&self) -> f32 {

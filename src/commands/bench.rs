@@ -54,6 +54,18 @@ pub struct Args {
     /// against backbone + fc + every head, in alternating rounds.
     #[arg(long = "head")]
     pub heads: Vec<PathBuf>,
+    /// Time camera frames -> Top-3 per stage instead (decode, resize+normalize, inference,
+    /// postprocess) for YUYV, MJPEG and NV12 frames made from `--images`, with the first
+    /// `--threads` value and q8_0 (or the one `--precisions` value given).
+    #[arg(long)]
+    pub frames: bool,
+    /// With `--frames`: the folder of photos the frames are made from.
+    #[arg(long, default_value = "tests/fixtures/images", requires = "frames")]
+    pub images: PathBuf,
+    /// With `--frames`: also write the frames measured into this folder (MJPEG as `.jpg`, raw
+    /// formats as `.yuyv` / `.nv12`), e.g. as a `file:` camera's source.
+    #[arg(long, requires = "frames")]
+    pub save_frames: Option<PathBuf>,
     /// Internal: measure the single configuration given and print it as JSON.
     #[arg(long, hide = true)]
     pub child: bool,
@@ -102,6 +114,9 @@ struct HeadsMeasurement {
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.runs == 0 {
         anyhow::bail!("--runs must be at least 1");
+    }
+    if args.frames {
+        return run_frames(&args);
     }
     let threads = if args.threads.is_empty() {
         vec![1, 0]
@@ -153,6 +168,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         print_heads(&results);
     }
     Ok(())
+}
+
+/// `bench --frames`: one model, every frame case, in this process.
+fn run_frames(args: &Args) -> anyhow::Result<()> {
+    let precision = match args.precisions.as_slice() {
+        &[one] => one,
+        _ => Precision::Q8_0,
+    };
+    let threads = args.threads.first().copied().unwrap_or(1);
+    let model = match &args.weights {
+        Some(path) => Model::load(path, precision, threads)?,
+        None if args.dynamic => Model::synthetic(SYNTHETIC_SEED, precision, threads)?,
+        None => Model::synthetic_calibrated(SYNTHETIC_SEED, precision, threads)?,
+    };
+    super::bench_frames::run(
+        &model,
+        &args.images,
+        args.save_frames.as_deref(),
+        args.runs,
+        args.warmup,
+        args.json,
+    )
 }
 
 fn measure_in_child(
@@ -331,7 +368,7 @@ fn measure(args: &Args, precision: Precision, threads: usize) -> anyhow::Result<
 }
 
 /// The `q` quantile (nearest rank) in milliseconds.
-fn percentile_ms(times: &mut [Duration], q: f64) -> f64 {
+pub(super) fn percentile_ms(times: &mut [Duration], q: f64) -> f64 {
     times.sort_unstable();
     let rank = ((times.len() as f64 * q).ceil() as usize).clamp(1, times.len().max(1));
     times

@@ -1,6 +1,7 @@
 //! One module per CLI subcommand. Each exposes `Args` (clap) and `run(args) -> anyhow::Result<()>`.
 
 pub mod bench;
+mod bench_frames;
 pub mod check_config;
 pub(crate) mod classifier;
 pub mod classify;

@@ -170,9 +170,13 @@ impl Pipeline {
             self.heartbeat.expect_by(Instant::now());
             match frame {
                 Some(frame) => match self.process(&frame) {
-                    // After the event went out: saving is not part of its latency.
+                    // After the event went out: saving is not part of its latency. Only
+                    // classified frames are offered: one the motion gate skipped was not
+                    // decoded, and its scene is the last classified one.
                     Ok(latency_ms) => {
-                        self.collect(&frame);
+                        if latency_ms.is_some() {
+                            self.collect(&frame);
+                        }
                         if let Some(watch) = &self.watch {
                             watch.frame_done(frame, latency_ms);
                         }
@@ -239,10 +243,11 @@ impl Pipeline {
             self.reconfigure(&settings);
         }
         let started = Instant::now();
-        let rgb = self.preprocessor.decode(frame)?;
         // After a reload the frame is classified even in a static scene, so the new thresholds
         // and heads apply at once.
-        let classified = self.motion.changed(rgb) || reloaded;
+        let classified = self
+            .preprocessor
+            .decode_if_changed(frame, &mut self.motion, reloaded)?;
         let mut latency_ms = None;
         if classified {
             let model = &self.shared.model;

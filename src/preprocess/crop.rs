@@ -80,6 +80,12 @@ impl CropRegion {
         }
     }
 
+    /// The region's size in pixels in a `width x height` frame.
+    pub(super) fn size(&self, width: u32, height: u32) -> (u32, u32) {
+        let rect = self.pixels(width, height);
+        (rect.width, rect.height)
+    }
+
     /// Copies the region of `pixels` (packed RGB, `width x height`) into `out` and returns the
     /// region's size. Reuses `out`'s capacity: no allocation once it has held a region as large.
     pub(super) fn cut(

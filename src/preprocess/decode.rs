@@ -2,7 +2,8 @@
 
 use std::io::Cursor;
 
-use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+use image::error::{DecodingError, ImageFormatHint};
+use image::{ColorType, DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 
 use super::{mjpeg, PreprocessError};
 use crate::capture::{Frame, PixelFormat};
@@ -19,10 +20,14 @@ pub(super) struct FrameDecoder {
 impl FrameDecoder {
     /// Decodes `frame` into `pixels` (resized to `width * height * 3`) and returns
     /// `(width, height)`.
+    ///
+    /// With `large_enough`, a JPEG is decoded at the smallest DCT scale (1/8, 1/4, 1/2) whose
+    /// size it accepts ([`dct_scale`]); without it, or when no smaller scale is, at full size.
     pub fn decode(
         &mut self,
         frame: &Frame,
         pixels: &mut Vec<u8>,
+        large_enough: Option<&dyn Fn(u32, u32) -> bool>,
     ) -> Result<(u32, u32), PreprocessError> {
         let (width, height) = (frame.width, frame.height);
         if frame.data.is_empty() {
@@ -77,10 +82,24 @@ impl FrameDecoder {
             }
             PixelFormat::Mjpeg => {
                 let jpeg = mjpeg::with_huffman_tables(&frame.data, &mut self.jpeg_with_tables);
+                if let Some(large_enough) = large_enough {
+                    if let Some(size) =
+                        decode_jpeg_scaled(jpeg, large_enough, pixels).map_err(decode_error)?
+                    {
+                        return Ok(size);
+                    }
+                }
                 let reader = ImageReader::with_format(Cursor::new(jpeg), ImageFormat::Jpeg);
                 return decode_compressed(reader, pixels, &mut self.scratch).map_err(decode_error);
             }
             PixelFormat::Encoded => {
+                if let Some(large_enough) = large_enough.filter(|_| frame.is_jpeg()) {
+                    if let Some(size) = decode_jpeg_scaled(&frame.data, large_enough, pixels)
+                        .map_err(decode_error)?
+                    {
+                        return Ok(size);
+                    }
+                }
                 let reader = ImageReader::new(Cursor::new(frame.data.as_slice()))
                     .with_guessed_format()
                     .map_err(|err| decode_error(err.into()))?;
@@ -190,6 +209,77 @@ fn decode_compressed(
         }
     }
     Ok((width, height))
+}
+
+/// The `image` crate's memory limit for one decode (its `Limits::default()`), for libjpeg too.
+const MAX_DECODE_BYTES: usize = 512 * 1024 * 1024;
+
+/// The DCT scale denominator (8, 4, 2, or 1 for full size) of the smallest JPEG decode of a
+/// `width x height` image that `large_enough` accepts: libjpeg's `ceil(side / denominator)`.
+pub(super) fn dct_scale(width: u32, height: u32, large_enough: &dyn Fn(u32, u32) -> bool) -> u32 {
+    [8, 4, 2]
+        .into_iter()
+        .find(|&d| large_enough(width.div_ceil(d), height.div_ceil(d)))
+        .unwrap_or(1)
+}
+
+/// Decodes a JPEG at its [`dct_scale`] with libjpeg-turbo's decoder (`mozjpeg`), whose
+/// reduced-size IDCTs skip the work full-size pixels would need (Pillow's `draft()`). `None`
+/// when the image is to be decoded at full size: no smaller scale is large enough.
+fn decode_jpeg_scaled(
+    jpeg: &[u8],
+    large_enough: &dyn Fn(u32, u32) -> bool,
+    pixels: &mut Vec<u8>,
+) -> Result<Option<(u32, u32)>, ImageError> {
+    // libjpeg reports errors by unwinding out of its callbacks (the `mozjpeg` crate's design).
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_with_libjpeg(jpeg, large_enough, pixels)
+    }))
+    .unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map_or("libjpeg failed", String::as_str);
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            message.to_owned(),
+        ))
+    });
+    decoded.map_err(|err| {
+        pixels.clear();
+        ImageError::Decoding(DecodingError::new(
+            ImageFormatHint::Exact(ImageFormat::Jpeg),
+            err,
+        ))
+    })
+}
+
+fn decode_with_libjpeg(
+    jpeg: &[u8],
+    large_enough: &dyn Fn(u32, u32) -> bool,
+    pixels: &mut Vec<u8>,
+) -> std::io::Result<Option<(u32, u32)>> {
+    let mut decompress = mozjpeg::Decompress::new_mem(jpeg)?;
+    let (width, height) = decompress.size();
+    // The header may be corrupt: refuse what the exact decoder refuses (decoder output and RGB
+    // copy at full size over the limit), so both modes accept the same images.
+    if width.saturating_mul(height).saturating_mul(6) > MAX_DECODE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            format!("{width}x{height} pixels exceed the {MAX_DECODE_BYTES}-byte decoding limit"),
+        ));
+    }
+    // JPEG sides are 16-bit.
+    let denominator = dct_scale(width as u32, height as u32, large_enough);
+    if denominator == 1 {
+        return Ok(None);
+    }
+    decompress.scale((8 / denominator) as u8);
+    let mut started = decompress.rgb()?;
+    let (width, height) = (started.width(), started.height());
+    pixels.resize(width * height * 3, 0);
+    started.read_scanlines_into(&mut pixels[..])?;
+    started.finish()?;
+    Ok(Some((width as u32, height as u32)))
 }
 
 /// Chroma part of the BT.601 limited-range YCbCr → RGB conversion, in 16-bit fixed point:

@@ -1,0 +1,337 @@
+//! `edgeclass bench --frames`: camera frame -> Top-3, timed per stage.
+//!
+//! Frames are made from the photos in `--images` (the fixture photos by default): each photo is
+//! scaled and cut to cover the frame size, then stored as the camera would send it (YUYV, NV12,
+//! or a quality-90 MJPEG frame). Every round times every case on every photo, the cases in
+//! alternating order, so a busy machine slows all of them alike; the medians of each stage
+//! (decode, resize+normalize, inference, postprocess) and the ratio of the time spent outside
+//! the model to the model's own are printed. MJPEG cases run in the fast (scaled decoding) and
+//! the exact (torchvision) preprocess mode.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use image::RgbImage;
+
+use super::bench::percentile_ms;
+use crate::capture::{Frame, PixelFormat};
+use crate::model::Model;
+use crate::postprocess::topk::{softmax_in_place, top_k};
+use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
+
+/// The frames measured: format and size.
+const CASES: [(PixelFormat, u32, u32); 5] = [
+    (PixelFormat::Yuyv, 640, 480),
+    (PixelFormat::Mjpeg, 1280, 720),
+    (PixelFormat::Mjpeg, 1920, 1080),
+    (PixelFormat::Nv12, 1280, 720),
+    (PixelFormat::Nv12, 1920, 1080),
+];
+
+/// Stages of a frame, in order.
+const STAGES: [&str; 4] = ["decode", "resize+norm", "inference", "postprocess"];
+
+/// One case in one preprocess mode, with its frames and timings.
+struct Case {
+    name: String,
+    frames: Vec<Frame>,
+    preprocessor: Preprocessor,
+    /// Per stage, one time per frame per round.
+    times: [Vec<Duration>; 4],
+}
+
+/// Medians of one case.
+#[derive(Debug, Clone, serde::Serialize)]
+struct CaseResult {
+    case: String,
+    decode_ms: f64,
+    resize_normalize_ms: f64,
+    inference_ms: f64,
+    postprocess_ms: f64,
+    /// (decode + resize+normalize + postprocess) / inference, in percent.
+    non_model_percent: f64,
+}
+
+/// Measures every case with `model` for `rounds` rounds after `warmup` untimed ones, and prints
+/// a table (or JSON lines). With `save_frames`, first writes the frames into that folder.
+pub fn run(
+    model: &Model,
+    images: &Path,
+    save_frames: Option<&Path>,
+    rounds: usize,
+    warmup: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let photos = load_photos(images)?;
+    let size = model.input_size() as u32;
+    let mut cases = Vec::new();
+    for (format, width, height) in CASES {
+        let frames = photos
+            .iter()
+            .map(|(_, photo)| make_frame(photo, format, width, height))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if let Some(dir) = save_frames {
+            for ((name, _), frame) in photos.iter().zip(&frames) {
+                let extension = match format {
+                    PixelFormat::Mjpeg => "jpg",
+                    _ => &format_name(format).to_ascii_lowercase(),
+                };
+                let path = dir.join(format!("{name}-{width}x{height}.{extension}"));
+                std::fs::write(&path, &frame.data)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
+        let modes: &[bool] = if format == PixelFormat::Mjpeg {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &exact in modes {
+            let config = PreprocessConfig {
+                exact,
+                ..PreprocessConfig::for_input_size(size)
+            };
+            let mode = if exact { "exact" } else { "fast" };
+            cases.push(Case {
+                name: format!("{} {width}x{height} {mode}", format_name(format)),
+                frames: frames.clone(),
+                preprocessor: Preprocessor::new(config),
+                times: Default::default(),
+            });
+        }
+    }
+    let mut logits = Vec::new();
+    for round in 0..warmup + rounds {
+        let timed = round >= warmup;
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..cases.len()).collect()
+        } else {
+            (0..cases.len()).rev().collect()
+        };
+        for index in order {
+            let case = &mut cases[index];
+            for frame in &case.frames {
+                let stages = time_frame(model, &mut case.preprocessor, frame, &mut logits)
+                    .with_context(|| format!("classifying a {} frame", case.name))?;
+                if timed {
+                    for (all, time) in case.times.iter_mut().zip(stages) {
+                        all.push(time);
+                    }
+                }
+            }
+        }
+    }
+    let results: Vec<CaseResult> = cases.iter_mut().map(summarize).collect();
+    if json {
+        for r in &results {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        print_table(&results, photos.len(), rounds, model.threads());
+    }
+    Ok(())
+}
+
+/// The four stage times of one frame.
+fn time_frame(
+    model: &Model,
+    preprocessor: &mut Preprocessor,
+    frame: &Frame,
+    logits: &mut Vec<f32>,
+) -> anyhow::Result<[Duration; 4]> {
+    let started = Instant::now();
+    preprocessor.decode(frame)?;
+    let decoded = Instant::now();
+    let input = preprocessor.normalize();
+    let normalized = Instant::now();
+    model.forward(input, logits)?;
+    let inferred = Instant::now();
+    softmax_in_place(logits);
+    std::hint::black_box(top_k(logits, 3));
+    let done = Instant::now();
+    Ok([
+        decoded - started,
+        normalized - decoded,
+        inferred - normalized,
+        done - inferred,
+    ])
+}
+
+fn summarize(case: &mut Case) -> CaseResult {
+    let [decode_ms, resize_normalize_ms, inference_ms, postprocess_ms] =
+        case.times.each_mut().map(|t| percentile_ms(t, 0.5));
+    CaseResult {
+        case: case.name.clone(),
+        decode_ms,
+        resize_normalize_ms,
+        inference_ms,
+        postprocess_ms,
+        non_model_percent: (decode_ms + resize_normalize_ms + postprocess_ms) / inference_ms
+            * 100.0,
+    }
+}
+
+fn print_table(results: &[CaseResult], photos: usize, rounds: usize, threads: usize) {
+    println!(
+        "frame -> Top-3, median ms per stage ({photos} photos x {rounds} alternating rounds, \
+         {threads} inference thread(s))"
+    );
+    println!(
+        "{:<22} {:>9} {:>12} {:>10} {:>12} {:>10}",
+        "frame", STAGES[0], STAGES[1], STAGES[2], STAGES[3], "non-model"
+    );
+    for r in results {
+        println!(
+            "{:<22} {:>9.3} {:>12.3} {:>10.3} {:>12.3} {:>9.1}%",
+            r.case,
+            r.decode_ms,
+            r.resize_normalize_ms,
+            r.inference_ms,
+            r.postprocess_ms,
+            r.non_model_percent
+        );
+    }
+}
+
+fn format_name(format: PixelFormat) -> &'static str {
+    match format {
+        PixelFormat::Yuyv => "YUYV",
+        PixelFormat::Nv12 => "NV12",
+        PixelFormat::Mjpeg => "MJPEG",
+        _ => "other",
+    }
+}
+
+/// The photos (JPEG or PNG files) in `dir`, decoded, with their file stems; at least one.
+fn load_photos(dir: &Path) -> anyhow::Result<Vec<(String, RgbImage)>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the --images folder {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+        })
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        anyhow::bail!(
+            "the --images folder {} holds no JPEG or PNG photo",
+            dir.display()
+        );
+    }
+    let mut preprocessor = Preprocessor::new(PreprocessConfig {
+        exact: true,
+        ..PreprocessConfig::default()
+    });
+    paths
+        .iter()
+        .map(|path| {
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+            let photo = preprocessor.decode(&read_image_file(path)?)?.clone();
+            Ok((stem.into_owned(), photo))
+        })
+        .collect()
+}
+
+/// `photo` scaled to cover `width x height`, centered, in `format`.
+fn make_frame(
+    photo: &RgbImage,
+    format: PixelFormat,
+    width: u32,
+    height: u32,
+) -> anyhow::Result<Frame> {
+    let scale = f64::max(
+        f64::from(width) / f64::from(photo.width()),
+        f64::from(height) / f64::from(photo.height()),
+    );
+    let (scaled_w, scaled_h) = (
+        ((f64::from(photo.width()) * scale).ceil() as u32).max(width),
+        ((f64::from(photo.height()) * scale).ceil() as u32).max(height),
+    );
+    let scaled = image::imageops::resize(
+        photo,
+        scaled_w,
+        scaled_h,
+        image::imageops::FilterType::Triangle,
+    );
+    let rgb = image::imageops::crop_imm(
+        &scaled,
+        (scaled_w - width) / 2,
+        (scaled_h - height) / 2,
+        width,
+        height,
+    )
+    .to_image();
+    let data = match format {
+        PixelFormat::Yuyv => to_yuyv(&rgb),
+        PixelFormat::Nv12 => to_nv12(&rgb),
+        _ => {
+            let mut jpeg = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+                .encode_image(&rgb)
+                .context("encoding a benchmark frame as JPEG")?;
+            jpeg
+        }
+    };
+    Ok(Frame {
+        format,
+        width,
+        height,
+        data,
+        captured_at: std::time::SystemTime::now(),
+        seq: 0,
+        origin: format!("bench {width}x{height}"),
+    })
+}
+
+/// BT.601 limited-range Y, Cb, Cr of one RGB pixel (what UVC cameras send).
+fn ycbcr(pixel: &[u8]) -> [f32; 3] {
+    let [r, g, b] = [pixel[0], pixel[1], pixel[2]].map(f32::from);
+    let luma = 0.299 * r + 0.587 * g + 0.114 * b;
+    [
+        16.0 + luma * 219.0 / 255.0,
+        128.0 + (b - luma) / 1.772 * 224.0 / 255.0,
+        128.0 + (r - luma) / 1.402 * 224.0 / 255.0,
+    ]
+}
+
+fn to_byte(value: f32) -> u8 {
+    value.round().clamp(0.0, 255.0) as u8
+}
+
+fn to_yuyv(rgb: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rgb.len() / 3 * 2);
+    for pair in rgb.as_raw().chunks_exact(6) {
+        let (left, right) = (ycbcr(&pair[..3]), ycbcr(&pair[3..]));
+        out.extend_from_slice(&[
+            to_byte(left[0]),
+            to_byte((left[1] + right[1]) / 2.0),
+            to_byte(right[0]),
+            to_byte((left[2] + right[2]) / 2.0),
+        ]);
+    }
+    out
+}
+
+fn to_nv12(rgb: &RgbImage) -> Vec<u8> {
+    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+    let pixels: Vec<[f32; 3]> = rgb.as_raw().chunks_exact(3).map(ycbcr).collect();
+    let mut out: Vec<u8> = pixels.iter().map(|p| to_byte(p[0])).collect();
+    for y in (0..height).step_by(2) {
+        for x in (0..width).step_by(2) {
+            let block = [
+                y * width + x,
+                y * width + x + 1,
+                (y + 1) * width + x,
+                (y + 1) * width + x + 1,
+            ];
+            let (cb, cr) = block.iter().fold((0.0, 0.0), |(cb, cr), &i| {
+                (cb + pixels[i][1], cr + pixels[i][2])
+            });
+            out.extend_from_slice(&[to_byte(cb / 4.0), to_byte(cr / 4.0)]);
+        }
+    }
+    out
+}
