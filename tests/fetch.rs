@@ -1,5 +1,9 @@
 //! `model::fetch` against a real HTTP server on 127.0.0.1 serving a generated fixture.
 
+mod common {
+    pub mod disk;
+}
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -635,4 +639,48 @@ fn fetch_model_command_downloads_verifies_and_quantizes_a_usable_model() {
     assert_eq!(out.status.code(), Some(65), "{stderr}");
     assert!(stderr.contains("deleted"), "{stderr}");
     assert!(dir_entries(&dir.path().join("other")).is_empty());
+}
+
+#[test]
+fn fetch_model_onto_a_full_or_read_only_disk_names_the_path_and_leaves_no_file() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let weights = std::fs::read(fixtures.join("model_tiny_resnet18.safetensors")).expect("fixture");
+    let hash = sha256_hex(&weights);
+    let path = pinned_path();
+    let server = FixtureServer::start(|_| routes(vec![(path.as_str(), Reply::ok(weights))]));
+    // 64 KiB: the download (982 KB) does not fit; 2 MiB read-only: nothing can be written.
+    for read_only in [false, true] {
+        let disk = common::disk::SmallDisk::mount(if read_only { 2 << 20 } else { 64 << 10 });
+        if read_only {
+            disk.make_read_only();
+        }
+        let model = disk.path().join("resnet18-q8_0.gguf");
+        let out = Command::new(env!("CARGO_BIN_EXE_edgeclass"))
+            .args([
+                "fetch-model",
+                "--base-url",
+                &server.base_url(),
+                "--sha256",
+                &hash,
+            ])
+            .arg("--output")
+            .arg(&model)
+            .output()
+            .expect("run fetch-model");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(74),
+            "read-only {read_only}: I/O error\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&disk.path().display().to_string()),
+            "read-only {read_only}: the error names the path\n{stderr}"
+        );
+        assert_eq!(
+            disk.entries(),
+            Vec::<String>::new(),
+            "read-only {read_only}: no partial file is left"
+        );
+    }
 }

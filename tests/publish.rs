@@ -2,6 +2,7 @@
 
 mod common {
     pub mod mosquitto;
+    pub mod tls;
     pub mod wait;
 }
 
@@ -10,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use common::mosquitto::{free_port, write_password_file, Mosquitto, Received, Subscriber};
+use common::tls::make_certificates;
 use edgeclass::capture::CameraId;
 use edgeclass::postprocess::Prediction;
 use edgeclass::publish::{EmbeddedBroker, Event, MqttConfig, PublishError, Publisher};
@@ -783,77 +785,6 @@ async fn unacknowledged_in_flight_events_are_replayed_after_reconnect() {
     .await;
     assert_eq!(seqs, [1, 2, 3, 4]);
     publisher.shutdown(WAIT).await.unwrap();
-}
-
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
-fn make_certificates(dir: &std::path::Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=edgeclass test CA",
-    ];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(dir, &ca);
-    for (name, ext) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        ),
-        ("client", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let subject = format!("/CN=edgeclass-{name}");
-        let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
-        let mut req = vec!["req", "-subj", subject.as_str()];
-        req.extend(ec);
-        req.extend(["-keyout", key.as_str(), "-out", csr.as_str()]);
-        openssl(dir, &req);
-        let (pem, ext) = (format!("{name}.pem"), format!("{name}.ext"));
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "2",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-extfile",
-                &ext,
-                "-out",
-                &pem,
-            ],
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

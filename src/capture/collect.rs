@@ -33,6 +33,9 @@ pub struct Collector {
     bytes: u64,
     /// A cap was reached (and logged): nothing more is saved.
     full: bool,
+    /// The last save failed (and the first failure of this run was logged as a warning): a
+    /// full or read-only disk fails every `every_s`, which must not flood the journal.
+    failing: bool,
     last_attempt: Option<Instant>,
     /// Milliseconds in the last saved name, so two frames of one millisecond get two names.
     last_stamp: u64,
@@ -70,6 +73,7 @@ impl Collector {
             files,
             bytes,
             full: false,
+            failing: false,
             last_attempt: None,
             last_stamp: 0,
             thumbnail: Thumbnail::new(),
@@ -119,6 +123,9 @@ impl Collector {
         let path = self.dir.join(format!("{}-{stamp:013}.jpg", self.camera));
         match write_whole(&self.dir, &path, jpeg) {
             Ok(()) => {
+                if std::mem::take(&mut self.failing) {
+                    log::info!("camera {}: saving frames for labelling again", self.camera);
+                }
                 log::debug!("camera {}: saved {}", self.camera, path.display());
                 self.files += 1;
                 self.bytes += len;
@@ -126,11 +133,20 @@ impl Collector {
                 self.reference = Some(*self.thumbnail.luma());
                 self.fits(1);
             }
-            Err(err) => log::warn!(
+            Err(err) if self.failing => log::debug!(
                 "camera {}: cannot save a frame for labelling as {}: {err}",
                 self.camera,
                 path.display()
             ),
+            Err(err) => {
+                self.failing = true;
+                log::warn!(
+                    "camera {}: cannot save a frame for labelling as {}: {err} (retried every \
+                     collect.every_s, logged again once saving works; classification goes on)",
+                    self.camera,
+                    path.display()
+                );
+            }
         }
     }
 

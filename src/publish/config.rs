@@ -47,6 +47,11 @@ pub struct MqttConfig {
     /// The embedded broker has no authentication: listening beyond loopback needs this set,
     /// to say that anyone on the network may read and publish.
     pub embedded_allow_anonymous: bool,
+    /// The largest MQTT packet the broker accepts (mosquitto's `max_packet_size` or
+    /// `message_size_limit`): MQTT 3.1.1, which rumqttc speaks, does not tell it. A snapshot whose
+    /// packet would be larger is skipped with a warning instead of being sent, since a broker
+    /// that drops the connection over it would get it again after every reconnect.
+    pub max_packet_bytes: usize,
     /// JPEG snapshots of classified frames.
     pub snapshot: SnapshotConfig,
     /// Home Assistant MQTT discovery.
@@ -80,6 +85,13 @@ pub struct DiscoveryConfig {
 /// The biggest MQTT packet is 256 MiB; leave room for the topic and header.
 const MAX_SNAPSHOT_BYTES: usize = 255 * 1024 * 1024;
 
+/// The largest packet MQTT can carry (remaining length 268435455 plus its 5 header bytes).
+pub(crate) const MQTT_MAX_PACKET: usize = 268_435_460;
+
+/// Events, retained state and discovery configs are a few KiB at most; a smaller packet limit
+/// would refuse them too.
+const MIN_PACKET_BYTES: usize = 16 * 1024;
+
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
@@ -99,6 +111,7 @@ impl Default for MqttConfig {
             reconnect_max_ms: 30_000,
             embedded_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
             embedded_allow_anonymous: false,
+            max_packet_bytes: MQTT_MAX_PACKET,
             snapshot: SnapshotConfig::default(),
             discovery: DiscoveryConfig::default(),
         }
@@ -229,6 +242,12 @@ impl MqttConfig {
             return Err(invalid(
                 "mqtt.snapshot.max_bytes",
                 format!("must be 1..={MAX_SNAPSHOT_BYTES}"),
+            ));
+        }
+        if !(MIN_PACKET_BYTES..=MQTT_MAX_PACKET).contains(&self.max_packet_bytes) {
+            return Err(invalid(
+                "mqtt.max_packet_bytes",
+                format!("must be {MIN_PACKET_BYTES}..={MQTT_MAX_PACKET}"),
             ));
         }
         check_topic_part("mqtt.discovery.prefix", &self.discovery.prefix)?;
@@ -501,6 +520,7 @@ mod tests {
                 "mqtt.reconnect_max_ms",
             ),
             ("snapshot = { max_bytes = 0 }", "mqtt.snapshot.max_bytes"),
+            ("max_packet_bytes = 1000", "mqtt.max_packet_bytes"),
             ("[discovery]\nprefix = \"+\"", "mqtt.discovery.prefix"),
             ("[discovery]\nnode_id = \"--\"", "mqtt.discovery.node_id"),
         ];

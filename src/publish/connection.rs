@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    ConnectReturnCode, ConnectionError, LastWill, MqttOptions, QoS, TlsConfiguration, Transport,
+};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
@@ -98,12 +100,73 @@ fn read_certs(
     Ok(certs)
 }
 
+/// The CA bundle an `mqtts://` broker's certificate is verified with.
+pub(crate) fn ca_path(cfg: &MqttConfig) -> PathBuf {
+    cfg.ca_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE))
+}
+
+/// What the user must change when connecting failed because of a setting rather than a broker
+/// that is not up yet: credentials the broker refused, or a broker certificate the CA bundle
+/// (`ca_file`, the one TLS verifies with) does not trust. `None` for everything else.
+pub(crate) fn misconfiguration(error: &ConnectionError, ca_file: &Path) -> Option<String> {
+    match error {
+        ConnectionError::ConnectionRefused(
+            code @ (ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword),
+        ) => Some(format!(
+            "the broker refused the credentials ({code:?}): check mqtt.username and \
+             mqtt.password (or mqtt.password_file)"
+        )),
+        ConnectionError::Tls(tls) => {
+            let certificate =
+                rustls_error(tls).filter(|e| matches!(e, rustls::Error::InvalidCertificate(_)))?;
+            Some(format!(
+                "the broker's TLS certificate is not trusted by mqtt.ca_file {} ({certificate}): \
+                 set mqtt.ca_file to the CA that signed the broker's certificate",
+                ca_file.display()
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The rustls error behind a TLS failure; the handshake reports it inside an `io::Error`.
+fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        let inner = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if inner.is_some() {
+            return inner;
+        }
+        next = error.source();
+    }
+    None
+}
+
+/// The size of the MQTT 3.1.1 PUBLISH packet carrying `payload_len` bytes on `topic`: fixed
+/// header, remaining length, topic, packet id (QoS 1 and 2) and payload.
+pub(crate) fn publish_packet_len(topic: &str, qos: QoS, payload_len: usize) -> usize {
+    let packet_id = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let remaining = 2 + topic.len() + packet_id + payload_len;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
 /// A rustls client config with the ring provider, the CA bundle and optional client auth.
 fn tls_config(cfg: &MqttConfig) -> Result<ClientConfig, PublishError> {
-    let ca_path = cfg
-        .ca_file
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+    let ca_path = ca_path(cfg);
     let mut roots = RootCertStore::empty();
     for cert in read_certs("mqtt.ca_file", &ca_path)? {
         roots
@@ -129,5 +192,42 @@ fn tls_config(cfg: &MqttConfig) -> Result<ClientConfig, PublishError> {
                 .map_err(|e| tls_error("mqtt.client_key", key_path, e))
         }
         _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_packet_len_matches_rumqttc_serialization() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            for payload in [0, 90, 127, 16_000, 16_380, 300_000, 2_097_140, 2_200_000] {
+                let topic = "edgeclass/front_door/snapshot";
+                let mut packet = rumqttc::Publish::new(topic, qos, vec![0u8; payload]);
+                // rumqttc counts the packet id once one is assigned, as it is when written.
+                packet.pkid = 1;
+                assert_eq!(
+                    publish_packet_len(topic, qos, payload),
+                    packet.size(),
+                    "{payload} bytes at {qos:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn refused_credentials_name_the_keys_and_other_refusals_are_not_blamed_on_them() {
+        let ca = Path::new("/etc/edgeclass/ca.pem");
+        let refused = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
+        let problem = misconfiguration(&refused, ca).expect("a credentials problem");
+        assert!(
+            problem.contains("mqtt.username") && problem.contains("mqtt.password"),
+            "{problem}"
+        );
+        let unavailable = ConnectionError::ConnectionRefused(ConnectReturnCode::ServiceUnavailable);
+        assert_eq!(misconfiguration(&unavailable, ca), None);
+        let down = ConnectionError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        assert_eq!(misconfiguration(&down, ca), None);
     }
 }

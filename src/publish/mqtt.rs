@@ -8,7 +8,8 @@
 //! connection error takes them all back (clearing rumqttc's own copies) and re-sends them first
 //! after reconnecting, in order.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,7 +19,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
 use super::config::{MqttConfig, SnapshotConfig};
-use super::connection::{mqtt_options, qos_of, SEND_WINDOW};
+use super::connection::{
+    ca_path, misconfiguration, mqtt_options, publish_packet_len, qos_of, SEND_WINDOW,
+};
 use super::discovery::Announcement;
 use super::outbox::{Message, Outbox};
 use super::{Event, PublishError, Topics};
@@ -35,7 +38,8 @@ pub struct PublishStats {
     pub sent: u64,
     /// Connected to the broker right now.
     pub connected: bool,
-    /// Snapshots not published because they exceeded `snapshot.max_bytes`.
+    /// Snapshots not published because they exceeded `snapshot.max_bytes` or, with topic and
+    /// header, `max_packet_bytes`.
     pub oversized_snapshots: u64,
 }
 
@@ -56,8 +60,11 @@ struct Inner {
     topics: Topics,
     qos: QoS,
     snapshot: SnapshotConfig,
+    max_packet_bytes: usize,
     cameras: Vec<CameraId>,
     broker: String,
+    /// The CA bundle TLS verifies the broker with, named when it does not trust the broker.
+    ca_file: PathBuf,
     reconnect_min: Duration,
     reconnect_max: Duration,
     discovery: Option<Discovery>,
@@ -100,6 +107,8 @@ struct State {
     sent: u64,
     invalid: u64,
     oversized_snapshots: u64,
+    /// Cameras whose oversized snapshot was warned about (once each).
+    oversized_warned: HashSet<CameraId>,
 }
 
 impl State {
@@ -166,6 +175,7 @@ impl Publisher {
             sent: 0,
             invalid: 0,
             oversized_snapshots: 0,
+            oversized_warned: HashSet::new(),
         };
         state.publish_state(Message::state(topics.status(), "online"));
         for message in state.announced.clone() {
@@ -183,8 +193,10 @@ impl Publisher {
             topics,
             qos: qos_of(cfg.qos),
             snapshot: cfg.snapshot.clone(),
+            max_packet_bytes: cfg.max_packet_bytes,
             cameras: cameras.to_vec(),
             broker,
+            ca_file: ca_path(cfg),
             reconnect_min: Duration::from_millis(cfg.reconnect_min_ms),
             reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
             discovery,
@@ -271,18 +283,41 @@ impl Publisher {
     }
 
     /// Queues a JPEG for the retained `<prefix>/<camera>/snapshot` (latest wins). Ignored when
-    /// snapshots are disabled; counted and skipped when larger than `snapshot.max_bytes`.
+    /// snapshots are disabled; counted and skipped (with a warning, once per camera) when larger
+    /// than `snapshot.max_bytes` or when its packet would exceed `max_packet_bytes`.
     pub fn snapshot(&self, camera: &CameraId, jpeg: &[u8]) {
         let inner = &self.inner;
         if !inner.snapshot.enabled {
             return;
         }
+        let topic = inner.topics.snapshot(camera);
+        let packet = publish_packet_len(&topic, inner.qos, jpeg.len());
         let mut state = inner.lock();
-        if jpeg.len() > inner.snapshot.max_bytes {
+        let limit = if jpeg.len() > inner.snapshot.max_bytes {
+            Some(format!(
+                "mqtt.snapshot.max_bytes ({})",
+                inner.snapshot.max_bytes
+            ))
+        } else if packet > inner.max_packet_bytes {
+            Some(format!(
+                "mqtt.max_packet_bytes ({}) as a {packet}-byte packet",
+                inner.max_packet_bytes
+            ))
+        } else {
+            None
+        };
+        if let Some(limit) = limit {
             state.oversized_snapshots += 1;
+            if state.oversized_warned.insert(camera.clone()) {
+                log::warn!(
+                    "camera {camera}: a {}-byte snapshot exceeds {limit}: not published \
+                     (later ones over the limit are skipped without this warning; events go on)",
+                    jpeg.len()
+                );
+            }
             return;
         }
-        state.publish_state(Message::state(inner.topics.snapshot(camera), jpeg));
+        state.publish_state(Message::state(topic, jpeg));
         drop(state);
         inner.wake.notify_one();
     }
@@ -521,12 +556,22 @@ async fn drive(inner: Arc<Inner>, mut eventloop: EventLoop) {
             Err(e) => {
                 let was_connected = inner.lock().connected;
                 inner.on_disconnected(&mut eventloop);
+                let problem = misconfiguration(&e, &inner.ca_file);
                 if was_connected {
                     log::warn!("MQTT connection to {} lost: {e}", inner.broker);
-                } else if backoff == inner.reconnect_min {
-                    log::warn!("connecting to MQTT broker {}: {e}; retrying", inner.broker);
-                } else {
+                } else if backoff != inner.reconnect_min {
                     log::debug!("connecting to MQTT broker {}: {e}", inner.broker);
+                } else if let Some(problem) = problem {
+                    // Said once until a connection succeeds; retrying stays on the backoff, as a
+                    // fixed broker (or fixed password on its side) must be picked up unattended.
+                    log::error!(
+                        "connecting to MQTT broker {}: {problem}; retrying with backoff up to \
+                         mqtt.reconnect_max_ms ({} ms)",
+                        inner.broker,
+                        inner.reconnect_max.as_millis()
+                    );
+                } else {
+                    log::warn!("connecting to MQTT broker {}: {e}; retrying", inner.broker);
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(inner.reconnect_max);
