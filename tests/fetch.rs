@@ -436,7 +436,10 @@ fn truncated_body_fails_keeps_the_partial_file_and_the_next_call_resumes_it() {
             if_range: Some("\"v1\"".to_owned()),
         }
     );
-    assert_eq!(server.served() - served_before, FIXTURE_LEN - FIXTURE_LEN / 3);
+    assert_eq!(
+        server.served() - served_before,
+        FIXTURE_LEN - FIXTURE_LEN / 3
+    );
     assert_eq!(std::fs::read(&dest).expect("read dest"), full);
     assert_eq!(dir_entries(dir.path()), ["model.safetensors"]);
 }
@@ -806,4 +809,246 @@ fn fetch_model_onto_a_full_or_read_only_disk_names_the_path_and_leaves_no_file()
             "read-only {read_only}: no partial file is left"
         );
     }
+}
+
+/// Where the first, killed `fetch-model` stalls: well inside the file.
+const STALL_AT: usize = FIXTURE_LEN * 2 / 5;
+
+/// `edgeclass fetch-model` writing the fixture's download to `model` (a `.safetensors` output
+/// is the verified download itself, so nothing but the download runs).
+fn fetch_model_command(server: &FixtureServer, model: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_edgeclass"));
+    command
+        .args(["fetch-model", "--base-url", &server.base_url(), "--sha256"])
+        .arg(sha256_hex(&fixture()))
+        .arg("--output")
+        .arg(model);
+    command
+}
+
+/// Starts `fetch-model` against `server`, whose answer stalls after [`STALL_AT`] bytes, waits
+/// until they are in the partial file and kills the process with SIGKILL, as systemd's start
+/// timeout would. Returns the partial file.
+fn fetch_model_killed_mid_download(server: &FixtureServer, model: &Path) -> PathBuf {
+    let partial = model.with_file_name(partial_name(&sha256_hex(&fixture())));
+    let mut child = fetch_model_command(server, model)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run fetch-model");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&partial).map_or(0, |meta| meta.len()) < STALL_AT as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {STALL_AT} bytes in {} within 60 s",
+            partial.display()
+        );
+        assert!(
+            child.try_wait().expect("poll fetch-model").is_none(),
+            "fetch-model ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL fetch-model");
+    child.wait().expect("reap fetch-model");
+    partial
+}
+
+/// Runs `fetch-model` to the end and checks it succeeded with the right file and nothing else
+/// left in the directory.
+fn fetch_model_completes(server: &FixtureServer, model: &Path) {
+    let out = fetch_model_command(server, model)
+        .output()
+        .expect("run fetch-model");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::read(model).expect("read model"), fixture());
+    assert_eq!(
+        dir_entries(model.parent().expect("model dir")),
+        ["model.safetensors"],
+        "the partial file and its sidecar are gone"
+    );
+}
+
+fn stalling(etag: &'static str, body: Vec<u8>) -> Reply {
+    Reply {
+        etag: Some(etag),
+        honour_range: true,
+        stall_at: Some(STALL_AT),
+        ..Reply::ok(body)
+    }
+}
+
+/// Issue #15: systemd kills the first start on a slow link; the next start continues the
+/// download instead of starting from zero.
+#[test]
+fn fetch_model_killed_mid_download_resumes_on_the_next_run() {
+    let path = pinned_path();
+    let server =
+        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.safetensors");
+
+    let partial = fetch_model_killed_mid_download(&server, &model);
+    let partial_mode = std::fs::metadata(&partial).expect("partial").permissions();
+    server.set_route(
+        &path,
+        Reply {
+            stall_at: None,
+            ..stalling("\"v1\"", fixture())
+        },
+    );
+    fetch_model_completes(&server, &model);
+
+    assert_eq!(
+        server.seen(),
+        [
+            Seen {
+                range: None,
+                if_range: None
+            },
+            Seen {
+                range: Some(STALL_AT),
+                if_range: Some("\"v1\"".to_owned())
+            }
+        ]
+    );
+    assert_eq!(server.served(), FIXTURE_LEN, "each byte is sent once");
+    use std::os::unix::fs::PermissionsExt;
+    let model_mode = std::fs::metadata(&model).expect("model").permissions();
+    assert_eq!(
+        partial_mode.mode() & 0o777,
+        model_mode.mode() & 0o777,
+        "the partial file is as readable as the model, no more"
+    );
+}
+
+/// The partial file is locked while a download runs: a second `fetch-model` fails at once with
+/// EX_TEMPFAIL and leaves the first one's bytes alone.
+#[test]
+fn a_second_fetch_model_during_a_download_fails_with_tempfail() {
+    let path = pinned_path();
+    let server =
+        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.safetensors");
+    let partial = model.with_file_name(partial_name(&sha256_hex(&fixture())));
+    let mut first = fetch_model_command(&server, &model)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run fetch-model");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&partial).map_or(0, |meta| meta.len()) < STALL_AT as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first download stalled early"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let second = fetch_model_command(&server, &model)
+        .output()
+        .expect("run the second fetch-model");
+    first.kill().expect("SIGKILL the first fetch-model");
+    first.wait().expect("reap the first fetch-model");
+
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("another process is downloading")
+            && stderr.contains(&*partial.to_string_lossy()),
+        "{stderr}"
+    );
+    assert_eq!(
+        server.requests(),
+        1,
+        "the second process asked the server nothing"
+    );
+    assert_eq!(
+        std::fs::metadata(&partial).expect("partial").len(),
+        STALL_AT as u64
+    );
+}
+
+/// The file on the server changed since the partial download (another ETag): `If-Range` makes
+/// the server send the whole new file, which is not stitched onto the old prefix.
+#[test]
+fn a_partial_download_of_a_file_since_changed_on_the_server_starts_over() {
+    let path = pinned_path();
+    let mut old = fixture();
+    old.reverse();
+    let server = FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v0\"", old))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.safetensors");
+
+    fetch_model_killed_mid_download(&server, &model);
+    server.set_route(
+        &path,
+        Reply {
+            stall_at: None,
+            ..stalling("\"v1\"", fixture())
+        },
+    );
+    fetch_model_completes(&server, &model);
+
+    // One request for the new file: no stitched file failing its checksum and fetched again.
+    assert_eq!(
+        server.seen()[1..],
+        [Seen {
+            range: Some(STALL_AT),
+            if_range: Some("\"v0\"".to_owned())
+        }]
+    );
+    assert_eq!(server.served(), STALL_AT + FIXTURE_LEN);
+}
+
+/// A damaged prefix (a power cut, a bad SD card) fails the SHA-256 after resuming: the file is
+/// downloaded once more from the start, and the partial file is gone afterwards.
+#[test]
+fn a_corrupt_partial_download_is_fetched_once_more_from_the_start() {
+    let path = pinned_path();
+    let server =
+        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.safetensors");
+
+    let partial = fetch_model_killed_mid_download(&server, &model);
+    let mut bytes = std::fs::read(&partial).expect("partial");
+    bytes[STALL_AT / 2] ^= 0x01;
+    std::fs::write(&partial, bytes).expect("damage the partial file");
+    server.set_route(
+        &path,
+        Reply {
+            stall_at: None,
+            ..stalling("\"v1\"", fixture())
+        },
+    );
+    fetch_model_completes(&server, &model);
+
+    // Killed run, the resumed request, one download from the start.
+    let ranges: Vec<Option<usize>> = server.seen().iter().map(|seen| seen.range).collect();
+    assert_eq!(ranges, [None, Some(STALL_AT), None]);
+}
+
+/// A server that ignores Range answers 200 with the whole file: it replaces the prefix.
+#[test]
+fn a_server_ignoring_range_gets_the_partial_download_replaced() {
+    let path = pinned_path();
+    let server =
+        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.safetensors");
+
+    fetch_model_killed_mid_download(&server, &model);
+    server.set_route(
+        &path,
+        Reply {
+            etag: Some("\"v1\""),
+            ..Reply::ok(fixture())
+        },
+    );
+    fetch_model_completes(&server, &model);
+
+    let ranges: Vec<Option<usize>> = server.seen().iter().map(|seen| seen.range).collect();
+    assert_eq!(ranges, [None, Some(STALL_AT)]);
+    assert_eq!(server.served(), STALL_AT + FIXTURE_LEN);
 }

@@ -608,7 +608,8 @@ impl PartialDownload {
         self.file
             .sync_all()
             .map_err(io_error("flushing", &self.path))?;
-        fs::rename(&self.path, dest).map_err(io_error("renaming the verified download onto", dest))?;
+        fs::rename(&self.path, dest)
+            .map_err(io_error("renaming the verified download onto", dest))?;
         remove_best_effort(&self.meta_path);
         // The rename itself is durable only once the directory is synced; losing it would
         // merely mean downloading again, so a failure here is not worth failing the whole fetch.
@@ -682,9 +683,7 @@ impl Validators {
     /// False when a validator both sides know differs: a server that ignores `If-Range` but
     /// answers a Range request for a changed file.
     fn same_file_as(&self, earlier: &Self) -> bool {
-        let differs = |now: &Option<String>, then: &Option<String>| {
-            matches!((now, then), (Some(now), Some(then)) if now != then)
-        };
+        let differs = |now: &Option<String>, then: &Option<String>| matches!((now, then), (Some(now), Some(then)) if now != then);
         !differs(&self.etag, &earlier.etag) && !differs(&self.last_modified, &earlier.last_modified)
     }
 
