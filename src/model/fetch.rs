@@ -944,6 +944,56 @@ mod tests {
     }
 
     #[test]
+    fn sidecar_round_trips_and_rejects_another_url_or_damage() {
+        let url = "http://127.0.0.1:8080/timm/r/resolve/abc/model.safetensors";
+        let validators = Validators {
+            etag: Some("\"v1\"".to_owned()),
+            last_modified: Some("Wed, 02 Dec 2026 10:00:00 GMT".to_owned()),
+            length: Some(46_807_446),
+        };
+        let text = validators.sidecar(url);
+        assert_eq!(
+            Validators::parse_sidecar(&text, url),
+            Some(validators.clone())
+        );
+        assert_eq!(Validators::parse_sidecar(&text, "http://other/x"), None);
+        assert_eq!(
+            Validators::parse_sidecar(&text.replace("length 46807446", "length 46x"), url),
+            None
+        );
+        assert_eq!(Validators::parse_sidecar("", url), None);
+        let bare = Validators::default();
+        assert_eq!(
+            Validators::parse_sidecar(&bare.sidecar(url), url),
+            Some(bare)
+        );
+    }
+
+    #[test]
+    fn if_range_uses_a_strong_etag_else_last_modified() {
+        let date = "Wed, 02 Dec 2026 10:00:00 GMT";
+        let strong = Validators {
+            etag: Some("\"v1\"".to_owned()),
+            last_modified: Some(date.to_owned()),
+            length: None,
+        };
+        assert_eq!(strong.if_range(), Some("\"v1\""));
+        let weak = Validators {
+            etag: Some("W/\"v1\"".to_owned()),
+            ..strong.clone()
+        };
+        assert_eq!(weak.if_range(), Some(date));
+        assert_eq!(Validators::default().if_range(), None);
+        // Validators only one side knows do not count as a change.
+        assert!(strong.same_file_as(&Validators::default()));
+        let changed = Validators {
+            etag: Some("\"v2\"".to_owned()),
+            ..strong.clone()
+        };
+        assert!(!changed.same_file_as(&strong));
+    }
+
+    #[test]
     fn sha256_hex_is_lowercase_and_zero_padded() {
         // FIPS 180-2's "abc" vector: its digest has bytes below 0x10 (01, 03, 00) and above 0x9f.
         let dir = tempfile::tempdir().unwrap();
