@@ -529,6 +529,8 @@ impl PartialDownload {
             .read(true)
             .write(true)
             .create(true)
+            // The bytes of an earlier attempt are what gets resumed.
+            .truncate(false)
             .mode(0o644)
             .open(&path)
             .map_err(io_error("opening the partial download", &path))?;
