@@ -331,10 +331,7 @@ fn fetch_rest(
                 "{url} cannot continue the partial download at {offset} bytes (HTTP 416); \
                  starting it over"
             );
-            partial.restart(url, &Validators::default())?;
-            validators = Validators::default();
-            hasher = Sha256::new();
-            reporter.rewind_to(0);
+            validators = start_over(partial, url, Validators::default(), &mut hasher, reporter)?;
             continue;
         }
         if !response.status().is_success() {
@@ -356,10 +353,8 @@ fn fetch_rest(
                 // A 206 we did not ask for (another range, or another ETag): its body does not
                 // continue the prefix, and the next request starts over.
                 log::warn!("{url} answered the Range request with another part; starting over");
-                partial.restart(url, &Validators::default())?;
-                validators = Validators::default();
-                hasher = Sha256::new();
-                reporter.rewind_to(0);
+                validators =
+                    start_over(partial, url, Validators::default(), &mut hasher, reporter)?;
                 if attempt < DOWNLOAD_ATTEMPTS {
                     continue;
                 }
@@ -372,10 +367,7 @@ fn fetch_rest(
                 log::info!("{url} sent the whole file again (HTTP {status}); starting over");
             }
             // A fresh start: the prefix on disk, if any, is from another answer.
-            validators = answered;
-            partial.restart(url, &validators)?;
-            hasher = Sha256::new();
-            reporter.rewind_to(0);
+            validators = start_over(partial, url, answered, &mut hasher, reporter)?;
         }
         let offset = reporter.done;
         let expected_len = validators.length.or(source.size);
@@ -487,6 +479,20 @@ fn http_agent() -> ureq::Agent {
         .user_agent(concat!("edgeclass/", env!("CARGO_PKG_VERSION")))
         .build()
         .new_agent()
+}
+
+/// Empties `partial` for a download from byte 0 recorded with `validators`, and returns them.
+fn start_over(
+    partial: &mut PartialDownload,
+    url: &str,
+    validators: Validators,
+    hasher: &mut Sha256,
+    reporter: &mut Progress,
+) -> Result<Validators, FetchError> {
+    partial.restart(url, &validators)?;
+    *hasher = Sha256::new();
+    reporter.rewind_to(0);
+    Ok(validators)
 }
 
 /// Partial files are hidden siblings of the destination: `.model.safetensors.<tag>.part`.
