@@ -7,6 +7,7 @@ mod common {
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -869,6 +870,16 @@ fn fetch_model_completes(server: &FixtureServer, model: &Path) {
     );
 }
 
+/// This process's umask, from /proc (Linux 4.7+).
+fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Umask:"))
+        .expect("Umask line in /proc/self/status");
+    u32::from_str_radix(line.trim(), 8).expect("octal umask")
+}
+
 fn stalling(etag: &'static str, body: Vec<u8>) -> Reply {
     Reply {
         etag: Some(etag),
@@ -913,13 +924,9 @@ fn fetch_model_killed_mid_download_resumes_on_the_next_run() {
         ]
     );
     assert_eq!(server.served(), FIXTURE_LEN, "each byte is sent once");
-    use std::os::unix::fs::PermissionsExt;
-    let model_mode = std::fs::metadata(&model).expect("model").permissions();
-    assert_eq!(
-        partial_mode.mode() & 0o777,
-        model_mode.mode() & 0o777,
-        "the partial file is as readable as the model, no more"
-    );
+    // The mode the model has always had (tempfile's 0644, less the umask): readable by the
+    // daemon's user when root fetched it, writable by no one else.
+    assert_eq!(partial_mode.mode() & 0o777, 0o644 & !umask());
 }
 
 /// The partial file is locked while a download runs: a second `fetch-model` fails at once with
