@@ -1059,3 +1059,33 @@ fn a_server_ignoring_range_gets_the_partial_download_replaced() {
     assert_eq!(ranges, [None, Some(STALL_AT)]);
     assert_eq!(server.served(), STALL_AT + FIXTURE_LEN);
 }
+
+/// A partial file longer than the file on the server (damaged) gets 416 for its Range request:
+/// it is discarded and the file downloaded from the start.
+#[test]
+fn a_partial_download_longer_than_the_file_gets_416_and_starts_over() {
+    let path = pinned_path();
+    let server =
+        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.safetensors");
+
+    let partial = fetch_model_killed_mid_download(&server, &model);
+    let too_long = FIXTURE_LEN + 1000;
+    std::fs::File::options()
+        .write(true)
+        .open(&partial)
+        .and_then(|file| file.set_len(too_long as u64))
+        .expect("lengthen the partial file");
+    server.set_route(
+        &path,
+        Reply {
+            stall_at: None,
+            ..stalling("\"v1\"", fixture())
+        },
+    );
+    fetch_model_completes(&server, &model);
+
+    let ranges: Vec<Option<usize>> = server.seen().iter().map(|seen| seen.range).collect();
+    assert_eq!(ranges, [None, Some(too_long), None]);
+}
