@@ -20,6 +20,8 @@ pub enum Sysexit {
     Software = 70,
     /// An error occurred while doing I/O on some file (EX_IOERR).
     IoErr = 74,
+    /// Temporary failure, try again later: another process holds a lock (EX_TEMPFAIL).
+    TempFail = 75,
     /// Configuration error (EX_CONFIG): systemd's and scripts' cue not to restart in a loop.
     Config = 78,
 }
@@ -44,6 +46,7 @@ mod tests {
             (Sysexit::Unavailable, 69),
             (Sysexit::Software, 70),
             (Sysexit::IoErr, 74),
+            (Sysexit::TempFail, 75),
             (Sysexit::Config, 78),
         ];
         for (sysexit, code) in codes {

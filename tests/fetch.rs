@@ -5,12 +5,13 @@ mod common {
 }
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -60,9 +61,15 @@ struct Reply {
     body: Vec<u8>,
     /// `Content-Length` to announce; `None` announces none (the body ends at connection close).
     content_length: Option<usize>,
-    /// Honour `Range: bytes=N-` (206 with the rest); without one, drop the connection after
-    /// this many bytes (a flaky link).
-    resumable_cut_at: Option<usize>,
+    /// Sent as `ETag` when set.
+    etag: Option<&'static str>,
+    /// Honour `Range: bytes=N-` (206 with the rest) unless an `If-Range` names another ETag.
+    honour_range: bool,
+    /// Drop the connection after this many bytes of a whole-file answer (a flaky link).
+    cut_at: Option<usize>,
+    /// Send this many bytes of a whole-file answer, then nothing until the client goes away (a
+    /// link too slow to finish before the client is killed).
+    stall_at: Option<usize>,
 }
 
 impl Reply {
@@ -72,7 +79,10 @@ impl Reply {
             headers: Vec::new(),
             content_length: Some(body.len()),
             body,
-            resumable_cut_at: None,
+            etag: None,
+            honour_range: false,
+            cut_at: None,
+            stall_at: None,
         }
     }
 
@@ -82,15 +92,28 @@ impl Reply {
             headers: vec![format!("Location: {location}")],
             body: Vec::new(),
             content_length: Some(0),
-            resumable_cut_at: None,
+            ..Self::ok(Vec::new())
         }
     }
 }
 
-/// A one-request-per-connection HTTP/1.1 server on 127.0.0.1 that counts requests.
+/// The headers of one request that matter for resuming.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    /// N of `Range: bytes=N-`.
+    range: Option<usize>,
+    if_range: Option<String>,
+}
+
+type Routes = Arc<Mutex<HashMap<String, Reply>>>;
+
+/// A one-request-per-connection HTTP/1.1 server on 127.0.0.1 that records requests and counts
+/// the body bytes it sends.
 struct FixtureServer {
     addr: SocketAddr,
-    requests: Arc<AtomicUsize>,
+    routes: Routes,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    served: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -100,28 +123,49 @@ impl FixtureServer {
     fn start(routes: impl FnOnce(&str) -> HashMap<String, Reply>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
-        let routes = routes(&format!("http://{addr}"));
-        let requests = Arc::new(AtomicUsize::new(0));
+        let routes = Arc::new(Mutex::new(routes(&format!("http://{addr}"))));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let served = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (requests, stop) = (requests.clone(), stop.clone());
+            let (routes, seen, served, stop) =
+                (routes.clone(), seen.clone(), served.clone(), stop.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     if let Ok(stream) = stream {
-                        serve_one(stream, &routes, &requests);
+                        serve_one(stream, &routes, &seen, &served);
                     }
                 }
             })
         };
         Self {
             addr,
-            requests,
+            routes,
+            seen,
+            served,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// What the server answers for `path` from now on (the file changed on the server).
+    fn set_route(&self, path: &str, reply: Reply) {
+        self.routes
+            .lock()
+            .expect("routes lock")
+            .insert(path.to_owned(), reply);
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen lock").clone()
+    }
+
+    /// Body bytes sent so far, over all requests.
+    fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
     }
 
     fn base_url(&self) -> String {
@@ -129,7 +173,7 @@ impl FixtureServer {
     }
 
     fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
+        self.seen.lock().expect("seen lock").len()
     }
 }
 
@@ -144,7 +188,7 @@ impl Drop for FixtureServer {
     }
 }
 
-fn serve_one(stream: TcpStream, routes: &HashMap<String, Reply>, requests: &AtomicUsize) {
+fn serve_one(stream: TcpStream, routes: &Routes, seen: &Mutex<Vec<Seen>>, served: &AtomicUsize) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut reader = BufReader::new(&stream);
     let mut request_line = String::new();
@@ -153,40 +197,75 @@ fn serve_one(stream: TcpStream, routes: &HashMap<String, Reply>, requests: &Atom
     }
     // Consume the headers so closing the socket sends FIN, not RST.
     let mut line = String::new();
-    let mut range_start = None;
+    let mut request = Seen {
+        range: None,
+        if_range: None,
+    };
     while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-        if let Some(spec) = line
-            .trim()
-            .to_ascii_lowercase()
-            .strip_prefix("range: bytes=")
-        {
-            range_start = spec.trim_end_matches('-').parse::<usize>().ok();
+        if let Some((name, value)) = line.trim().split_once(':') {
+            let value = value.trim();
+            match name.to_ascii_lowercase().as_str() {
+                "range" => {
+                    request.range = value
+                        .strip_prefix("bytes=")
+                        .and_then(|spec| spec.trim_end_matches('-').parse::<usize>().ok());
+                }
+                "if-range" => request.if_range = Some(value.to_owned()),
+                _ => {}
+            }
         }
         line.clear();
     }
-    requests.fetch_add(1, Ordering::SeqCst);
+    seen.lock().expect("seen lock").push(request.clone());
     let path = request_line.split_whitespace().nth(1).unwrap_or("");
     let not_found = Reply {
         status: "404 Not Found",
-        headers: Vec::new(),
         body: b"Entry not found".to_vec(),
         content_length: Some(15),
-        resumable_cut_at: None,
+        ..Reply::ok(Vec::new())
     };
-    let mut reply = routes.get(path).unwrap_or(&not_found).clone();
-    if let Some(cut_at) = reply.resumable_cut_at {
-        let full = reply.body.len();
-        match range_start {
-            Some(start) => {
-                reply.status = "206 Partial Content";
-                reply
-                    .headers
-                    .push(format!("Content-Range: bytes {start}-{}/{full}", full - 1));
-                reply.body = reply.body[start..].to_vec();
-                reply.content_length = Some(reply.body.len());
-            }
-            None => reply.body.truncate(cut_at),
+    let mut reply = routes
+        .lock()
+        .expect("routes lock")
+        .get(path)
+        .unwrap_or(&not_found)
+        .clone();
+    let range = request.range.filter(|_| {
+        reply.honour_range
+            && request
+                .if_range
+                .as_deref()
+                .is_none_or(|validator| Some(validator) == reply.etag)
+    });
+    let full = reply.body.len();
+    let mut stall = false;
+    match range {
+        Some(start) if start < full => {
+            reply.status = "206 Partial Content";
+            reply
+                .headers
+                .push(format!("Content-Range: bytes {start}-{}/{full}", full - 1));
+            reply.body = reply.body[start..].to_vec();
+            reply.content_length = Some(reply.body.len());
         }
+        Some(_) => {
+            reply.status = "416 Range Not Satisfiable";
+            reply.headers.push(format!("Content-Range: bytes */{full}"));
+            reply.body.clear();
+            reply.content_length = Some(0);
+        }
+        None => {
+            if let Some(cut_at) = reply.cut_at {
+                reply.body.truncate(cut_at);
+            }
+            if let Some(stall_at) = reply.stall_at {
+                reply.body.truncate(stall_at);
+                stall = true;
+            }
+        }
+    }
+    if let Some(etag) = reply.etag {
+        reply.headers.push(format!("ETag: {etag}"));
     }
     let mut head = format!("HTTP/1.1 {}\r\nConnection: close\r\n", reply.status);
     for header in &reply.headers {
@@ -199,8 +278,15 @@ fn serve_one(stream: TcpStream, routes: &HashMap<String, Reply>, requests: &Atom
     head.push_str("\r\n");
     let mut stream = &stream;
     let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&reply.body);
+    if stream.write_all(&reply.body).is_ok() {
+        served.fetch_add(reply.body.len(), Ordering::SeqCst);
+    }
     let _ = stream.flush();
+    if stall {
+        // Nothing more until the client goes away (it sends nothing, so this read ends when its
+        // socket closes, or at the read timeout).
+        let _ = (&mut stream).read(&mut [0u8; 1]);
+    }
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
@@ -288,36 +374,75 @@ fn corrupted_file_is_deleted_and_reported_as_a_checksum_error() {
     assert_eq!(exit_code(err), 65);
 }
 
+/// The hidden partial file a download of `model.safetensors` expecting `sha256` writes into.
+fn partial_name(sha256: &str) -> String {
+    format!(".model.safetensors.{}.part", &sha256[..8])
+}
+
+/// A truncated answer fails, the bytes received stay in the partial file (with its sidecar), and
+/// the next call asks only for the rest.
 #[test]
-fn truncated_body_fails_and_leaves_nothing_behind() {
+fn truncated_body_fails_keeps_the_partial_file_and_the_next_call_resumes_it() {
     let full = fixture();
     let truncated = Reply {
         content_length: Some(full.len()),
         body: full[..FIXTURE_LEN / 3].to_vec(),
+        etag: Some("\"v1\""),
         ..Reply::ok(Vec::new())
     };
     let server = FixtureServer::start(|_| routes(vec![(FILE_PATH, truncated)]));
     let dir = tempfile::tempdir().expect("tempdir");
     let dest = dir.path().join("model.safetensors");
+    let source = source_for(&server);
+    let partial = partial_name(&source.sha256);
 
-    let err = download(&source_for(&server), &dest, false).expect_err("truncated must fail");
+    let err = download(&source, &dest, false).expect_err("truncated must fail");
 
     match &err {
         FetchError::Truncated {
             expected_len, got, ..
-        } => {
-            assert_eq!(*expected_len, FIXTURE_LEN as u64);
-            assert!(*got < FIXTURE_LEN as u64, "got {got}");
-        }
+        } => assert_eq!(
+            (*expected_len, *got),
+            (FIXTURE_LEN as u64, FIXTURE_LEN as u64 / 3)
+        ),
         other => panic!("expected a truncation error, got {other:?}"),
     }
-    assert!(err.to_string().contains("deleted"), "{err}");
-    assert!(
-        dir_entries(dir.path()).is_empty(),
-        "{:?}",
-        dir_entries(dir.path())
-    );
+    assert!(err.to_string().contains("resumes"), "{err}");
     assert_eq!(exit_code(err), 65);
+    assert_eq!(
+        dir_entries(dir.path()),
+        [partial.clone(), format!("{partial}.meta")]
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join(&partial)).expect("partial file"),
+        full[..FIXTURE_LEN / 3]
+    );
+
+    server.set_route(
+        FILE_PATH,
+        Reply {
+            etag: Some("\"v1\""),
+            honour_range: true,
+            ..Reply::ok(full.clone())
+        },
+    );
+    let served_before = server.served();
+    download(&source, &dest, false).expect("resumed download");
+
+    let last = server.seen().pop().expect("a request");
+    assert_eq!(
+        last,
+        Seen {
+            range: Some(FIXTURE_LEN / 3),
+            if_range: Some("\"v1\"".to_owned()),
+        }
+    );
+    assert_eq!(
+        server.served() - served_before,
+        FIXTURE_LEN - FIXTURE_LEN / 3
+    );
+    assert_eq!(std::fs::read(&dest).expect("read dest"), full);
+    assert_eq!(dir_entries(dir.path()), ["model.safetensors"]);
 }
 
 #[test]
@@ -331,8 +456,9 @@ fn body_shorter_than_the_expected_size_without_content_length_is_truncated() {
     let server = FixtureServer::start(|_| routes(vec![(FILE_PATH, short)]));
     let dir = tempfile::tempdir().expect("tempdir");
     let dest = dir.path().join("model.safetensors");
+    let source = source_for(&server);
 
-    let err = download(&source_for(&server), &dest, false).expect_err("short must fail");
+    let err = download(&source, &dest, false).expect_err("short must fail");
 
     match err {
         FetchError::Truncated {
@@ -343,10 +469,10 @@ fn body_shorter_than_the_expected_size_without_content_length_is_truncated() {
         ),
         other => panic!("expected a truncation error, got {other:?}"),
     }
-    assert!(
-        dir_entries(dir.path()).is_empty(),
-        "{:?}",
-        dir_entries(dir.path())
+    let partial = partial_name(&source.sha256);
+    assert_eq!(
+        dir_entries(dir.path()),
+        [partial.clone(), format!("{partial}.meta")]
     );
 }
 
@@ -355,7 +481,8 @@ fn body_shorter_than_the_expected_size_without_content_length_is_truncated() {
 #[test]
 fn a_dropped_connection_is_resumed_with_a_range_request() {
     let flaky = Reply {
-        resumable_cut_at: Some(FIXTURE_LEN / 3),
+        honour_range: true,
+        cut_at: Some(FIXTURE_LEN / 3),
         ..Reply::ok(fixture())
     };
     let server = FixtureServer::start(|_| routes(vec![(FILE_PATH, flaky)]));
@@ -683,4 +810,282 @@ fn fetch_model_onto_a_full_or_read_only_disk_names_the_path_and_leaves_no_file()
             "read-only {read_only}: no partial file is left"
         );
     }
+}
+
+/// Where the first, killed `fetch-model` stalls: well inside the file.
+const STALL_AT: usize = FIXTURE_LEN * 2 / 5;
+
+/// `edgeclass fetch-model` writing the fixture's download to `model` (a `.safetensors` output
+/// is the verified download itself, so nothing but the download runs).
+fn fetch_model_command(server: &FixtureServer, model: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_edgeclass"));
+    command
+        .args(["fetch-model", "--base-url", &server.base_url(), "--sha256"])
+        .arg(sha256_hex(&fixture()))
+        .arg("--output")
+        .arg(model);
+    command
+}
+
+/// Starts `fetch-model` against `server`, whose answer stalls after [`STALL_AT`] bytes, waits
+/// until they are in the partial file and kills the process with SIGKILL, as systemd's start
+/// timeout would. Returns the partial file.
+fn fetch_model_killed_mid_download(server: &FixtureServer, model: &Path) -> PathBuf {
+    let partial = model.with_file_name(partial_name(&sha256_hex(&fixture())));
+    let mut child = fetch_model_command(server, model)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run fetch-model");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&partial).map_or(0, |meta| meta.len()) < STALL_AT as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {STALL_AT} bytes in {} within 60 s",
+            partial.display()
+        );
+        assert!(
+            child.try_wait().expect("poll fetch-model").is_none(),
+            "fetch-model ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL fetch-model");
+    child.wait().expect("reap fetch-model");
+    partial
+}
+
+/// Runs `fetch-model` to the end and checks it succeeded with the right file and nothing else
+/// left in the directory.
+fn fetch_model_completes(server: &FixtureServer, model: &Path) {
+    let out = fetch_model_command(server, model)
+        .output()
+        .expect("run fetch-model");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::read(model).expect("read model"), fixture());
+    assert_eq!(
+        dir_entries(model.parent().expect("model dir")),
+        ["model.safetensors"],
+        "the partial file and its sidecar are gone"
+    );
+}
+
+/// This process's umask, from /proc (Linux 4.7+).
+fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Umask:"))
+        .expect("Umask line in /proc/self/status");
+    u32::from_str_radix(line.trim(), 8).expect("octal umask")
+}
+
+fn stalling(etag: &'static str, body: Vec<u8>) -> Reply {
+    Reply {
+        etag: Some(etag),
+        honour_range: true,
+        stall_at: Some(STALL_AT),
+        ..Reply::ok(body)
+    }
+}
+
+/// Issue #15: systemd kills the first start on a slow link; the next start continues the
+/// download instead of starting from zero.
+#[test]
+fn fetch_model_killed_mid_download_resumes_on_the_next_run() {
+    let path = pinned_path();
+    let server =
+        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.safetensors");
+
+    let partial = fetch_model_killed_mid_download(&server, &model);
+    let partial_mode = std::fs::metadata(&partial).expect("partial").permissions();
+    server.set_route(
+        &path,
+        Reply {
+            stall_at: None,
+            ..stalling("\"v1\"", fixture())
+        },
+    );
+    fetch_model_completes(&server, &model);
+
+    assert_eq!(
+        server.seen(),
+        [
+            Seen {
+                range: None,
+                if_range: None
+            },
+            Seen {
+                range: Some(STALL_AT),
+                if_range: Some("\"v1\"".to_owned())
+            }
+        ]
+    );
+    assert_eq!(server.served(), FIXTURE_LEN, "each byte is sent once");
+    // The mode the model has always had (tempfile's 0644, less the umask): readable by the
+    // daemon's user when root fetched it, writable by no one else.
+    assert_eq!(partial_mode.mode() & 0o777, 0o644 & !umask());
+}
+
+/// The partial file is locked while a download runs: a second `fetch-model` fails at once with
+/// EX_TEMPFAIL and leaves the first one's bytes alone.
+#[test]
+fn a_second_fetch_model_during_a_download_fails_with_tempfail() {
+    let path = pinned_path();
+    let server =
+        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.safetensors");
+    let partial = model.with_file_name(partial_name(&sha256_hex(&fixture())));
+    let mut first = fetch_model_command(&server, &model)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run fetch-model");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&partial).map_or(0, |meta| meta.len()) < STALL_AT as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first download stalled early"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let second = fetch_model_command(&server, &model)
+        .output()
+        .expect("run the second fetch-model");
+    first.kill().expect("SIGKILL the first fetch-model");
+    first.wait().expect("reap the first fetch-model");
+
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("another process is downloading")
+            && stderr.contains(&*partial.to_string_lossy()),
+        "{stderr}"
+    );
+    assert_eq!(
+        server.requests(),
+        1,
+        "the second process asked the server nothing"
+    );
+    assert_eq!(
+        std::fs::metadata(&partial).expect("partial").len(),
+        STALL_AT as u64
+    );
+}
+
+/// The file on the server changed since the partial download (another ETag): `If-Range` makes
+/// the server send the whole new file, which is not stitched onto the old prefix.
+#[test]
+fn a_partial_download_of_a_file_since_changed_on_the_server_starts_over() {
+    let path = pinned_path();
+    let mut old = fixture();
+    old.reverse();
+    let server = FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v0\"", old))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.safetensors");
+
+    fetch_model_killed_mid_download(&server, &model);
+    server.set_route(
+        &path,
+        Reply {
+            stall_at: None,
+            ..stalling("\"v1\"", fixture())
+        },
+    );
+    fetch_model_completes(&server, &model);
+
+    // One request for the new file: no stitched file failing its checksum and fetched again.
+    assert_eq!(
+        server.seen()[1..],
+        [Seen {
+            range: Some(STALL_AT),
+            if_range: Some("\"v0\"".to_owned())
+        }]
+    );
+    assert_eq!(server.served(), STALL_AT + FIXTURE_LEN);
+}
+
+/// A damaged prefix (a power cut, a bad SD card) fails the SHA-256 after resuming: the file is
+/// downloaded once more from the start, and the partial file is gone afterwards.
+#[test]
+fn a_corrupt_partial_download_is_fetched_once_more_from_the_start() {
+    let path = pinned_path();
+    let server =
+        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.safetensors");
+
+    let partial = fetch_model_killed_mid_download(&server, &model);
+    let mut bytes = std::fs::read(&partial).expect("partial");
+    bytes[STALL_AT / 2] ^= 0x01;
+    std::fs::write(&partial, bytes).expect("damage the partial file");
+    server.set_route(
+        &path,
+        Reply {
+            stall_at: None,
+            ..stalling("\"v1\"", fixture())
+        },
+    );
+    fetch_model_completes(&server, &model);
+
+    // Killed run, the resumed request, one download from the start.
+    let ranges: Vec<Option<usize>> = server.seen().iter().map(|seen| seen.range).collect();
+    assert_eq!(ranges, [None, Some(STALL_AT), None]);
+}
+
+/// A server that ignores Range answers 200 with the whole file: it replaces the prefix.
+#[test]
+fn a_server_ignoring_range_gets_the_partial_download_replaced() {
+    let path = pinned_path();
+    let server =
+        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.safetensors");
+
+    fetch_model_killed_mid_download(&server, &model);
+    server.set_route(
+        &path,
+        Reply {
+            etag: Some("\"v1\""),
+            ..Reply::ok(fixture())
+        },
+    );
+    fetch_model_completes(&server, &model);
+
+    let ranges: Vec<Option<usize>> = server.seen().iter().map(|seen| seen.range).collect();
+    assert_eq!(ranges, [None, Some(STALL_AT)]);
+    assert_eq!(server.served(), STALL_AT + FIXTURE_LEN);
+}
+
+/// A partial file longer than the file on the server (damaged) gets 416 for its Range request:
+/// it is discarded and the file downloaded from the start.
+#[test]
+fn a_partial_download_longer_than_the_file_gets_416_and_starts_over() {
+    let path = pinned_path();
+    let server =
+        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.safetensors");
+
+    let partial = fetch_model_killed_mid_download(&server, &model);
+    let too_long = FIXTURE_LEN + 1000;
+    std::fs::File::options()
+        .write(true)
+        .open(&partial)
+        .and_then(|file| file.set_len(too_long as u64))
+        .expect("lengthen the partial file");
+    server.set_route(
+        &path,
+        Reply {
+            stall_at: None,
+            ..stalling("\"v1\"", fixture())
+        },
+    );
+    fetch_model_completes(&server, &model);
+
+    let ranges: Vec<Option<usize>> = server.seen().iter().map(|seen| seen.range).collect();
+    assert_eq!(ranges, [None, Some(too_long), None]);
 }

@@ -1,9 +1,11 @@
 //! Model weights acquisition: download the ImageNet weights from the Hugging Face hub (or a
 //! mirror), verify their SHA-256 and keep them in the data directory.
 //!
-//! A download streams into a temporary file next to the destination while hashing, and is
+//! A download streams into a partial file next to the destination while hashing, and is
 //! renamed into place only once the hash matches, so the destination path never holds a partial
-//! or corrupt file, even after a power cut mid-download.
+//! or corrupt file, even after a power cut mid-download. The partial file's name is fixed by the
+//! destination and the expected hash, so a process killed mid-download (systemd's start
+//! timeout, a power cut) leaves it for the next start to resume with an HTTP Range request.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -94,10 +96,11 @@ pub enum FetchError {
         /// The SHA-256 of the bytes received, lowercase hex.
         actual: String,
     },
-    /// The connection ended before the announced number of bytes arrived.
+    /// The connection ended before the announced number of bytes arrived. The bytes received
+    /// are kept in the partial file, and the next attempt resumes from there.
     #[error(
         "downloading {url} stopped after {got} of {expected_len} bytes: \
-         the partial download was deleted"
+         the next attempt resumes the partial download"
     )]
     Truncated {
         /// The URL downloaded.
@@ -106,6 +109,15 @@ pub enum FetchError {
         expected_len: u64,
         /// Bytes received.
         got: u64,
+    },
+    /// Another process holds the lock on the partial file: it is downloading the same file.
+    #[error(
+        "another process is downloading into {}: wait for it to finish, then try again",
+        path.display()
+    )]
+    Busy {
+        /// The locked partial file.
+        path: PathBuf,
     },
     /// A local file operation failed; `action` says which ("writing", "reading", ...).
     #[error("{action} {}", path.display())]
@@ -127,6 +139,7 @@ impl FetchError {
             Self::Http { .. } | Self::Network { .. } => Sysexit::Unavailable,
             Self::Checksum { .. } | Self::Truncated { .. } => Sysexit::DataErr,
             Self::Io { .. } => Sysexit::IoErr,
+            Self::Busy { .. } => Sysexit::TempFail,
         }
     }
 }
@@ -157,10 +170,13 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A stalled transfer: no byte for this long. There is deliberately no total budget, since
 /// 47 MB over a slow edge uplink can legitimately take many minutes.
 const READ_STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Partial downloads untouched for this long belong to a dead process (a live one writes at
-/// least every `READ_STALL_TIMEOUT`), so they are removed instead of filling the SD card.
+/// Other downloads' partial files untouched for this long belong to a dead process (a live one
+/// writes at least every `READ_STALL_TIMEOUT`), so they are removed instead of filling the SD
+/// card. The current download's own partial file is resumed, whatever its age.
 const STALE_PARTIAL_AGE: Duration = Duration::from_secs(10 * 60);
 const PARTIAL_SUFFIX: &str = ".part";
+/// The partial file's sidecar: `.model.safetensors.<tag>.part.meta`.
+const PARTIAL_META_SUFFIX: &str = ".part.meta";
 /// Connections tried per download: one that drops after delivering bytes is resumed from
 /// where it stopped (HTTP Range), up to this many times in all.
 const DOWNLOAD_ATTEMPTS: u32 = 4;
@@ -168,14 +184,24 @@ const COPY_BUFFER_LEN: usize = 64 * 1024;
 
 /// Downloads `source` to `dest` and returns `dest`.
 ///
-/// The bytes go to a temporary file in `dest`'s directory (created if missing), are hashed on
-/// the way, fsynced, and renamed onto `dest` only after the SHA-256 matches; on every error the
-/// temporary file is removed. An existing `dest` whose hash already matches is reused without
-/// contacting the server. Redirects (the hub's CDN) are followed. Progress is an indicatif bar on
-/// stderr when `progress` is true and stderr is a terminal, otherwise `info` log lines at 25%
-/// steps. A connection that drops after delivering bytes is resumed with an HTTP Range request
-/// (a server that answers with the whole file again starts it over); the SHA-256 covers every
-/// byte either way.
+/// The bytes go to a partial file next to `dest` (its directory is created if missing), named
+/// after `dest` and the expected SHA-256 (`.model.safetensors.694f673d.part`), with a sidecar
+/// (`….part.meta`) holding the URL and the server's validators (ETag, Last-Modified, length).
+/// A partial file left by an earlier process (killed by systemd's start timeout, a power cut)
+/// is resumed with an HTTP Range request guarded by `If-Range`, so a file that changed on the
+/// server is downloaded from the start instead of being stitched onto an old prefix; a server
+/// that answers with the whole file (200) starts it over. Within one process a connection that
+/// drops after delivering bytes is resumed the same way. The SHA-256 covers the whole file
+/// (the resumed prefix is hashed first); a resumed file that does not match is downloaded once
+/// more from the start before a checksum error is reported. The verified file is fsynced and
+/// renamed onto `dest`, so `dest` never holds a partial or corrupt file; the partial file is
+/// kept after a network failure (for the next attempt) and removed on a checksum or local I/O
+/// error. A second process downloading the same file at the same time fails with
+/// [`FetchError::Busy`] (the partial file is locked while in use).
+///
+/// An existing `dest` whose hash already matches is reused without contacting the server.
+/// Redirects (the hub's CDN) are followed. Progress is an indicatif bar on stderr when
+/// `progress` is true and stderr is a terminal, otherwise `info` log lines at 25% steps.
 pub fn download(
     source: &WeightsSource,
     dest: &Path,
@@ -193,60 +219,169 @@ pub fn download(
         _ => Path::new("."),
     };
     fs::create_dir_all(dir).map_err(io_error("creating the directory", dir))?;
-    let partial_prefix = partial_prefix(dest);
-    remove_stale_partials(dir, &partial_prefix);
+    let mut partial = PartialDownload::open(dir, dest, &source.sha256)?;
+    remove_stale_partials(dir, &partial_prefix(dest), &partial);
 
+    let mut reporter = Progress::start(progress, &source.url(), &source.file, source.size);
+    let fetched = fetch_verified(source, &mut partial, &mut reporter);
+    reporter.finish();
+    let got = match fetched {
+        Ok(got) => got,
+        Err(err) => {
+            partial.after_error(&err);
+            return Err(err);
+        }
+    };
+    partial.persist(dir, dest)?;
+    log::info!("downloaded and verified {} ({got} bytes)", dest.display());
+    Ok(dest.to_path_buf())
+}
+
+/// Fills `partial` with the whole file and checks its SHA-256; returns its length. A file put
+/// together from a resumed prefix that fails the check is downloaded once more from the start.
+fn fetch_verified(
+    source: &WeightsSource,
+    partial: &mut PartialDownload,
+    reporter: &mut Progress,
+) -> Result<u64, FetchError> {
     let url = source.url();
-    let mut partial = partial_file_builder(&partial_prefix)
-        .tempfile_in(dir)
-        .map_err(io_error("creating a temporary file in", dir))?;
-    let partial_path = partial.path().to_path_buf();
-    let mut reporter = Progress::start(progress, &url, &source.file, source.size);
+    let mut from_start = false;
+    loop {
+        let fetched = fetch_rest(source, &url, partial, reporter, from_start)?;
+        if fetched.sha256.eq_ignore_ascii_case(&source.sha256) {
+            return Ok(fetched.len);
+        }
+        if fetched.resumed && !from_start {
+            log::warn!(
+                "the resumed download of {url} has SHA-256 {}, expected {}: \
+                 downloading it once more from the start",
+                fetched.sha256,
+                source.sha256
+            );
+            from_start = true;
+            continue;
+        }
+        return Err(FetchError::Checksum {
+            url,
+            expected: source.sha256.to_ascii_lowercase(),
+            actual: fetched.sha256,
+        });
+    }
+}
+
+/// What [`fetch_rest`] put in the partial file.
+struct Fetched {
+    sha256: String,
+    len: u64,
+    /// Some of the bytes were appended to an earlier prefix (HTTP Range).
+    resumed: bool,
+}
+
+/// Completes `partial` from the server: from the bytes already there (unless `from_start`),
+/// then resuming after each dropped connection, up to [`DOWNLOAD_ATTEMPTS`] requests.
+fn fetch_rest(
+    source: &WeightsSource,
+    url: &str,
+    partial: &mut PartialDownload,
+    reporter: &mut Progress,
+    from_start: bool,
+) -> Result<Fetched, FetchError> {
+    let mut validators = if from_start {
+        partial.restart(url, &Validators::default())?;
+        Validators::default()
+    } else {
+        partial.resume_point(url)?
+    };
     let mut hasher = Sha256::new();
-    let mut announced_len: Option<u64>;
+    let prefix_len = partial.hash_prefix(&mut hasher)?;
+    if prefix_len > 0 {
+        log::info!(
+            "resuming the partial download {} at {prefix_len} bytes",
+            partial.path.display()
+        );
+    }
+    reporter.rewind_to(prefix_len);
+    let mut resumed = false;
     let mut attempt = 0;
     loop {
-        attempt += 1;
-        // After a dropped connection, ask only for the rest (HTTP Range).
+        let expected_len = validators.length.or(source.size);
         let offset = reporter.done;
-        let mut request = http_agent().get(&url);
+        if offset > 0 && expected_len == Some(offset) {
+            // Killed after the last byte but before the rename: nothing left to ask for.
+            resumed = true;
+            break;
+        }
+        attempt += 1;
+        let mut request = http_agent().get(url);
         if offset > 0 {
+            // The prefix came from this server's answer with these validators: ask for the rest
+            // only if the file is still that one.
             request = request.header("Range", &format!("bytes={offset}-"));
+            if let Some(if_range) = validators.if_range() {
+                request = request.header("If-Range", if_range);
+            }
         }
         let response = request.call().map_err(|source| FetchError::Network {
-            url: url.clone(),
+            url: url.to_owned(),
             source,
         })?;
-        let status = response.status();
-        if !status.is_success() {
+        let status = response.status().as_u16();
+        if status == 416 && offset > 0 && attempt < DOWNLOAD_ATTEMPTS {
+            log::warn!(
+                "{url} cannot continue the partial download at {offset} bytes (HTTP 416); \
+                 starting it over"
+            );
+            validators = start_over(partial, url, Validators::default(), &mut hasher, reporter)?;
+            continue;
+        }
+        if !response.status().is_success() {
             return Err(FetchError::Http {
-                url,
-                status: status.as_u16(),
+                url: url.to_owned(),
+                status,
             });
         }
-        let resumed = offset > 0 && status.as_u16() == 206;
-        if offset > 0 && !resumed {
-            // The server sent the whole file again: start over.
-            let file = partial.as_file_mut();
-            file.set_len(0)
-                .and_then(|()| file.seek(io::SeekFrom::Start(0)).map(drop))
-                .map_err(io_error("truncating", &partial_path))?;
-            hasher = Sha256::new();
-            reporter.rewind();
+        let answered = Validators::of(&response);
+        let continues = offset > 0
+            && status == 206
+            && content_range_start(&response) == Some(offset)
+            && answered.same_file_as(&validators);
+        if continues {
+            resumed = true;
+            validators.length = validators.length.or(answered.length);
+        } else {
+            if offset > 0 && status == 206 {
+                // A 206 we did not ask for (another range, or another ETag): its body does not
+                // continue the prefix, and the next request starts over.
+                log::warn!("{url} answered the Range request with another part; starting over");
+                validators =
+                    start_over(partial, url, Validators::default(), &mut hasher, reporter)?;
+                if attempt < DOWNLOAD_ATTEMPTS {
+                    continue;
+                }
+                return Err(FetchError::Http {
+                    url: url.to_owned(),
+                    status,
+                });
+            }
+            if offset > 0 {
+                log::info!("{url} sent the whole file again (HTTP {status}); starting over");
+            }
+            // A fresh start: the prefix on disk, if any, is from another answer.
+            validators = start_over(partial, url, answered, &mut hasher, reporter)?;
         }
-        let base = if resumed { offset } else { 0 };
-        announced_len = response.body().content_length().map(|len| base + len);
-        reporter.set_total(announced_len.or(source.size));
+        let offset = reporter.done;
+        let expected_len = validators.length.or(source.size);
+        reporter.set_total(expected_len);
         let copied = copy_hashing(
             response.into_body().into_reader(),
-            partial.as_file_mut(),
+            &mut partial.file,
             &mut hasher,
-            &mut reporter,
+            reporter,
         );
         // A connection that delivered bytes and then dropped is worth resuming.
         let resumable = attempt < DOWNLOAD_ATTEMPTS && reporter.done > offset;
         match copied {
-            Ok(()) => match announced_len.or(source.size) {
+            Ok(()) => match expected_len {
                 // The body ended early without an error (the peer closed the connection).
                 Some(expected) if reporter.done < expected && resumable => {
                     log::warn!(
@@ -265,69 +400,45 @@ pub fn download(
                     );
                     continue;
                 }
-                reporter.finish();
                 // ureq reports a connection closed before `Content-Length` bytes as an EOF.
                 let closed_early =
                     matches!(&err, ureq::Error::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof);
-                return Err(match (closed_early, announced_len) {
+                return Err(match (closed_early, expected_len) {
                     (true, Some(expected_len)) => FetchError::Truncated {
-                        url,
+                        url: url.to_owned(),
                         expected_len,
                         got: reporter.done,
                     },
-                    _ => FetchError::Network { url, source: err },
+                    _ => FetchError::Network {
+                        url: url.to_owned(),
+                        source: err,
+                    },
                 });
             }
             Err(CopyError::Write(source)) => {
                 return Err(FetchError::Io {
                     action: "writing",
-                    path: partial_path,
+                    path: partial.path.clone(),
                     source,
                 })
             }
         }
     }
-    reporter.finish();
-    let (actual, got) = (format!("{:x}", hasher.finalize()), reporter.done);
-    if let Some(expected_len) = announced_len.or(source.size) {
+    let got = reporter.done;
+    if let Some(expected_len) = validators.length.or(source.size) {
         if got < expected_len {
             return Err(FetchError::Truncated {
-                url,
+                url: url.to_owned(),
                 expected_len,
                 got,
             });
         }
     }
-    if !actual.eq_ignore_ascii_case(&source.sha256) {
-        if let Err(err) = partial.close() {
-            log::warn!(
-                "could not delete the corrupt download {}: {err}",
-                partial_path.display()
-            );
-        }
-        return Err(FetchError::Checksum {
-            url,
-            expected: source.sha256.to_ascii_lowercase(),
-            actual,
-        });
-    }
-
-    partial
-        .as_file()
-        .sync_all()
-        .map_err(io_error("flushing", &partial_path))?;
-    partial.persist(dest).map_err(|err| FetchError::Io {
-        action: "renaming the verified download onto",
-        path: dest.to_path_buf(),
-        source: err.error,
-    })?;
-    // The rename itself is durable only once the directory is synced; losing it would merely
-    // mean downloading again, so a failure here is not worth failing the whole fetch.
-    if let Err(err) = File::open(dir).and_then(|d| d.sync_all()) {
-        log::warn!("could not sync the directory {}: {err}", dir.display());
-    }
-    log::info!("downloaded and verified {} ({got} bytes)", dest.display());
-    Ok(dest.to_path_buf())
+    Ok(Fetched {
+        sha256: format!("{:x}", hasher.finalize()),
+        len: got,
+        resumed,
+    })
 }
 
 /// The SHA-256 of a file as lowercase hex, read in chunks (never the whole file in memory).
@@ -370,7 +481,21 @@ fn http_agent() -> ureq::Agent {
         .new_agent()
 }
 
-/// Temporary files are hidden siblings of the destination: `.model.safetensors.XXXXXX.part`.
+/// Empties `partial` for a download from byte 0 recorded with `validators`, and returns them.
+fn start_over(
+    partial: &mut PartialDownload,
+    url: &str,
+    validators: Validators,
+    hasher: &mut Sha256,
+    reporter: &mut Progress,
+) -> Result<Validators, FetchError> {
+    partial.restart(url, &validators)?;
+    *hasher = Sha256::new();
+    reporter.rewind_to(0);
+    Ok(validators)
+}
+
+/// Partial files are hidden siblings of the destination: `.model.safetensors.<tag>.part`.
 fn partial_prefix(dest: &Path) -> OsString {
     let mut prefix = OsString::from(".");
     prefix.push(dest.file_name().unwrap_or(dest.as_os_str()));
@@ -378,29 +503,271 @@ fn partial_prefix(dest: &Path) -> OsString {
     prefix
 }
 
-fn partial_file_builder(prefix: &OsString) -> tempfile::Builder<'_, 'static> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(prefix).suffix(PARTIAL_SUFFIX);
-    // tempfile defaults to 0600; the model must stay readable by the daemon's own user when
-    // `fetch-model` runs as root.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(fs::Permissions::from_mode(0o644));
-    }
-    builder
+/// The file a download is written into before it is verified, and its sidecar. Its name is
+/// fixed by the destination and the expected SHA-256, so a later process finds and resumes it;
+/// it is locked (`flock`) while open, so two processes never write into it at once.
+struct PartialDownload {
+    file: File,
+    path: PathBuf,
+    /// The sidecar ([`PARTIAL_META_SUFFIX`]): the URL and the server's validators.
+    meta_path: PathBuf,
 }
 
-/// Best effort: a leftover that cannot be removed must not stop a fresh download.
-fn remove_stale_partials(dir: &Path, prefix: &OsString) {
+impl PartialDownload {
+    /// Opens (or creates, mode 0644 like the model it becomes, so the daemon's own user can
+    /// read what `sudo edgeclass fetch-model` wrote) and locks the partial file for `dest`.
+    fn open(dir: &Path, dest: &Path, sha256: &str) -> Result<Self, FetchError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Only hex digits reach the file name, whatever the configured hash holds.
+        let tag: String = sha256
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(8)
+            .collect();
+        let named = |suffix: &str| {
+            let mut name = partial_prefix(dest);
+            name.push(tag.to_ascii_lowercase());
+            name.push(suffix);
+            dir.join(name)
+        };
+        let (path, meta_path) = (named(PARTIAL_SUFFIX), named(PARTIAL_META_SUFFIX));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            // The bytes of an earlier attempt are what gets resumed.
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .map_err(io_error("opening the partial download", &path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(FetchError::Busy { path }),
+            Err(fs::TryLockError::Error(source)) => {
+                return Err(FetchError::Io {
+                    action: "locking",
+                    path,
+                    source,
+                })
+            }
+        }
+        Ok(Self {
+            file,
+            path,
+            meta_path,
+        })
+    }
+
+    /// The validators of the bytes already in the file when they came from `url`; otherwise the
+    /// file is emptied (another URL, or no readable sidecar) and the validators are empty.
+    fn resume_point(&mut self, url: &str) -> Result<Validators, FetchError> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(io_error("checking", &self.path))?
+            .len();
+        if len == 0 {
+            return Ok(Validators::default());
+        }
+        match fs::read_to_string(&self.meta_path)
+            .ok()
+            .and_then(|text| Validators::parse_sidecar(&text, url))
+        {
+            Some(validators) => Ok(validators),
+            None => {
+                log::info!(
+                    "the partial download {} has no record of coming from {url}; starting over",
+                    self.path.display()
+                );
+                self.restart(url, &Validators::default())?;
+                Ok(Validators::default())
+            }
+        }
+    }
+
+    /// Feeds the bytes already in the file to `hasher`; returns how many. Appending continues
+    /// after them.
+    fn hash_prefix(&mut self, hasher: &mut Sha256) -> Result<u64, FetchError> {
+        self.file
+            .seek(io::SeekFrom::Start(0))
+            .and_then(|_| io::copy(&mut self.file, hasher))
+            .map_err(io_error("reading", &self.path))
+    }
+
+    /// Empties the file and records that what follows is `url`'s answer with `validators`.
+    fn restart(&mut self, url: &str, validators: &Validators) -> Result<(), FetchError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.seek(io::SeekFrom::Start(0)))
+            .map_err(io_error("truncating", &self.path))?;
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&self.meta_path)
+            .and_then(|mut meta| meta.write_all(validators.sidecar(url).as_bytes()))
+            .map_err(io_error("writing", &self.meta_path))
+    }
+
+    /// Renames the verified file onto `dest` and removes the sidecar.
+    fn persist(self, dir: &Path, dest: &Path) -> Result<(), FetchError> {
+        self.file
+            .sync_all()
+            .map_err(io_error("flushing", &self.path))?;
+        fs::rename(&self.path, dest)
+            .map_err(io_error("renaming the verified download onto", dest))?;
+        remove_best_effort(&self.meta_path);
+        // The rename itself is durable only once the directory is synced; losing it would
+        // merely mean downloading again, so a failure here is not worth failing the whole fetch.
+        if let Err(err) = File::open(dir).and_then(|d| d.sync_all()) {
+            log::warn!("could not sync the directory {}: {err}", dir.display());
+        }
+        Ok(())
+    }
+
+    /// After a network failure the bytes are kept for the next attempt; after a checksum or
+    /// local I/O error (a full disk) they are removed.
+    fn after_error(self, err: &FetchError) {
+        let keep = matches!(
+            err,
+            FetchError::Network { .. } | FetchError::Http { .. } | FetchError::Truncated { .. }
+        ) && self.file.metadata().is_ok_and(|meta| meta.len() > 0);
+        if keep {
+            log::info!(
+                "kept the partial download {}: the next attempt resumes it",
+                self.path.display()
+            );
+        } else {
+            remove_best_effort(&self.path);
+            remove_best_effort(&self.meta_path);
+        }
+    }
+}
+
+fn remove_best_effort(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => log::warn!("could not remove {}: {err}", path.display()),
+    }
+}
+
+/// What identifies the server's copy of a file, so a partial download is continued only from
+/// the same copy.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Validators {
+    etag: Option<String>,
+    last_modified: Option<String>,
+    /// The whole file's length.
+    length: Option<u64>,
+}
+
+impl Validators {
+    /// From a 200 (`Content-Length`) or 206 (`Content-Range`'s total) answer.
+    fn of(response: &ureq::http::Response<ureq::Body>) -> Self {
+        let length = if response.status().as_u16() == 206 {
+            content_range(response).and_then(|(_, total)| total)
+        } else {
+            response.body().content_length()
+        };
+        Self {
+            etag: header(response, "etag"),
+            last_modified: header(response, "last-modified"),
+            length,
+        }
+    }
+
+    /// The `If-Range` value: a strong ETag, else the Last-Modified date (a weak ETag cannot be
+    /// used there, RFC 9110 13.1.5).
+    fn if_range(&self) -> Option<&str> {
+        self.etag
+            .as_deref()
+            .filter(|etag| !etag.starts_with("W/"))
+            .or(self.last_modified.as_deref())
+    }
+
+    /// False when a validator both sides know differs: a server that ignores `If-Range` but
+    /// answers a Range request for a changed file.
+    fn same_file_as(&self, earlier: &Self) -> bool {
+        let differs = |now: &Option<String>, then: &Option<String>| matches!((now, then), (Some(now), Some(then)) if now != then);
+        !differs(&self.etag, &earlier.etag) && !differs(&self.last_modified, &earlier.last_modified)
+    }
+
+    /// The sidecar: `key value` lines, the URL first.
+    fn sidecar(&self, url: &str) -> String {
+        let mut text = format!("url {url}\n");
+        if let Some(etag) = &self.etag {
+            text.push_str(&format!("etag {etag}\n"));
+        }
+        if let Some(date) = &self.last_modified {
+            text.push_str(&format!("last-modified {date}\n"));
+        }
+        if let Some(length) = self.length {
+            text.push_str(&format!("length {length}\n"));
+        }
+        text
+    }
+
+    /// The validators of a sidecar written for `url`; `None` for another URL or a damaged file.
+    fn parse_sidecar(text: &str, url: &str) -> Option<Self> {
+        let mut validators = Self::default();
+        let mut same_url = false;
+        for line in text.lines() {
+            let (key, value) = line.split_once(' ')?;
+            match key {
+                "url" => same_url = value == url,
+                "etag" => validators.etag = Some(value.to_owned()),
+                "last-modified" => validators.last_modified = Some(value.to_owned()),
+                "length" => validators.length = Some(value.parse().ok()?),
+                _ => return None,
+            }
+        }
+        same_url.then_some(validators)
+    }
+}
+
+fn header(response: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// `Content-Range: bytes START-END/TOTAL` as (START, TOTAL), TOTAL `None` for `*`.
+fn content_range(response: &ureq::http::Response<ureq::Body>) -> Option<(u64, Option<u64>)> {
+    let value = header(response, "content-range")?;
+    let (range, total) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+fn content_range_start(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    content_range(response).map(|(start, _)| start)
+}
+
+/// Best effort: a leftover that cannot be removed must not stop a fresh download. Partial
+/// files of other downloads into the same name (older versions' random names, another expected
+/// SHA-256) are removed once untouched for [`STALE_PARTIAL_AGE`]; `current` is kept to resume.
+fn remove_stale_partials(dir: &Path, prefix: &OsString, current: &PartialDownload) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     let prefix = prefix.as_encoded_bytes();
     for entry in entries.flatten() {
+        let path = entry.path();
         let name = entry.file_name();
         let name = name.as_encoded_bytes();
-        if !(name.starts_with(prefix) && name.ends_with(PARTIAL_SUFFIX.as_bytes())) {
+        let partial = [PARTIAL_SUFFIX, PARTIAL_META_SUFFIX]
+            .iter()
+            .any(|suffix| name.ends_with(suffix.as_bytes()));
+        if !name.starts_with(prefix)
+            || !partial
+            || path == current.path
+            || path == current.meta_path
+        {
             continue;
         }
         let age = entry
@@ -409,7 +776,6 @@ fn remove_stale_partials(dir: &Path, prefix: &OsString) {
             .ok()
             .and_then(|modified| modified.elapsed().ok());
         if age.is_some_and(|age| age >= STALE_PARTIAL_AGE) {
-            let path = entry.path();
             match fs::remove_file(&path) {
                 Ok(()) => log::info!("removed the stale partial download {}", path.display()),
                 Err(err) => log::warn!("could not remove {}: {err}", path.display()),
@@ -517,11 +883,11 @@ impl Progress {
         }
     }
 
-    /// Back to zero: the server restarted the file.
-    fn rewind(&mut self) {
-        self.done = 0;
+    /// Back to `done` bytes: resuming a partial file, or the server restarted the file.
+    fn rewind_to(&mut self, done: u64) {
+        self.done = done;
         if let ProgressDisplay::Bar(bar) = &self.display {
-            bar.set_position(0);
+            bar.set_position(done);
         }
     }
 
@@ -583,6 +949,56 @@ mod tests {
             data_dir_from(None, None),
             PathBuf::from("/var/lib/edgeclass")
         );
+    }
+
+    #[test]
+    fn sidecar_round_trips_and_rejects_another_url_or_damage() {
+        let url = "http://127.0.0.1:8080/timm/r/resolve/abc/model.safetensors";
+        let validators = Validators {
+            etag: Some("\"v1\"".to_owned()),
+            last_modified: Some("Wed, 02 Dec 2026 10:00:00 GMT".to_owned()),
+            length: Some(46_807_446),
+        };
+        let text = validators.sidecar(url);
+        assert_eq!(
+            Validators::parse_sidecar(&text, url),
+            Some(validators.clone())
+        );
+        assert_eq!(Validators::parse_sidecar(&text, "http://other/x"), None);
+        assert_eq!(
+            Validators::parse_sidecar(&text.replace("length 46807446", "length 46x"), url),
+            None
+        );
+        assert_eq!(Validators::parse_sidecar("", url), None);
+        let bare = Validators::default();
+        assert_eq!(
+            Validators::parse_sidecar(&bare.sidecar(url), url),
+            Some(bare)
+        );
+    }
+
+    #[test]
+    fn if_range_uses_a_strong_etag_else_last_modified() {
+        let date = "Wed, 02 Dec 2026 10:00:00 GMT";
+        let strong = Validators {
+            etag: Some("\"v1\"".to_owned()),
+            last_modified: Some(date.to_owned()),
+            length: None,
+        };
+        assert_eq!(strong.if_range(), Some("\"v1\""));
+        let weak = Validators {
+            etag: Some("W/\"v1\"".to_owned()),
+            ..strong.clone()
+        };
+        assert_eq!(weak.if_range(), Some(date));
+        assert_eq!(Validators::default().if_range(), None);
+        // Validators only one side knows do not count as a change.
+        assert!(strong.same_file_as(&Validators::default()));
+        let changed = Validators {
+            etag: Some("\"v2\"".to_owned()),
+            ..strong.clone()
+        };
+        assert!(!changed.same_file_as(&strong));
     }
 
     #[test]
