@@ -502,7 +502,8 @@ fn recent_scores_are_recorded_only_once_the_thresholds_page_asks() {
         daemon.get_json("/api/cameras")[0]["frames_processed"].as_u64() >= Some(3)
     });
     assert!(flowed, "no frames processed\n{}", daemon.stderr());
-    // Frames were classified, but nobody asked: nothing was recorded.
+    // Frames were classified, but nobody asked: the first request finds nothing, and recording
+    // starts with it (that nothing is even written before is board.rs's unit test).
     let first = daemon.get_json("/api/thresholds");
     assert_eq!(first["frames"], 0, "{first}");
     assert_eq!(first["recent"].as_array().map(Vec::len), Some(0), "{first}");
