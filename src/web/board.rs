@@ -6,9 +6,9 @@
 //! replaces the previous one, and a live update is serialized only while someone listens.
 //!
 //! Recent scores (for the Thresholds page) are recorded only while *armed*: a Thresholds
-//! request ([`Board::arm_recording`]) empties the rings and arms recording for
-//! [`RECORDING_ARMED_FOR`] from the request, so the histograms fill while someone works on the
-//! page. Unarmed, a classification costs one relaxed atomic load; armed, its top-1 is copied
+//! request ([`Board::arm_recording`]) arms recording for [`RECORDING_ARMED_FOR`] from the
+//! request (emptying the rings first when it was off), so the histograms fill while someone
+//! works on the page. Unarmed, a classification costs one relaxed atomic load; armed, its top-1 is copied
 //! into a fixed ring per camera and classifier (strings reused once the ring is full). The
 //! first classification after the time is up disarms it.
 
