@@ -37,7 +37,8 @@
 //! - [`web`] serves the web page and its JSON API from the daemon (cameras live, classifying
 //!   uploads, tuning thresholds, labelling a camera's frames and training a head on them,
 //!   Prometheus `/metrics`, health probes); the pipelines write what it shows into a
-//!   [`web::Board`] at almost no cost, and nothing per browser. Thresholds it applies and heads
+//!   [`web::Board`] at almost no cost (recent scores only while the Thresholds page is in use),
+//!   and nothing per browser. Thresholds it applies (global, per label, heads') and heads
 //!   it activates go to the [`config::overrides`] file, merged over the config file at every
 //!   load.
 //! - [`dataset`] reads labelled folders (one sub-folder per class) for `eval` and `train`.

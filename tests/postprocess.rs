@@ -135,6 +135,35 @@ fn per_label_thresholds_override_the_global_one() {
         (c.label.as_str(), c.top[0].label.as_str()),
         ("unrecognized", "tabby")
     );
+    // What the web page's Thresholds page shows: the global threshold, and which labels have
+    // their own.
+    assert_eq!(
+        post.global_threshold(),
+        Some(PostprocessConfig::default().threshold)
+    );
+    assert!(post.has_own_threshold("tabby"));
+    assert!(!post.has_own_threshold("tiger cat"));
+    assert_eq!(post.threshold_of("tabby"), Some(0.9));
+    let classes = ["open".to_string(), "closed".to_string()];
+    let head = |threshold| {
+        let config = HeadPostprocessConfig {
+            threshold,
+            thresholds: with_thresholds(&[("open", 0.7)]),
+            ..Default::default()
+        };
+        Postprocessor::for_head(&classes, Some(&[0.3, 0.4]), &config, "heads[0].postprocess")
+            .unwrap()
+    };
+    let recommended = head(None);
+    assert_eq!(recommended.global_threshold(), None);
+    assert_eq!(recommended.threshold_of("closed"), Some(0.4));
+    assert!(recommended.has_own_threshold("open") && !recommended.has_own_threshold("closed"));
+    let global = head(Some(0.2));
+    assert_eq!(global.global_threshold(), Some(0.2));
+    assert_eq!(
+        (global.threshold_of("closed"), global.threshold_of("open")),
+        (Some(0.2), Some(0.7))
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! path traversal.
 
 mod common {
+    pub mod heads;
     pub mod mosquitto;
     pub mod wait;
     pub mod web;
@@ -11,6 +12,7 @@ mod common {
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
+use common::heads::write_head;
 use common::mosquitto::Subscriber;
 use common::wait::poll_until;
 use common::web::{config, sample, WebDaemon, START};
@@ -453,7 +455,8 @@ fn applied_thresholds_go_to_the_overrides_file_and_the_events_follow_them() {
             "thresholds.\"no such label\"".to_string(),
         ),
         ("{\"thresholds\": {}}".to_string(), "thresholds".to_string()),
-        ("{\"threshold\": 0.5}".to_string(), "threshold".to_string()),
+        ("{\"threshold\": -0.5}".to_string(), "threshold".to_string()),
+        ("{\"thresold\": 0.5}".to_string(), "thresold".to_string()),
         ("not json".to_string(), "expected".to_string()),
     ] {
         let (status, text) = post_thresholds(&daemon, &own, &body);
@@ -490,4 +493,192 @@ fn applied_thresholds_go_to_the_overrides_file_and_the_events_follow_them() {
         .json();
     assert_eq!(unknown["label"], "unrecognized");
     assert_eq!(unknown["top3"][0]["label"], label.as_str());
+}
+
+#[test]
+fn recent_scores_are_recorded_only_once_the_thresholds_page_asks() {
+    let daemon = chelsea_daemon("");
+    let flowed = poll_until(WAIT, || {
+        daemon.get_json("/api/cameras")[0]["frames_processed"].as_u64() >= Some(3)
+    });
+    assert!(flowed, "no frames processed\n{}", daemon.stderr());
+    // Frames were classified, but nobody asked: the first request finds nothing, and recording
+    // starts with it (that nothing is even written before is board.rs's unit test).
+    let first = daemon.get_json("/api/thresholds");
+    assert_eq!(first["frames"], 0, "{first}");
+    assert_eq!(first["recent"].as_array().map(Vec::len), Some(0), "{first}");
+    let (since, until) = (
+        first["recording"]["since_ms"].as_u64().expect("since_ms"),
+        first["recording"]["until_ms"].as_u64().expect("until_ms"),
+    );
+    assert_eq!(until - since, 600_000, "armed for ten minutes: {first}");
+    // Asked once: recording runs, and a later request keeps its start.
+    let filled = poll_until(WAIT, || {
+        daemon.get_json("/api/thresholds")["frames"].as_u64() >= Some(2)
+    });
+    assert!(
+        filled,
+        "nothing recorded after a request\n{}",
+        daemon.stderr()
+    );
+    let later = daemon.get_json("/api/thresholds");
+    assert_eq!(later["recording"]["since_ms"].as_u64(), Some(since));
+    let recent = later["recent"].as_array().expect("recent");
+    assert!(!recent.is_empty() && recent.len() as u64 <= later["frames"].as_u64().unwrap());
+    assert!(
+        recent.iter().all(|r| r["ts_ms"].as_u64() >= Some(since)),
+        "{later}"
+    );
+}
+
+#[test]
+fn global_and_head_thresholds_go_to_the_overrides_file_and_the_events_follow_them() {
+    let weights = tempfile::tempdir().expect("temp dir");
+    let head_file = weights.path().join("garage_door.gguf");
+    write_head(&head_file, &["open", "closed"], 16, 1);
+    let source = format!("file:{}", sample("chelsea.jpg").display());
+    let daemon = WebDaemon::start(|broker, port, _| {
+        let camera = format!(
+            "[[cameras]]\nid = \"door\"\nsource = \"{source}\"\ninterval_ms = 100\n\
+             heads = [\"garage_door\"]\n[cameras.motion]\nenabled = false\n\n\
+             [[heads]]\nname = \"garage_door\"\nweights = \"{}\"\n\
+             [heads.postprocess]\nthreshold = 0.0\n",
+            head_file.display()
+        );
+        config(broker, port, &[], "", &camera)
+    });
+    let events = Subscriber::connect(
+        daemon.broker.port(),
+        &["edgeclass/door/event", "edgeclass/door/garage_door/event"],
+    );
+    let scored = poll_until(WAIT, || {
+        let current = daemon.get_json("/api/thresholds");
+        current["recent"].as_array().is_some_and(|r| !r.is_empty())
+            && current["heads"][0]["recent"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+    });
+    assert!(scored, "no recent scores\n{}", daemon.stderr());
+    let current = daemon.get_json("/api/thresholds");
+    assert_eq!(current["threshold"], 0.0, "{current}");
+    let head = &current["heads"][0];
+    assert_eq!(head["name"], "garage_door", "{current}");
+    assert_eq!(head["threshold"], 0.0, "{head}");
+    assert!(head["frames"].as_u64() > Some(0), "{head}");
+    let head_label = head["recent"][0]["label"].as_str().unwrap().to_string();
+    assert!(["open", "closed"].contains(&head_label.as_str()), "{head}");
+    assert_eq!(head["labels"][0]["own"], false, "{head}");
+
+    let own = format!("http://127.0.0.1:{}", daemon.port);
+    let overrides = daemon.dir.path().join("state/overrides.toml");
+    for (body, field) in [
+        (
+            r#"{"heads": {"attic": {"threshold": 0.5}}}"#,
+            r#"heads."attic""#,
+        ),
+        (
+            r#"{"heads": {"garage_door": {"threshold": 2}}}"#,
+            r#"heads."garage_door".threshold"#,
+        ),
+        (
+            r#"{"heads": {"garage_door": {"thresholds": {"ajar": 0.5}}}}"#,
+            r#"heads."garage_door".thresholds."ajar""#,
+        ),
+        (
+            r#"{"heads": {"garage_door": {"treshold": 0.5}}}"#,
+            "heads.garage_door",
+        ),
+        (r#"{"heads": {}}"#, "nothing to apply"),
+    ] {
+        let (status, text) = post_thresholds(&daemon, &own, body);
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(&field.replace('"', "\\\"")), "{body}: {text}");
+    }
+    assert!(!overrides.exists());
+
+    // The global threshold: every ImageNet label follows it.
+    let (status, text) = post_thresholds(&daemon, &own, r#"{"threshold": 1.0}"#);
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["threshold"], 1.0, "{answer}");
+    let written = || -> toml::Table {
+        std::fs::read_to_string(&overrides)
+            .expect("the overrides file")
+            .parse()
+            .expect("TOML")
+    };
+    assert_eq!(written()["postprocess"]["threshold"].as_float(), Some(1.0));
+    let unknown = events
+        .wait_until(WAIT, |m| {
+            m.topic == "edgeclass/door/event" && m.json()["unknown"] == true
+        })
+        .unwrap_or_else(|| panic!("events did not follow the threshold\n{}", daemon.stderr()));
+    assert_eq!(unknown.json()["label"], "unrecognized");
+
+    // A head's global threshold, in the head's [[heads]] entry: its events turn unknown.
+    let (status, text) = post_thresholds(
+        &daemon,
+        &own,
+        r#"{"heads": {"garage_door": {"threshold": 1.0}}}"#,
+    );
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["heads"][0]["threshold"], 1.0, "{answer}");
+    let head_entry = |table: &toml::Table| -> toml::Table {
+        table["heads"]
+            .as_array()
+            .and_then(|heads| {
+                heads
+                    .iter()
+                    .find(|h| h["name"].as_str() == Some("garage_door"))
+            })
+            .and_then(|h| h["postprocess"].as_table().cloned())
+            .unwrap_or_else(|| panic!("no [[heads]] garage_door postprocess in {table}"))
+    };
+    let table = written();
+    assert_eq!(
+        head_entry(&table)["threshold"].as_float(),
+        Some(1.0),
+        "{table}"
+    );
+    // The ImageNet threshold written before is still there.
+    assert_eq!(table["postprocess"]["threshold"].as_float(), Some(1.0));
+    let head_event = |unknown: bool| {
+        events
+            .wait_until(WAIT, |m| {
+                m.topic == "edgeclass/door/garage_door/event" && m.json()["unknown"] == unknown
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no head event with unknown = {unknown}: {}\n{}",
+                    daemon.get_json("/api/thresholds")["heads"],
+                    daemon.stderr()
+                )
+            })
+            .json()
+    };
+    assert!(head_event(true)["score"].as_f64() < Some(1.0));
+
+    // One of the head's labels: its own threshold wins over the global one.
+    let body =
+        format!(r#"{{"heads": {{"garage_door": {{"thresholds": {{{head_label:?}: 0.0}}}}}}}}"#);
+    let (status, text) = post_thresholds(&daemon, &own, &body);
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let label = answer["heads"][0]["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["label"] == head_label.as_str())
+        .cloned()
+        .expect("the head's label in the answer");
+    assert_eq!(label["threshold"], 0.0, "{answer}");
+    assert_eq!(label["own"], true, "{answer}");
+    let table = written();
+    assert_eq!(
+        head_entry(&table)["thresholds"][head_label.as_str()].as_float(),
+        Some(0.0),
+        "{table}"
+    );
+    assert_eq!(head_event(false)["label"], head_label.as_str());
 }

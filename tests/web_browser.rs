@@ -459,6 +459,42 @@ fn the_threshold_slider_previews_unknown_frames_and_apply_writes_the_overrides_f
         .await?;
         let total: usize = total.parse().context("frame count")?;
         ensure!(total >= 3, "{total} frames");
+        // The note says since when and how many frames the daemon recorded.
+        let note = texts(&client, "#thresholds-note").await?.join("");
+        ensure!(
+            note.starts_with("Recording since ") && note.contains("classifications seen"),
+            "{note}"
+        );
+        // The global threshold (0.0 from the config): its preview covers every recent frame.
+        let global = ".tile.threshold-global";
+        let unknown = texts(&client, &format!("{global} .would-unknown")).await?;
+        let all = texts(&client, &format!("{global} .total")).await?;
+        ensure!(
+            unknown.first().map(String::as_str) == Some("0"),
+            "{unknown:?}"
+        );
+        let all: usize = all.first().context("the global tile")?.parse()?;
+        ensure!(
+            all >= total,
+            "{all} frames in the global preview, {total} of one label"
+        );
+        client
+            .execute(
+                "const s = document.querySelector('.tile.threshold-global .slider'); \
+                 s.value = '1'; s.dispatchEvent(new Event('input'));",
+                vec![],
+            )
+            .await?;
+        let unknown = texts(&client, &format!("{global} .would-unknown")).await?;
+        ensure!(
+            unknown.first() == Some(&all.to_string()),
+            "global 1.0: {unknown:?} of {all}"
+        );
+        let value = texts(&client, &format!("{global} .value")).await?;
+        ensure!(
+            value.first().map(String::as_str) == Some("1.00"),
+            "{value:?}"
+        );
         let bars = client
             .find_all(Locator::Css(&format!("{tile} .histogram rect")))
             .await?;

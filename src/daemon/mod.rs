@@ -143,6 +143,7 @@ async fn serve(
             model: shared.model.clone(),
             tta: config.model.tta,
             postprocessor: current_postprocessor(&shared),
+            head_postprocessors: current_head_postprocessors(&shared),
             overrides_file: config
                 .overrides_file
                 .clone()
@@ -281,6 +282,19 @@ fn current_postprocessor(
 ) -> Box<dyn Fn() -> Arc<Postprocessor> + Send + Sync> {
     let settings = shared.settings.subscribe();
     Box::new(move || Arc::clone(&settings.borrow().postprocessor))
+}
+
+/// The heads' postprocessors the pipelines use now, for the web page's thresholds.
+fn current_head_postprocessors(shared: &Arc<Shared>) -> web::HeadPostprocessors {
+    let settings = shared.settings.subscribe();
+    Box::new(move || {
+        settings
+            .borrow()
+            .heads
+            .iter()
+            .map(|head| (head.name.as_str().to_string(), head.postprocessor.clone()))
+            .collect()
+    })
 }
 
 /// Waits for SIGTERM/SIGINT; on SIGHUP reloads thresholds, label maps, the publish policy,

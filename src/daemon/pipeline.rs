@@ -288,8 +288,9 @@ impl Pipeline {
                         stream.mean.logits()
                     };
                     let classification = postprocessor.classify(logits);
-                    if let (None, Some(watch)) = (stream.head, &self.watch) {
-                        watch.classified(&classification);
+                    if let Some(watch) = &self.watch {
+                        let head = stream.head.map(|h| settings.heads[h].name.as_str());
+                        watch.classified(head, &classification);
                     }
                     let elapsed_ms = started.elapsed().as_secs_f32() * 1e3;
                     latency_ms = Some(elapsed_ms);

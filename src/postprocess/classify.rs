@@ -42,6 +42,9 @@ pub struct Classification {
 struct Output {
     label: String,
     threshold: f32,
+    /// Whether a per-label `thresholds` key set `threshold` (else it follows the table's
+    /// `threshold`).
+    own_threshold: bool,
 }
 
 /// The classes a [`Postprocessor`] classifies into, in logit order.
@@ -97,6 +100,8 @@ impl Classes {
 pub struct Postprocessor {
     top_k: usize,
     unknown_label: String,
+    /// The table's `threshold` (a head's is optional).
+    global_threshold: Option<f32>,
     classes: Classes,
     /// For each class, the index into `outputs` it contributes to.
     output_of_class: Vec<usize>,
@@ -208,6 +213,7 @@ impl OutputLayout {
             outputs.push(Output {
                 label: label.to_string(),
                 threshold: threshold(class),
+                own_threshold: false,
             });
             let output = outputs.len() - 1;
             if let Some(g) = group {
@@ -290,6 +296,7 @@ impl OutputLayout {
                     ));
                 }
                 self.outputs[output].threshold = threshold;
+                self.outputs[output].own_threshold = true;
             }
         }
         Ok(())
@@ -337,6 +344,7 @@ impl Postprocessor {
         Ok(Self::from_layout(
             config.top_k,
             &config.unknown_label,
+            Some(config.threshold),
             classes,
             layout,
         ))
@@ -391,6 +399,7 @@ impl Postprocessor {
         Ok(Self::from_layout(
             config.top_k,
             &config.unknown_label,
+            config.threshold,
             classes,
             layout,
         ))
@@ -399,12 +408,14 @@ impl Postprocessor {
     fn from_layout(
         top_k: usize,
         unknown_label: &str,
+        global_threshold: Option<f32>,
         classes: Classes,
         layout: OutputLayout,
     ) -> Self {
         Self {
             top_k: top_k.min(classes.len()),
             unknown_label: unknown_label.to_string(),
+            global_threshold,
             classes,
             output_of_class: layout.output_of_class,
             outputs: layout.outputs,
@@ -423,6 +434,21 @@ impl Postprocessor {
             .iter()
             .find(|o| o.label == label)
             .map(|o| o.threshold)
+    }
+
+    /// The table's `threshold`: ImageNet's always; a head's when set (unset, its classes take
+    /// the head file's recommended thresholds).
+    pub fn global_threshold(&self) -> Option<f32> {
+        self.global_threshold
+    }
+
+    /// Whether a per-label `thresholds` key set the threshold of the output labelled `label`;
+    /// `false` when it follows the table's `threshold` (or there is no such output).
+    pub fn has_own_threshold(&self, label: &str) -> bool {
+        self.outputs
+            .iter()
+            .find(|o| o.label == label)
+            .is_some_and(|o| o.own_threshold)
     }
 
     /// Every label a classification can carry (outputs, then the unknown label), e.g. for Home

@@ -3,14 +3,19 @@
 //!
 //! Writing costs the pipeline little and nothing scales with the number of browsers: a frame
 //! is moved (not copied) into its camera's slot, counters are atomics, the latest event
-//! replaces the previous one, a classification's top-1 is copied into a fixed ring of recent
-//! scores (its strings reused once the ring is full), and a live update is serialized only
-//! while someone listens.
+//! replaces the previous one, and a live update is serialized only while someone listens.
+//!
+//! Recent scores (for the Thresholds page) are recorded only while *armed*: a Thresholds
+//! request ([`Board::arm_recording`]) arms recording for [`RECORDING_ARMED_FOR`] from the
+//! request (emptying the rings first when it was off), so the histograms fill while someone
+//! works on the page. Unarmed, a classification costs one relaxed atomic load; armed, its top-1 is copied
+//! into a fixed ring per camera and classifier (strings reused once the ring is full). The
+//! first classification after the time is up disarms it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
@@ -23,8 +28,11 @@ use crate::publish::Event;
 /// How many live updates a slow browser may fall behind before it skips some.
 const LIVE_BACKLOG: usize = 64;
 
-/// How many recent classifications each camera keeps for the Thresholds page.
+/// How many recent classifications each camera keeps per classifier for the Thresholds page.
 pub const RECENT_SCORES: usize = 240;
+
+/// How long recent scores are recorded after the last Thresholds request.
+pub const RECORDING_ARMED_FOR: Duration = Duration::from_secs(600);
 
 /// One classified frame's top-1 before its threshold, for previewing thresholds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -43,10 +51,13 @@ struct Ring {
     entries: Vec<RecentScore>,
     /// Where the next entry goes once the ring is full.
     next: usize,
+    /// Classifications recorded since the ring was emptied (also those overwritten).
+    seen: u64,
 }
 
 impl Ring {
     fn record(&mut self, label: &str, score: f32, ts_ms: u64) {
+        self.seen += 1;
         if self.entries.len() < RECENT_SCORES {
             self.entries.push(RecentScore {
                 label: label.to_string(),
@@ -75,6 +86,36 @@ impl Ring {
 pub struct Board {
     cameras: BTreeMap<String, Arc<CameraWatch>>,
     live: broadcast::Sender<Arc<str>>,
+    recording: Arc<Recording>,
+}
+
+/// Whether recent scores are recorded, shared by the board and its cameras.
+#[derive(Default)]
+struct Recording {
+    /// Until when (milliseconds since the Unix epoch) classifications are recorded; 0: not.
+    armed_until_ms: AtomicU64,
+    /// When recording was armed after being off, i.e. since when the rings hold frames.
+    since_ms: AtomicU64,
+}
+
+/// What [`Board::arm_recording`] armed: recent scores are from `since_ms` on, and are recorded
+/// until `until_ms` (milliseconds since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RecordingWindow {
+    /// Since when the recent scores were recorded.
+    pub since_ms: u64,
+    /// Until when recording stays armed without another request.
+    pub until_ms: u64,
+}
+
+/// A camera's recent scores of one classifier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentScores {
+    /// Classifications recorded since recording was armed (more than `scores` once the ring
+    /// overwrote some).
+    pub seen: u64,
+    /// The last at most [`RECENT_SCORES`], newest first.
+    pub scores: Vec<RecentScore>,
 }
 
 /// One camera, as the web page sees it.
@@ -89,8 +130,9 @@ pub struct CameraWatch {
     latest_frame: Mutex<Option<Frame>>,
     /// The last event of each classifier: `None` is ImageNet's, `Some(name)` a head's.
     latest_events: Mutex<BTreeMap<Option<String>, Event>>,
-    /// The ImageNet classifier's recent top-1 scores.
-    recent: Mutex<Ring>,
+    /// Each classifier's recent top-1 scores (`None`: ImageNet's), while recording is armed.
+    recent: Mutex<Vec<(Option<String>, Ring)>>,
+    recording: Arc<Recording>,
     live: broadcast::Sender<Arc<str>>,
 }
 
@@ -115,6 +157,7 @@ impl Board {
     /// A board for the cameras with these slots, all offline until they deliver.
     pub fn new<'a>(cameras: impl IntoIterator<Item = (&'a CameraId, &'a Arc<FrameSlot>)>) -> Self {
         let (live, _) = broadcast::channel(LIVE_BACKLOG);
+        let recording = Arc::new(Recording::default());
         let cameras = cameras
             .into_iter()
             .map(|(id, slot)| {
@@ -126,13 +169,40 @@ impl Board {
                     latency: Histogram::new(LATENCY_BUCKETS.iter().copied()),
                     latest_frame: Mutex::new(None),
                     latest_events: Mutex::new(BTreeMap::new()),
-                    recent: Mutex::new(Ring::default()),
+                    recent: Mutex::new(Vec::new()),
+                    recording: recording.clone(),
                     live: live.clone(),
                 };
                 (id.to_string(), Arc::new(watch))
             })
             .collect();
-        Self { cameras, live }
+        Self {
+            cameras,
+            live,
+            recording,
+        }
+    }
+
+    /// Records recent scores from now until [`RECORDING_ARMED_FOR`] from now; when recording
+    /// was off (or its time was up), empties every ring first, so they hold only frames from
+    /// the returned `since_ms` on.
+    pub fn arm_recording(&self) -> RecordingWindow {
+        let now = now_ms();
+        let until_ms = now.saturating_add(RECORDING_ARMED_FOR.as_millis() as u64);
+        let previous = self
+            .recording
+            .armed_until_ms
+            .swap(until_ms, Ordering::Relaxed);
+        if previous < now {
+            for camera in self.cameras.values() {
+                lock(&camera.recent).clear();
+            }
+            self.recording.since_ms.store(now, Ordering::Relaxed);
+        }
+        RecordingWindow {
+            since_ms: self.recording.since_ms.load(Ordering::Relaxed),
+            until_ms,
+        }
     }
 
     /// The camera `id`'s watch, if there is such a camera.
@@ -172,21 +242,53 @@ impl CameraWatch {
         *lock(&self.latest_frame) = Some(frame);
     }
 
-    /// Records the ImageNet classifier's classification of a frame (its top-1, before the
-    /// threshold) in the ring of recent scores.
-    pub fn classified(&self, classification: &Classification) {
+    /// Records a classification of a frame by the ImageNet classifier (`head` `None`) or a
+    /// head (its top-1, before the threshold) in the classifier's ring of recent scores, while
+    /// recording is armed; otherwise costs one relaxed atomic load.
+    pub fn classified(&self, head: Option<&str>, classification: &Classification) {
+        let armed_until_ms = self.recording.armed_until_ms.load(Ordering::Relaxed);
+        if armed_until_ms == 0 {
+            return;
+        }
+        let ts_ms = now_ms();
+        if ts_ms > armed_until_ms {
+            // A request that re-armed it meanwhile wins.
+            let _ = self.recording.armed_until_ms.compare_exchange(
+                armed_until_ms,
+                0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            return;
+        }
         let Some(best) = classification.top.first() else {
             return;
         };
-        let ts_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        lock(&self.recent).record(&best.label, best.score, ts_ms);
+        let mut rings = lock(&self.recent);
+        match rings.iter_mut().find(|(name, _)| name.as_deref() == head) {
+            Some((_, ring)) => ring.record(&best.label, best.score, ts_ms),
+            None => {
+                let mut ring = Ring::default();
+                ring.record(&best.label, best.score, ts_ms);
+                rings.push((head.map(str::to_string), ring));
+            }
+        }
     }
 
-    /// The recent classifications' top-1 scores, newest first (at most [`RECENT_SCORES`]).
-    pub fn recent_scores(&self) -> Vec<RecentScore> {
-        lock(&self.recent).newest_first()
+    /// The classifier's (`None`: ImageNet's) recorded classifications: how many, and the last
+    /// at most [`RECENT_SCORES`] top-1 scores, newest first.
+    pub fn recent_scores(&self, head: Option<&str>) -> RecentScores {
+        let rings = lock(&self.recent);
+        match rings.iter().find(|(name, _)| name.as_deref() == head) {
+            Some((_, ring)) => RecentScores {
+                seen: ring.seen,
+                scores: ring.newest_first(),
+            },
+            None => RecentScores {
+                seen: 0,
+                scores: Vec::new(),
+            },
+        }
     }
 
     /// Records an event as published (a heartbeat only refreshes it); tells live browsers.
@@ -250,6 +352,13 @@ impl CameraWatch {
             let _ = self.live.send(text.into());
         }
     }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A poisoned lock only means a thread panicked while replacing a value; the value is whole.
@@ -316,6 +425,60 @@ mod tests {
         assert_eq!(recent[0].label, "cat");
         assert_eq!(recent[RECENT_SCORES - 1].ts_ms, 5);
         assert!(recent.windows(2).all(|w| w[0].ts_ms == w[1].ts_ms + 1));
+    }
+
+    fn classification(label: &str, score: f32) -> Classification {
+        Classification {
+            label: label.into(),
+            score,
+            unknown: false,
+            top: vec![crate::postprocess::Prediction {
+                label: label.into(),
+                raw_label: label.into(),
+                index: 0,
+                wnid: String::new(),
+                score,
+            }],
+        }
+    }
+
+    #[test]
+    fn recent_scores_are_recorded_only_while_armed_and_per_classifier() {
+        let id: CameraId = "door".parse().unwrap();
+        let slot = Arc::new(FrameSlot::new());
+        let board = Board::new([(&id, &slot)]);
+        let watch = board.camera("door").unwrap();
+        for _ in 0..5 {
+            watch.classified(None, &classification("cat", 0.5));
+        }
+        assert_eq!(
+            watch.recent_scores(None).seen,
+            0,
+            "recorded while not armed"
+        );
+        let window = board.arm_recording();
+        assert!(window.until_ms >= window.since_ms + 600_000);
+        watch.classified(None, &classification("dog", 0.4));
+        watch.classified(Some("garage"), &classification("open", 0.9));
+        watch.classified(None, &classification("cat", 0.7));
+        let imagenet = watch.recent_scores(None);
+        assert_eq!(imagenet.seen, 2);
+        let labels: Vec<_> = imagenet.scores.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["cat", "dog"]);
+        assert_eq!(watch.recent_scores(Some("garage")).scores[0].label, "open");
+        // Re-armed while armed: the rings keep what they hold, from the same start.
+        assert_eq!(board.arm_recording().since_ms, window.since_ms);
+        assert_eq!(watch.recent_scores(None).seen, 2);
+        // The time is up: the next classification disarms, and nothing more is recorded.
+        board.recording.armed_until_ms.store(1, Ordering::Relaxed);
+        watch.classified(None, &classification("cat", 0.7));
+        assert_eq!(board.recording.armed_until_ms.load(Ordering::Relaxed), 0);
+        watch.classified(None, &classification("cat", 0.7));
+        assert_eq!(watch.recent_scores(None).seen, 2);
+        // Armed again after being off: the rings start empty.
+        board.arm_recording();
+        assert_eq!(watch.recent_scores(None).seen, 0);
+        assert!(watch.recent_scores(Some("garage")).scores.is_empty());
     }
 
     #[test]

@@ -9,8 +9,11 @@
 //! - Pages (`/`, embedded in the binary, no internet needed): *Cameras*, each camera's
 //!   latest snapshot, label, score, Top-3 bars, availability, frames per second, latency and
 //!   last event time, updated live; *Classify*, the Top-3 of uploaded images; *Thresholds*,
-//!   per label the recent top-1 scores as a histogram and a slider previewing which frames a
-//!   threshold would turn unknown, applied through the overrides file.
+//!   for the ImageNet classifier and each head the recent top-1 scores as a histogram, and
+//!   sliders (the global threshold, each label's) previewing which frames a threshold would
+//!   turn unknown, applied through the overrides file. Recent scores are recorded only for
+//!   ten minutes after the page (its API) was last asked ([`Board`]): without a browser the
+//!   web page adds no per-frame work beyond a relaxed atomic load.
 //! - API: `GET /api/cameras`, `GET /api/cameras/{id}/snapshot.jpg`, `GET /api/events`
 //!   (server-sent events), `POST /api/classify` (`classify --json`'s report plus the daemon's
 //!   postprocessing), `GET`/`POST /api/thresholds` ([`thresholds`](self) module),
@@ -45,7 +48,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-pub use board::{Board, CameraWatch, RecentScore, RECENT_SCORES};
+pub use board::{
+    Board, CameraWatch, RecentScore, RecentScores, RecordingWindow, RECENT_SCORES,
+    RECORDING_ARMED_FOR,
+};
 pub use config::WebConfig;
 pub use labels::UNLABELLED;
 pub use training::Activator;
@@ -114,6 +120,9 @@ struct App {
 /// (the previous settings stay).
 pub type Reload = Arc<dyn Fn() -> anyhow::Result<()> + Send + Sync>;
 
+/// The postprocessors of the heads the daemon runs now, by head name (SIGHUP replaces them).
+pub type HeadPostprocessors = Box<dyn Fn() -> Vec<(String, Postprocessor)> + Send + Sync>;
+
 /// What the daemon hands the web server.
 pub struct Context {
     /// The cameras' state.
@@ -126,6 +135,8 @@ pub struct Context {
     pub tta: Tta,
     /// The daemon's current ImageNet postprocessor (SIGHUP replaces it).
     pub postprocessor: Box<dyn Fn() -> Arc<Postprocessor> + Send + Sync>,
+    /// The heads' current postprocessors, for their thresholds.
+    pub head_postprocessors: HeadPostprocessors,
     /// The state directory: the cameras' datasets and trained heads are kept there.
     pub data_dir: PathBuf,
     /// `[model]`, for training jobs to load the backbone with.
@@ -174,6 +185,7 @@ pub async fn start(
         thresholds: thresholds::Thresholds {
             overrides_file: context.overrides_file,
             reload: context.reload,
+            heads: context.head_postprocessors,
         },
     });
     let router = Router::new()

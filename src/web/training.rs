@@ -202,8 +202,9 @@ pub(super) async fn start(
 }
 
 /// The lowest CPU priority for the calling thread (Linux nice values are per thread, and
-/// threads it starts inherit it): classifying frames goes first. A system call filter that
-/// refuses `setpriority` (the shipped unit's `~@resources`) leaves it at normal priority, logged.
+/// threads it starts inherit it): classifying frames goes first. The shipped unit allows
+/// `setpriority` after its `~@resources` deny list for this; a filter that refuses it leaves the
+/// job at normal priority, logged.
 fn lower_priority() {
     // SAFETY: gettid and setpriority have no memory-safety preconditions.
     let result = unsafe {

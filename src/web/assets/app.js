@@ -160,26 +160,85 @@ function setupClassify() {
   });
 }
 
-// Thresholds: per label, the recent top-1 scores as a histogram and a slider previewing which
-// of those frames a threshold would turn unknown; Apply writes it to the overrides file.
+// Thresholds: for the ImageNet classifier and each head, the recent top-1 scores as
+// histograms, a slider for the global threshold and one per label, each previewing which of
+// those frames it would turn unknown; Apply writes it to the overrides file. The daemon records
+// scores only while this page asks (for ten minutes after the last request), so the note says
+// since when and how many.
 const BINS = 20;
 const SVG = "http://www.w3.org/2000/svg";
+const RECORDING_REFRESH_MS = 60000;
 
-async function loadThresholds() {
+async function fetchThresholds() {
   const note = document.getElementById("thresholds-note");
   const response = await fetch("/api/thresholds");
-  if (!response.ok) { note.textContent = "cannot load: " + response.statusText; return; }
+  if (!response.ok) { note.textContent = "cannot load: " + response.statusText; return null; }
   const data = await response.json();
-  note.textContent = data.recent.length + " recent classifications; Apply writes to " +
-    data.overrides_file + " and reloads";
-  const container = document.getElementById("threshold-labels");
+  const frames = data.frames + data.heads.reduce((sum, h) => sum + h.frames, 0);
+  note.textContent = "Recording since " + new Date(data.recording.since_ms).toLocaleTimeString() +
+    ": " + frames + " classifications seen (the histograms keep the last 240 per camera); " +
+    "recording stops 10 minutes after this page last asked. Apply writes to " +
+    data.overrides_file + " and reloads.";
+  return data;
+}
+
+async function loadThresholds() {
+  const data = await fetchThresholds();
+  if (!data) return;
+  const container = document.getElementById("threshold-classifiers");
   container.replaceChildren();
-  const byCount = data.labels.map((l) => ({
+  container.append(classifierSection("ImageNet", null, data));
+  for (const head of data.heads) container.append(classifierSection("Head " + head.name, head.name, head));
+}
+
+// One classifier: its global threshold tile, then a tile per label, most frequent first.
+function classifierSection(title, head, classifier) {
+  const section = document.createElement("section");
+  section.className = "classifier";
+  section.dataset.head = head || "";
+  const heading = document.createElement("h2");
+  heading.textContent = title + " · " + classifier.frames + " frames";
+  const tiles = document.createElement("div");
+  tiles.className = "tiles";
+  section.append(heading, tiles);
+  tiles.append(globalTile(head, classifier));
+  const byCount = classifier.labels.map((l) => ({
+    head,
     label: l.label,
     threshold: l.threshold,
-    frames: data.recent.filter((r) => r.label === l.label),
+    frames: classifier.recent.filter((r) => r.label === l.label),
   })).sort((a, b) => b.frames.length - a.frames.length);
-  for (const entry of byCount) container.append(thresholdTile(entry));
+  for (const entry of byCount) tiles.append(thresholdTile(entry));
+  return section;
+}
+
+// The global threshold: every label without its own threshold follows it. Until the slider
+// moves, a head without one keeps each label's threshold (the head file's recommendation).
+function globalTile(head, classifier) {
+  const tile = document.getElementById("threshold-tile").content.firstElementChild.cloneNode(true);
+  tile.className = "tile threshold-global";
+  tile.querySelector(".name").textContent = "global threshold" +
+    (classifier.threshold === null ? " (not set: each label its own)" : "");
+  const slider = tile.querySelector(".slider");
+  slider.value = classifier.threshold === null ? 0.6 : classifier.threshold;
+  const labels = new Map(classifier.labels.map((l) => [l.label, l]));
+  let moved = classifier.threshold !== null;
+  const update = () => {
+    const global = Number(slider.value);
+    const thresholdOf = (frame) => {
+      const label = labels.get(frame.label);
+      if (!label) return global;
+      return label.own || !moved ? label.threshold : global;
+    };
+    previewThreshold(tile, classifier.recent, global, thresholdOf);
+  };
+  slider.addEventListener("input", () => { moved = true; update(); });
+  tile.querySelector(".apply").addEventListener("click", () => {
+    const value = Number(slider.value);
+    applyThreshold(tile, head === null ? { threshold: value } : { heads: { [head]: { threshold: value } } }, value);
+  });
+  update();
+  return tile;
 }
 
 function thresholdTile(entry) {
@@ -190,15 +249,19 @@ function thresholdTile(entry) {
   slider.value = entry.threshold;
   const update = () => previewThreshold(tile, entry.frames, Number(slider.value));
   slider.addEventListener("input", update);
-  tile.querySelector(".apply").addEventListener("click", () =>
-    applyThreshold(tile, entry.label, Number(slider.value)));
+  tile.querySelector(".apply").addEventListener("click", () => {
+    const value = Number(slider.value);
+    const thresholds = { [entry.label]: value };
+    applyThreshold(tile, entry.head === null ? { thresholds } : { heads: { [entry.head]: { thresholds } } }, value);
+  });
   update();
   return tile;
 }
 
-function previewThreshold(tile, frames, threshold) {
+// `thresholdOf(frame)`: the threshold a frame is held to (default: the slider's).
+function previewThreshold(tile, frames, threshold, thresholdOf = () => threshold) {
   tile.querySelector(".value").textContent = threshold.toFixed(2);
-  const unknown = frames.filter((f) => f.score < threshold);
+  const unknown = frames.filter((f) => f.score < thresholdOf(f));
   tile.querySelector(".would-unknown").textContent = String(unknown.length);
   tile.querySelector(".total").textContent = String(frames.length);
   const list = tile.querySelector(".frames");
@@ -234,14 +297,15 @@ function histogram(svg, frames, threshold) {
   svg.append(line);
 }
 
-async function applyThreshold(tile, label, threshold) {
+// `body`: the POST /api/thresholds request.
+async function applyThreshold(tile, body, threshold) {
   const status = tile.querySelector(".applied");
   status.textContent = "applying…";
   try {
     const response = await fetch("/api/thresholds", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ thresholds: { [label]: threshold } }),
+      body: JSON.stringify(body),
     });
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error || response.statusText);
@@ -254,6 +318,11 @@ async function applyThreshold(tile, label, threshold) {
 }
 
 document.getElementById("thresholds-refresh").addEventListener("click", loadThresholds);
+// While the page is open, keep the daemon recording and the note's count current (the
+// histograms change only on Refresh, so sliders keep their place).
+setInterval(() => {
+  if (!document.getElementById("page-thresholds").hidden) fetchThresholds();
+}, RECORDING_REFRESH_MS);
 window.addEventListener("hashchange", show);
 show();
 setupClassify();
