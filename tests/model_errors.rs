@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use edgeclass::model::{quantize_file, Model, ModelError, Precision, StorageDtype};
+use edgeclass::model::{quantize_file, Head, Model, ModelError, Precision, StorageDtype};
 use edgeclass::sysexits::Sysexit;
 
 fn fixture(name: &str) -> PathBuf {
@@ -206,4 +206,21 @@ fn gguf_of_another_architecture() {
     let (err, message) = load_error(&path);
     assert!(matches!(err, ModelError::Malformed { .. }), "{message}");
     assert!(message.contains("llama"), "{message}");
+}
+
+/// Head files the fuzzing found panicking the loader (a tensor shape whose value count, or byte
+/// size, overflows), kept as regression tests: now errors naming the file. New crashes from
+/// `fuzz/run.sh` join them here.
+#[test]
+fn crashes_found_by_fuzzing_are_errors() {
+    for name in [
+        "fuzz/head-overflowing-shape-1.gguf",
+        "fuzz/head-overflowing-shape-2.gguf",
+        "fuzz/head-overflowing-size.gguf",
+    ] {
+        let err = Head::load(&fixture(name)).expect_err(name).to_string();
+        assert!(err.contains(name), "{err}");
+        let (_, message) = load_error(&fixture(name));
+        assert!(message.contains(name), "{message}");
+    }
 }

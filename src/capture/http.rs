@@ -86,6 +86,13 @@ impl HttpSource {
     }
 }
 
+/// Fetches one snapshot from `url` as an HTTP camera does every interval (status, Content-Type,
+/// size limit, empty body checked): for tools and the fuzz target of HTTP responses
+/// (`fuzz/fuzz_targets/http_snapshot.rs`).
+pub fn fetch_snapshot(url: &str, timeout: Duration) -> Result<Frame, CaptureError> {
+    HttpSource::new(url, timeout).fetch()
+}
+
 /// Accepts `image/*`; for a missing or generic type, accepts bytes that look like an image.
 /// Anything else (an HTML login page, an MJPEG stream) is an error that says what came back.
 fn check_content_type(content_type: Option<&str>, data: &[u8]) -> Result<(), String> {

@@ -28,6 +28,7 @@ pub use config::{
 };
 pub use error::CaptureError;
 pub use frame::{Frame, PixelFormat};
+pub use http::fetch_snapshot;
 #[cfg(not(feature = "camera"))]
 pub use modes::list_cameras;
 pub use modes::{CameraInfo, CameraMode};

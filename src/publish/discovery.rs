@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::config::slug;
+use super::config::{slug, MqttConfig};
 use super::outbox::Message;
 use super::Topics;
 use crate::capture::CameraId;
@@ -27,7 +27,52 @@ const ATTRIBUTES_TEMPLATE: &str = "{{ {'top3': value_json.top3, 'score': value_j
      'frame': value_json.frame, 'model': value_json.model, \
      'latency_ms': value_json.latency_ms} | tojson }}";
 
+/// The retained discovery messages (topic, JSON payload) a [`super::Publisher`] started with
+/// `cfg` and `model` announces for `cameras`, then those of [`super::Publisher::announce_head`]
+/// for each `(head, labels)` on every camera; none with discovery disabled. For tools and the
+/// fuzz target of the published JSON (`fuzz/fuzz_targets/discovery.rs`).
+pub fn discovery_messages(
+    cfg: &MqttConfig,
+    model: &str,
+    cameras: &[CameraId],
+    heads: &[(&str, &[&str])],
+) -> Vec<(String, Vec<u8>)> {
+    if !cfg.discovery.enabled {
+        return Vec::new();
+    }
+    let announcement = Announcement::new(cfg, model, Topics::new(&cfg.topic_prefix));
+    let mut messages = announcement.messages(cameras);
+    for camera in cameras {
+        for (head, labels) in heads {
+            messages.push(announcement.head_sensor(camera, head, labels));
+        }
+    }
+    messages
+        .into_iter()
+        .map(|message| (message.topic, message.payload))
+        .collect()
+}
+
 impl Announcement {
+    /// What `cfg`'s discovery section and `model` announce, under `topics`.
+    pub fn new(cfg: &MqttConfig, model: &str, topics: Topics) -> Self {
+        let node_id = cfg.node_id();
+        let device_name = cfg
+            .discovery
+            .device_name
+            .clone()
+            .unwrap_or_else(|| format!("edgeclass {node_id}"));
+        Announcement {
+            discovery_prefix: cfg.discovery.prefix.clone(),
+            node_id,
+            device_name,
+            model: model.to_string(),
+            qos: cfg.qos,
+            snapshots: cfg.snapshot.enabled,
+            topics,
+        }
+    }
+
     /// The retained config messages for every camera. With snapshots off the image entity's
     /// config is an empty retained payload, which removes an entity announced earlier.
     pub fn messages(&self, cameras: &[CameraId]) -> Vec<Message> {

@@ -33,6 +33,7 @@ use crate::sysexits::Sysexit;
 
 pub use broker::EmbeddedBroker;
 pub use config::{DiscoveryConfig, MqttConfig, SnapshotConfig};
+pub use discovery::discovery_messages;
 pub use event::Event;
 pub use mqtt::{PublishStats, Publisher};
 

@@ -140,21 +140,7 @@ impl Publisher {
         let (client, eventloop) = AsyncClient::new(options, SEND_WINDOW * 2);
 
         let discovery = cfg.discovery.enabled.then(|| {
-            let node_id = cfg.node_id();
-            let device_name = cfg
-                .discovery
-                .device_name
-                .clone()
-                .unwrap_or_else(|| format!("edgeclass {node_id}"));
-            let announcement = Announcement {
-                discovery_prefix: cfg.discovery.prefix.clone(),
-                node_id,
-                device_name,
-                model: model.to_string(),
-                qos: cfg.qos,
-                snapshots: cfg.snapshot.enabled,
-                topics: topics.clone(),
-            };
+            let announcement = Announcement::new(cfg, model, topics.clone());
             Discovery {
                 ha_status_topic: announcement.ha_status_topic(),
                 announcement,
