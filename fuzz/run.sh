@@ -16,6 +16,10 @@ seconds=${1:-60}
 flags=(-O -a --sanitizer none --codegen-units 16)
 cargo +nightly fuzz build "${flags[@]}"
 [ "$seconds" != build ] || exit 0
+# The targets that load from a path write their inputs here (fuzz/src/lib.rs: scratch_file).
+scratch=$(mktemp -d -p "$([ -d /dev/shm ] && echo /dev/shm || echo "${TMPDIR:-/tmp}")" edgeclass-fuzz.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+export EDGECLASS_FUZZ_SCRATCH=$scratch
 total=0
 crashed=()
 targets=("${@:2}")
