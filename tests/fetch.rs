@@ -827,31 +827,70 @@ fn fetch_model_command(server: &FixtureServer, model: &Path) -> Command {
     command
 }
 
-/// Starts `fetch-model` against `server`, whose answer stalls after [`STALL_AT`] bytes, waits
-/// until they are in the partial file and kills the process with SIGKILL, as systemd's start
-/// timeout would. Returns the partial file.
-fn fetch_model_killed_mid_download(server: &FixtureServer, model: &Path) -> PathBuf {
-    let partial = model.with_file_name(partial_name(&sha256_hex(&fixture())));
-    let mut child = fetch_model_command(server, model)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run fetch-model");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::fs::metadata(&partial).map_or(0, |meta| meta.len()) < STALL_AT as u64 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {STALL_AT} bytes in {} within 60 s",
-            partial.display()
-        );
-        assert!(
-            child.try_wait().expect("poll fetch-model").is_none(),
-            "fetch-model ended before it was killed"
-        );
-        std::thread::sleep(Duration::from_millis(5));
+/// A `fetch-model` run in a temp dir whose download of the pinned file stalled after
+/// [`STALL_AT`] bytes: the server answers with `etag` and honours Range, the partial file holds
+/// those bytes, and the process still runs (it is killed when this is dropped).
+struct StalledDownload {
+    path: String,
+    server: FixtureServer,
+    model: PathBuf,
+    partial: PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl StalledDownload {
+    fn start(etag: &'static str, body: Vec<u8>) -> Self {
+        let path = pinned_path();
+        let server = FixtureServer::start(|_| routes(vec![(path.as_str(), stalling(etag, body))]));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = dir.path().join("model.safetensors");
+        let partial = model.with_file_name(partial_name(&sha256_hex(&fixture())));
+        let mut child = fetch_model_command(&server, &model)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run fetch-model");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::fs::metadata(&partial).map_or(0, |meta| meta.len()) < STALL_AT as u64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {STALL_AT} bytes in {} within 60 s",
+                partial.display()
+            );
+            assert!(
+                child.try_wait().expect("poll fetch-model").is_none(),
+                "fetch-model ended before it stalled"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        StalledDownload {
+            path,
+            server,
+            model,
+            partial,
+            child,
+            _dir: dir,
+        }
     }
-    child.kill().expect("SIGKILL fetch-model");
-    child.wait().expect("reap fetch-model");
-    partial
+
+    /// Kills the process with SIGKILL, as systemd's start timeout would.
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL fetch-model");
+        self.child.wait().expect("reap fetch-model");
+    }
+
+    /// From now on the server answers for the pinned path with `reply`.
+    fn then_serve(&self, reply: Reply) {
+        self.server.set_route(&self.path, reply);
+    }
+}
+
+impl Drop for StalledDownload {
+    fn drop(&mut self) {
+        // A failed assertion must not leave the process behind; after `kill` this is a no-op.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Runs `fetch-model` to the end and checks it succeeded with the right file and nothing else
@@ -889,26 +928,26 @@ fn stalling(etag: &'static str, body: Vec<u8>) -> Reply {
     }
 }
 
+/// The pinned file with `etag`, honouring Range, to its end.
+fn resumable(etag: &'static str) -> Reply {
+    Reply {
+        stall_at: None,
+        ..stalling(etag, fixture())
+    }
+}
+
 /// Issue #15: systemd kills the first start on a slow link; the next start continues the
 /// download instead of starting from zero.
 #[test]
 fn fetch_model_killed_mid_download_resumes_on_the_next_run() {
-    let path = pinned_path();
-    let server =
-        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let model = dir.path().join("model.safetensors");
-
-    let partial = fetch_model_killed_mid_download(&server, &model);
-    let partial_mode = std::fs::metadata(&partial).expect("partial").permissions();
-    server.set_route(
-        &path,
-        Reply {
-            stall_at: None,
-            ..stalling("\"v1\"", fixture())
-        },
-    );
-    fetch_model_completes(&server, &model);
+    let mut download = StalledDownload::start("\"v1\"", fixture());
+    download.kill();
+    let partial_mode = std::fs::metadata(&download.partial)
+        .expect("partial")
+        .permissions();
+    download.then_serve(resumable("\"v1\""));
+    let server = &download.server;
+    fetch_model_completes(server, &download.model);
 
     assert_eq!(
         server.seen(),
@@ -933,30 +972,12 @@ fn fetch_model_killed_mid_download_resumes_on_the_next_run() {
 /// EX_TEMPFAIL and leaves the first one's bytes alone.
 #[test]
 fn a_second_fetch_model_during_a_download_fails_with_tempfail() {
-    let path = pinned_path();
-    let server =
-        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let model = dir.path().join("model.safetensors");
-    let partial = model.with_file_name(partial_name(&sha256_hex(&fixture())));
-    let mut first = fetch_model_command(&server, &model)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run fetch-model");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::fs::metadata(&partial).map_or(0, |meta| meta.len()) < STALL_AT as u64 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "first download stalled early"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-
-    let second = fetch_model_command(&server, &model)
+    let mut first = StalledDownload::start("\"v1\"", fixture());
+    let second = fetch_model_command(&first.server, &first.model)
         .output()
         .expect("run the second fetch-model");
-    first.kill().expect("SIGKILL the first fetch-model");
-    first.wait().expect("reap the first fetch-model");
+    first.kill();
+    let (server, partial) = (&first.server, &first.partial);
 
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(75), "{stderr}");
@@ -971,7 +992,7 @@ fn a_second_fetch_model_during_a_download_fails_with_tempfail() {
         "the second process asked the server nothing"
     );
     assert_eq!(
-        std::fs::metadata(&partial).expect("partial").len(),
+        std::fs::metadata(partial).expect("partial").len(),
         STALL_AT as u64
     );
 }
@@ -980,22 +1001,13 @@ fn a_second_fetch_model_during_a_download_fails_with_tempfail() {
 /// the server send the whole new file, which is not stitched onto the old prefix.
 #[test]
 fn a_partial_download_of_a_file_since_changed_on_the_server_starts_over() {
-    let path = pinned_path();
     let mut old = fixture();
     old.reverse();
-    let server = FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v0\"", old))]));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let model = dir.path().join("model.safetensors");
-
-    fetch_model_killed_mid_download(&server, &model);
-    server.set_route(
-        &path,
-        Reply {
-            stall_at: None,
-            ..stalling("\"v1\"", fixture())
-        },
-    );
-    fetch_model_completes(&server, &model);
+    let mut download = StalledDownload::start("\"v0\"", old);
+    download.kill();
+    download.then_serve(resumable("\"v1\""));
+    let server = &download.server;
+    fetch_model_completes(server, &download.model);
 
     // One request for the new file: no stitched file failing its checksum and fetched again.
     assert_eq!(
@@ -1012,24 +1024,14 @@ fn a_partial_download_of_a_file_since_changed_on_the_server_starts_over() {
 /// downloaded once more from the start, and the partial file is gone afterwards.
 #[test]
 fn a_corrupt_partial_download_is_fetched_once_more_from_the_start() {
-    let path = pinned_path();
-    let server =
-        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let model = dir.path().join("model.safetensors");
-
-    let partial = fetch_model_killed_mid_download(&server, &model);
-    let mut bytes = std::fs::read(&partial).expect("partial");
+    let mut download = StalledDownload::start("\"v1\"", fixture());
+    download.kill();
+    let mut bytes = std::fs::read(&download.partial).expect("partial");
     bytes[STALL_AT / 2] ^= 0x01;
-    std::fs::write(&partial, bytes).expect("damage the partial file");
-    server.set_route(
-        &path,
-        Reply {
-            stall_at: None,
-            ..stalling("\"v1\"", fixture())
-        },
-    );
-    fetch_model_completes(&server, &model);
+    std::fs::write(&download.partial, bytes).expect("damage the partial file");
+    download.then_serve(resumable("\"v1\""));
+    let server = &download.server;
+    fetch_model_completes(server, &download.model);
 
     // Killed run, the resumed request, one download from the start.
     let ranges: Vec<Option<usize>> = server.seen().iter().map(|seen| seen.range).collect();
@@ -1039,21 +1041,14 @@ fn a_corrupt_partial_download_is_fetched_once_more_from_the_start() {
 /// A server that ignores Range answers 200 with the whole file: it replaces the prefix.
 #[test]
 fn a_server_ignoring_range_gets_the_partial_download_replaced() {
-    let path = pinned_path();
-    let server =
-        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let model = dir.path().join("model.safetensors");
-
-    fetch_model_killed_mid_download(&server, &model);
-    server.set_route(
-        &path,
-        Reply {
-            etag: Some("\"v1\""),
-            ..Reply::ok(fixture())
-        },
-    );
-    fetch_model_completes(&server, &model);
+    let mut download = StalledDownload::start("\"v1\"", fixture());
+    download.kill();
+    download.then_serve(Reply {
+        etag: Some("\"v1\""),
+        ..Reply::ok(fixture())
+    });
+    let server = &download.server;
+    fetch_model_completes(server, &download.model);
 
     let ranges: Vec<Option<usize>> = server.seen().iter().map(|seen| seen.range).collect();
     assert_eq!(ranges, [None, Some(STALL_AT)]);
@@ -1064,27 +1059,17 @@ fn a_server_ignoring_range_gets_the_partial_download_replaced() {
 /// it is discarded and the file downloaded from the start.
 #[test]
 fn a_partial_download_longer_than_the_file_gets_416_and_starts_over() {
-    let path = pinned_path();
-    let server =
-        FixtureServer::start(|_| routes(vec![(path.as_str(), stalling("\"v1\"", fixture()))]));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let model = dir.path().join("model.safetensors");
-
-    let partial = fetch_model_killed_mid_download(&server, &model);
+    let mut download = StalledDownload::start("\"v1\"", fixture());
+    download.kill();
     let too_long = FIXTURE_LEN + 1000;
     std::fs::File::options()
         .write(true)
-        .open(&partial)
+        .open(&download.partial)
         .and_then(|file| file.set_len(too_long as u64))
         .expect("lengthen the partial file");
-    server.set_route(
-        &path,
-        Reply {
-            stall_at: None,
-            ..stalling("\"v1\"", fixture())
-        },
-    );
-    fetch_model_completes(&server, &model);
+    download.then_serve(resumable("\"v1\""));
+    let server = &download.server;
+    fetch_model_completes(server, &download.model);
 
     let ranges: Vec<Option<usize>> = server.seen().iter().map(|seen| seen.range).collect();
     assert_eq!(ranges, [None, Some(too_long), None]);
