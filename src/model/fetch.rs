@@ -343,7 +343,7 @@ fn fetch_rest(
         let answered = Validators::of(&response);
         let continues = offset > 0
             && status == 206
-            && content_range_start(&response) == Some(offset)
+            && content_range(&response).map(|(start, _)| start) == Some(offset)
             && answered.same_file_as(&validators);
         if continues {
             resumed = true;
@@ -742,10 +742,6 @@ fn content_range(response: &ureq::http::Response<ureq::Body>) -> Option<(u64, Op
     let (range, total) = value.strip_prefix("bytes ")?.split_once('/')?;
     let (start, _) = range.split_once('-')?;
     Some((start.trim().parse().ok()?, total.trim().parse().ok()))
-}
-
-fn content_range_start(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
-    content_range(response).map(|(start, _)| start)
 }
 
 /// Best effort: a leftover that cannot be removed must not stop a fresh download. Partial
