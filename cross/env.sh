@@ -44,7 +44,8 @@ cross_env() {
   local upper=${target^^}; upper=${upper//-/_}   # CARGO_TARGET_<TRIPLE>_* spelling
   local lower=${target//-/_}                     # cc/bindgen's <target> spelling
 
-  if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+  # A here-string: piped into `grep -q`, a SIGPIPE'd rustup would fail the test under pipefail.
+  if ! grep -qx "$target" <<<"$(rustup target list --installed 2>/dev/null)"; then
     echo "cross/env.sh: rust target $target is not installed: rustup target add $target" >&2
     return 69
   fi
