@@ -32,6 +32,7 @@ use std::time::Duration;
 use crate::sysexits::Sysexit;
 
 pub use calibration::ActivationRanges;
+use calibration::Calibrator;
 pub use config::{default_weights_path, ModelConfig};
 pub use ensemble::{Ensemble, EnsembleBuffers};
 pub use head::{is_head_file, BackboneRef, Dense, Head, HEAD_ARCHITECTURE};
@@ -738,15 +739,36 @@ pub fn calibrate<'a>(
     let engine = Engine::new(&network, precision)?;
     let pool = thread_pool(threads)?;
     let size = network.input_size;
-    let mut ranges = ActivationRanges::default();
-    let mut logits = Vec::new();
-    for input in inputs {
-        check_input(input, size)?;
-        engine.observe(&pool, input, size, &mut logits, &mut ranges);
-        ranges.add_image();
+    let inputs: Vec<&[f32]> = inputs.into_iter().collect();
+    let mut calibrator = Calibrator::default();
+    let (mut logits, mut mirrored) = (Vec::new(), Vec::new());
+    // The first pass finds each tensor's extremes, the second fills its histogram between
+    // them. Each image is seen with its mirror image too: a camera sees a scene from either
+    // side, and ranges measured on both generalize better to pictures not in the sample.
+    for pass in [Pass::Extremes, Pass::Histograms] {
+        if pass == Pass::Histograms {
+            calibrator.start_histograms();
+        }
+        for input in &inputs {
+            check_input(input, size)?;
+            mirrored.clear();
+            mirrored.extend_from_slice(input);
+            mirrored.chunks_exact_mut(size).for_each(<[f32]>::reverse);
+            for view in [*input, &mirrored] {
+                engine.observe(&pool, view, size, &mut logits, &mut calibrator);
+            }
+            calibrator.add_image();
+        }
     }
-    network.activations = Some(ranges);
+    network.activations = Some(calibrator.finish());
     Ok(network)
+}
+
+/// The two passes of [`calibrate`] over its images.
+#[derive(Clone, Copy, PartialEq)]
+enum Pass {
+    Extremes,
+    Histograms,
 }
 
 fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, ModelError> {

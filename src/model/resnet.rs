@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::calibration::{ActivationRanges, INPUT};
+use super::calibration::{Calibrator, INPUT};
 use super::kernels::{
     global_avg_pool, max_pool_3x3_s2, reserve_gather_buffers, ActQuant, ForwardOptions,
     ForwardQuantizedOptions, Nhwc, QConv2d, Requant, Residual, Scratch,
@@ -62,18 +62,18 @@ impl Engine {
         matches!(self, Engine::Quantized(net) if net.is_calibrated())
     }
 
-    /// Runs `input` through the dynamic int8 path, widening `ranges` by every activation
-    /// tensor (calibration). A no-op for f32.
+    /// Runs `input` through the dynamic int8 path, showing `calibrator` every activation
+    /// tensor. A no-op for f32.
     pub(crate) fn observe(
         &self,
         pool: &rayon::ThreadPool,
         input: &[f32],
         size: usize,
         logits: &mut Vec<f32>,
-        ranges: &mut ActivationRanges,
+        calibrator: &mut Calibrator,
     ) {
         if let Engine::Quantized(net) = self {
-            net.forward(pool, input, size, logits, None, &mut None, Some(ranges));
+            net.forward(pool, input, size, logits, None, &mut None, Some(calibrator));
         }
     }
 
@@ -308,7 +308,7 @@ impl QuantizedNet {
     }
 
     /// Runs one frame: static when calibrated, else dynamic; with `observe`, always dynamic,
-    /// widening `observe`'s ranges by every tensor it sees (calibration).
+    /// showing `observe` every tensor it computes (calibration).
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -318,7 +318,7 @@ impl QuantizedNet {
         logits: &mut Vec<f32>,
         features: Option<&mut Vec<f32>>,
         profile: &mut Profile,
-        observe: Option<&mut ActivationRanges>,
+        observe: Option<&mut Calibrator>,
     ) {
         // Locked outside the pool on purpose: a pool thread waiting inside a parallel loop may
         // pick up another caller's work, which must not then wait for this same lock.
@@ -473,7 +473,7 @@ impl QuantizedNet {
     }
 
     /// The dynamic path up to the pooled features: f32 between layers, each convolution
-    /// measuring its input's range. With `observe`, records every tensor's range.
+    /// measuring its input's range. With `observe`, shows it every tensor.
     #[allow(clippy::too_many_arguments)]
     fn forward_dynamic(
         &self,
@@ -482,7 +482,7 @@ impl QuantizedNet {
         kernel: &mut Scratch,
         input: &[f32],
         size: usize,
-        mut observe: Option<&mut ActivationRanges>,
+        mut observe: Option<&mut Calibrator>,
         pooled: &mut Vec<f32>,
         profile: &mut Profile,
         since: &mut Instant,
@@ -490,8 +490,8 @@ impl QuantizedNet {
         let Floats { x, t, r, out } = acts;
         nchw_to_nhwc(input, size, size, x, |v| v);
         lap(profile, since, "input");
-        if let Some(ranges) = observe.as_deref_mut() {
-            ranges.observe(INPUT, x);
+        if let Some(calibrator) = observe.as_deref_mut() {
+            calibrator.observe(INPUT, x);
         }
         let mut conv = |layer: &QLayer,
                         values: &[f32],
@@ -504,8 +504,8 @@ impl QuantizedNet {
                 width,
             };
             let dims = layer.conv.forward(pool, input, out, kernel, options);
-            if let Some(ranges) = observe.as_deref_mut() {
-                ranges.observe(&layer.name, out);
+            if let Some(calibrator) = observe.as_deref_mut() {
+                calibrator.observe(&layer.name, out);
             }
             dims
         };
