@@ -18,14 +18,19 @@
 //! `exact = false`, decodes a JPEG with libjpeg-turbo at the smallest DCT scale (1/2, 1/4, 1/8)
 //! whose short side (of the crop region, if any) still covers `resize`, as Pillow's `draft()`
 //! does, then applies the same transform; [`Preprocessor::decode_if_changed`] lets the motion
-//! gate judge a JPEG frame on its 1/8-scale decode before any larger one.
+//! gate judge a JPEG frame on its 1/8-scale decode before any larger one. YUYV and NV12 frames
+//! that [`Preprocessor::load`] takes in fast mode are not converted to a full-size RGB image:
+//! [`Preprocessor::normalize`] filters their Y, Cb and Cr planes with the same weights and
+//! converts only the output pixels (module `yuv`: within one level of the RGB path for colours
+//! inside the RGB cube; chroma siting and the clamping exception are explained there).
 //!
 //! Raw camera formats are converted with BT.601 limited-range ("TV range") YCbCr coefficients,
 //! which is what UVC cameras send for YUYV and NV12.
 //!
 //! [`Preprocessor::view`] gives the test-time augmented views ([`Tta`]) of the same image.
 //!
-//! All buffers (decoded RGB, the cut region, intermediate rows, output tensor) are kept and
+//! All buffers (decoded RGB, the cut region, a raw frame's copy, intermediate rows, output
+//! tensor) are kept and
 //! reused, so a stream of same-sized frames does not allocate after the first one, except inside
 //! the decoders of compressed formats (the `image` crate's, libjpeg's).
 
@@ -66,8 +71,9 @@ pub struct PreprocessConfig {
     /// Decode JPEG frames at full size, as torchvision does (`true`), or at the smallest
     /// DCT scale (1/2, 1/4, 1/8) whose short side still covers `resize` (`false`, like
     /// Pillow's `draft()`): several times cheaper, and Top-3 scores move by a few tenths of a
-    /// percentage point. The daemon's default is `false`; `classify`, `eval` and `train`, which
-    /// reproduce torchvision, always run exact.
+    /// percentage point. With `false`, YUYV and NV12 frames are also resized straight from their
+    /// planes instead of converted to RGB first ([`Preprocessor::load`]). The daemon's default
+    /// is `false`; `classify`, `eval` and `train`, which reproduce torchvision, always run exact.
     pub exact: bool,
 }
 

@@ -509,8 +509,8 @@ mod tests {
             ];
             Some(CropRegion::try_from(fractions).expect("valid region"))
         };
-        let (x, y) = (width / 10 | 1, height / 12 | 1);
-        let (w, h) = (width * 47 / 100 | 1, height * 46 / 100 | 1);
+        let (x, y) = ((width / 10) | 1, (height / 12) | 1);
+        let (w, h) = ((width * 47 / 100) | 1, (height * 46 / 100) | 1);
         [
             None,
             region(x, y, width * 6 / 10, height * 7 / 10),
