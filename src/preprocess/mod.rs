@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
-use crate::capture::{Frame, MotionGate, PixelFormat};
+use crate::capture::{Frame, LumaPlane, MotionGate, PixelFormat};
 use crate::sysexits::Sysexit;
 use crop::PixelRect;
 use decode::FrameDecoder;
@@ -407,15 +407,7 @@ impl Preprocessor {
         let Some((layout, width, height)) = self.raw_frame else {
             return false;
         };
-        let region = self.region.map_or(
-            PixelRect {
-                x: 0,
-                y: 0,
-                width,
-                height,
-            },
-            |region| region.pixels(width, height),
-        );
+        let region = self.region_pixels(width, height);
         let frame = YuvFrame {
             layout,
             data: &self.raw,
@@ -432,12 +424,26 @@ impl Preprocessor {
         true
     }
 
+    /// The classified part of a `width x height` frame: the region, or all of it.
+    fn region_pixels(&self, width: u32, height: u32) -> PixelRect {
+        let whole = PixelRect {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        };
+        self.region
+            .map_or(whole, |region| region.pixels(width, height))
+    }
+
     /// Decodes `frame` only if `gate` finds the scene changed (or `force`), and says whether
     /// it did: the frame is then to be classified.
     ///
     /// In fast mode (`exact = false`) with the gate on, a JPEG frame is judged on its 1/8-scale
     /// decode (DC coefficients only, region cut out), so a frame of an unchanged scene is never
-    /// decoded at full size. Other frames are decoded and judged as they are. After `false`,
+    /// decoded at full size, and a YUYV or NV12 frame on its own luma
+    /// ([`MotionGate::changed_luma`]), then [`Preprocessor::load`]ed if classified. Other
+    /// frames are decoded and judged as they are. After `false`,
     /// [`Preprocessor::decoded`] still holds the last decoded (classified) image.
     pub fn decode_if_changed(
         &mut self,
@@ -449,6 +455,30 @@ impl Preprocessor {
             self.load(frame)?;
             // A disabled gate says "classify" without looking at the image.
             return Ok(gate.changed(&self.rgb) || force);
+        }
+        if !self.config.exact {
+            if let Ok(Some(layout)) = decode::yuv_layout(frame) {
+                // Judged on the frame's own luma; copied (`load`) only when classified, so
+                // `decoded` keeps the last classified image.
+                let (width, height) = (frame.width, frame.height);
+                let region = self.region_pixels(width, height);
+                let step = match layout {
+                    YuvLayout::Yuyv => 2,
+                    YuvLayout::Nv12 => 1,
+                };
+                let luma = LumaPlane {
+                    data: &frame.data,
+                    stride: width as usize * step,
+                    step,
+                    origin: (region.x as usize, region.y as usize),
+                    size: (region.width, region.height),
+                };
+                let changed = gate.changed_luma(&luma) || force;
+                if changed {
+                    self.load(frame)?;
+                }
+                return Ok(changed);
+            }
         }
         if self.config.exact || !frame.is_jpeg() {
             let rgb = self.decode(frame)?;

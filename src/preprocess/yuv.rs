@@ -613,6 +613,54 @@ mod tests {
         }
     }
 
+    /// The gate judges a YUYV frame on its luma: an unchanged scene is never loaded (nor
+    /// converted), and `decoded` keeps the last classified image.
+    #[test]
+    fn the_motion_gate_loads_only_changed_raw_frames() {
+        let still = photo("chelsea.jpg", 160, 120);
+        let mut changed = still.clone();
+        for (x, y, pixel) in changed.enumerate_pixels_mut() {
+            if (20..100).contains(&x) && (10..70).contains(&y) {
+                *pixel = image::Rgb([250, 250, 250]);
+            }
+        }
+        for (format, region) in [
+            (PixelFormat::Yuyv, None),
+            (PixelFormat::Nv12, regions(160, 120)[1]),
+        ] {
+            let mut preprocessor =
+                Preprocessor::new(PreprocessConfig::default()).with_region(region);
+            let mut gate =
+                crate::capture::MotionGate::new(&crate::capture::MotionConfig::default());
+            let first = frame(format, &still);
+            assert!(preprocessor
+                .decode_if_changed(&first, &mut gate, false)
+                .expect("first"));
+            let classified = preprocessor.decoded().clone();
+            let loads = preprocessor.full_decodes();
+            for _ in 0..3 {
+                assert!(!preprocessor
+                    .decode_if_changed(&first, &mut gate, false)
+                    .expect("same"));
+            }
+            assert_eq!(preprocessor.full_decodes(), loads);
+            let moved = frame(format, &changed);
+            assert!(preprocessor
+                .decode_if_changed(&moved, &mut gate, false)
+                .expect("moved"));
+            assert_eq!(
+                preprocessor.full_decodes(),
+                loads + 1,
+                "{format:?}: not loaded"
+            );
+            assert_ne!(preprocessor.decoded(), &classified);
+            assert!(preprocessor
+                .decode_if_changed(&first, &mut gate, true)
+                .expect("forced"));
+            assert_eq!(preprocessor.decoded(), &classified);
+        }
+    }
+
     #[test]
     fn exact_mode_keeps_the_rgb_path() {
         let frame = frame(PixelFormat::Yuyv, &photo("chelsea.jpg", 64, 48));
