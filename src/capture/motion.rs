@@ -1,5 +1,8 @@
 //! The motion gate and the grayscale thumbnails it (and the collector) compare.
 //!
+//! A YUYV or NV12 frame is judged on its own luma plane ([`LumaPlane`]), read in place: the gate
+//! never needs its RGB conversion.
+//!
 //! The gate downsamples each frame (the camera's crop region, if it has one) to a 64x48 luma
 //! grid and counts the cells that changed since the last classified frame, after removing the
 //! frame's global brightness change. A small object changes few cells but each by a lot, which a
