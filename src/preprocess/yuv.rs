@@ -26,6 +26,9 @@
 //!   pixel before averaging and this path clamps the average, so such edges can differ by more.
 //!
 //! Hence `exact = true` keeps the RGB path.
+//!
+//! The module also encodes RGB as a camera does ([`rgb_to_yuyv`], [`rgb_to_nv12`]: BT.601 limited
+//! range, chroma averaged over each pair or 2x2 block), for the frames bench and the tests.
 
 use std::ops::Range;
 
