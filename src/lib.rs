@@ -12,7 +12,7 @@
 //! | stage | module | what it owns |
 //! |---|---|---|
 //! | capture | [`capture`] | frame sources (V4L2 cameras, files, folders, HTTP snapshots), one thread per camera, the latest-frame-wins [`capture::FrameSlot`], the motion gate, saving frames for labelling ([`capture::Collector`]), [`capture::CameraId`] |
-//! | preprocess | [`preprocess`] | decoding (JPEG, YUYV, NV12, ...; JPEG at a reduced DCT scale unless `exact`), cutting out a camera's crop region ([`preprocess::CropRegion`]) and torchvision's eval transform into a reused tensor; the test-time augmented views ([`preprocess::Tta`]) |
+//! | preprocess | [`preprocess`] | decoding (JPEG, YUYV, NV12, ...; JPEG at a reduced DCT scale and YUYV/NV12 resized straight from their planes unless `exact`), cutting out a camera's crop region ([`preprocess::CropRegion`]) and torchvision's eval transform into a reused tensor; the test-time augmented views ([`preprocess::Tta`]) |
 //! | model | [`model`] | ResNet-18 in f32 or int8 ([`model::kernels`]), EfficientNet-Lite0 in f32 ([`model::Architecture`]); loading, quantizing and calibrating; fetching the weights ([`model::install`]); custom heads ([`model::Head`]) on the backbone's features, and ensembles of them ([`model::Ensemble`]) |
 //! | postprocess | [`postprocess`] | softmax, top-k, thresholds, label maps, groups, the publish policy, for the ImageNet classes and each head's own; averaging probabilities over test-time views and ensemble members ([`postprocess::MeanProbabilities`]) |
 //! | publish | [`publish`] | MQTT events, retained state, snapshots, availability, Home Assistant discovery, the embedded broker |

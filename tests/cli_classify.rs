@@ -540,12 +540,15 @@ fn bench_frames_times_every_stage_of_every_frame_case() {
         cases,
         [
             "YUYV 640x480 fast",
+            "YUYV 640x480 exact",
             "MJPEG 1280x720 fast",
             "MJPEG 1280x720 exact",
             "MJPEG 1920x1080 fast",
             "MJPEG 1920x1080 exact",
             "NV12 1280x720 fast",
-            "NV12 1920x1080 fast"
+            "NV12 1280x720 exact",
+            "NV12 1920x1080 fast",
+            "NV12 1920x1080 exact"
         ]
     );
     for r in &rows {

@@ -121,12 +121,12 @@ fn hot_path_allocates_nothing_after_warm_up() {
     assert_eq!(allocations, 0, "the motion gate allocated");
 
     // Test-time augmentation: every view, and the mean of their probabilities, reuse their
-    // buffers.
+    // buffers. A YUYV frame loaded raw: the plain view reads its planes, the others convert it.
     let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
     let mut mean = MeanProbabilities::default();
     let logits: Vec<f32> = (0..1000).map(|i| (i % 13) as f32).collect();
     let all_views = |preprocessor: &mut Preprocessor, mean: &mut MeanProbabilities| {
-        preprocessor.decode(&frames[0]).unwrap();
+        preprocessor.load(&frames[0]).unwrap();
         mean.clear();
         for view in Tta::FlipCrops.views() {
             preprocessor.view(*view);

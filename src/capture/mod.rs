@@ -32,7 +32,7 @@ pub use http::fetch_snapshot;
 #[cfg(not(feature = "camera"))]
 pub use modes::list_cameras;
 pub use modes::{CameraInfo, CameraMode};
-pub use motion::{GateStats, MotionGate};
+pub use motion::{GateStats, LumaPlane, MotionGate};
 pub use runner::{spawn, CameraEvent};
 pub use slot::{FrameSlot, SlotStats};
 #[cfg(feature = "camera")]

@@ -1,5 +1,8 @@
 //! The motion gate and the grayscale thumbnails it (and the collector) compare.
 //!
+//! A YUYV or NV12 frame is judged on its own luma plane ([`LumaPlane`]), read in place: the gate
+//! never needs its RGB conversion.
+//!
 //! The gate downsamples each frame (the camera's crop region, if it has one) to a 64x48 luma
 //! grid and counts the cells that changed since the last classified frame, after removing the
 //! frame's global brightness change. A small object changes few cells but each by a lot, which a
@@ -28,6 +31,39 @@ type Watched = [[bool; GATE_WIDTH]; GATE_HEIGHT];
 const SAMPLES_PER_AXIS: usize = 4;
 /// Signed luma differences, -255..=255, shifted to index a histogram.
 const DIFFERENCE_BINS: usize = 511;
+
+/// The luma of a region of a YUYV or NV12 frame, straight from its bytes: what
+/// [`MotionGate::changed_luma`] judges instead of an RGB image.
+#[derive(Debug, Clone, Copy)]
+pub struct LumaPlane<'a> {
+    /// The frame's bytes, starting with the luma of its pixel (0, 0).
+    pub data: &'a [u8],
+    /// Bytes from one row to the next.
+    pub stride: usize,
+    /// Bytes from one pixel's luma to the next: 2 for YUYV, 1 for NV12.
+    pub step: usize,
+    /// The region's first column and row in the frame.
+    pub origin: (usize, usize),
+    /// The region's width and height in pixels.
+    pub size: (u32, u32),
+}
+
+/// What the gate judges: an RGB image, or a raw frame's luma.
+#[derive(Clone, Copy)]
+enum GateImage<'a> {
+    Rgb(&'a RgbImage),
+    Luma(&'a LumaPlane<'a>),
+}
+
+impl GateImage<'_> {
+    fn is_empty(&self) -> bool {
+        let (width, height) = match self {
+            Self::Rgb(rgb) => rgb.dimensions(),
+            Self::Luma(luma) => luma.size,
+        };
+        width == 0 || height == 0
+    }
+}
 
 /// How many frames a [`MotionGate`] sent to classification and how many it skipped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,7 +131,15 @@ impl MotionGate {
     /// scene is unchanged: publish a heartbeat instead. Always `true` when the gate is disabled,
     /// for the first frame, for an empty image, and once `max_skip_s` has passed.
     pub fn changed(&mut self, rgb: &RgbImage) -> bool {
-        self.changed_at(rgb, Instant::now())
+        self.judge(GateImage::Rgb(rgb), Instant::now())
+    }
+
+    /// [`MotionGate::changed`] for a YUYV or NV12 frame's luma, read where it lies in the
+    /// frame: no RGB conversion. Limited-range luma (16..=235) is stretched to 0..=255, so the
+    /// thresholds mean what they mean for RGB frames (within a level of BT.601 luma of the
+    /// converted image).
+    pub fn changed_luma(&mut self, luma: &LumaPlane) -> bool {
+        self.judge(GateImage::Luma(luma), Instant::now())
     }
 
     /// Whether the gate judges frames at all (`enabled`); a disabled gate says "classify" to
@@ -115,8 +159,13 @@ impl MotionGate {
         self.stats
     }
 
+    #[cfg(test)]
     fn changed_at(&mut self, rgb: &RgbImage, now: Instant) -> bool {
-        let changed = self.decide(rgb, now);
+        self.judge(GateImage::Rgb(rgb), now)
+    }
+
+    fn judge(&mut self, image: GateImage, now: Instant) -> bool {
+        let changed = self.decide(image, now);
         if changed {
             self.stats.classified += 1;
         } else {
@@ -125,11 +174,14 @@ impl MotionGate {
         changed
     }
 
-    fn decide(&mut self, rgb: &RgbImage, now: Instant) -> bool {
-        if !self.enabled || rgb.width() == 0 || rgb.height() == 0 {
+    fn decide(&mut self, image: GateImage, now: Instant) -> bool {
+        if !self.enabled || image.is_empty() {
             return true;
         }
-        self.thumbnail.update(rgb);
+        match image {
+            GateImage::Rgb(rgb) => self.thumbnail.update(rgb),
+            GateImage::Luma(luma) => self.thumbnail.update_luma(luma),
+        }
         let changed = match self.reference {
             None => true,
             Some(reference) => {
@@ -221,7 +273,24 @@ impl<const W: usize, const H: usize> Thumbnail<W, H> {
 
     /// Recomputes the thumbnail from `rgb` (which must not be empty).
     pub(super) fn update(&mut self, rgb: &RgbImage) {
-        grayscale_thumbnail(rgb, &mut self.grid, &mut self.luma);
+        let stride = rgb.width() as usize * 3;
+        let pixels = rgb.as_raw();
+        let luma = |x: usize, y: usize| {
+            let pixel = &pixels[y * stride + 3 * x..][..3];
+            let (r, g, b) = (pixel[0], pixel[1], pixel[2]);
+            (77 * u32::from(r) + 150 * u32::from(g) + 29 * u32::from(b)) >> 8
+        };
+        grayscale_thumbnail(rgb.dimensions(), &mut self.grid, &mut self.luma, luma);
+    }
+
+    /// Recomputes the thumbnail from a raw frame's luma (its region must not be empty).
+    fn update_luma(&mut self, plane: &LumaPlane) {
+        let (x0, y0) = plane.origin;
+        let luma = |x: usize, y: usize| {
+            let value = plane.data[(y0 + y) * plane.stride + (x0 + x) * plane.step];
+            (u32::from(value.clamp(16, 235)) - 16) * 255 / 219
+        };
+        grayscale_thumbnail(plane.size, &mut self.grid, &mut self.luma, luma);
     }
 
     pub(super) fn luma(&self) -> &Luma<W, H> {
@@ -282,26 +351,24 @@ fn fill_axis(positions: &mut [[usize; SAMPLES_PER_AXIS]], size: usize) {
     }
 }
 
-/// Area-samples `rgb` into a `W x H` BT.601 luma thumbnail.
+/// Area-samples an image of `(width, height)` pixels whose luma (0..=255) at `(x, y)` is
+/// `luma(x, y)` into a `W x H` thumbnail.
 fn grayscale_thumbnail<const W: usize, const H: usize>(
-    rgb: &RgbImage,
+    (width, height): (u32, u32),
     grid: &mut SampleGrid<W, H>,
     out: &mut Luma<W, H>,
+    luma: impl Fn(usize, usize) -> u32,
 ) {
-    grid.fit(rgb.width(), rgb.height());
-    let stride = rgb.width() as usize * 3;
-    let pixels = rgb.as_raw();
+    grid.fit(width, height);
     let samples = (SAMPLES_PER_AXIS * SAMPLES_PER_AXIS) as u32;
     // Row by row, left to right, so each sampled pixel row is read in one sequential pass.
     let mut sums = [0u32; W];
     for (rows, out_row) in grid.rows.iter().zip(out.iter_mut()) {
         sums.fill(0);
         for &y in rows {
-            let line = &pixels[y * stride..(y + 1) * stride];
             for (columns, sum) in grid.columns.iter().zip(sums.iter_mut()) {
                 for &x in columns {
-                    let (r, g, b) = (line[3 * x], line[3 * x + 1], line[3 * x + 2]);
-                    *sum += (77 * u32::from(r) + 150 * u32::from(g) + 29 * u32::from(b)) >> 8;
+                    *sum += luma(x, y);
                 }
             }
         }
@@ -314,6 +381,8 @@ fn grayscale_thumbnail<const W: usize, const H: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::{Frame, PixelFormat};
+    use crate::preprocess::{rgb_to_nv12, rgb_to_yuyv, PreprocessConfig, Preprocessor};
 
     fn config(max_skip_s: u64) -> MotionConfig {
         MotionConfig {
@@ -341,6 +410,55 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A YUYV or NV12 frame's luma judged in place gives the thumbnail of its RGB conversion
+    /// within a few levels (limited-range rounding, chroma rounding), region offsets included.
+    #[test]
+    fn raw_luma_thumbnails_match_the_rgb_ones() {
+        let rgb = gradient(320, 240);
+        let patched = with_patch(&rgb, (40, 30, 200, 150), 230);
+        for (format, step) in [(PixelFormat::Yuyv, 2), (PixelFormat::Nv12, 1)] {
+            let data = match format {
+                PixelFormat::Yuyv => rgb_to_yuyv(&patched),
+                _ => rgb_to_nv12(&patched),
+            };
+            let frame = Frame {
+                format,
+                width: 320,
+                height: 240,
+                data,
+                captured_at: std::time::SystemTime::now(),
+                seq: 0,
+                origin: "test".into(),
+            };
+            let mut converted = Preprocessor::new(PreprocessConfig {
+                exact: true,
+                ..PreprocessConfig::default()
+            });
+            let whole = converted.decode(&frame).expect("decode").clone();
+            for (x, y, width, height) in [(0, 0, 320, 240), (33, 17, 201, 151)] {
+                let cut = image::imageops::crop_imm(&whole, x, y, width, height).to_image();
+                let mut from_rgb = Thumbnail::<GATE_WIDTH, GATE_HEIGHT>::new();
+                from_rgb.update(&cut);
+                let mut from_luma = Thumbnail::<GATE_WIDTH, GATE_HEIGHT>::new();
+                from_luma.update_luma(&LumaPlane {
+                    data: &frame.data,
+                    stride: 320 * step,
+                    step,
+                    origin: (x as usize, y as usize),
+                    size: (width, height),
+                });
+                let largest = from_rgb
+                    .luma()
+                    .as_flattened()
+                    .iter()
+                    .zip(from_luma.luma().as_flattened())
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max();
+                assert!(largest <= Some(3), "{format:?} at ({x}, {y}): {largest:?}");
+            }
+        }
     }
 
     #[test]
@@ -437,9 +555,10 @@ mod tests {
 
     #[test]
     fn thumbnail_of_a_uniform_image_is_its_luma() {
-        let mut out = [[0u8; 32]; 24];
         let image = RgbImage::from_pixel(100, 75, image::Rgb([200, 200, 200]));
-        grayscale_thumbnail(&image, &mut SampleGrid::new(), &mut out);
+        let mut thumbnail = Thumbnail::<32, 24>::new();
+        thumbnail.update(&image);
+        let out = thumbnail.luma();
         assert!(
             out.as_flattened().iter().all(|&v| v.abs_diff(200) <= 1),
             "{out:?}"

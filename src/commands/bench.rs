@@ -55,7 +55,8 @@ pub struct Args {
     #[arg(long = "head")]
     pub heads: Vec<PathBuf>,
     /// Time camera frames -> Top-3 per stage instead (decode, resize+normalize, inference,
-    /// postprocess) for YUYV, MJPEG and NV12 frames made from `--images`, with the first
+    /// postprocess) for YUYV, MJPEG and NV12 frames made from `--images`, each in the fast and
+    /// the exact preprocess mode, with the first
     /// `--threads` value and q8_0 (or the one `--precisions` value given).
     #[arg(long)]
     pub frames: bool,

@@ -5,8 +5,9 @@
 //! or a quality-90 MJPEG frame). Every round times every case on every photo, the cases in
 //! alternating order, so a busy machine slows all of them alike; the medians of each stage
 //! (decode, resize+normalize, inference, postprocess) and the ratio of the time spent outside
-//! the model to the model's own are printed. MJPEG cases run in the fast (scaled decoding) and
-//! the exact (torchvision) preprocess mode.
+//! the model to the model's own are printed. Every case runs in the fast and in the exact (torchvision)
+//! preprocess mode: MJPEG fast decodes at a reduced DCT scale, YUYV and NV12 fast resize straight
+//! from the frame's planes, while exact converts the whole frame to RGB first.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,7 +19,9 @@ use super::bench::percentile_ms;
 use crate::capture::{Frame, PixelFormat};
 use crate::model::Model;
 use crate::postprocess::topk::{softmax_in_place, top_k};
-use crate::preprocess::{read_image_file, PreprocessConfig, Preprocessor};
+use crate::preprocess::{
+    read_image_file, rgb_to_nv12, rgb_to_yuyv, PreprocessConfig, Preprocessor,
+};
 
 /// The frames measured: format and size.
 const CASES: [(PixelFormat, u32, u32); 5] = [
@@ -82,12 +85,7 @@ pub fn run(
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
         }
-        let modes: &[bool] = if format == PixelFormat::Mjpeg {
-            &[false, true]
-        } else {
-            &[false]
-        };
-        for &exact in modes {
+        for exact in [false, true] {
             let config = PreprocessConfig {
                 exact,
                 ..PreprocessConfig::for_input_size(size)
@@ -141,7 +139,7 @@ fn time_frame(
     logits: &mut Vec<f32>,
 ) -> anyhow::Result<[Duration; 4]> {
     let started = Instant::now();
-    preprocessor.decode(frame)?;
+    preprocessor.load(frame)?;
     let decoded = Instant::now();
     let input = preprocessor.normalize();
     let normalized = Instant::now();
@@ -265,8 +263,8 @@ fn make_frame(
     )
     .to_image();
     let data = match format {
-        PixelFormat::Yuyv => to_yuyv(&rgb),
-        PixelFormat::Nv12 => to_nv12(&rgb),
+        PixelFormat::Yuyv => rgb_to_yuyv(&rgb),
+        PixelFormat::Nv12 => rgb_to_nv12(&rgb),
         _ => {
             let mut jpeg = Vec::new();
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
@@ -284,54 +282,4 @@ fn make_frame(
         seq: 0,
         origin: format!("bench {width}x{height}"),
     })
-}
-
-/// BT.601 limited-range Y, Cb, Cr of one RGB pixel (what UVC cameras send).
-fn ycbcr(pixel: &[u8]) -> [f32; 3] {
-    let [r, g, b] = [pixel[0], pixel[1], pixel[2]].map(f32::from);
-    let luma = 0.299 * r + 0.587 * g + 0.114 * b;
-    [
-        16.0 + luma * 219.0 / 255.0,
-        128.0 + (b - luma) / 1.772 * 224.0 / 255.0,
-        128.0 + (r - luma) / 1.402 * 224.0 / 255.0,
-    ]
-}
-
-fn to_byte(value: f32) -> u8 {
-    value.round().clamp(0.0, 255.0) as u8
-}
-
-fn to_yuyv(rgb: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rgb.len() / 3 * 2);
-    for pair in rgb.as_raw().chunks_exact(6) {
-        let (left, right) = (ycbcr(&pair[..3]), ycbcr(&pair[3..]));
-        out.extend_from_slice(&[
-            to_byte(left[0]),
-            to_byte((left[1] + right[1]) / 2.0),
-            to_byte(right[0]),
-            to_byte((left[2] + right[2]) / 2.0),
-        ]);
-    }
-    out
-}
-
-fn to_nv12(rgb: &RgbImage) -> Vec<u8> {
-    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
-    let pixels: Vec<[f32; 3]> = rgb.as_raw().chunks_exact(3).map(ycbcr).collect();
-    let mut out: Vec<u8> = pixels.iter().map(|p| to_byte(p[0])).collect();
-    for y in (0..height).step_by(2) {
-        for x in (0..width).step_by(2) {
-            let block = [
-                y * width + x,
-                y * width + x + 1,
-                (y + 1) * width + x,
-                (y + 1) * width + x + 1,
-            ];
-            let (cb, cr) = block.iter().fold((0.0, 0.0), |(cb, cr), &i| {
-                (cb + pixels[i][1], cr + pixels[i][2])
-            });
-            out.extend_from_slice(&[to_byte(cb / 4.0), to_byte(cr / 4.0)]);
-        }
-    }
-    out
 }

@@ -69,7 +69,7 @@ impl CropRegion {
     /// The region in pixels of a `width x height` frame. Edges are rounded to the nearest pixel
     /// (so regions that share an edge share it in pixels too) and kept inside the frame; the
     /// rectangle is at least 1x1 unless the frame is empty.
-    fn pixels(&self, width: u32, height: u32) -> PixelRect {
+    pub(super) fn pixels(&self, width: u32, height: u32) -> PixelRect {
         let (x, width) = pixel_span(self.x, self.width, width);
         let (y, height) = pixel_span(self.y, self.height, height);
         PixelRect {
@@ -130,11 +130,11 @@ impl From<CropRegion> for [f64; 4] {
 
 /// A rectangle in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PixelRect {
-    x: u32,
-    y: u32,
-    width: u32,
-    height: u32,
+pub(super) struct PixelRect {
+    pub(super) x: u32,
+    pub(super) y: u32,
+    pub(super) width: u32,
+    pub(super) height: u32,
 }
 
 /// `(start, length)` in pixels of the span `[start, start + length)` given as fractions of

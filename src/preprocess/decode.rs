@@ -5,6 +5,7 @@ use std::io::Cursor;
 use image::error::{DecodingError, ImageFormatHint};
 use image::{ColorType, DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 
+use super::yuv::{YuvFrame, YuvLayout};
 use super::{mjpeg, PreprocessError};
 use crate::capture::{Frame, PixelFormat};
 
@@ -30,14 +31,7 @@ impl FrameDecoder {
         large_enough: Option<&dyn Fn(u32, u32) -> bool>,
     ) -> Result<(u32, u32), PreprocessError> {
         let (width, height) = (frame.width, frame.height);
-        if frame.data.is_empty() {
-            return Err(PreprocessError::EmptyFrame {
-                origin: frame.origin.clone(),
-                format: frame.format,
-                width,
-                height,
-            });
-        }
+        check_not_empty(frame)?;
         let decode_error = |source| PreprocessError::Decode {
             origin: frame.origin.clone(),
             format: frame.format,
@@ -67,18 +61,19 @@ impl FrameDecoder {
                 pixels.clear();
                 pixels.extend(frame.data.iter().flat_map(|&luma| [luma; 3]));
             }
-            PixelFormat::Yuyv => {
-                check_even(frame, width, "YUYV needs an even width")?;
-                check_raw_size(frame, 2, 1)?;
-                pixels.resize(frame.data.len() / 2 * 3, 0);
-                yuyv_to_rgb(&frame.data, pixels);
-            }
-            PixelFormat::Nv12 => {
-                check_even(frame, width, "NV12 needs an even width")?;
-                check_even(frame, height, "NV12 needs an even height")?;
-                check_raw_size(frame, 3, 2)?;
-                pixels.resize(frame.data.len() * 2, 0);
-                nv12_to_rgb(&frame.data, width as usize, pixels);
+            PixelFormat::Yuyv | PixelFormat::Nv12 => {
+                if let Some(layout) = yuv_layout(frame)? {
+                    let data = &frame.data;
+                    yuv_to_rgb(
+                        YuvFrame {
+                            layout,
+                            data,
+                            width,
+                            height,
+                        },
+                        pixels,
+                    );
+                }
             }
             PixelFormat::Mjpeg => {
                 let jpeg = mjpeg::with_huffman_tables(&frame.data, &mut self.jpeg_with_tables);
@@ -107,6 +102,50 @@ impl FrameDecoder {
             }
         }
         Ok((width, height))
+    }
+}
+
+fn check_not_empty(frame: &Frame) -> Result<(), PreprocessError> {
+    if frame.data.is_empty() {
+        return Err(PreprocessError::EmptyFrame {
+            origin: frame.origin.clone(),
+            format: frame.format,
+            width: frame.width,
+            height: frame.height,
+        });
+    }
+    Ok(())
+}
+
+/// The layout of a YUYV or NV12 frame once its bytes are checked against its size; `None` for
+/// other formats.
+pub(super) fn yuv_layout(frame: &Frame) -> Result<Option<YuvLayout>, PreprocessError> {
+    let layout = match frame.format {
+        PixelFormat::Yuyv => YuvLayout::Yuyv,
+        PixelFormat::Nv12 => YuvLayout::Nv12,
+        _ => return Ok(None),
+    };
+    check_not_empty(frame)?;
+    match layout {
+        YuvLayout::Yuyv => {
+            check_even(frame, frame.width, "YUYV needs an even width")?;
+            check_raw_size(frame, 2, 1)?;
+        }
+        YuvLayout::Nv12 => {
+            check_even(frame, frame.width, "NV12 needs an even width")?;
+            check_even(frame, frame.height, "NV12 needs an even height")?;
+            check_raw_size(frame, 3, 2)?;
+        }
+    }
+    Ok(Some(layout))
+}
+
+/// A checked raw frame ([`yuv_layout`]) to packed RGB in `pixels`.
+pub(super) fn yuv_to_rgb(frame: YuvFrame, pixels: &mut Vec<u8>) {
+    pixels.resize(frame.width as usize * frame.height as usize * 3, 0);
+    match frame.layout {
+        YuvLayout::Yuyv => yuyv_to_rgb(frame.data, pixels),
+        YuvLayout::Nv12 => nv12_to_rgb(frame.data, frame.width as usize, pixels),
     }
 }
 
@@ -282,13 +321,23 @@ fn decode_with_libjpeg(
     Ok(Some((width as u32, height as u32)))
 }
 
-/// Chroma part of the BT.601 limited-range YCbCr → RGB conversion, in 16-bit fixed point:
-///
-/// ```text
-/// R = 1.164383 (Y - 16)                      + 1.596027 (Cr - 128)
-/// G = 1.164383 (Y - 16) - 0.391762 (Cb - 128) - 0.812968 (Cr - 128)
-/// B = 1.164383 (Y - 16) + 2.017232 (Cb - 128)
-/// ```
+// The BT.601 limited-range YCbCr → RGB conversion, in 16-bit fixed point:
+//
+// R = 1.164383 (Y - 16)                      + 1.596027 (Cr - 128)
+// G = 1.164383 (Y - 16) - 0.391762 (Cb - 128) - 0.812968 (Cr - 128)
+// B = 1.164383 (Y - 16) + 2.017232 (Cb - 128)
+/// Factor of `Y - 16` in every channel.
+pub(super) const LUMA_GAIN: i32 = 76_309;
+/// Factor of `Cr - 128` in red.
+pub(super) const CR_TO_RED: i32 = 104_597;
+/// Factor of `Cb - 128` in green.
+pub(super) const CB_TO_GREEN: i32 = -25_675;
+/// Factor of `Cr - 128` in green.
+pub(super) const CR_TO_GREEN: i32 = -53_279;
+/// Factor of `Cb - 128` in blue.
+pub(super) const CB_TO_BLUE: i32 = 132_201;
+
+/// Chroma part of the conversion of one pixel.
 struct Chroma {
     red: i32,
     green: i32,
@@ -299,16 +348,16 @@ impl Chroma {
     fn new(cb: u8, cr: u8) -> Self {
         let (cb, cr) = (i32::from(cb) - 128, i32::from(cr) - 128);
         Self {
-            red: 104_597 * cr,
-            green: -25_675 * cb - 53_279 * cr,
-            blue: 132_201 * cb,
+            red: CR_TO_RED * cr,
+            green: CB_TO_GREEN * cb + CR_TO_GREEN * cr,
+            blue: CB_TO_BLUE * cb,
         }
     }
 
     /// Writes the RGB pixel for luma `y` into `out[..3]`.
     fn write_rgb(&self, y: u8, out: &mut [u8]) {
         // 1 << 15 rounds to nearest.
-        let luma = 76_309 * (i32::from(y) - 16) + (1 << 15);
+        let luma = LUMA_GAIN * (i32::from(y) - 16) + (1 << 15);
         let channel = |chroma: i32| ((luma + chroma) >> 16).clamp(0, 255) as u8;
         out[0] = channel(self.red);
         out[1] = channel(self.green);

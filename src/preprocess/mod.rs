@@ -18,14 +18,19 @@
 //! `exact = false`, decodes a JPEG with libjpeg-turbo at the smallest DCT scale (1/2, 1/4, 1/8)
 //! whose short side (of the crop region, if any) still covers `resize`, as Pillow's `draft()`
 //! does, then applies the same transform; [`Preprocessor::decode_if_changed`] lets the motion
-//! gate judge a JPEG frame on its 1/8-scale decode before any larger one.
+//! gate judge a JPEG frame on its 1/8-scale decode before any larger one. YUYV and NV12 frames
+//! that [`Preprocessor::load`] takes in fast mode are not converted to a full-size RGB image:
+//! [`Preprocessor::normalize`] filters their Y, Cb and Cr planes with the same weights and
+//! converts only the output pixels (module `yuv`: within one level of the RGB path for colours
+//! inside the RGB cube; chroma siting and the clamping exception are explained there).
 //!
 //! Raw camera formats are converted with BT.601 limited-range ("TV range") YCbCr coefficients,
 //! which is what UVC cameras send for YUYV and NV12.
 //!
 //! [`Preprocessor::view`] gives the test-time augmented views ([`Tta`]) of the same image.
 //!
-//! All buffers (decoded RGB, the cut region, intermediate rows, output tensor) are kept and
+//! All buffers (decoded RGB, the cut region, a raw frame's copy, intermediate rows, output
+//! tensor) are kept and
 //! reused, so a stream of same-sized frames does not allocate after the first one, except inside
 //! the decoders of compressed formats (the `image` crate's, libjpeg's).
 
@@ -34,18 +39,22 @@ mod decode;
 mod mjpeg;
 mod resample;
 mod tta;
+mod yuv;
 
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
-use crate::capture::{Frame, MotionGate, PixelFormat};
+use crate::capture::{Frame, LumaPlane, MotionGate, PixelFormat};
 use crate::sysexits::Sysexit;
+use crop::PixelRect;
 use decode::FrameDecoder;
+use yuv::{YuvFrame, YuvLayout, YuvResampler};
 
 pub use crop::{CropRegion, InvalidCropRegion};
 use resample::{CropResampler, NormalizeTable};
 pub use tta::{Tta, TtaView, UnknownTta};
+pub(crate) use yuv::{rgb_to_nv12, rgb_to_yuyv};
 
 /// Parameters of the eval transform; the defaults are torchvision's ImageNet values.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -62,8 +71,9 @@ pub struct PreprocessConfig {
     /// Decode JPEG frames at full size, as torchvision does (`true`), or at the smallest
     /// DCT scale (1/2, 1/4, 1/8) whose short side still covers `resize` (`false`, like
     /// Pillow's `draft()`): several times cheaper, and Top-3 scores move by a few tenths of a
-    /// percentage point. The daemon's default is `false`; `classify`, `eval` and `train`, which
-    /// reproduce torchvision, always run exact.
+    /// percentage point. With `false`, YUYV and NV12 frames are also resized straight from their
+    /// planes instead of converted to RGB first ([`Preprocessor::load`]). The daemon's default
+    /// is `false`; `classify`, `eval` and `train`, which reproduce torchvision, always run exact.
     pub exact: bool,
 }
 
@@ -257,6 +267,14 @@ pub struct Preprocessor {
     /// The corner views' own resampler: their size differs from the frame's, and one
     /// resampler would recompute (and allocate) its filters at every switch.
     corner_resampler: CropResampler,
+    /// The last frame's bytes, when [`Preprocessor::load`] kept a YUYV or NV12 frame as it came.
+    raw: Vec<u8>,
+    /// Layout and size of the frame in `raw`; `None` when the last frame was decoded to `rgb`.
+    raw_frame: Option<(YuvLayout, u32, u32)>,
+    /// Whether `rgb` holds the conversion of `raw` (done only when asked for).
+    raw_converted: bool,
+    /// Resamples `raw` straight from its planes.
+    yuv_resampler: YuvResampler,
     tensor: Vec<f32>,
 }
 
@@ -280,6 +298,10 @@ impl Preprocessor {
             rgb: RgbImage::default(),
             view: RgbImage::default(),
             corner_resampler: CropResampler::default(),
+            raw: Vec::new(),
+            raw_frame: None,
+            raw_converted: false,
+            yuv_resampler: YuvResampler::default(),
         }
     }
 
@@ -298,6 +320,7 @@ impl Preprocessor {
     /// `frame.width`/`frame.height`. After an error the decoded image is empty (0x0).
     pub fn decode(&mut self, frame: &Frame) -> Result<&RgbImage, PreprocessError> {
         self.full_decodes += 1;
+        self.raw_frame = None;
         let mut pixels = std::mem::take(&mut self.rgb).into_raw();
         let (resize, region) = (self.config.resize, self.region);
         // Fast mode: the classified image (the region, if any) keeps its short side >= resize.
@@ -323,12 +346,104 @@ impl Preprocessor {
         decoded.map(|_| &self.rgb)
     }
 
+    /// Takes `frame` as the one to classify: [`Preprocessor::decode`], except for YUYV and NV12
+    /// frames in fast mode (`exact = false`). Their bytes are only checked and copied (into a
+    /// reused buffer); [`Preprocessor::normalize`] and the plain view resample them straight from
+    /// their planes, with no full-size RGB image, within one level of the RGB path (see the `yuv`
+    /// module), and the RGB image is converted only if [`Preprocessor::decoded`] or another
+    /// view asks for it.
+    pub fn load(&mut self, frame: &Frame) -> Result<(), PreprocessError> {
+        if self.config.exact {
+            return self.decode(frame).map(drop);
+        }
+        match decode::yuv_layout(frame) {
+            Ok(Some(layout)) => {
+                self.full_decodes += 1;
+                self.raw.clear();
+                self.raw.extend_from_slice(&frame.data);
+                self.raw_frame = Some((layout, frame.width, frame.height));
+                self.raw_converted = false;
+                Ok(())
+            }
+            // Other formats, and the errors again, the way `decode` gives them.
+            Ok(None) | Err(_) => self.decode(frame).map(drop),
+        }
+    }
+
+    /// Converts the frame [`Preprocessor::load`] kept raw to RGB (its region cut out) in `rgb`,
+    /// unless that is done already.
+    fn convert_raw(&mut self) {
+        let Some((layout, width, height)) = self.raw_frame else {
+            return;
+        };
+        if self.raw_converted {
+            return;
+        }
+        let frame = YuvFrame {
+            layout,
+            data: &self.raw,
+            width,
+            height,
+        };
+        let mut pixels = std::mem::take(&mut self.rgb).into_raw();
+        let (width, height) = match &self.region {
+            None => {
+                decode::yuv_to_rgb(frame, &mut pixels);
+                (width, height)
+            }
+            Some(region) => {
+                decode::yuv_to_rgb(frame, &mut self.whole);
+                region.cut(&self.whole, width, height, &mut pixels)
+            }
+        };
+        // `pixels` holds width * height * 3 bytes (converted or cut), so this never falls back.
+        self.rgb = RgbImage::from_raw(width, height, pixels).unwrap_or_default();
+        self.raw_converted = true;
+    }
+
+    /// The eval transform of the frame [`Preprocessor::load`] kept raw, straight from its
+    /// planes; `false` when the last frame was decoded to RGB instead.
+    fn normalize_raw(&mut self) -> bool {
+        let Some((layout, width, height)) = self.raw_frame else {
+            return false;
+        };
+        let region = self.region_pixels(width, height);
+        let frame = YuvFrame {
+            layout,
+            data: &self.raw,
+            width,
+            height,
+        };
+        self.yuv_resampler.resize_crop_normalize(
+            frame,
+            region,
+            (self.config.resize, self.config.crop),
+            &self.normalize_table,
+            &mut self.tensor,
+        );
+        true
+    }
+
+    /// The classified part of a `width x height` frame: the region, or all of it.
+    fn region_pixels(&self, width: u32, height: u32) -> PixelRect {
+        let whole = PixelRect {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        };
+        self.region
+            .map_or(whole, |region| region.pixels(width, height))
+    }
+
     /// Decodes `frame` only if `gate` finds the scene changed (or `force`), and says whether
     /// it did: the frame is then to be classified.
     ///
     /// In fast mode (`exact = false`) with the gate on, a JPEG frame is judged on its 1/8-scale
     /// decode (DC coefficients only, region cut out), so a frame of an unchanged scene is never
-    /// decoded at full size. Other frames are decoded and judged as they are. After `false`,
+    /// decoded at full size, and a YUYV or NV12 frame on its own luma
+    /// ([`MotionGate::changed_luma`]), then [`Preprocessor::load`]ed if classified. Other
+    /// frames are decoded and judged as they are. After `false`,
     /// [`Preprocessor::decoded`] still holds the last decoded (classified) image.
     pub fn decode_if_changed(
         &mut self,
@@ -336,7 +451,36 @@ impl Preprocessor {
         gate: &mut MotionGate,
         force: bool,
     ) -> Result<bool, PreprocessError> {
-        if self.config.exact || !gate.is_enabled() || !frame.is_jpeg() {
+        if !gate.is_enabled() {
+            self.load(frame)?;
+            // A disabled gate says "classify" without looking at the image.
+            return Ok(gate.changed(&self.rgb) || force);
+        }
+        if !self.config.exact {
+            if let Ok(Some(layout)) = decode::yuv_layout(frame) {
+                // Judged on the frame's own luma; copied (`load`) only when classified, so
+                // `decoded` keeps the last classified image.
+                let (width, height) = (frame.width, frame.height);
+                let region = self.region_pixels(width, height);
+                let step = match layout {
+                    YuvLayout::Yuyv => 2,
+                    YuvLayout::Nv12 => 1,
+                };
+                let luma = LumaPlane {
+                    data: &frame.data,
+                    stride: width as usize * step,
+                    step,
+                    origin: (region.x as usize, region.y as usize),
+                    size: (region.width, region.height),
+                };
+                let changed = gate.changed_luma(&luma) || force;
+                if changed {
+                    self.load(frame)?;
+                }
+                return Ok(changed);
+            }
+        }
+        if self.config.exact || !frame.is_jpeg() {
             let rgb = self.decode(frame)?;
             return Ok(gate.changed(rgb) || force);
         }
@@ -368,10 +512,11 @@ impl Preprocessor {
         self.full_decodes
     }
 
-    /// The image the last [`Preprocessor::decode`] produced (the region, if one is set): what
-    /// [`Preprocessor::normalize`] transforms. Empty (0x0) before the first decode and after a
-    /// failed one.
-    pub fn decoded(&self) -> &RgbImage {
+    /// The image the last [`Preprocessor::decode`] or [`Preprocessor::load`] produced (the
+    /// region, if one is set): what [`Preprocessor::normalize`] transforms. Empty (0x0) before
+    /// the first decode and after a failed one. A frame `load` kept raw is converted here, once.
+    pub fn decoded(&mut self) -> &RgbImage {
+        self.convert_raw();
         &self.rgb
     }
 
@@ -380,6 +525,9 @@ impl Preprocessor {
     /// The slice is the same buffer on every call. Before the first successful decode (or after
     /// a failed one) it holds the transform of an empty image: all padding.
     pub fn normalize(&mut self) -> &[f32] {
+        if self.normalize_raw() {
+            return &self.tensor;
+        }
         // Moved out and back (no copy) so `transform` can borrow the preprocessor mutably.
         let rgb = std::mem::take(&mut self.rgb);
         self.transform(&rgb);
@@ -403,6 +551,10 @@ impl Preprocessor {
     /// The tensor of one test-time view ([`Tta::views`]) of the last decoded image, in the
     /// same reused buffer as [`Preprocessor::normalize`] (which is the plain view).
     pub fn view(&mut self, view: TtaView) -> &[f32] {
+        if view == TtaView::Plain && self.normalize_raw() {
+            return &self.tensor;
+        }
+        self.convert_raw();
         let (resize, crop) = (self.config.resize, self.config.crop);
         let (rgb, mut out) = (
             std::mem::take(&mut self.rgb),
@@ -432,9 +584,9 @@ impl Preprocessor {
         &self.tensor
     }
 
-    /// decode + normalize.
+    /// load + normalize.
     pub fn run(&mut self, frame: &Frame) -> Result<&[f32], PreprocessError> {
-        self.decode(frame)?;
+        self.load(frame)?;
         Ok(self.normalize())
     }
 

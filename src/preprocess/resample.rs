@@ -11,12 +11,12 @@ use std::ops::Range;
 use image::RgbImage;
 
 /// Pillow's fixed-point precision for 8-bit images (`PRECISION_BITS` in `Resample.c`).
-const PRECISION_BITS: u32 = 32 - 8 - 2;
+pub(super) const PRECISION_BITS: u32 = 32 - 8 - 2;
 /// Accumulator start value: adds one half so the final shift rounds to nearest.
 const ROUNDING: i32 = 1 << (PRECISION_BITS - 1);
 
 /// `(value / 255 - mean) / std` per channel and byte value, in f32 like `ToTensor` + `Normalize`.
-pub(super) struct NormalizeTable([[f32; 256]; 3]);
+pub(super) struct NormalizeTable(pub(super) [[f32; 256]; 3]);
 
 impl NormalizeTable {
     pub fn new(mean: &[f32; 3], std: &[f32; 3]) -> Self {
@@ -145,18 +145,18 @@ pub(super) fn resized_size(width: u32, height: u32, resize: u32) -> (u32, u32) {
 }
 
 /// How one axis of the crop window maps onto the resized image.
-struct CropAxis {
+pub(super) struct CropAxis {
     /// Resized index of crop index 0; negative when torchvision pads before cropping.
     offset: i64,
     /// Crop indices that fall inside the resized image; the rest is padding.
-    inside: Range<usize>,
+    pub(super) inside: Range<usize>,
     crop: usize,
 }
 
 impl CropAxis {
     /// torchvision `center_crop`: pads `(crop - size) // 2` in front when the crop is larger,
     /// otherwise starts at `int(round((size - crop) / 2))` with Python's round-half-to-even.
-    fn new(resized: u32, crop: u32) -> Self {
+    pub(super) fn new(resized: u32, crop: u32) -> Self {
         let offset = if crop > resized {
             -i64::from((crop - resized) / 2)
         } else {
@@ -177,17 +177,17 @@ impl CropAxis {
         }
     }
 
-    fn is_padded(&self) -> bool {
+    pub(super) fn is_padded(&self) -> bool {
         self.inside.len() < self.crop
     }
 
     /// Resized-image index of a crop index in `inside`.
-    fn resized_index(&self, crop_index: usize) -> usize {
+    pub(super) fn resized_index(&self, crop_index: usize) -> usize {
         (crop_index as i64 + self.offset) as usize
     }
 
     /// Resized-image indices the crop keeps.
-    fn resized_range(&self) -> Range<usize> {
+    pub(super) fn resized_range(&self) -> Range<usize> {
         self.resized_index(self.inside.start)..self.resized_index(self.inside.end)
     }
 }
@@ -195,7 +195,7 @@ impl CropAxis {
 /// Pillow's bilinear weights for one axis (`precompute_coeffs` + `normalize_coeffs_8bpc`),
 /// for the output samples the crop keeps (a bounded number, whatever the image's aspect ratio).
 #[derive(Default)]
-struct AxisFilter {
+pub(super) struct AxisFilter {
     /// `(input size, output size, kept outputs)` the weights were computed for.
     computed_for: Option<(u32, u32, Range<usize>)>,
     /// Maximum taps per output sample (`ksize`), the stride of `weights`.
@@ -206,7 +206,7 @@ struct AxisFilter {
 }
 
 impl AxisFilter {
-    fn update(&mut self, input: u32, output: u32, kept: Range<usize>) {
+    pub(super) fn update(&mut self, input: u32, output: u32, kept: Range<usize>) {
         let key = Some((input, output, kept.clone()));
         if self.computed_for == key {
             return;
@@ -250,7 +250,7 @@ impl AxisFilter {
     }
 
     /// First input index and fixed-point weights of one kept output sample.
-    fn taps(&self, out: usize) -> (usize, &[i32]) {
+    pub(super) fn taps(&self, out: usize) -> (usize, &[i32]) {
         let kept_start = self
             .computed_for
             .as_ref()
