@@ -602,6 +602,11 @@ fn config_errors_name_the_key_and_file_and_exit_78() {
             "outside (0, 1]",
         ),
         (
+            "idle_fps = nan",
+            "cameras[0].motion.idle_fps",
+            "NaN is neither 0",
+        ),
+        (
             "mask = [[0, 0, 1, 1]]",
             "cameras[0].motion.mask",
             "whole watched image",
