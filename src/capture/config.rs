@@ -128,7 +128,7 @@ impl PartialEq<&str> for CameraId {
 }
 
 /// The lowest non-zero `[cameras.motion] idle_fps`: one look every 10 s.
-pub const MIN_IDLE_FPS: f32 = 0.1;
+const MIN_IDLE_FPS: f32 = 0.1;
 /// The highest `idle_fps`; more than any camera delivers.
 const MAX_IDLE_FPS: f32 = 1000.0;
 
@@ -154,8 +154,8 @@ pub struct MotionConfig {
     /// Frames per second the gate looks at while the scene is settled (unchanged for a second):
     /// the frames in between are neither judged nor, where the source allows, captured. Noticing
     /// motion is then delayed by up to `1 / idle_fps` s; once the gate opens it looks at every
-    /// frame until the scene settles again. 0 looks at every frame; otherwise at least
-    /// [`MIN_IDLE_FPS`].
+    /// frame until the scene settles again. 0 looks at every frame; otherwise 0.1 (one look
+    /// every 10 s) to 1000.
     pub idle_fps: f32,
     /// Deprecated and ignored: the whole-frame mean difference the gate used to compare, which
     /// misses small objects. Accepted so older configs still load; see

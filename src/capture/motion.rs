@@ -10,7 +10,7 @@
 //! 2% of the frame moved the mean of a 32x24 thumbnail by 0.001-0.007, far below the former
 //! threshold of 0.02, while 0.9-2% of the 64x48 cells changed by more than 0.06.
 //!
-//! While the scene is settled (no motion for [`SETTLE`]), the gate looks at no more than
+//! While the scene is settled (no motion for a second, [`SETTLE`]), the gate looks at no more than
 //! `idle_fps` frames a second ([`MotionGate::idle_until`]): a static 1080p MJPEG scene at 30 fps
 //! would otherwise cost a JPEG entropy decode per frame, which no DCT scale skips. The frames
 //! in between are dropped by the camera's [`FrameSlot`](super::FrameSlot), and where the source
@@ -40,7 +40,7 @@ const SAMPLES_PER_AXIS: usize = 4;
 const DIFFERENCE_BINS: usize = 511;
 /// How long after the gate last opened for motion it keeps judging every frame: objects move
 /// on for a while, and `on_change`'s `hold` counts consecutive frames at the camera's rate.
-pub const SETTLE: Duration = Duration::from_secs(1);
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// The luma of a region of a YUYV or NV12 frame, straight from its bytes: what
 /// [`MotionGate::changed_luma`] judges instead of an RGB image.
@@ -162,11 +162,11 @@ impl MotionGate {
         self.judge(GateImage::Luma(luma), Instant::now())
     }
 
-    /// While the scene is settled (unchanged for [`SETTLE`] since the gate last opened for
+    /// While the scene is settled (unchanged for a second since the gate last opened for
     /// motion, or since the first frame), the earliest instant the gate wants to see another
     /// frame: `1 / idle_fps` after the last one it judged. `None` means every frame: the gate is
-    /// disabled or `idle_fps` is 0, nothing was judged yet, or the scene moved within
-    /// [`SETTLE`]. The pipeline hands this to [`FrameSlot::want_from`](super::FrameSlot), which
+    /// disabled or `idle_fps` is 0, nothing was judged yet, or the scene moved within the last
+    /// second. The pipeline hands this to [`FrameSlot::want_from`](super::FrameSlot), which
     /// drops the frames before it unjudged.
     pub fn idle_until(&self) -> Option<Instant> {
         let (interval, judged) = (self.idle_interval?, self.last_judged?);
