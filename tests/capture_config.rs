@@ -115,6 +115,7 @@ fn minimal_camera_gets_documented_defaults() {
             min_area: 0.003,
             mask: Vec::new(),
             max_skip_s: 60,
+            idle_fps: 5.0,
             threshold: None,
         }
     );
@@ -154,6 +155,7 @@ cell_threshold = 0.1
 min_area = 0.01
 mask = [[0, 0, 0.25, 0.5], [0.75, 0, 0.25, 1]]
 max_skip_s = 0
+idle_fps = 0.5
 
 [cameras.collect]
 enabled = true
@@ -189,6 +191,7 @@ timeout_ms = 2000
                 CropRegion::new(0.75, 0.0, 0.25, 1.0).unwrap(),
             ],
             max_skip_s: 0,
+            idle_fps: 0.5,
             threshold: None,
         }
     );
@@ -281,6 +284,16 @@ fn validation_names_the_key() {
             "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.motion]\ncell_threshold = 0",
             "cameras[0].motion.cell_threshold",
             "(0, 1]",
+        ),
+        (
+            "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.motion]\nidle_fps = 0.05",
+            "cameras[0].motion.idle_fps",
+            "neither 0 (look at every frame) nor within 0.1..=1000",
+        ),
+        (
+            "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.motion]\nidle_fps = -1",
+            "cameras[0].motion.idle_fps",
+            "-1 is neither 0",
         ),
         (
             "id = \"a\"\nsource = \"v4l2:0\"\n[cameras.motion]\nmin_area = 1.5",

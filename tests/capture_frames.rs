@@ -38,7 +38,8 @@ fn newest_frame_wins_and_replaced_frames_count_as_dropped() {
         slot.stats(),
         SlotStats {
             delivered: 1,
-            dropped: 4
+            dropped: 4,
+            unwanted: 0
         }
     );
     // Nothing else can put a frame, so waiting could not change the answer.
@@ -50,7 +51,8 @@ fn newest_frame_wins_and_replaced_frames_count_as_dropped() {
         slot.stats(),
         SlotStats {
             delivered: 1,
-            dropped: 4
+            dropped: 4,
+            unwanted: 0
         }
     );
 }
@@ -512,5 +514,105 @@ fn the_gate_never_fully_decodes_a_frame_of_an_unchanged_mjpeg_scene() {
     assert_eq!(
         (width, height),
         (cat.width().div_ceil(4), cat.height().div_ceil(4))
+    );
+}
+
+/// A static scene from a real camera thread at 30 fps (a `file:` folder of two noisy JPEGs of
+/// the same scene, as a camera's frames differ), taken the way the daemon's pipeline takes it:
+/// the gate judges at most `ceil(idle_fps x seconds) + 1` frames, decodes none beyond the first
+/// at full size, and the camera does not even read most of the frames nobody wants. (How soon
+/// motion is noticed is checked on a simulated clock in the gate's unit tests.)
+#[test]
+fn a_settled_gate_looks_at_idle_fps_frames_a_second_and_the_camera_reads_few_more() {
+    let idle_fps = 5.0;
+    let folder = tempfile::tempdir().unwrap();
+    let cat = fixture("chelsea.jpg");
+    for (name, amplitude) in [("a.jpg", 3), ("b.jpg", 4)] {
+        noisy(&cat, amplitude)
+            .save(folder.path().join(name))
+            .unwrap();
+    }
+    let camera: edgeclass::capture::CameraConfig = toml::from_str(&format!(
+        "id = \"static\"\nsource = \"file:{}\"\ninterval_ms = 33\n[motion]\nidle_fps = {idle_fps}",
+        folder.path().display()
+    ))
+    .unwrap();
+    let mut gate = MotionGate::new(&camera.motion);
+    let slot = Arc::new(FrameSlot::new());
+    let (events, _) = mpsc::channel();
+    let shutdown = edgeclass::shutdown::Shutdown::new();
+    let started = Instant::now();
+    let thread = edgeclass::capture::spawn(
+        camera,
+        Arc::clone(&slot),
+        events,
+        shutdown.clone(),
+        Arc::new(edgeclass::heartbeat::Heartbeat::new()),
+    )
+    .unwrap();
+    let mut preprocessor = Preprocessor::new(PreprocessConfig::default());
+    while started.elapsed() < Duration::from_secs(2) {
+        if let Some(frame) = slot.take(Duration::from_millis(250)) {
+            preprocessor
+                .decode_if_changed(&frame, &mut gate, false)
+                .unwrap();
+            slot.want_from(gate.idle_until());
+        }
+    }
+    shutdown.trigger();
+    slot.close();
+    let seconds = started.elapsed().as_secs_f64();
+    thread.join().unwrap();
+    let judged = gate.stats().classified + gate.stats().skipped;
+    let SlotStats {
+        delivered,
+        dropped,
+        unwanted,
+    } = slot.stats();
+    println!(
+        "{seconds:.2} s: {judged} frames judged, {delivered} delivered, {dropped} replaced, \
+         {unwanted} unwanted"
+    );
+    assert!(
+        judged >= 2 && judged as f64 <= (idle_fps * seconds).ceil() + 1.0,
+        "{judged} frames judged in {seconds:.2} s"
+    );
+    assert_eq!(gate.stats().classified, 1, "the noise opened the gate");
+    assert_eq!(preprocessor.full_decodes(), 1);
+    assert_eq!(delivered, judged);
+    // At 30 fps the camera would have read ~60 frames; it reads those the gate wants, and about
+    // one more per look (read before the gate said when it wants the next; more if judging
+    // takes longer than a frame on a loaded machine).
+    let read = delivered + dropped + unwanted;
+    assert!(
+        read <= 3 * delivered + 3,
+        "{read} frames read for {delivered}"
+    );
+}
+
+#[test]
+fn frames_before_the_instant_the_consumer_wants_are_dropped_unwanted() {
+    let slot = FrameSlot::new();
+    slot.put(frame(0));
+    let later = Instant::now() + Duration::from_secs(3600);
+    // The waiting frame came before the instant, and so does the next one.
+    slot.want_from(Some(later));
+    assert_eq!(slot.wanted_from(), Some(later));
+    slot.put(frame(1));
+    assert!(slot.take(Duration::ZERO).is_none());
+    // A past instant, or none, wants every frame again.
+    slot.want_from(Some(Instant::now()));
+    assert_eq!(slot.wanted_from(), None);
+    slot.put(frame(2));
+    slot.want_from(None);
+    slot.put(frame(3));
+    assert_eq!(slot.take(Duration::ZERO).map(|f| f.seq), Some(3));
+    assert_eq!(
+        slot.stats(),
+        SlotStats {
+            delivered: 1,
+            dropped: 1,
+            unwanted: 2
+        }
     );
 }

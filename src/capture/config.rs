@@ -127,6 +127,11 @@ impl PartialEq<&str> for CameraId {
     }
 }
 
+/// The lowest non-zero `[cameras.motion] idle_fps`: one look every 10 s.
+const MIN_IDLE_FPS: f32 = 0.1;
+/// The highest `idle_fps`; more than any camera delivers.
+const MAX_IDLE_FPS: f32 = 1000.0;
+
 /// `[cameras.motion]`: skip inference while no part of the watched image (the crop region, if
 /// the camera has one) changed since the last classified frame. See [`super::MotionGate`].
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -146,6 +151,12 @@ pub struct MotionConfig {
     pub mask: Vec<CropRegion>,
     /// Classify anyway when nothing changed for this many seconds; 0 never forces.
     pub max_skip_s: u64,
+    /// Frames per second the gate looks at while the scene is settled (unchanged for a second):
+    /// the frames in between are neither judged nor, where the source allows, captured. Noticing
+    /// motion is then delayed by up to `1 / idle_fps` s; once the gate opens it looks at every
+    /// frame until the scene settles again. 0 looks at every frame; otherwise 0.1 (one look
+    /// every 10 s) to 1000.
+    pub idle_fps: f32,
     /// Deprecated and ignored: the whole-frame mean difference the gate used to compare, which
     /// misses small objects. Accepted so older configs still load; see
     /// [`MotionConfig::deprecation`].
@@ -161,6 +172,7 @@ impl Default for MotionConfig {
             min_area: 0.003,
             mask: Vec::new(),
             max_skip_s: 60,
+            idle_fps: 5.0,
             threshold: None,
         }
     }
@@ -431,6 +443,16 @@ pub fn validate_cameras(cameras: &[CameraConfig]) -> Result<(), CaptureError> {
             if !(value > 0.0 && value <= 1.0) {
                 return Err(error(key, format!("{value} is outside (0, 1]")));
             }
+        }
+        let idle_fps = camera.motion.idle_fps;
+        if !(idle_fps == 0.0 || (MIN_IDLE_FPS..=MAX_IDLE_FPS).contains(&idle_fps)) {
+            return Err(error(
+                "motion.idle_fps",
+                format!(
+                    "{idle_fps} is neither 0 (look at every frame) nor within \
+                     {MIN_IDLE_FPS}..={MAX_IDLE_FPS} frames per second"
+                ),
+            ));
         }
         if super::motion::watched_cell_count(&camera.motion.mask) == 0 {
             return Err(error(

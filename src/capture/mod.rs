@@ -6,7 +6,10 @@
 //! [`CameraEvent::Online`] when it delivers again. Frames are handed over undecoded; the daemon
 //! decodes them (preprocess, which also cuts out a camera's `crop` region), asks a
 //! [`MotionGate`] whether any part of the scene changed enough to classify, and a [`Collector`]
-//! whether to save the frame for labelling (both compare downscaled grayscale thumbnails).
+//! whether to save the frame for labelling (both compare downscaled grayscale thumbnails). While
+//! the gate finds the scene settled it wants only `idle_fps` frames a second
+//! ([`MotionGate::idle_until`], [`FrameSlot::want_from`]): the slot drops the others and the
+//! camera thread does not capture them.
 
 mod collect;
 mod config;

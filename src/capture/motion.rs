@@ -9,6 +9,13 @@
 //! whole-frame mean dilutes away: on the fixture photos (`tests/capture_frames.rs`) a cat covering
 //! 2% of the frame moved the mean of a 32x24 thumbnail by 0.001-0.007, far below the former
 //! threshold of 0.02, while 0.9-2% of the 64x48 cells changed by more than 0.06.
+//!
+//! While the scene is settled (no motion for a second, [`SETTLE`]), the gate looks at no more than
+//! `idle_fps` frames a second ([`MotionGate::idle_until`]): a static 1080p MJPEG scene at 30 fps
+//! would otherwise cost a JPEG entropy decode per frame, which no DCT scale skips. The frames
+//! in between are dropped by the camera's [`FrameSlot`](super::FrameSlot), and where the source
+//! allows never captured; motion is noticed at most `1 / idle_fps` s plus one frame late, and
+//! from then on every frame is judged until the scene settles again.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +38,9 @@ type Watched = [[bool; GATE_WIDTH]; GATE_HEIGHT];
 const SAMPLES_PER_AXIS: usize = 4;
 /// Signed luma differences, -255..=255, shifted to index a histogram.
 const DIFFERENCE_BINS: usize = 511;
+/// How long after the gate last opened for motion it keeps judging every frame: objects move
+/// on for a while, and `on_change`'s `hold` counts consecutive frames at the camera's rate.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// The luma of a region of a YUYV or NV12 frame, straight from its bytes: what
 /// [`MotionGate::changed_luma`] judges instead of an RGB image.
@@ -93,8 +103,13 @@ pub struct MotionGate {
     watched: Watched,
     watched_cells: usize,
     max_skip: Option<Duration>,
+    /// `1 / idle_fps`; `None` judges every frame.
+    idle_interval: Option<Duration>,
     reference: Option<Luma<GATE_WIDTH, GATE_HEIGHT>>,
     last_classified: Option<Instant>,
+    /// When the gate last judged a frame, and last opened because the scene changed.
+    last_judged: Option<Instant>,
+    last_motion: Option<Instant>,
     thumbnail: Thumbnail<GATE_WIDTH, GATE_HEIGHT>,
     histogram: [u32; DIFFERENCE_BINS],
     last_changed_area: f32,
@@ -118,8 +133,13 @@ impl MotionGate {
             watched,
             watched_cells,
             max_skip: (config.max_skip_s > 0).then(|| Duration::from_secs(config.max_skip_s)),
+            // Validated configs keep 1 / idle_fps within 1 ms..=10 s.
+            idle_interval: (config.idle_fps > 0.0)
+                .then(|| Duration::from_secs_f64(1.0 / f64::from(config.idle_fps))),
             reference: None,
             last_classified: None,
+            last_judged: None,
+            last_motion: None,
             thumbnail: Thumbnail::new(),
             histogram: [0; DIFFERENCE_BINS],
             last_changed_area: 0.0,
@@ -142,6 +162,23 @@ impl MotionGate {
         self.judge(GateImage::Luma(luma), Instant::now())
     }
 
+    /// While the scene is settled (unchanged for a second since the gate last opened for
+    /// motion, or since the first frame), the earliest instant the gate wants to see another
+    /// frame: `1 / idle_fps` after the last one it judged. `None` means every frame: the gate is
+    /// disabled or `idle_fps` is 0, nothing was judged yet, or the scene moved within the last
+    /// second. The pipeline hands this to [`FrameSlot::want_from`](super::FrameSlot), which
+    /// drops the frames before it unjudged.
+    pub fn idle_until(&self) -> Option<Instant> {
+        let (interval, judged) = (self.idle_interval?, self.last_judged?);
+        if !self.enabled {
+            return None;
+        }
+        let settled = self
+            .last_motion
+            .is_none_or(|motion| judged.saturating_duration_since(motion) >= SETTLE);
+        settled.then(|| judged + interval)
+    }
+
     /// Whether the gate judges frames at all (`enabled`); a disabled gate says "classify" to
     /// every frame.
     pub fn is_enabled(&self) -> bool {
@@ -159,6 +196,7 @@ impl MotionGate {
         self.stats
     }
 
+    /// [`MotionGate::changed`] judged as if at `now` (for simulated timelines).
     #[cfg(test)]
     fn changed_at(&mut self, rgb: &RgbImage, now: Instant) -> bool {
         self.judge(GateImage::Rgb(rgb), now)
@@ -182,7 +220,9 @@ impl MotionGate {
             GateImage::Rgb(rgb) => self.thumbnail.update(rgb),
             GateImage::Luma(luma) => self.thumbnail.update_luma(luma),
         }
+        self.last_judged = Some(now);
         let changed = match self.reference {
+            // The first frame is classified, but is no evidence of motion: the gate starts idle.
             None => true,
             Some(reference) => {
                 let changed_cells = self.changed_cells(&reference);
@@ -191,7 +231,11 @@ impl MotionGate {
                     (Some(max_skip), Some(last)) => now.saturating_duration_since(last) >= max_skip,
                     _ => false,
                 };
-                changed_cells >= self.min_cells || overdue
+                let moved = changed_cells >= self.min_cells;
+                if moved {
+                    self.last_motion = Some(now);
+                }
+                moved || overdue
             }
         };
         if changed {
@@ -477,6 +521,94 @@ mod tests {
                 skipped: 2
             }
         );
+    }
+
+    /// What the pipeline and its slot do with a camera at 30 fps: a frame is judged only at or
+    /// after [`MotionGate::idle_until`]. Returns the times (from `start`) of the judged frames
+    /// and whether the gate opened for each, over `frames` frames; `scene(index)` is frame
+    /// `index`.
+    fn judged_at_30_fps(
+        gate: &mut MotionGate,
+        frames: u32,
+        scene: impl Fn(u32) -> RgbImage,
+    ) -> Vec<(Duration, bool)> {
+        let start = Instant::now();
+        let mut judged = Vec::new();
+        for index in 0..frames {
+            let at = Duration::from_millis(u64::from(index) * 1000 / 30);
+            if gate.idle_until().is_none_or(|from| start + at >= from) {
+                judged.push((at, gate.changed_at(&scene(index), start + at)));
+            }
+        }
+        judged
+    }
+
+    #[test]
+    fn a_settled_scene_is_judged_idle_fps_times_a_second_and_motion_still_noticed() {
+        let idle_fps = 5;
+        let frame = gradient(64, 48);
+        let moved = with_patch(&frame, (0, 0, 32, 24), 255);
+        let gate_with = |idle_fps| {
+            MotionGate::new(&MotionConfig {
+                idle_fps,
+                ..config(0)
+            })
+        };
+        // Ten unchanged seconds: at most ceil(5 x 10) + 1 frames judged, the first classified.
+        let mut gate = gate_with(idle_fps as f32);
+        let judged = judged_at_30_fps(&mut gate, 300, |_| frame.clone());
+        assert!(judged.len() <= 5 * 10 + 1, "{}", judged.len());
+        assert!(judged.len() >= 5 * 10 - 1, "{}", judged.len());
+        assert_eq!(gate.stats().classified, 1);
+        // 0 looks at every frame.
+        let mut every = gate_with(0.0);
+        assert_eq!(
+            judged_at_30_fps(&mut every, 300, |_| frame.clone()).len(),
+            300
+        );
+
+        // Whenever the change comes, the gate opens within 1 / idle_fps s and one frame of it,
+        // then judges every frame for as long as the scene moves and `SETTLE` after.
+        let one_frame = Duration::from_millis(1000 / 30 + 1);
+        for change in [31, 40, 45, 52, 59] {
+            let mut gate = gate_with(idle_fps as f32);
+            let moving_until = change + 30;
+            let scene = |index: u32| match index {
+                i if i < change => frame.clone(),
+                // The object moves: a different patch each frame.
+                i if i < moving_until => with_patch(&frame, (i % 32, 0, i % 32 + 32, 24), 255),
+                _ => moved.clone(),
+            };
+            let judged = judged_at_30_fps(&mut gate, 150, scene);
+            let changed_at = Duration::from_millis(u64::from(change) * 1000 / 30);
+            let (opened_at, _) = judged
+                .iter()
+                .find(|(at, opened)| *opened && *at >= changed_at)
+                .copied()
+                .expect("the gate opens");
+            assert!(
+                opened_at - changed_at <= Duration::from_secs(1) / idle_fps + one_frame,
+                "change at frame {change}: opened {:?} later",
+                opened_at - changed_at
+            );
+            let settled_at = Duration::from_millis(u64::from(moving_until) * 1000 / 30) + SETTLE;
+            let active = judged
+                .iter()
+                .filter(|(at, _)| *at >= opened_at && *at < settled_at)
+                .count();
+            let camera_frames = (settled_at - opened_at).as_millis().div_ceil(1000 / 30 + 1);
+            assert!(
+                active as u128 >= camera_frames - 1,
+                "{active} of {camera_frames} frames judged while moving"
+            );
+            // Settled again: back to idle_fps.
+            let idle = judged.iter().filter(|(at, _)| *at > settled_at).count();
+            let idle_time = Duration::from_secs(5) - settled_at;
+            assert!(
+                idle as f64 <= (idle_time.as_secs_f64() * idle_fps as f64).ceil() + 1.0,
+                "{idle} frames judged in {idle_time:?} after settling"
+            );
+        }
     }
 
     #[test]

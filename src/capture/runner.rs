@@ -73,7 +73,8 @@ impl Backoff {
 }
 
 /// Starts the camera's capture thread (named `cam-<id>`). It delivers at most one frame per
-/// `interval_ms` into `slot`, reports [`CameraEvent`]s on `events` (a closed receiver is fine),
+/// `interval_ms` into `slot`, none before the instant the slot's consumer wants the next one from
+/// ([`FrameSlot::wanted_from`]), reports [`CameraEvent`]s on `events` (a closed receiver is fine),
 /// retries failures with backoff, and keeps `heartbeat` on its schedule: each capture is due by
 /// its interval (plus the HTTP timeout), each retry by its backoff.
 ///
@@ -156,6 +157,11 @@ fn run(
     let mut due = Instant::now();
     log::debug!("camera {camera}: starting ({})", config.source);
     while !cancel.is_set() {
+        // A frame the consumer does not want yet (the motion gate idles) is not captured: a
+        // file is not read, a snapshot not fetched, a V4L2 frame not copied.
+        if let Some(wanted_from) = cancel.slot.wanted_from() {
+            due = due.max(wanted_from);
+        }
         heartbeat.expect_by(due + read_allowance);
         match source.next_frame(due, cancel) {
             Ok(None) => break,

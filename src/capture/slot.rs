@@ -7,6 +7,11 @@ use super::Frame;
 ///
 /// A newer frame replaces an unconsumed one, so a slow consumer always sees the latest scene and
 /// nothing queues up; replaced frames are counted as dropped.
+///
+/// The consumer may also say it wants no frame before a given instant ([`FrameSlot::want_from`]:
+/// the motion gate while the scene is settled). Frames offered earlier are dropped at once
+/// (counted as unwanted) without waking the consumer, and the camera thread does not capture
+/// them in the first place where its source allows ([`FrameSlot::wanted_from`]).
 #[derive(Debug, Default)]
 pub struct FrameSlot {
     state: Mutex<SlotState>,
@@ -17,6 +22,7 @@ pub struct FrameSlot {
 struct SlotState {
     frame: Option<Frame>,
     closed: bool,
+    wanted_from: Option<Instant>,
     stats: SlotStats,
 }
 
@@ -27,6 +33,8 @@ pub struct SlotStats {
     pub delivered: u64,
     /// Frames replaced by a newer one before anyone took them.
     pub dropped: u64,
+    /// Frames offered before the instant the consumer wanted the next one from.
+    pub unwanted: u64,
 }
 
 impl FrameSlot {
@@ -35,11 +43,16 @@ impl FrameSlot {
         Self::default()
     }
 
-    /// Offers a frame, replacing (and counting as dropped) any frame not yet taken.
-    /// Ignored once the slot is closed.
+    /// Offers a frame, replacing (and counting as dropped) any frame not yet taken. Ignored
+    /// once the slot is closed, and dropped (counted as unwanted) before the instant set by
+    /// [`FrameSlot::want_from`].
     pub fn put(&self, frame: Frame) {
         let mut state = self.lock();
         if state.closed {
+            return;
+        }
+        if state.wanted_from.is_some_and(|from| Instant::now() < from) {
+            state.stats.unwanted += 1;
             return;
         }
         if state.frame.replace(frame).is_some() {
@@ -71,6 +84,25 @@ impl FrameSlot {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// The consumer wants no frame offered before `from` (`None`: every frame), until it says
+    /// otherwise. A frame waiting in the slot was offered before `from`, so it is dropped too
+    /// (counted as unwanted) if `from` is still ahead.
+    pub fn want_from(&self, from: Option<Instant>) {
+        let mut state = self.lock();
+        state.wanted_from = from;
+        if from.is_some_and(|from| Instant::now() < from) && state.frame.take().is_some() {
+            state.stats.unwanted += 1;
+        }
+    }
+
+    /// The instant set by [`FrameSlot::want_from`], if still ahead: a camera thread need not
+    /// capture a frame before it.
+    pub fn wanted_from(&self) -> Option<Instant> {
+        self.lock()
+            .wanted_from
+            .filter(|&from| from > Instant::now())
     }
 
     /// Closes the slot: waiting and future `take`s return `None`, `put`s are ignored, and the

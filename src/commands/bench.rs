@@ -64,7 +64,9 @@ pub struct Args {
     #[arg(long, default_value = "tests/fixtures/images", requires = "frames")]
     pub images: PathBuf,
     /// With `--frames`: also write the frames measured into this folder (MJPEG as `.jpg`, raw
-    /// formats as `.yuyv` / `.nv12`), e.g. as a `file:` camera's source.
+    /// formats as `.yuyv` / `.nv12`), e.g. as a `file:` camera's source; each MJPEG frame also
+    /// as two copies with sensor noise (`-noise1.jpg`, `-noise2.jpg`), a static scene as a
+    /// camera delivers it (`tests/bench/static_scene.sh`).
     #[arg(long, requires = "frames")]
     pub save_frames: Option<PathBuf>,
     /// Internal: measure the single configuration given and print it as JSON.

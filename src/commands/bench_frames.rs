@@ -75,14 +75,26 @@ pub fn run(
             .map(|(_, photo)| make_frame(photo, format, width, height))
             .collect::<anyhow::Result<Vec<_>>>()?;
         if let Some(dir) = save_frames {
-            for ((name, _), frame) in photos.iter().zip(&frames) {
+            for ((name, photo), frame) in photos.iter().zip(&frames) {
                 let extension = match format {
                     PixelFormat::Mjpeg => "jpg",
                     _ => &format_name(format).to_ascii_lowercase(),
                 };
-                let path = dir.join(format!("{name}-{width}x{height}.{extension}"));
-                std::fs::write(&path, &frame.data)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                let write = |suffix: &str, data: &[u8]| {
+                    let path = dir.join(format!("{name}-{width}x{height}{suffix}.{extension}"));
+                    std::fs::write(&path, data)
+                        .with_context(|| format!("cannot write {}", path.display()))
+                };
+                write("", &frame.data)?;
+                if format == PixelFormat::Mjpeg {
+                    let view = camera_view(photo, width, height);
+                    for copy in 1..=NOISY_COPIES {
+                        write(
+                            &format!("-noise{copy}"),
+                            &encode_jpeg(&with_sensor_noise(&view, copy))?,
+                        )?;
+                    }
+                }
             }
         }
         for exact in [false, true] {
@@ -240,6 +252,28 @@ fn make_frame(
     width: u32,
     height: u32,
 ) -> anyhow::Result<Frame> {
+    let rgb = camera_view(photo, width, height);
+    let data = match format {
+        PixelFormat::Yuyv => rgb_to_yuyv(&rgb),
+        PixelFormat::Nv12 => rgb_to_nv12(&rgb),
+        _ => encode_jpeg(&rgb)?,
+    };
+    Ok(Frame {
+        format,
+        width,
+        height,
+        data,
+        captured_at: std::time::SystemTime::now(),
+        seq: 0,
+        origin: format!("bench {width}x{height}"),
+    })
+}
+
+/// How many copies with sensor noise `--save-frames` writes of each MJPEG frame.
+const NOISY_COPIES: u32 = 2;
+
+/// `photo` scaled to cover `width x height` and center-cropped to it, as a camera frames it.
+fn camera_view(photo: &RgbImage, width: u32, height: u32) -> RgbImage {
     let scale = f64::max(
         f64::from(width) / f64::from(photo.width()),
         f64::from(height) / f64::from(photo.height()),
@@ -254,32 +288,34 @@ fn make_frame(
         scaled_h,
         image::imageops::FilterType::Triangle,
     );
-    let rgb = image::imageops::crop_imm(
+    image::imageops::crop_imm(
         &scaled,
         (scaled_w - width) / 2,
         (scaled_h - height) / 2,
         width,
         height,
     )
-    .to_image();
-    let data = match format {
-        PixelFormat::Yuyv => rgb_to_yuyv(&rgb),
-        PixelFormat::Nv12 => rgb_to_nv12(&rgb),
-        _ => {
-            let mut jpeg = Vec::new();
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
-                .encode_image(&rgb)
-                .context("encoding a benchmark frame as JPEG")?;
-            jpeg
-        }
-    };
-    Ok(Frame {
-        format,
-        width,
-        height,
-        data,
-        captured_at: std::time::SystemTime::now(),
-        seq: 0,
-        origin: format!("bench {width}x{height}"),
-    })
+    .to_image()
+}
+
+/// `rgb` as a quality-90 JPEG, what the MJPEG cases measure.
+fn encode_jpeg(rgb: &RgbImage) -> anyhow::Result<Vec<u8>> {
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(rgb)
+        .context("encoding a benchmark frame as JPEG")?;
+    Ok(jpeg)
+}
+
+/// `rgb` with a camera sensor's noise in a static scene: each value moved by up to 3 levels,
+/// in a pattern of its own for each `seed`.
+fn with_sensor_noise(rgb: &RgbImage, seed: u32) -> RgbImage {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    let mut noisy = rgb.clone();
+    for value in noisy.iter_mut() {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let noise = ((state >> 16) % 7) as i16 - 3;
+        *value = (i16::from(*value) + noise).clamp(0, 255) as u8;
+    }
+    noisy
 }

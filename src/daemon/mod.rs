@@ -229,9 +229,11 @@ async fn serve(
         slot.close();
         let stats = slot.stats();
         log::info!(
-            "camera {camera}: {} frames processed, {} stale frames dropped",
+            "camera {camera}: {} frames processed, {} stale frames dropped, {} not wanted by the \
+             idle motion gate",
             stats.delivered,
-            stats.dropped
+            stats.dropped,
+            stats.unwanted
         );
     }
     // Joined off the runtime so a blocked thread cannot hold up the timer or the flush.

@@ -1,6 +1,8 @@
 //! One camera's path from frame to event: decode (and crop), motion gate, model, postprocess,
 //! policy, publish; then, off the event's latency, saving the frame for labelling. Runs on its
-//! own thread; the model is shared with the other cameras.
+//! own thread; the model is shared with the other cameras. While the gate finds the scene
+//! settled, the pipeline asks its slot for no more than `idle_fps` frames a second
+//! ([`MotionGate::idle_until`]).
 //!
 //! A camera with heads runs the backbone once per frame and gives its features to each head:
 //! every classifier (the ImageNet one first, then the heads) is one [`Stream`] with its own
@@ -174,6 +176,9 @@ impl Pipeline {
                     // classified frames are offered: one the motion gate skipped was not
                     // decoded, and its scene is the last classified one.
                     Ok(latency_ms) => {
+                        // A settled scene is looked at `idle_fps` times a second: the slot
+                        // drops the frames in between, which the camera then does not capture.
+                        self.slot.want_from(self.motion.idle_until());
                         if latency_ms.is_some() {
                             self.collect(&frame);
                         }

@@ -325,11 +325,14 @@ impl CameraWatch {
         self.processed.load(Ordering::Relaxed)
     }
 
-    /// Frames captured (handed to the pipeline or replaced by a newer one) and frames dropped
-    /// (replaced before the pipeline took them).
+    /// Frames captured (handed to the pipeline, replaced by a newer one, or not wanted by the
+    /// idle motion gate) and frames dropped (replaced before the pipeline took them).
     pub fn captured_and_dropped(&self) -> (u64, u64) {
         let stats = self.slot.stats();
-        (stats.delivered + stats.dropped, stats.dropped)
+        (
+            stats.delivered + stats.dropped + stats.unwanted,
+            stats.dropped,
+        )
     }
 
     /// The last event of each classifier (`None`: ImageNet's; `Some(head)`).
