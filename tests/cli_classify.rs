@@ -567,6 +567,17 @@ fn bench_frames_times_every_stage_of_every_frame_case() {
             (ms("non_model_percent") - percent).abs() < 1e-6 * percent,
             "{r}"
         );
+        // Fast rows compare their Top-3 with the exact row's on the same three photos.
+        if r["case"].as_str().unwrap().ends_with("fast") {
+            let same = r["top3_same_as_exact"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{r}"));
+            assert!(same <= 3, "{r}");
+            assert!((0.0..=100.0).contains(&ms("top3_max_shift_pp")), "{r}");
+        } else {
+            assert!(r["top3_same_as_exact"].is_null(), "{r}");
+            assert!(r["top3_max_shift_pp"].is_null(), "{r}");
+        }
     }
     // The frames measured, written as a camera would send them.
     for (name, bytes) in [

@@ -7,7 +7,9 @@
 //! (decode, resize+normalize, inference, postprocess) and the ratio of the time spent outside
 //! the model to the model's own are printed. Every case runs in the fast and in the exact (torchvision)
 //! preprocess mode: MJPEG fast decodes at a reduced DCT scale, YUYV and NV12 fast resize straight
-//! from the frame's planes, while exact converts the whole frame to RGB first.
+//! from the frame's planes, while exact converts the whole frame to RGB first. Each fast row
+//! also says how far the fast mode moved the Top-3 from the exact one on the same frames: with
+//! real weights (`--weights`) that is what a user's scores would move by.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -54,6 +56,11 @@ struct CaseResult {
     postprocess_ms: f64,
     /// (decode + resize+normalize + postprocess) / inference, in percent.
     non_model_percent: f64,
+    /// Fast mode only: how many photos kept the exact mode's Top-3 classes, in the same order.
+    top3_same_as_exact: Option<usize>,
+    /// Fast mode only: the largest change, against exact mode, of the probability of a class in
+    /// either mode's Top-3, in percentage points.
+    top3_max_shift_pp: Option<f64>,
 }
 
 /// Measures every case with `model` for `rounds` rounds after `warmup` untimed ones, and prints
@@ -132,7 +139,31 @@ pub fn run(
             }
         }
     }
-    let results: Vec<CaseResult> = cases.iter_mut().map(summarize).collect();
+    let mut results: Vec<CaseResult> = cases.iter_mut().map(summarize).collect();
+    // Cases come in pairs, fast then exact, over the same frames.
+    for (pair, rows) in cases.chunks_exact_mut(2).zip(results.chunks_exact_mut(2)) {
+        let [fast, exact] = pair else {
+            unreachable!("chunks of two")
+        };
+        let mut same = 0;
+        let mut max_shift: f32 = 0.0;
+        for frame in &fast.frames {
+            let fast_p = probabilities(model, &mut fast.preprocessor, frame)?;
+            let exact_p = probabilities(model, &mut exact.preprocessor, frame)?;
+            let (fast_top, exact_top) = (top_k(&fast_p, 3), top_k(&exact_p, 3));
+            same += usize::from(
+                fast_top
+                    .iter()
+                    .map(|t| t.0)
+                    .eq(exact_top.iter().map(|t| t.0)),
+            );
+            for &(class, _) in fast_top.iter().chain(&exact_top) {
+                max_shift = max_shift.max((fast_p[class] - exact_p[class]).abs());
+            }
+        }
+        rows[0].top3_same_as_exact = Some(same);
+        rows[0].top3_max_shift_pp = Some(f64::from(max_shift) * 100.0);
+    }
     if json {
         for r in &results {
             println!("{}", serde_json::to_string(r)?);
@@ -168,6 +199,19 @@ fn time_frame(
     ])
 }
 
+/// The class probabilities of `frame`.
+fn probabilities(
+    model: &Model,
+    preprocessor: &mut Preprocessor,
+    frame: &Frame,
+) -> anyhow::Result<Vec<f32>> {
+    preprocessor.load(frame)?;
+    let mut probabilities = Vec::new();
+    model.forward(preprocessor.normalize(), &mut probabilities)?;
+    softmax_in_place(&mut probabilities);
+    Ok(probabilities)
+}
+
 fn summarize(case: &mut Case) -> CaseResult {
     let [decode_ms, resize_normalize_ms, inference_ms, postprocess_ms] =
         case.times.each_mut().map(|t| percentile_ms(t, 0.5));
@@ -179,6 +223,8 @@ fn summarize(case: &mut Case) -> CaseResult {
         postprocess_ms,
         non_model_percent: (decode_ms + resize_normalize_ms + postprocess_ms) / inference_ms
             * 100.0,
+        top3_same_as_exact: None,
+        top3_max_shift_pp: None,
     }
 }
 
@@ -188,12 +234,18 @@ fn print_table(results: &[CaseResult], photos: usize, rounds: usize, threads: us
          {threads} inference thread(s))"
     );
     println!(
-        "{:<22} {:>9} {:>12} {:>10} {:>12} {:>10}",
+        "{:<22} {:>9} {:>12} {:>10} {:>12} {:>10}  Top-3 vs exact",
         "frame", STAGES[0], STAGES[1], STAGES[2], STAGES[3], "non-model"
     );
     for r in results {
+        let top3 = match (r.top3_same_as_exact, r.top3_max_shift_pp) {
+            (Some(same), Some(shift)) => {
+                format!("{same}/{photos} same, scores moved <= {shift:.2} pp")
+            }
+            _ => String::new(),
+        };
         println!(
-            "{:<22} {:>9.3} {:>12.3} {:>10.3} {:>12.3} {:>9.1}%",
+            "{:<22} {:>9.3} {:>12.3} {:>10.3} {:>12.3} {:>9.1}%  {top3}",
             r.case,
             r.decode_ms,
             r.resize_normalize_ms,
