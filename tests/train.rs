@@ -288,6 +288,38 @@ fn benchmark_training_200_pictures() {
     assert!(report["val_accuracy"].as_f64().expect("accuracy") > 0.9);
 }
 
+/// The cost of `--unfreeze layer4` (not a timed test: run it by hand, in release):
+/// `cargo test --release --test train -- --ignored --nocapture benchmark_unfreezing`.
+/// The same 200 pictures, trained with the backbone frozen, then with layer4 unfrozen.
+#[test]
+#[ignore = "benchmark, run by hand"]
+fn benchmark_unfreezing_200_pictures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let weights = backbone(dir.path());
+    let data = dir.path().join("data");
+    write_doors(&data, 100, 1, Variation::CAMERA);
+    let timed = |name: &str, extra: &[&str]| -> (f64, Value) {
+        let started = std::time::Instant::now();
+        let (_, report) = train(&data, &weights, &dir.path().join(name), extra);
+        (started.elapsed().as_secs_f64(), report)
+    };
+    let (frozen, frozen_report) = timed("frozen.gguf", &[]);
+    let (unfrozen, report) = timed("unfrozen.gguf", &["--unfreeze", "layer4"]);
+    println!(
+        "train, 200 pictures x 5 views: frozen {frozen:.1} s (validation accuracy {}), layer4 \
+         unfrozen {unfrozen:.1} s ({:.1}x; fine-tuning {:.1} s, {} epochs, best {}, cache {} \
+         MiB; validation accuracy {})",
+        frozen_report["val_accuracy"],
+        unfrozen / frozen,
+        report["unfrozen"]["fit_s"].as_f64().unwrap_or_default(),
+        report["unfrozen"]["epochs_run"],
+        report["unfrozen"]["best_epoch"],
+        report["unfrozen"]["cache_bytes"].as_u64().unwrap_or_default() >> 20,
+        report["val_accuracy"],
+    );
+    assert!(report["val_accuracy"].as_f64().expect("accuracy") > 0.9);
+}
+
 /// `eval` measures a trained head on held-out pictures named by its classes, and
 /// `--update-model` stores the fitted temperature and calibrated thresholds in the head.
 #[test]
