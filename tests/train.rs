@@ -314,7 +314,10 @@ fn benchmark_unfreezing_200_pictures() {
         report["unfrozen"]["fit_s"].as_f64().unwrap_or_default(),
         report["unfrozen"]["epochs_run"],
         report["unfrozen"]["best_epoch"],
-        report["unfrozen"]["cache_bytes"].as_u64().unwrap_or_default() >> 20,
+        report["unfrozen"]["cache_bytes"]
+            .as_u64()
+            .unwrap_or_default()
+            >> 20,
         report["val_accuracy"],
     );
     assert!(report["val_accuracy"].as_f64().expect("accuracy") > 0.9);
@@ -466,15 +469,19 @@ fn unfreezing_layer4_trains_it_and_the_head_file_carries_it_everywhere() {
     let data = dir.path().join("data");
     write_doors(&data, 12, 1, Variation::CAMERA);
     let model = Model::load(&weights, Precision::Q8_0, 0).expect("backbone");
-    let original = LastStage::from_network(&Network::load(&weights).expect("network"))
-        .expect("a layer4");
+    let original =
+        LastStage::from_network(&Network::load(&weights).expect("network")).expect("a layer4");
     let path = |name: &str| dir.path().join(name);
 
     // Plain pictures and no label smoothing keep the test short and give layer4 something to
     // improve: the frozen head is already right on every validation picture, but not sure.
     let plain = ["--no-augment", "--label-smoothing", "0"];
     let (frozen, _) = train(&data, &weights, &path("frozen.gguf"), &plain);
-    let unfreeze = [&plain[..], &["--unfreeze", "layer4", "--unfreeze-epochs", "3"]].concat();
+    let unfreeze = [
+        &plain[..],
+        &["--unfreeze", "layer4", "--unfreeze-epochs", "3"],
+    ]
+    .concat();
     let (tuned, report) = train(&data, &weights, &path("tuned.gguf"), &unfreeze);
     assert!(frozen.last_stage().is_none());
     let stage = tuned.last_stage().expect("the file carries layer4");
@@ -497,7 +504,10 @@ fn unfreezing_layer4_trains_it_and_the_head_file_carries_it_everywhere() {
         accuracy(&model, &frozen, &held_out),
     );
     println!("held-out accuracy: layer4 unfrozen {with:.3}, frozen {without:.3}");
-    assert!(with >= 0.95 && with >= without, "{with} vs frozen {without}");
+    assert!(
+        with >= 0.95 && with >= without,
+        "{with} vs frozen {without}"
+    );
 
     // The same dense layers on the backbone's own layer4 classify otherwise: classify runs the
     // file's layer4.
@@ -567,7 +577,9 @@ fn unfreezing_layer4_trains_it_and_the_head_file_carries_it_everywhere() {
         err.contains("brings its own layer4") && err.contains("--teacher"),
         "{err}"
     );
-    let entry: HeadConfig = toml::from_str(&format!("name = \"door\"\nweights = {:?}\n", student))
-        .expect("entry");
-    entry.load(Some(&model)).expect("the distilled student runs in the daemon");
+    let entry: HeadConfig =
+        toml::from_str(&format!("name = \"door\"\nweights = {:?}\n", student)).expect("entry");
+    entry
+        .load(Some(&model))
+        .expect("the distilled student runs in the daemon");
 }

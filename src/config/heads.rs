@@ -52,7 +52,10 @@ impl HeadConfig {
     /// (`train --unfreeze layer4`) is refused: heads in the daemon share the whole backbone.
     pub fn load(&self, backbone: Option<&Model>) -> Result<Ensemble, ModelError> {
         let heads = Ensemble::load(&self.weights, self.ensemble_weights.clone())?;
-        let own_stage = heads.members().iter().position(|h| h.last_stage().is_some());
+        let own_stage = heads
+            .members()
+            .iter()
+            .position(|h| h.last_stage().is_some());
         if let Some(index) = own_stage {
             return Err(ModelError::OwnLastStage {
                 path: heads.paths()[index].clone(),

@@ -224,9 +224,14 @@ mod tests {
             Ensemble::new(vec![("a".into(), a), ("b".into(), b)], Some(vec![3.0, 1.0])).unwrap();
         let mut each = Vec::new();
         let (mut buffers, mut logits) = (EnsembleBuffers::default(), Vec::new());
-        pair.forward(&[1.0, -2.0], None, 4.0, &mut buffers, &mut logits, |_, l| {
-            each.push(l.to_vec())
-        })
+        pair.forward(
+            &[1.0, -2.0],
+            None,
+            4.0,
+            &mut buffers,
+            &mut logits,
+            |_, l| each.push(l.to_vec()),
+        )
         .expect("no last stage");
         let (pa, pb) = (softmax_at(&each[0], 4.0), softmax_at(&each[1], 4.0));
         for (i, p) in softmax_at(&logits, 4.0).iter().enumerate() {

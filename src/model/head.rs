@@ -34,8 +34,8 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::{Device, Tensor};
 
 use super::quantize::{f32_tensor, write_gguf_file};
-use super::weights::checked_elem_count;
 use super::stage::{FeatureMap, LastStage, LAST_STAGE};
+use super::weights::checked_elem_count;
 use super::ModelError;
 
 /// `general.architecture` of a head file.
@@ -197,8 +197,7 @@ impl Head {
             return Ok(features);
         };
         let error = |source| ModelError::Candle {
-            context: "running the head's own layer4 (it needs the backbone's layer3 output)"
-                .into(),
+            context: "running the head's own layer4 (it needs the backbone's layer3 output)".into(),
             source,
         };
         let map = stage_input

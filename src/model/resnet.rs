@@ -74,7 +74,16 @@ impl Engine {
         calibrator: &mut Calibrator,
     ) {
         if let Engine::Quantized(net) = self {
-            net.forward(pool, input, size, logits, None, None, &mut None, Some(calibrator));
+            net.forward(
+                pool,
+                input,
+                size,
+                logits,
+                None,
+                None,
+                &mut None,
+                Some(calibrator),
+            );
         }
     }
 
@@ -118,13 +127,24 @@ impl Engine {
         match self {
             // candle parallelises with rayon: inside `install` it uses the model's pool.
             Engine::F32(layers) => pool
-                .install(|| forward_f32(layers, input, size, logits, features, stage_input, profile))
+                .install(|| {
+                    forward_f32(layers, input, size, logits, features, stage_input, profile)
+                })
                 .map_err(|source| ModelError::Candle {
                     context: "running the f32 network".into(),
                     source,
                 }),
             Engine::Quantized(net) => {
-                net.forward(pool, input, size, logits, features, stage_input, profile, None);
+                net.forward(
+                    pool,
+                    input,
+                    size,
+                    logits,
+                    features,
+                    stage_input,
+                    profile,
+                    None,
+                );
                 Ok(())
             }
         }

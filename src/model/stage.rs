@@ -48,12 +48,17 @@ impl StageConv {
         let (n, h, w, c) = x.dims4()?;
         let (outputs, _, k, _) = self.weight.dims4()?;
         let (pad, stride) = (k / 2, self.stride);
-        let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+        let (ho, wo) = (
+            (h + 2 * pad - k) / stride + 1,
+            (w + 2 * pad - k) / stride + 1,
+        );
         let padded = x.pad_with_zeros(1, pad, pad)?.pad_with_zeros(2, pad, pad)?;
         let mut taps = Vec::with_capacity(k * k);
         for ky in 0..k {
             for kx in 0..k {
-                let tap = padded.narrow(1, ky, stride * ho)?.narrow(2, kx, stride * wo)?;
+                let tap = padded
+                    .narrow(1, ky, stride * ho)?
+                    .narrow(2, kx, stride * wo)?;
                 taps.push(if stride == 1 {
                     tap
                 } else {
@@ -131,7 +136,9 @@ impl LastStage {
                 })
             })
             .collect();
-        blocks.filter(|b| b.len() == 2).map(|blocks| LastStage { blocks })
+        blocks
+            .filter(|b| b.len() == 2)
+            .map(|blocks| LastStage { blocks })
     }
 
     /// Builds the stage from its tensors by name ([`LastStage::tensor_names`]), checking that

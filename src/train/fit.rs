@@ -202,7 +202,11 @@ pub(super) struct Network {
 
 impl Network {
     /// Runs the layers; dropout is applied when given its generator (training).
-    pub(super) fn forward(&self, x: &Tensor, dropout: Option<&mut SplitMix>) -> candle_core::Result<Tensor> {
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        dropout: Option<&mut SplitMix>,
+    ) -> candle_core::Result<Tensor> {
         let mut x = self.layers[0].forward(x)?;
         if let Some(output) = self.layers.get(1) {
             x = x.relu()?;

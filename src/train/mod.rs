@@ -284,7 +284,10 @@ pub fn train(
         .map(|u| start_stage(model, backbone_file).map(|s| (u, s)))
         .transpose()?;
     let teacher_needs_maps = teacher.as_ref().is_some_and(|(t, _)| t.needs_stage_input());
-    let map_shape = match (stage.is_some() || teacher_needs_maps, model.stage_input_shape()) {
+    let map_shape = match (
+        stage.is_some() || teacher_needs_maps,
+        model.stage_input_shape(),
+    ) {
         (false, _) => None,
         (true, Some(shape)) => Some(shape),
         (true, None) => {
@@ -480,7 +483,11 @@ pub fn train(
         })
         .collect();
     let train_eval = Evaluation::new(&samples(&train_ids)?, labelled.clone(), None);
-    let validation = Evaluation::new(&samples(&val_ids)?, labelled, Some(options.target_precision));
+    let validation = Evaluation::new(
+        &samples(&val_ids)?,
+        labelled,
+        Some(options.target_precision),
+    );
     let thresholds = validation.class_thresholds(MIN_RECOMMENDED_THRESHOLD);
     head.set_thresholds(thresholds.clone())
         .map_err(|reason| TrainError::Fit(candle_core::Error::Msg(reason)))?;

@@ -88,7 +88,7 @@ pub(super) fn fine_tune(
     if train.is_empty() || val.is_empty() {
         candle_core::bail!("fine-tuning needs training and validation examples");
     }
-    let mut rng = SplitMix::new(options.seed ^ 0x1A7E_4);
+    let mut rng = SplitMix::new(options.seed ^ 0x0001_A7E4);
 
     // The stage and the head as Vars, starting from the backbone's layer4 and the head.
     let mut stage_vars = VarMap::new();
@@ -107,7 +107,10 @@ pub(super) fn fine_tune(
         let (w, b) = (format!("head.{i}.weight"), format!("head.{i}.bias"));
         let weight = head_builder.get_with_hints((outputs, inputs), &w, Init::Const(0.0))?;
         let bias = head_builder.get_with_hints(outputs, &b, Init::Const(0.0))?;
-        head_vars.set_one(&w, Tensor::from_slice(&dense.weight, (outputs, inputs), &device)?)?;
+        head_vars.set_one(
+            &w,
+            Tensor::from_slice(&dense.weight, (outputs, inputs), &device)?,
+        )?;
         head_vars.set_one(&b, Tensor::from_slice(&dense.bias, outputs, &device)?)?;
         linear.push(Linear::new(weight, Some(bias)));
     }
