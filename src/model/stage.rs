@@ -294,3 +294,46 @@ impl LastStage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{synthetic_input, Model, Precision};
+
+    /// The backbone's own layer4, run by this module on the captured layer3 output, gives the
+    /// backbone's pooled features: the capture (f32 and int8 paths) and the im2col
+    /// convolutions agree with the engine.
+    #[test]
+    fn the_backbones_layer4_on_its_layer3_output_gives_its_features() {
+        let network = Network::synthetic(5);
+        let stage = LastStage::from_network(&network).expect("layer4");
+        assert_eq!(
+            (stage.input_channels(), stage.output_channels()),
+            (256, 512)
+        );
+        let input = synthetic_input(6, 224);
+        for precision in [Precision::F32, Precision::Q8_0] {
+            let model = Model::synthetic(5, precision, 1).expect("model");
+            let (mut logits, mut features, mut map) = Default::default();
+            model
+                .forward_with_stage_input(&input, &mut logits, &mut features, &mut map)
+                .expect("forward");
+            let map: FeatureMap = map;
+            assert_eq!((map.channels, map.height, map.width), (256, 14, 14));
+            assert_eq!(model.stage_input_shape(), Some((256, 14, 14)));
+            let mut pooled = Vec::new();
+            stage.features(&map, &mut pooled).expect("stage");
+            let features: Vec<f32> = features;
+            let dot: f32 = pooled.iter().zip(&features).map(|(a, b)| a * b).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let cosine = dot / (norm(&pooled) * norm(&features));
+            // f32: the same arithmetic in another order; q8_0: the int8 layer4 against f32.
+            let bar = if precision == Precision::F32 {
+                0.99999
+            } else {
+                0.99
+            };
+            assert!(cosine > bar, "{precision}: cosine {cosine}");
+        }
+    }
+}
