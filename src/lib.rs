@@ -32,8 +32,10 @@
 //!   calibration, and the thresholds that reach a target precision.
 //! - [`train`] fits a head for the user's own classes (`edgeclass train`) on the frozen
 //!   backbone's features: augmentation, AdamW with a cosine schedule, early stopping,
-//!   distillation. A [`model::Head`] file then runs next to the ImageNet classes on the same
-//!   backbone pass.
+//!   distillation; optionally with the backbone's layer4 fine-tuned too (`--unfreeze layer4`,
+//!   [`train::unfreeze`]). A [`model::Head`] file then runs next to the ImageNet classes on the
+//!   same backbone pass (a head with its own layer4 runs in `classify`, `eval` and as a
+//!   teacher, not in the daemon).
 //! - [`web`] serves the web page and its JSON API from the daemon (cameras live, classifying
 //!   uploads, tuning thresholds, labelling a camera's frames and training a head on them,
 //!   Prometheus `/metrics`, health probes); the pipelines write what it shows into a

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 
 use common::cli::{edgeclass, text};
 use common::scenes::{door, write_doors, Variation};
-use edgeclass::model::{write_gguf, Head, Model, Network, Precision, StorageDtype};
+use edgeclass::config::HeadConfig;
+use edgeclass::model::{
+    write_gguf, FeatureMap, Head, LastStage, Model, Network, Precision, StorageDtype,
+};
 use edgeclass::preprocess::{PreprocessConfig, Preprocessor};
 use serde_json::Value;
 
@@ -37,15 +40,20 @@ fn accuracy(model: &Model, head: &Head, scenes: &[(image::RgbImage, bool)]) -> f
         .iter()
         .position(|c| c == "open")
         .expect("an open class");
-    let (mut logits, mut features, mut hidden, mut head_logits) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut logits, mut features, mut hidden, mut head_logits, mut own) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut map = FeatureMap::default();
     let right = scenes
         .iter()
         .filter(|(picture, is_open)| {
+            let input = preprocessor.transform(picture);
             model
-                .forward_with_features(preprocessor.transform(picture), &mut logits, &mut features)
+                .forward_with_stage_input(input, &mut logits, &mut features, &mut map)
                 .expect("forward");
-            head.forward(&features, &mut hidden, &mut head_logits);
+            let read = head
+                .features(&features, Some(&map), &mut own)
+                .expect("the head's own layer4 runs");
+            head.forward(read, &mut hidden, &mut head_logits);
             let predicted_open = head_logits[open] >= head_logits[1 - open];
             predicted_open == *is_open
         })
@@ -280,6 +288,41 @@ fn benchmark_training_200_pictures() {
     assert!(report["val_accuracy"].as_f64().expect("accuracy") > 0.9);
 }
 
+/// The cost of `--unfreeze layer4` (not a timed test: run it by hand, in release):
+/// `cargo test --release --test train -- --ignored --nocapture benchmark_unfreezing`.
+/// The same 200 pictures, trained with the backbone frozen, then with layer4 unfrozen.
+#[test]
+#[ignore = "benchmark, run by hand"]
+fn benchmark_unfreezing_200_pictures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let weights = backbone(dir.path());
+    let data = dir.path().join("data");
+    write_doors(&data, 100, 1, Variation::CAMERA);
+    let timed = |name: &str, extra: &[&str]| -> (f64, Value) {
+        let started = std::time::Instant::now();
+        let (_, report) = train(&data, &weights, &dir.path().join(name), extra);
+        (started.elapsed().as_secs_f64(), report)
+    };
+    let (frozen, frozen_report) = timed("frozen.gguf", &[]);
+    let (unfrozen, report) = timed("unfrozen.gguf", &["--unfreeze", "layer4"]);
+    println!(
+        "train, 200 pictures x 5 views: frozen {frozen:.1} s (validation accuracy {}), layer4 \
+         unfrozen {unfrozen:.1} s ({:.1}x; fine-tuning {:.1} s, {} epochs, best {}, cache {} \
+         MiB; validation accuracy {})",
+        frozen_report["val_accuracy"],
+        unfrozen / frozen,
+        report["unfrozen"]["fit_s"].as_f64().unwrap_or_default(),
+        report["unfrozen"]["epochs_run"],
+        report["unfrozen"]["best_epoch"],
+        report["unfrozen"]["cache_bytes"]
+            .as_u64()
+            .unwrap_or_default()
+            >> 20,
+        report["val_accuracy"],
+    );
+    assert!(report["val_accuracy"].as_f64().expect("accuracy") > 0.9);
+}
+
 /// `eval` measures a trained head on held-out pictures named by its classes, and
 /// `--update-model` stores the fitted temperature and calibrated thresholds in the head.
 #[test]
@@ -413,4 +456,130 @@ fn ensembles_of_trained_heads_in_eval_and_as_teacher() {
         report["teacher"],
         serde_json::json!([a.to_str().expect("utf-8"), b.to_str().expect("utf-8")])
     );
+}
+
+/// `--unfreeze layer4`: the backbone's layer4 is fine-tuned with the head and travels in the
+/// head file. The held-out accuracy holds, `classify` runs the trained layer4 (not the
+/// backbone's), `eval` measures the file, it teaches a student that shares the backbone, and
+/// the daemon's `[[heads]]` refuse it with what to do instead.
+#[test]
+fn unfreezing_layer4_trains_it_and_the_head_file_carries_it_everywhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let weights = backbone(dir.path());
+    let data = dir.path().join("data");
+    write_doors(&data, 12, 1, Variation::CAMERA);
+    let model = Model::load(&weights, Precision::Q8_0, 0).expect("backbone");
+    let original =
+        LastStage::from_network(&Network::load(&weights).expect("network")).expect("a layer4");
+    let path = |name: &str| dir.path().join(name);
+
+    // Plain pictures and no label smoothing keep the test short and give layer4 something to
+    // improve: the frozen head is already right on every validation picture, but not sure.
+    let plain = ["--no-augment", "--label-smoothing", "0"];
+    let (frozen, _) = train(&data, &weights, &path("frozen.gguf"), &plain);
+    let unfreeze = [
+        &plain[..],
+        &["--unfreeze", "layer4", "--unfreeze-epochs", "3"],
+    ]
+    .concat();
+    let (tuned, report) = train(&data, &weights, &path("tuned.gguf"), &unfreeze);
+    assert!(frozen.last_stage().is_none());
+    let stage = tuned.last_stage().expect("the file carries layer4");
+    assert_ne!(stage, &original, "layer4 was trained");
+    let unfrozen = &report["unfrozen"];
+    assert_eq!(unfrozen["stage"], "layer4");
+    assert!(
+        unfrozen["best_epoch"].as_u64().expect("best epoch") >= 1,
+        "an epoch improved on the backbone's own layer4: {unfrozen}"
+    );
+    assert_eq!(
+        unfrozen["cache_bytes"].as_u64(),
+        Some(24 * 256 * 14 * 14 * 2),
+        "24 pictures, one view each, of 256x14x14 f16"
+    );
+
+    let held_out = scenes(15, 10_000, Variation::CAMERA);
+    let (with, without) = (
+        accuracy(&model, &tuned, &held_out),
+        accuracy(&model, &frozen, &held_out),
+    );
+    println!("held-out accuracy: layer4 unfrozen {with:.3}, frozen {without:.3}");
+    assert!(
+        with >= 0.95 && with >= without,
+        "{with} vs frozen {without}"
+    );
+
+    // The same dense layers on the backbone's own layer4 classify otherwise: classify runs the
+    // file's layer4.
+    let same_head = Head::new(
+        tuned.classes().to_vec(),
+        tuned.layers().cloned().collect(),
+        tuned.feature_len(),
+        tuned.backbone().clone(),
+    )
+    .and_then(|h| h.with_last_stage(original))
+    .expect("same head, original layer4");
+    same_head.save(&path("original.gguf")).expect("save");
+    let picture = data.join("open/open-1.png");
+    let classify = |head: &Path| -> Value {
+        let out = edgeclass(&[
+            "classify",
+            "--weights",
+            head.to_str().expect("utf-8"),
+            "--json",
+            picture.to_str().expect("utf-8"),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let (trained_top, original_top) = (
+        classify(&path("tuned.gguf"))["top3"][0].clone(),
+        classify(&path("original.gguf"))["top3"][0].clone(),
+    );
+    assert_eq!(trained_top["label"], "open");
+    assert_ne!(
+        trained_top["score"], original_top["score"],
+        "classify must run the trained layer4"
+    );
+
+    let held_out_dir = dir.path().join("held_out");
+    write_doors(&held_out_dir, 8, 5_000, Variation::CAMERA);
+    let out = edgeclass(&[
+        "eval",
+        held_out_dir.to_str().expect("utf-8"),
+        "--weights",
+        path("tuned.gguf").to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let evaluation: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(
+        evaluation["top1_accuracy"].as_f64().expect("accuracy") >= 0.95,
+        "{evaluation}"
+    );
+
+    let teacher = path("tuned.gguf");
+    let teacher = teacher.to_str().expect("utf-8");
+    let student = path("student.gguf");
+    let (student_head, report) = train(
+        &data,
+        &weights,
+        &student,
+        &[&plain[..], &["--teacher", teacher]].concat(),
+    );
+    assert_eq!(report["teacher"], serde_json::json!([teacher]));
+    assert!(student_head.last_stage().is_none());
+
+    let entry: HeadConfig =
+        toml::from_str(&format!("name = \"door\"\nweights = {teacher:?}\n")).expect("entry");
+    let err = entry.load(Some(&model)).expect_err("refused").to_string();
+    assert!(
+        err.contains("brings its own layer4") && err.contains("--teacher"),
+        "{err}"
+    );
+    let entry: HeadConfig =
+        toml::from_str(&format!("name = \"door\"\nweights = {:?}\n", student)).expect("entry");
+    entry
+        .load(Some(&model))
+        .expect("the distilled student runs in the daemon");
 }

@@ -236,12 +236,16 @@ fn measure_in_child(
 }
 
 /// Loads the `--head` files for `model`. A head trained on another backbone is only noted:
-/// its timing does not depend on its weights. Its feature count must fit, though.
+/// its timing does not depend on its weights. Its feature count must fit, though. A head with
+/// its own layer4 is refused, as the daemon's `[[heads]]` refuse it.
 fn load_heads(paths: &[PathBuf], model: &Model) -> anyhow::Result<Vec<Head>> {
     paths
         .iter()
         .map(|path| {
             let head = Head::load(path)?;
+            if head.last_stage().is_some() {
+                return Err(ModelError::OwnLastStage { path: path.clone() }.into());
+            }
             match model.check_head(&head, path) {
                 Err(ModelError::BackboneMismatch { .. }) => eprintln!(
                     "edgeclass: {} was trained on another backbone; timing it anyway",

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::model::{is_head_file, Ensemble, EnsembleBuffers, Model, ModelError, IMAGENET_CLASSES};
+use crate::model::{
+    is_head_file, Ensemble, EnsembleBuffers, FeatureMap, Model, ModelError, IMAGENET_CLASSES,
+};
 use crate::postprocess::labels::imagenet;
 use crate::postprocess::MeanProbabilities;
 use crate::preprocess::{Preprocessor, Tta};
@@ -180,6 +182,8 @@ impl Buffers {
 struct Pass {
     logits: Vec<f32>,
     features: Vec<f32>,
+    /// The feature map before the backbone's last stage, for heads with their own.
+    stage_input: FeatureMap,
     heads: EnsembleBuffers,
     head_logits: Vec<f32>,
 }
@@ -196,16 +200,23 @@ impl Pass {
             classifier.model.forward(tensor, &mut self.logits)?;
             return Ok(&self.logits);
         };
-        classifier
-            .model
-            .forward_with_features(tensor, &mut self.logits, &mut self.features)?;
+        let model = &classifier.model;
+        let stage_input = if head.needs_stage_input() {
+            let (logits, features) = (&mut self.logits, &mut self.features);
+            model.forward_with_stage_input(tensor, logits, features, &mut self.stage_input)?;
+            Some(&self.stage_input)
+        } else {
+            model.forward_with_features(tensor, &mut self.logits, &mut self.features)?;
+            None
+        };
         head.forward(
             &self.features,
+            stage_input,
             1.0,
             &mut self.heads,
             &mut self.head_logits,
             each,
-        );
+        )?;
         Ok(&self.head_logits)
     }
 }

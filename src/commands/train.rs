@@ -9,10 +9,11 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::dataset::training_classes;
-use crate::model::{default_weights_path, Ensemble, Model};
+use crate::model::{default_weights_path, Ensemble, Model, LAST_STAGE};
 use crate::train::augment::Augmentation;
 use crate::train::features::Skipped;
 use crate::train::fit::{Distillation, Epoch, FitOptions};
+use crate::train::unfreeze::Unfreeze;
 use crate::train::{self, Progress, Teacher, TrainOptions};
 
 use super::InferenceArgs;
@@ -89,6 +90,18 @@ pub struct Args {
     /// Seeds the split, augmentation, initialization and shuffling.
     #[arg(long, default_value_t = FitOptions::default().seed)]
     pub seed: u64,
+    /// Also fine-tune this stage of the backbone with the head, in f32 (only `layer4`): the
+    /// head file then carries its own layer4. Slower (layer4 runs forward and backward over
+    /// every view each epoch); `classify`, `eval` and `--teacher` run such a head, the daemon's
+    /// `[[heads]]` do not (distil it into a head that shares the backbone).
+    #[arg(long, value_name = "STAGE", value_parser = [LAST_STAGE])]
+    pub unfreeze: Option<String>,
+    /// Most epochs of fine-tuning the unfrozen stage (after the head's own epochs).
+    #[arg(long, default_value_t = Unfreeze::default().epochs, requires = "unfreeze")]
+    pub unfreeze_epochs: usize,
+    /// Learning rate of the unfrozen stage relative to the head's.
+    #[arg(long, default_value_t = Unfreeze::default().lr_scale, requires = "unfreeze")]
+    pub unfreeze_lr_scale: f64,
     /// Distil from this head (same backbone and classes); repeated: from the ensemble of
     /// these heads, their probabilities averaged.
     #[arg(long, value_name = "HEAD.gguf")]
@@ -131,6 +144,10 @@ impl Args {
                     alpha: self.alpha,
                 }),
             },
+            unfreeze: self.unfreeze.is_some().then_some(Unfreeze {
+                epochs: self.unfreeze_epochs,
+                lr_scale: self.unfreeze_lr_scale,
+            }),
         }
     }
 }
@@ -201,6 +218,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ""
         },
     )?;
+    if let Some(unfrozen) = &report.unfrozen {
+        writeln!(
+            out,
+            "{} fine-tuned in {:.1} s: best epoch {} of {}{}; validation accuracy of the head \
+             on the frozen backbone was {:.1} %",
+            unfrozen.stage,
+            unfrozen.fit_s,
+            unfrozen.best_epoch,
+            unfrozen.epochs_run,
+            if unfrozen.stopped_early {
+                " (stopped early)"
+            } else {
+                ""
+            },
+            unfrozen.frozen_val_accuracy * 100.0
+        )?;
+    }
     writeln!(
         out,
         "accuracy: train {:.1} %, validation {:.1} %",
@@ -257,6 +291,10 @@ impl Bars {
 }
 
 impl Progress for Bars {
+    fn unfreezing(&mut self) {
+        self.finish();
+    }
+
     fn picture(&mut self, done: usize, total: usize) {
         self.bar(total, "features {bar:30} {pos}/{len} pictures {elapsed}")
             .set_position(done as u64);

@@ -48,9 +48,19 @@ pub struct HeadConfig {
 
 impl HeadConfig {
     /// Reads the head files into an ensemble (of one, for one file); given the model, also
-    /// checks that each head was trained on its backbone.
+    /// checks that each head was trained on its backbone. A head with its own last stage
+    /// (`train --unfreeze layer4`) is refused: heads in the daemon share the whole backbone.
     pub fn load(&self, backbone: Option<&Model>) -> Result<Ensemble, ModelError> {
         let heads = Ensemble::load(&self.weights, self.ensemble_weights.clone())?;
+        let own_stage = heads
+            .members()
+            .iter()
+            .position(|h| h.last_stage().is_some());
+        if let Some(index) = own_stage {
+            return Err(ModelError::OwnLastStage {
+                path: heads.paths()[index].clone(),
+            });
+        }
         if let Some(model) = backbone {
             heads.check_backbone(model)?;
         }

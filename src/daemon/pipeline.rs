@@ -269,13 +269,16 @@ impl Pipeline {
                         None => (&self.logits, &*settings.postprocessor),
                         Some(h) => {
                             let head = &settings.heads[h];
+                            // `[[heads]]` refuse heads with their own last stage: every head
+                            // here reads the shared backbone's features.
                             head.head.forward(
                                 &self.features,
+                                None,
                                 1.0,
                                 &mut self.head_buffers,
                                 &mut self.head_logits,
                                 |_, _| {},
-                            );
+                            )?;
                             (&self.head_logits, &head.postprocessor)
                         }
                     };

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Head, Model, ModelError};
+use super::{FeatureMap, Head, Model, ModelError};
 use crate::postprocess::MeanProbabilities;
 
 /// Heads with the same classes, run on the same features; their softmax probabilities are
@@ -20,6 +20,8 @@ pub struct Ensemble {
 #[derive(Debug, Default)]
 pub struct EnsembleBuffers {
     hidden: Vec<f32>,
+    /// The pooled output of a member's own last stage.
+    own_features: Vec<f32>,
     member_logits: Vec<f32>,
     mean: MeanProbabilities,
 }
@@ -115,6 +117,12 @@ impl Ensemble {
         &self.members
     }
 
+    /// Whether a member brings its own last stage, so [`Ensemble::forward`] needs the
+    /// backbone's feature map before it ([`Model::forward_with_stage_input`]).
+    pub fn needs_stage_input(&self) -> bool {
+        self.members.iter().any(|h| h.last_stage().is_some())
+    }
+
     /// The only member, when there is one.
     pub fn single(&self) -> Option<&Head> {
         match self.members.as_slice() {
@@ -123,26 +131,31 @@ impl Ensemble {
         }
     }
 
-    /// Classifies one feature vector into `logits` whose softmax at `temperature` is the
-    /// weighted mean of the members' softmax at `temperature` (1 in the daemon; distillation's
-    /// temperature for a teacher). One member writes its own logits unchanged. `each` sees every
-    /// member's own logits.
+    /// Classifies one backbone pass (its pooled `features`, and the feature map before its
+    /// last stage when [`Ensemble::needs_stage_input`]) into `logits` whose softmax at
+    /// `temperature` is the weighted mean of the members' softmax at `temperature` (1 in the
+    /// daemon; distillation's temperature for a teacher). One member writes its own logits
+    /// unchanged. `each` sees every member's own logits. Fails only when a member with its own
+    /// last stage gets no stage input.
     pub fn forward(
         &self,
         features: &[f32],
+        stage_input: Option<&FeatureMap>,
         temperature: f32,
         buffers: &mut EnsembleBuffers,
         logits: &mut Vec<f32>,
         mut each: impl FnMut(usize, &[f32]),
-    ) {
+    ) -> Result<(), ModelError> {
         if let Some(head) = self.single() {
-            head.forward(features, &mut buffers.hidden, logits);
+            let read = head.features(features, stage_input, &mut buffers.own_features)?;
+            head.forward(read, &mut buffers.hidden, logits);
             each(0, logits);
-            return;
+            return Ok(());
         }
         buffers.mean.clear();
         for (index, (head, weight)) in self.members.iter().zip(&self.weights).enumerate() {
-            head.forward(features, &mut buffers.hidden, &mut buffers.member_logits);
+            let read = head.features(features, stage_input, &mut buffers.own_features)?;
+            head.forward(read, &mut buffers.hidden, &mut buffers.member_logits);
             each(index, &buffers.member_logits);
             buffers
                 .member_logits
@@ -152,6 +165,7 @@ impl Ensemble {
         }
         logits.clear();
         logits.extend(buffers.mean.logits().iter().map(|l| l * temperature));
+        Ok(())
     }
 }
 
@@ -182,13 +196,16 @@ mod tests {
 
     fn run(ensemble: &Ensemble, temperature: f32) -> Vec<f32> {
         let (mut buffers, mut logits) = (EnsembleBuffers::default(), Vec::new());
-        ensemble.forward(
-            &[1.0, -2.0],
-            temperature,
-            &mut buffers,
-            &mut logits,
-            |_, _| {},
-        );
+        ensemble
+            .forward(
+                &[1.0, -2.0],
+                None,
+                temperature,
+                &mut buffers,
+                &mut logits,
+                |_, _| {},
+            )
+            .expect("no last stage");
         logits
     }
 
@@ -207,9 +224,15 @@ mod tests {
             Ensemble::new(vec![("a".into(), a), ("b".into(), b)], Some(vec![3.0, 1.0])).unwrap();
         let mut each = Vec::new();
         let (mut buffers, mut logits) = (EnsembleBuffers::default(), Vec::new());
-        pair.forward(&[1.0, -2.0], 4.0, &mut buffers, &mut logits, |_, l| {
-            each.push(l.to_vec())
-        });
+        pair.forward(
+            &[1.0, -2.0],
+            None,
+            4.0,
+            &mut buffers,
+            &mut logits,
+            |_, l| each.push(l.to_vec()),
+        )
+        .expect("no last stage");
         let (pa, pb) = (softmax_at(&each[0], 4.0), softmax_at(&each[1], 4.0));
         for (i, p) in softmax_at(&logits, 4.0).iter().enumerate() {
             assert!((p - (0.75 * pa[i] + 0.25 * pb[i])).abs() < 1e-6);

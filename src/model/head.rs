@@ -18,15 +18,23 @@
 //! Feature standardization is folded into the first layer when training ends, so a head reads
 //! the backbone's features as they are.
 //!
+//! A head trained with layer4 unfrozen (`edgeclass train --unfreeze layer4`) also carries its
+//! own [`LastStage`] as F32 tensors `layer4.B.conv1.weight`/`.bias`, `layer4.B.conv2.*` and
+//! `layer4.0.downsample.0.*` (BatchNorm folded, PyTorch shapes): it reads the backbone's
+//! feature map before layer4 and its dense layers read the pooled output of its own layer4
+//! ([`Head::features`]). Such a head cannot share the backbone's layer4, so the daemon's
+//! `[[heads]]` refuse it ([`Head::last_stage`]); `classify`, `eval` and `--teacher` run it.
+//!
 //! [`Network::backbone_fingerprint`]: super::Network::backbone_fingerprint
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 use super::quantize::{f32_tensor, write_gguf_file};
+use super::stage::{FeatureMap, LastStage, LAST_STAGE};
 use super::weights::checked_elem_count;
 use super::ModelError;
 
@@ -97,6 +105,8 @@ pub struct Head {
     temperature: f32,
     thresholds: Option<Vec<f32>>,
     report: Option<String>,
+    /// Its own layer4, when trained with it unfrozen.
+    last_stage: Option<LastStage>,
 }
 
 impl Head {
@@ -149,7 +159,52 @@ impl Head {
             temperature: 1.0,
             thresholds: None,
             report: None,
+            last_stage: None,
         })
+    }
+
+    /// Gives the head its own last stage (trained with it unfrozen): the dense layers then
+    /// read that stage's pooled output, which must have [`Head::feature_len`] channels.
+    pub fn with_last_stage(mut self, stage: LastStage) -> Result<Head, String> {
+        if stage.output_channels() != self.feature_len() {
+            return Err(format!(
+                "the head's layer4 gives {} features, its first layer reads {}",
+                stage.output_channels(),
+                self.feature_len()
+            ));
+        }
+        self.last_stage = Some(stage);
+        Ok(self)
+    }
+
+    /// The head's own last stage (layer4), when it was trained with it unfrozen: it then
+    /// reads the backbone's feature map before layer4, not its pooled features.
+    pub fn last_stage(&self) -> Option<&LastStage> {
+        self.last_stage.as_ref()
+    }
+
+    /// The features this head's layers read for one backbone pass: the backbone's pooled
+    /// `features`, or, for a head with its own last stage, that stage run on `stage_input`
+    /// (written into `own`, reused from call to call). Fails when such a head is given no
+    /// stage input, or one of another shape.
+    pub fn features<'a>(
+        &self,
+        features: &'a [f32],
+        stage_input: Option<&FeatureMap>,
+        own: &'a mut Vec<f32>,
+    ) -> Result<&'a [f32], ModelError> {
+        let Some(stage) = &self.last_stage else {
+            return Ok(features);
+        };
+        let error = |source| ModelError::Candle {
+            context: "running the head's own layer4 (it needs the backbone's layer3 output)".into(),
+            source,
+        };
+        let map = stage_input
+            .filter(|m| m.channels == stage.input_channels())
+            .ok_or_else(|| error(candle_core::Error::Msg("no layer3 output given".into())))?;
+        stage.features(map, own).map_err(error)?;
+        Ok(own)
     }
 
     /// Class names, in output order.
@@ -157,7 +212,8 @@ impl Head {
         &self.classes
     }
 
-    /// Number of backbone features the head reads.
+    /// Number of features the head's first dense layer reads (the backbone's pooled features,
+    /// or its own last stage's).
     pub fn feature_len(&self) -> usize {
         self.hidden.as_ref().unwrap_or(&self.output).inputs()
     }
@@ -247,6 +303,16 @@ impl Head {
             names.push(format!("head.{i}.bias"));
             tensors.push(f32_tensor(layer.bias.clone(), &[layer.outputs()]).map_err(candle_error)?);
         }
+        for (name, conv) in self.last_stage.iter().flat_map(LastStage::named) {
+            for (suffix, tensor) in [("weight", &conv.weight), ("bias", &conv.bias)] {
+                names.push(format!("{name}.{suffix}"));
+                let values = tensor
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(candle_error)?;
+                tensors.push(f32_tensor(values, tensor.dims()).map_err(candle_error)?);
+            }
+        }
         let strings = |items: &[String]| {
             Value::Array(items.iter().map(|s| Value::String(s.clone())).collect())
         };
@@ -306,45 +372,45 @@ impl Head {
             fingerprint: string(metadata, FINGERPRINT).map_err(malformed)?,
             file: PathBuf::from(string(metadata, BACKBONE_FILE).map_err(malformed)?),
         };
+        let mut read = |name: &str| -> Result<(Vec<f32>, Vec<usize>), ModelError> {
+            let bad = |problem: String| ModelError::BadTensor {
+                path: path.to_path_buf(),
+                tensor: name.to_string(),
+                problem,
+            };
+            // A corrupt header can claim more values than fit in memory or in the file.
+            let info = content.tensor_infos.get(name);
+            // Zero values is malformed too (and trips candle's aligned-slice check).
+            let bytes = info.and_then(|info| {
+                let count = checked_elem_count(info).filter(|&count| count > 0)?;
+                let dtype = info.ggml_dtype;
+                (count % dtype.block_size() == 0)
+                    .then_some(count / dtype.block_size())?
+                    .checked_mul(dtype.type_size())
+            });
+            if info.is_some() && bytes.is_none_or(|b| b as u64 > file_len) {
+                return Err(bad(format!(
+                    "its shape {:?} does not fit in the file",
+                    info.map(|i| i.shape.dims().to_vec()).unwrap_or_default()
+                )));
+            }
+            let tensor = content
+                .tensor(&mut file, name, &Device::Cpu)
+                .and_then(|q| q.dequantize(&Device::Cpu))
+                .map_err(|e| bad(e.to_string()))?;
+            let dims = tensor.dims().to_vec();
+            let values = tensor
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| bad(e.to_string()))?;
+            Ok((values, dims))
+        };
         let mut layers = Vec::new();
         for i in 0.. {
             let weight = format!("head.{i}.weight");
             if !content.tensor_infos.contains_key(&weight) {
                 break;
             }
-            let mut read = |name: &str| -> Result<(Vec<f32>, Vec<usize>), ModelError> {
-                let bad = |problem: String| ModelError::BadTensor {
-                    path: path.to_path_buf(),
-                    tensor: name.to_string(),
-                    problem,
-                };
-                // A corrupt header can claim more values than fit in memory or in the file.
-                let info = content.tensor_infos.get(name);
-                // Zero values is malformed too (and trips candle's aligned-slice check).
-                let bytes = info.and_then(|info| {
-                    let count = checked_elem_count(info).filter(|&count| count > 0)?;
-                    let dtype = info.ggml_dtype;
-                    (count % dtype.block_size() == 0)
-                        .then_some(count / dtype.block_size())?
-                        .checked_mul(dtype.type_size())
-                });
-                if info.is_some() && bytes.is_none_or(|b| b as u64 > file_len) {
-                    return Err(bad(format!(
-                        "its shape {:?} does not fit in the file",
-                        info.map(|i| i.shape.dims().to_vec()).unwrap_or_default()
-                    )));
-                }
-                let tensor = content
-                    .tensor(&mut file, name, &Device::Cpu)
-                    .and_then(|q| q.dequantize(&Device::Cpu))
-                    .map_err(|e| bad(e.to_string()))?;
-                let dims = tensor.dims().to_vec();
-                let values = tensor
-                    .flatten_all()
-                    .and_then(|t| t.to_vec1::<f32>())
-                    .map_err(|e| bad(e.to_string()))?;
-                Ok((values, dims))
-            };
             let (weight, dims) = read(&weight)?;
             let (bias, _) = read(&format!("head.{i}.bias")).map_err(|e| match e {
                 ModelError::BadTensor { problem, .. } if problem.contains("cannot find") => {
@@ -365,6 +431,20 @@ impl Head {
         }
         let features = layers.first().map(Dense::inputs).unwrap_or(0);
         let mut head = Head::new(classes, layers, features, backbone).map_err(malformed)?;
+        let stage_tensor = format!("{LAST_STAGE}.0.conv1.weight");
+        if content.tensor_infos.contains_key(&stage_tensor) {
+            let stage = LastStage::from_tensors(|name| {
+                if !content.tensor_infos.contains_key(name) {
+                    return Ok(None);
+                }
+                let (values, dims) = read(name).map_err(|e| e.to_string())?;
+                Tensor::from_vec(values, dims, &Device::Cpu)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(malformed)?;
+            head = head.with_last_stage(stage).map_err(malformed)?;
+        }
         if let Some(value) = metadata.get(TEMPERATURE) {
             let t = value
                 .to_f32()

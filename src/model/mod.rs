@@ -9,7 +9,9 @@
 //! with static activation scales.
 //! One [`Model`] is shared by every camera: [`Model::forward`] takes `&self`.
 //! Heads ([`Head`]) classify its features into a user's own classes; an [`Ensemble`] averages
-//! several heads with the same classes.
+//! several heads with the same classes. A head trained with layer4 unfrozen brings its own
+//! [`LastStage`] and reads the feature map before the backbone's layer4
+//! ([`Model::forward_with_stage_input`]).
 
 mod calibration;
 mod config;
@@ -22,6 +24,7 @@ pub mod kernels;
 mod pth;
 mod quantize;
 mod resnet;
+mod stage;
 mod weights;
 
 use std::fmt;
@@ -37,6 +40,7 @@ pub use config::{default_weights_path, ModelConfig};
 pub use ensemble::{Ensemble, EnsembleBuffers};
 pub use head::{is_head_file, BackboneRef, Dense, Head, HEAD_ARCHITECTURE};
 pub use quantize::{quantize_file, scale_temperature, write_gguf, StorageDtype};
+pub use stage::{FeatureMap, LastStage, StageConv, LAST_STAGE};
 pub use weights::Network;
 pub(crate) use weights::SplitMix;
 
@@ -324,6 +328,20 @@ pub enum ModelError {
         /// That model's [`Model::fingerprint`].
         backbone_fingerprint: String,
     },
+    /// A head with its own last stage ([`Head::last_stage`]) was given to the daemon, whose
+    /// heads all share the backbone's features.
+    #[error(
+        "head file {} was trained with {LAST_STAGE} unfrozen and brings its own {LAST_STAGE}, \
+         which the daemon's [[heads]] do not run (every head there shares the whole backbone, \
+         so each adds only a dense layer per frame); distil it into a head that shares the \
+         backbone with `edgeclass train DATA --teacher {} --output HEAD.gguf` and use that \
+         one, or run this file with `edgeclass classify` and `eval`",
+        path.display(), path.display()
+    )]
+    OwnLastStage {
+        /// The head file.
+        path: PathBuf,
+    },
     /// The heads of an [`Ensemble`] do not fit together: other classes than the first head's,
     /// or unusable weights.
     #[error("head file {} cannot join an ensemble with {}: {reason}", path.display(), first.display())]
@@ -390,7 +408,9 @@ impl ModelError {
         match self {
             ModelError::Open { .. } | ModelError::CalibrationImages { .. } => Sysexit::NoInput,
             ModelError::Write { .. } => Sysexit::IoErr,
-            ModelError::UnsupportedPrecision { .. } => Sysexit::Config,
+            ModelError::UnsupportedPrecision { .. } | ModelError::OwnLastStage { .. } => {
+                Sysexit::Config
+            }
             ModelError::ThreadPool { .. } | ModelError::Candle { .. } => Sysexit::Software,
             _ => Sysexit::DataErr,
         }
@@ -415,6 +435,8 @@ pub struct Model {
     input_size: usize,
     num_classes: usize,
     feature_len: usize,
+    /// `(channels, height, width)` of the last stage's input; `None` without one.
+    stage_input_shape: Option<(usize, usize, usize)>,
     /// [`Network::temperature`]: divides the logits.
     temperature: f32,
     /// [`Network::backbone_fingerprint`]: which trained heads can run on this backbone.
@@ -460,6 +482,7 @@ impl Model {
                     input_size: DEFAULT_INPUT_SIZE,
                     num_classes: network.num_classes(),
                     feature_len: efficientnet::FEATURES,
+                    stage_input_shape: None,
                     temperature: 1.0,
                     fingerprint: network.fingerprint().to_string(),
                     source: path.to_path_buf(),
@@ -506,6 +529,7 @@ impl Model {
         let pool = thread_pool(threads)?;
         let (input_size, num_classes) = (network.input_size, network.num_classes());
         let feature_len = network.layers.fc.geometry.in_channels;
+        let stage_input_shape = stage_input_shape(&network);
         let temperature = network.temperature;
         let fingerprint = network.backbone_fingerprint();
         let engine = Engine::new(&network, precision)?;
@@ -516,6 +540,7 @@ impl Model {
             input_size,
             num_classes,
             feature_len,
+            stage_input_shape,
             temperature,
             fingerprint,
             source,
@@ -527,7 +552,7 @@ impl Model {
     /// writes `num_classes()` logits into `logits` (reusing its allocation).
     /// The logits are divided by the file's temperature, if it stores one.
     pub fn forward(&self, input_nchw: &[f32], logits: &mut Vec<f32>) -> Result<(), ModelError> {
-        self.run(input_nchw, logits, None)
+        self.run(input_nchw, logits, None, None)
     }
 
     /// Like [`Model::forward`], also writing the backbone's pooled features (the
@@ -539,7 +564,21 @@ impl Model {
         logits: &mut Vec<f32>,
         features: &mut Vec<f32>,
     ) -> Result<(), ModelError> {
-        self.run(input_nchw, logits, Some(features))
+        self.run(input_nchw, logits, Some(features), None)
+    }
+
+    /// Like [`Model::forward_with_features`], also writing the input of the last stage
+    /// (ResNet-18's layer3 output, `256 x S/16 x S/16`, computed by the same engine) into
+    /// `stage_input`: what a head with its own [`LastStage`] reads. An EfficientNet has no such
+    /// stage: `stage_input` is left empty.
+    pub fn forward_with_stage_input(
+        &self,
+        input_nchw: &[f32],
+        logits: &mut Vec<f32>,
+        features: &mut Vec<f32>,
+        stage_input: &mut FeatureMap,
+    ) -> Result<(), ModelError> {
+        self.run(input_nchw, logits, Some(features), Some(stage_input))
     }
 
     fn run(
@@ -547,13 +586,22 @@ impl Model {
         input_nchw: &[f32],
         logits: &mut Vec<f32>,
         features: Option<&mut Vec<f32>>,
+        stage_input: Option<&mut FeatureMap>,
     ) -> Result<(), ModelError> {
         self.check_input(input_nchw)?;
         match &self.backbone {
-            Backbone::ResNet18(engine) => {
-                engine.forward(&self.pool, input_nchw, self.input_size, logits, features)?
-            }
+            Backbone::ResNet18(engine) => engine.forward(
+                &self.pool,
+                input_nchw,
+                self.input_size,
+                logits,
+                features,
+                stage_input,
+            )?,
             Backbone::EfficientNetLite0(network) => {
+                if let Some(map) = stage_input {
+                    *map = FeatureMap::default();
+                }
                 self.run_efficientnet(network, input_nchw, logits, features, None)?
             }
         }
@@ -635,6 +683,13 @@ impl Model {
         self.temperature
     }
 
+    /// `(channels, height, width)` of what [`Model::forward_with_stage_input`] writes
+    /// (`(256, 14, 14)` for ResNet-18 at 224 pixels); `None` for a network without a
+    /// [`LastStage`] (EfficientNet).
+    pub fn stage_input_shape(&self) -> Option<(usize, usize, usize)> {
+        self.stage_input_shape
+    }
+
     /// The backbone's [`Network::backbone_fingerprint`].
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
@@ -651,6 +706,21 @@ impl Model {
                 backbone: self.source.clone(),
                 backbone_fingerprint: self.fingerprint.clone(),
             });
+        }
+        if let Some(stage) = head.last_stage() {
+            let channels = self.stage_input_shape.map(|(c, _, _)| c);
+            if channels != Some(stage.input_channels()) {
+                return Err(ModelError::Malformed {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "the head's own {LAST_STAGE} reads {} channels, the backbone of {} has \
+                         {}",
+                        stage.input_channels(),
+                        self.source.display(),
+                        channels.map_or("no such stage".to_string(), |c| c.to_string())
+                    ),
+                });
+            }
         }
         if head.feature_len() != self.feature_len {
             return Err(ModelError::Malformed {
@@ -720,6 +790,26 @@ impl Model {
             (_, false) => "dynamic",
         }
     }
+}
+
+/// `(channels, height, width)` of the input of `network`'s [`LastStage`] for its input size.
+fn stage_input_shape(network: &Network) -> Option<(usize, usize, usize)> {
+    let prefix = format!("{LAST_STAGE}.");
+    let layers = &network.layers;
+    let stage = layers
+        .blocks
+        .iter()
+        .position(|b| b.conv1.name.starts_with(&prefix))?;
+    let size = network.input_size;
+    let (h, w) = layers.stem.geometry.output_dims(size, size);
+    // The 3x3 max pool, stride 2, padding 1.
+    let (mut h, mut w) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+    let mut channels = layers.stem.geometry.out_channels;
+    for block in &layers.blocks[..stage] {
+        (h, w) = block.conv1.geometry.output_dims(h, w);
+        channels = block.conv2.geometry.out_channels;
+    }
+    Some((channels, h, w))
 }
 
 /// Measures the activation ranges of `network` quantized to `precision` (f32 measures as

@@ -18,7 +18,8 @@ use super::kernels::{
     global_avg_pool, max_pool_3x3_s2, reserve_gather_buffers, ActQuant, ForwardOptions,
     ForwardQuantizedOptions, Nhwc, QConv2d, Requant, Residual, Scratch,
 };
-use super::weights::{Layer, Layers};
+use super::stage::{FeatureMap, LAST_STAGE};
+use super::weights::{Block, Layer, Layers};
 use super::{ModelError, Network, Precision, WeightBits};
 
 /// Per-layer timings, filled only when profiling.
@@ -73,12 +74,21 @@ impl Engine {
         calibrator: &mut Calibrator,
     ) {
         if let Engine::Quantized(net) = self {
-            net.forward(pool, input, size, logits, None, &mut None, Some(calibrator));
+            net.forward(
+                pool,
+                input,
+                size,
+                logits,
+                None,
+                None,
+                &mut None,
+                Some(calibrator),
+            );
         }
     }
 
-    /// Writes the logits, and the pooled backbone features (fc's input) into `features` when
-    /// given.
+    /// Writes the logits, the pooled backbone features (fc's input) into `features` when
+    /// given, and the input of the last stage (layer3's output) into `stage_input` when given.
     pub(crate) fn forward(
         &self,
         pool: &rayon::ThreadPool,
@@ -86,8 +96,9 @@ impl Engine {
         size: usize,
         logits: &mut Vec<f32>,
         features: Option<&mut Vec<f32>>,
+        stage_input: Option<&mut FeatureMap>,
     ) -> Result<(), ModelError> {
-        self.run(pool, input, size, logits, features, &mut None)
+        self.run(pool, input, size, logits, features, stage_input, &mut None)
     }
 
     pub(crate) fn forward_profiled(
@@ -98,10 +109,11 @@ impl Engine {
         logits: &mut Vec<f32>,
     ) -> Result<Vec<(String, Duration)>, ModelError> {
         let mut profile = Some(Vec::new());
-        self.run(pool, input, size, logits, None, &mut profile)?;
+        self.run(pool, input, size, logits, None, None, &mut profile)?;
         Ok(profile.unwrap_or_default())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         pool: &rayon::ThreadPool,
@@ -109,18 +121,30 @@ impl Engine {
         size: usize,
         logits: &mut Vec<f32>,
         features: Option<&mut Vec<f32>>,
+        stage_input: Option<&mut FeatureMap>,
         profile: &mut Profile,
     ) -> Result<(), ModelError> {
         match self {
             // candle parallelises with rayon: inside `install` it uses the model's pool.
             Engine::F32(layers) => pool
-                .install(|| forward_f32(layers, input, size, logits, features, profile))
+                .install(|| {
+                    forward_f32(layers, input, size, logits, features, stage_input, profile)
+                })
                 .map_err(|source| ModelError::Candle {
                     context: "running the f32 network".into(),
                     source,
                 }),
             Engine::Quantized(net) => {
-                net.forward(pool, input, size, logits, features, profile, None);
+                net.forward(
+                    pool,
+                    input,
+                    size,
+                    logits,
+                    features,
+                    stage_input,
+                    profile,
+                    None,
+                );
                 Ok(())
             }
         }
@@ -169,9 +193,11 @@ fn forward_f32(
     size: usize,
     logits: &mut Vec<f32>,
     features: Option<&mut Vec<f32>>,
+    mut stage_input: Option<&mut FeatureMap>,
     profile: &mut Profile,
 ) -> candle_core::Result<()> {
     let mut since = Instant::now();
+    let stage_start = stage_start(&layers.blocks, |l| &l.name);
     let mut x = Tensor::from_slice(input, (1, 3, size, size), &Device::Cpu)?;
     x = layers.stem.forward(&x)?.relu()?;
     lap(profile, &mut since, &layers.stem.name);
@@ -182,7 +208,18 @@ fn forward_f32(
         .pad_with_zeros(3, 1, 1)?
         .max_pool2d_with_stride(3, 2)?;
     lap(profile, &mut since, "maxpool");
-    for block in &layers.blocks {
+    for (i, block) in layers.blocks.iter().enumerate() {
+        if i == stage_start {
+            if let Some(map) = stage_input.as_deref_mut() {
+                let (_, channels, height, width) = x.dims4()?;
+                *map = FeatureMap {
+                    values: x.flatten_all()?.to_vec1::<f32>()?,
+                    channels,
+                    height,
+                    width,
+                };
+            }
+        }
         let y = block.conv1.forward(&x)?.relu()?;
         lap(profile, &mut since, &block.conv1.name);
         let identity = match &block.downsample {
@@ -258,6 +295,9 @@ struct Buffers {
 
 pub(crate) struct QuantizedNet {
     layers: Layers<QLayer>,
+    /// Index of the last stage's first block: its input is what a head with its own last
+    /// stage reads.
+    stage_start: usize,
     /// The input's quantization when the network is calibrated (static path).
     input_quant: Option<ActQuant>,
     /// One frame at a time per model; cameras share the model and take turns.
@@ -297,6 +337,7 @@ impl QuantizedNet {
         };
         let input_quant = link();
         Ok(QuantizedNet {
+            stage_start: stage_start(&layers.blocks, |l| &l.name),
             layers,
             input_quant,
             buffers: Mutex::new(Buffers::default()),
@@ -317,6 +358,7 @@ impl QuantizedNet {
         size: usize,
         logits: &mut Vec<f32>,
         features: Option<&mut Vec<f32>>,
+        stage_input: Option<&mut FeatureMap>,
         profile: &mut Profile,
         observe: Option<&mut Calibrator>,
     ) {
@@ -337,10 +379,25 @@ impl QuantizedNet {
             let mut since = Instant::now();
             match self.input_quant.filter(|_| observe.is_none()) {
                 Some(quant) => self.forward_static(
-                    pool, levels, input, size, quant, pooled, profile, &mut since,
+                    pool,
+                    levels,
+                    input,
+                    size,
+                    quant,
+                    (pooled, stage_input),
+                    profile,
+                    &mut since,
                 ),
                 None => self.forward_dynamic(
-                    pool, floats, kernel, input, size, observe, pooled, profile, &mut since,
+                    pool,
+                    floats,
+                    kernel,
+                    input,
+                    size,
+                    observe,
+                    (pooled, stage_input),
+                    profile,
+                    &mut since,
                 ),
             }
             lap(profile, &mut since, "avgpool");
@@ -370,7 +427,7 @@ impl QuantizedNet {
         input: &[f32],
         size: usize,
         input_quant: ActQuant,
-        pooled: &mut Vec<f32>,
+        (pooled, mut stage_input): (&mut Vec<f32>, Option<&mut FeatureMap>),
         profile: &mut Profile,
         since: &mut Instant,
     ) {
@@ -410,10 +467,13 @@ impl QuantizedNet {
         let blocks = &self.layers.blocks;
         for (i, block) in blocks.iter().enumerate() {
             // Real values of this block's output are needed only as the next block's
-            // shortcut (none when it downsamples) or for the pooling after the last block.
-            let output_real = blocks
-                .get(i + 1)
-                .is_none_or(|next| next.downsample.is_none());
+            // shortcut (none when it downsamples), for the pooling after the last block, or as
+            // the last stage's input when asked for.
+            let capture = i + 1 == self.stage_start && stage_input.is_some();
+            let output_real = capture
+                || blocks
+                    .get(i + 1)
+                    .is_none_or(|next| next.downsample.is_none());
             let x_len = h * w * channels;
             let conv1 = &block.conv1;
             let (h1, w1, len) = output_shape(conv1, h, w);
@@ -466,6 +526,9 @@ impl QuantizedNet {
             std::mem::swap(x_real, out_real);
             channels = conv2.conv.geometry().out_channels;
             (h, w, x_quant, x_is_real) = (h1, w1, requant(conv2).output(), output_real);
+            if let (true, Some(map)) = (capture, stage_input.as_deref_mut()) {
+                nhwc_to_map(&x_real[..h * w * channels], h, w, channels, map);
+            }
         }
         // Pooled from the real values: pooling the levels lowers the reference network's
         // calibrated cosine vs f32 from 0.99907 to 0.99896, below the 0.999 bar.
@@ -483,7 +546,7 @@ impl QuantizedNet {
         input: &[f32],
         size: usize,
         mut observe: Option<&mut Calibrator>,
-        pooled: &mut Vec<f32>,
+        (pooled, mut stage_input): (&mut Vec<f32>, Option<&mut FeatureMap>),
         profile: &mut Profile,
         since: &mut Instant,
     ) {
@@ -519,7 +582,11 @@ impl QuantizedNet {
         let channels = stem.conv.geometry().out_channels;
         (h, w) = max_pool_3x3_s2(t, h, w, channels, x);
         lap(profile, since, "maxpool");
-        for block in &self.layers.blocks {
+        let mut channels = channels;
+        for (i, block) in self.layers.blocks.iter().enumerate() {
+            if let (true, Some(map)) = (i == self.stage_start, stage_input.as_deref_mut()) {
+                nhwc_to_map(&x[..h * w * channels], h, w, channels, map);
+            }
             let (h1, w1) = conv(&block.conv1, x, (h, w), t, relu);
             lap(profile, since, &block.conv1.name);
             let residual = match &block.downsample {
@@ -538,10 +605,29 @@ impl QuantizedNet {
             lap(profile, since, &block.conv2.name);
             std::mem::swap(x, out);
             (h, w) = (h1, w1);
+            channels = block.conv2.conv.geometry().out_channels;
         }
         let channels = self.layers.fc.conv.geometry().in_channels;
         global_avg_pool(x, h, w, channels, pooled);
     }
+}
+
+/// Index of the first block of the last stage (`layer4.0`); past the end when there is none.
+fn stage_start<L>(blocks: &[Block<L>], name: impl Fn(&L) -> &str) -> usize {
+    let prefix = format!("{LAST_STAGE}.");
+    blocks
+        .iter()
+        .position(|b| name(&b.conv1).starts_with(&prefix))
+        .unwrap_or(blocks.len())
+}
+
+/// Copies an NHWC activation into `map` as NCHW (one image), reusing its allocation.
+fn nhwc_to_map(values: &[f32], height: usize, width: usize, channels: usize, map: &mut FeatureMap) {
+    map.values.clear();
+    map.values.extend(
+        (0..channels).flat_map(|c| values.iter().skip(c).step_by(channels.max(1)).copied()),
+    );
+    (map.channels, map.height, map.width) = (channels, height, width);
 }
 
 /// A calibrated layer's requantization: `QuantizedNet::new` gives every layer one when it

@@ -113,6 +113,8 @@ pub struct Fitted {
     pub best_epoch: usize,
     /// Whether early stopping ended training before `max_epochs`.
     pub stopped_early: bool,
+    /// The kept layers as trained, on standardized features (what fine-tuning continues).
+    pub(super) standardized: (Vec<Dense>, Standardization),
 }
 
 /// The learning rate at optimizer step `step` (0-based) of `total`: linear warm-up over the
@@ -193,13 +195,18 @@ pub fn loss(
 }
 
 /// The network being trained: one linear layer, or two with a ReLU and dropout between.
-struct Network {
-    layers: Vec<Linear>,
-    dropout: f32,
+pub(super) struct Network {
+    pub(super) layers: Vec<Linear>,
+    pub(super) dropout: f32,
 }
 
 impl Network {
-    fn forward(&self, x: &Tensor, dropout: Option<&mut SplitMix>) -> candle_core::Result<Tensor> {
+    /// Runs the layers; dropout is applied when given its generator (training).
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        dropout: Option<&mut SplitMix>,
+    ) -> candle_core::Result<Tensor> {
         let mut x = self.layers[0].forward(x)?;
         if let Some(output) = self.layers.get(1) {
             x = x.relu()?;
@@ -226,9 +233,10 @@ impl Network {
 
 /// Per-feature mean and inverse standard deviation of the training features: the network
 /// trains on standardized inputs, and the export folds this back into the first layer.
-struct Standardization {
-    mean: Vec<f32>,
-    inv_std: Vec<f32>,
+#[derive(Debug, Clone)]
+pub(super) struct Standardization {
+    pub(super) mean: Vec<f32>,
+    pub(super) inv_std: Vec<f32>,
 }
 
 impl Standardization {
@@ -276,7 +284,7 @@ impl Standardization {
     }
 
     /// `W·((x − mean)·inv_std) + b` as `W'·x + b'`.
-    fn fold(&self, first: &mut Dense) {
+    pub(super) fn fold(&self, first: &mut Dense) {
         let inputs = first.inputs();
         for (row, bias) in first.weight.chunks_mut(inputs).zip(&mut first.bias) {
             for ((w, m), s) in row.iter_mut().zip(&self.mean).zip(&self.inv_std) {
@@ -378,6 +386,7 @@ pub fn fit(
     let mut order: Vec<u32> = (0..train.len() as u32).collect();
     let mut stopping = EarlyStopping::new(options.patience);
     let mut best_layers = export(&network, &standardization)?;
+    let mut best_standardized = dense_layers(&network)?;
     let mut history = Vec::new();
     let mut step = 0;
     for epoch in 1..=options.max_epochs {
@@ -424,6 +433,7 @@ pub fn fit(
         progress(&record);
         if stopping.improved(epoch, val_loss) {
             best_layers = export(&network, &standardization)?;
+            best_standardized = dense_layers(&network)?;
         }
         if stopping.should_stop(epoch) {
             break;
@@ -432,6 +442,7 @@ pub fn fit(
     let epochs_run = history.len();
     Ok(Fitted {
         layers: best_layers,
+        standardized: (best_standardized, standardization),
         best_epoch: stopping.best_epoch().unwrap_or(epochs_run),
         stopped_early: epochs_run < options.max_epochs,
         history,
@@ -439,7 +450,7 @@ pub fn fit(
 }
 
 /// One-hot rows of the true classes, with `smoothing` spread evenly over all classes.
-fn smoothed_targets(
+pub(super) fn smoothed_targets(
     examples: &[Example],
     classes: usize,
     smoothing: f32,
@@ -454,7 +465,7 @@ fn smoothed_targets(
 }
 
 /// Per-example weights: `n / (classes · n_class)` when balancing, else 1.
-fn class_weights(
+pub(super) fn class_weights(
     examples: &[Example],
     classes: usize,
     balance: bool,
@@ -477,7 +488,16 @@ fn class_weights(
 
 /// The network's current weights as [`Dense`] layers reading raw features.
 fn export(network: &Network, standardization: &Standardization) -> candle_core::Result<Vec<Dense>> {
-    let mut layers = network
+    let mut layers = dense_layers(network)?;
+    if let Some(first) = layers.first_mut() {
+        standardization.fold(first);
+    }
+    Ok(layers)
+}
+
+/// The network's current weights as [`Dense`] layers, as they are.
+pub(super) fn dense_layers(network: &Network) -> candle_core::Result<Vec<Dense>> {
+    network
         .layers
         .iter()
         .map(|layer| {
@@ -489,11 +509,7 @@ fn export(network: &Network, standardization: &Standardization) -> candle_core::
                 },
             })
         })
-        .collect::<candle_core::Result<Vec<Dense>>>()?;
-    if let Some(first) = layers.first_mut() {
-        standardization.fold(first);
-    }
-    Ok(layers)
+        .collect::<candle_core::Result<Vec<Dense>>>()
 }
 
 #[cfg(test)]

@@ -13,12 +13,17 @@
 //! 4. [`fit::fit`]: AdamW, cosine schedule with warm-up, label smoothing, class weights,
 //!    optional distillation from a teacher head (or an ensemble of heads), early stopping that
 //!    restores the best epoch.
-//! 5. The validation split is evaluated with [`crate::evaluate`]: per-class precision and
+//! 5. With `--unfreeze layer4` ([`unfreeze`]): the backbone's layer4 and the head are then
+//!    fine-tuned together in f32 on the cached feature maps before layer4 (the int8 engine
+//!    still runs everything up to there, once per view); the head file carries the trained
+//!    layer4 ([`crate::model::LastStage`]).
+//! 6. The validation split is evaluated with [`crate::evaluate`]: per-class precision and
 //!    recall, the confusion matrix, and thresholds reaching the target precision.
 
 pub mod augment;
 pub mod features;
 pub mod fit;
+pub mod unfreeze;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,13 +32,21 @@ use serde::Serialize;
 
 use crate::dataset::TrainingClass;
 use crate::evaluate::{Evaluation, LabelledClass, Sample};
-use crate::model::{BackboneRef, Ensemble, EnsembleBuffers, Head, Model, ModelError, SplitMix};
+use crate::model::{
+    BackboneRef, Ensemble, EnsembleBuffers, FeatureMap, Head, LastStage, Model, ModelError,
+    Network, SplitMix, LAST_STAGE,
+};
 use crate::preprocess::Preprocessor;
 use crate::sysexits::Sysexit;
 
 use augment::Augmentation;
 use features::{Picture, Skipped};
 use fit::{Epoch, Example, FitOptions};
+use unfreeze::{MapExample, Unfreeze};
+
+/// Most memory the cached feature maps before the last stage may take (f16), for
+/// `--unfreeze` or a teacher with its own last stage: 1 GiB, about 10,900 views at 224 pixels.
+pub const STAGE_CACHE_BUDGET: u64 = 1 << 30;
 
 /// Lowest recommended threshold: a perfect but small validation split would otherwise
 /// recommend 0 ("always sure"), and frames unlike any class must still be able to fall below.
@@ -52,6 +65,8 @@ pub struct TrainOptions {
     pub target_precision: f64,
     /// The head and its optimization.
     pub fit: FitOptions,
+    /// Fine-tune the backbone's last stage (layer4) with the head; `None`: frozen backbone.
+    pub unfreeze: Option<Unfreeze>,
 }
 
 impl Default for TrainOptions {
@@ -62,6 +77,7 @@ impl Default for TrainOptions {
             val_fraction: 0.2,
             target_precision: 0.95,
             fit: FitOptions::default(),
+            unfreeze: None,
         }
     }
 }
@@ -89,6 +105,9 @@ pub enum TrainError {
         /// What does not match.
         reason: String,
     },
+    /// The last stage cannot be fine-tuned (or a teacher's run) on this backbone or data.
+    #[error("{LAST_STAGE}: {0}")]
+    Stage(String),
     /// candle failed while fitting.
     #[error("fitting the head")]
     Fit(#[source] candle_core::Error),
@@ -106,6 +125,7 @@ impl TrainError {
         match self {
             TrainError::Model(e) => e.sysexit(),
             TrainError::TooFewReadable { .. } | TrainError::Teacher { .. } => Sysexit::DataErr,
+            TrainError::Stage(_) => Sysexit::Usage,
             TrainError::Fit(_) => Sysexit::Software,
         }
     }
@@ -126,6 +146,8 @@ pub trait Progress {
     fn skipped(&mut self, skipped: &Skipped);
     /// An epoch ended.
     fn epoch(&mut self, epoch: &Epoch, max_epochs: usize);
+    /// The head is fitted; fine-tuning of the last stage starts (its epochs count from 1).
+    fn unfreezing(&mut self) {}
 }
 
 /// One class's pictures in the run.
@@ -180,6 +202,30 @@ pub struct Report {
     pub options: TrainOptions,
     /// The teacher distilled from (its head files: several for an ensemble); empty: none.
     pub teacher: Vec<PathBuf>,
+    /// Fine-tuning of the last stage, when unfrozen (`history`, `best_epoch` and the rest
+    /// above are those of the head on the frozen features, which it started from).
+    pub unfrozen: Option<UnfrozenReport>,
+}
+
+/// What fine-tuning the last stage did.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnfrozenReport {
+    /// The stage fine-tuned (`layer4`).
+    pub stage: String,
+    /// Validation accuracy of the head on the frozen features (its best epoch), before.
+    pub frozen_val_accuracy: f64,
+    /// The epoch kept (0: none improved the validation loss; the stage stays the backbone's).
+    pub best_epoch: usize,
+    /// Epochs run.
+    pub epochs_run: usize,
+    /// Whether early stopping ended fine-tuning.
+    pub stopped_early: bool,
+    /// Every epoch's figures.
+    pub history: Vec<Epoch>,
+    /// Memory of the cached feature maps, in bytes.
+    pub cache_bytes: u64,
+    /// Fine-tuning's wall-clock time, in seconds.
+    pub fit_s: f64,
 }
 
 /// A trained head and its report.
@@ -231,6 +277,40 @@ pub fn train(
         .transpose()?;
 
     let total: usize = classes.iter().map(|c| c.images.len()).sum();
+    // The stage to fine-tune, and whether the feature maps before it must be cached (for it,
+    // or for a teacher with its own).
+    let stage = options
+        .unfreeze
+        .map(|u| start_stage(model, backbone_file).map(|s| (u, s)))
+        .transpose()?;
+    let teacher_needs_maps = teacher.as_ref().is_some_and(|(t, _)| t.needs_stage_input());
+    let map_shape = match (
+        stage.is_some() || teacher_needs_maps,
+        model.stage_input_shape(),
+    ) {
+        (false, _) => None,
+        (true, Some(shape)) => Some(shape),
+        (true, None) => {
+            return Err(TrainError::Stage(format!(
+                "the backbone {} has no {LAST_STAGE} (it is not a ResNet-18)",
+                model.source().display()
+            )))
+        }
+    };
+    let views_per_picture = 1 + options.augmentation.as_ref().map_or(0, |_| options.views);
+    let cache_bytes = map_shape.map_or(0, |(c, h, w)| {
+        (total * views_per_picture * c * h * w * std::mem::size_of::<half::f16>()) as u64
+    });
+    if cache_bytes > STAGE_CACHE_BUDGET {
+        let (c, h, w) = map_shape.unwrap_or_default();
+        return Err(TrainError::Stage(format!(
+            "caching the {c}x{h}x{w} feature maps before it for {total} pictures x \
+             {views_per_picture} views takes {} MiB, above the {} MiB budget: use fewer --views \
+             or pictures",
+            cache_bytes >> 20,
+            STAGE_CACHE_BUDGET >> 20
+        )));
+    }
     let mut preprocessor = Preprocessor::new(model.preprocess_config());
     let mut done = 0;
     let (pictures, skipped) = features::extract(
@@ -239,6 +319,7 @@ pub fn train(
         classes,
         options.augmentation.as_ref(),
         options.views,
+        map_shape.is_some(),
         options.fit.seed,
         || {
             done += 1;
@@ -265,16 +346,29 @@ pub fn train(
     );
     // Teacher logits, one row per view, in the class order of this run.
     let temperature = options.fit.distillation.map_or(1.0, |d| d.temperature);
+    // A view's cached feature map before the last stage, back in f32.
+    let stage_input = |picture: &Picture, view: usize| -> Option<FeatureMap> {
+        let (channels, height, width) = map_shape?;
+        let values = picture.maps.get(view)?.iter().map(|v| v.to_f32()).collect();
+        Some(FeatureMap {
+            values,
+            channels,
+            height,
+            width,
+        })
+    };
     let teacher_logits: Vec<Vec<Vec<f32>>> = match &teacher {
         Some((heads, order)) => pictures
             .iter()
             .map(|p| {
-                p.views
-                    .iter()
-                    .map(|f| head_logits(heads, f, order, temperature))
-                    .collect()
+                (0..p.views.len())
+                    .map(|v| {
+                        let input = stage_input(p, v);
+                        head_logits(heads, &p.views[v], input.as_ref(), order, temperature)
+                    })
+                    .collect::<Result<_, _>>()
             })
-            .collect(),
+            .collect::<Result<_, _>>()?,
         None => Vec::new(),
     };
     let example = |picture: usize, view: usize| Example {
@@ -309,18 +403,73 @@ pub fn train(
         fingerprint: model.fingerprint().to_string(),
         file: backbone_file.to_path_buf(),
     };
-    let mut head = Head::new(names.clone(), fitted.layers, model.feature_len(), backbone)
-        .map_err(|reason| TrainError::Fit(candle_core::Error::Msg(reason)))?;
+    let fit_error = |reason| TrainError::Fit(candle_core::Error::Msg(reason));
+    let (mut head, unfrozen) = match (stage, map_shape) {
+        (Some((unfreeze, stage)), Some(shape)) => {
+            progress.unfreezing();
+            let started = Instant::now();
+            let maps = |ids: &[usize], all_views: bool| -> Vec<MapExample> {
+                ids.iter()
+                    .flat_map(|&p| {
+                        let views = if all_views { pictures[p].maps.len() } else { 1 };
+                        (0..views).map(move |v| (p, v))
+                    })
+                    .map(|(p, v)| MapExample {
+                        map: &pictures[p].maps[v],
+                        class: pictures[p].class,
+                        teacher: teacher_logits.get(p).map(|views| views[v].as_slice()),
+                    })
+                    .collect()
+            };
+            let tuned = unfreeze::fine_tune(
+                &maps(&train_ids, true),
+                &maps(&val_ids, false),
+                shape,
+                classes.len(),
+                &stage,
+                (&fitted.standardized.0, &fitted.standardized.1),
+                &fit_options,
+                &unfreeze,
+                |epoch| progress.epoch(epoch, unfreeze.epochs),
+            )
+            .map_err(TrainError::Fit)?;
+            let frozen_val_accuracy = fitted
+                .history
+                .get(fitted.best_epoch.saturating_sub(1))
+                .map_or(0.0, |e| e.val_accuracy);
+            let head = Head::new(names.clone(), tuned.layers, model.feature_len(), backbone)
+                .and_then(|h| h.with_last_stage(tuned.stage))
+                .map_err(fit_error)?;
+            let report = UnfrozenReport {
+                stage: LAST_STAGE.into(),
+                frozen_val_accuracy,
+                best_epoch: tuned.best_epoch,
+                epochs_run: tuned.history.len(),
+                stopped_early: tuned.stopped_early,
+                history: tuned.history,
+                cache_bytes,
+                fit_s: started.elapsed().as_secs_f64(),
+            };
+            (head, Some(report))
+        }
+        _ => {
+            let head = Head::new(names.clone(), fitted.layers, model.feature_len(), backbone)
+                .map_err(fit_error)?;
+            (head, None)
+        }
+    };
 
-    let samples = |ids: &[usize]| -> Vec<Sample> {
-        let (mut hidden, mut logits) = (Vec::new(), Vec::new());
+    let samples = |ids: &[usize]| -> Result<Vec<Sample>, TrainError> {
+        let (mut hidden, mut logits, mut own) = (Vec::new(), Vec::new(), Vec::new());
         ids.iter()
             .map(|&p| {
-                head.forward(pictures[p].plain(), &mut hidden, &mut logits);
-                Sample {
+                let input = stage_input(&pictures[p], 0);
+                let features = head.features(pictures[p].plain(), input.as_ref(), &mut own)?;
+                head.forward(features, &mut hidden, &mut logits);
+                Ok(Sample {
                     logits: logits.clone(),
                     truth: pictures[p].class,
-                }
+                })
             })
             .collect()
     };
@@ -333,8 +482,12 @@ pub fn train(
             name: name.clone(),
         })
         .collect();
-    let train_eval = Evaluation::new(&samples(&train_ids), labelled.clone(), None);
-    let validation = Evaluation::new(&samples(&val_ids), labelled, Some(options.target_precision));
+    let train_eval = Evaluation::new(&samples(&train_ids)?, labelled.clone(), None);
+    let validation = Evaluation::new(
+        &samples(&val_ids)?,
+        labelled,
+        Some(options.target_precision),
+    );
     let thresholds = validation.class_thresholds(MIN_RECOMMENDED_THRESHOLD);
     head.set_thresholds(thresholds.clone())
         .map_err(|reason| TrainError::Fit(candle_core::Error::Msg(reason)))?;
@@ -375,6 +528,7 @@ pub fn train(
             ..options.clone()
         },
         teacher: teacher.map_or_else(Vec::new, |(heads, _)| heads.paths().to_vec()),
+        unfrozen,
     };
     if let Ok(json) = serde_json::to_string(&report) {
         head.set_report(json);
@@ -417,10 +571,40 @@ fn teacher_order(
     }
 }
 
-/// The teacher's logits for `features` (whose softmax at `temperature` is the ensemble's mean
-/// at that temperature), reordered to the student's classes.
-fn head_logits(heads: &Ensemble, features: &[f32], order: &[usize], temperature: f32) -> Vec<f32> {
+/// The teacher's logits for one view (whose softmax at `temperature` is the ensemble's mean at
+/// that temperature), reordered to the student's classes.
+fn head_logits(
+    heads: &Ensemble,
+    features: &[f32],
+    stage_input: Option<&FeatureMap>,
+    order: &[usize],
+    temperature: f32,
+) -> Result<Vec<f32>, ModelError> {
     let (mut buffers, mut logits) = (EnsembleBuffers::default(), Vec::new());
-    heads.forward(features, temperature, &mut buffers, &mut logits, |_, _| {});
-    order.iter().map(|&i| logits[i]).collect()
+    heads.forward(
+        features,
+        stage_input,
+        temperature,
+        &mut buffers,
+        &mut logits,
+        |_, _| {},
+    )?;
+    Ok(order.iter().map(|&i| logits[i]).collect())
+}
+
+/// The backbone's own last stage, read from its file: where fine-tuning starts.
+fn start_stage(model: &Model, backbone_file: &Path) -> Result<LastStage, TrainError> {
+    let network = Network::load(backbone_file)?;
+    if network.backbone_fingerprint() != model.fingerprint() {
+        return Err(TrainError::Stage(format!(
+            "{} is not the backbone the model was loaded from",
+            backbone_file.display()
+        )));
+    }
+    LastStage::from_network(&network).ok_or_else(|| {
+        TrainError::Stage(format!(
+            "the backbone {} has no {LAST_STAGE}",
+            backbone_file.display()
+        ))
+    })
 }
