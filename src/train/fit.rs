@@ -347,27 +347,7 @@ pub fn fit(
         &device,
     )?;
     let x_val = Tensor::from_vec(standardization.apply(val), (val.len(), features), &device)?;
-    let targets = smoothed_targets(train, classes, options.label_smoothing, &device)?;
-    let weights = class_weights(train, classes, options.balance_classes, &device)?;
-    let teacher = match options.distillation {
-        Some(d) => {
-            let logits: Option<Vec<f32>> = train
-                .iter()
-                .map(|e| e.teacher.map(<[f32]>::to_vec))
-                .collect::<Option<Vec<_>>>()
-                .map(|rows| rows.concat());
-            let logits = logits.ok_or_else(|| {
-                candle_core::Error::Msg(
-                    "distillation needs the teacher's logits for every example".into(),
-                )
-            })?;
-            Some((
-                Tensor::from_vec(logits, (train.len(), classes), &device)?,
-                d,
-            ))
-        }
-        None => None,
-    };
+    let loss_targets = LossTargets::new(train, classes, options, &device)?;
     let val_truth: Vec<u32> = val.iter().map(|e| e.class as u32).collect();
     let val_truth = Tensor::from_vec(val_truth, val.len(), &device)?;
 
@@ -399,16 +379,7 @@ pub fn fit(
             optimizer.set_learning_rate(learning_rate);
             let index = Tensor::from_slice(chunk, chunk.len(), &device)?;
             let logits = network.forward(&x_train.index_select(&index, 0)?, Some(&mut rng))?;
-            let teacher_batch = match &teacher {
-                Some((t, d)) => Some((t.index_select(&index, 0)?, *d)),
-                None => None,
-            };
-            let batch_loss = loss(
-                &logits,
-                &targets.index_select(&index, 0)?,
-                &weights.index_select(&index, 0)?,
-                teacher_batch.as_ref().map(|(t, d)| (t, *d)),
-            )?;
+            let batch_loss = loss_targets.loss(&logits, &index)?;
             optimizer.backward_step(&batch_loss)?;
             loss_sum += batch_loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
             step += 1;
@@ -447,6 +418,60 @@ pub fn fit(
         stopped_early: epochs_run < options.max_epochs,
         history,
     })
+}
+
+/// What the loss compares each training example's logits with: its smoothed target, its class
+/// weight and, when distilling, its teacher's logits.
+pub(super) struct LossTargets {
+    targets: Tensor,
+    weights: Tensor,
+    teacher: Option<(Tensor, Distillation)>,
+}
+
+impl LossTargets {
+    /// The targets of `train`, in order; distilling needs every example's teacher logits.
+    pub(super) fn new(
+        train: &[Example],
+        classes: usize,
+        options: &FitOptions,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let teacher = match options.distillation {
+            Some(d) => {
+                let logits: Option<Vec<f32>> = train
+                    .iter()
+                    .map(|e| e.teacher.map(<[f32]>::to_vec))
+                    .collect::<Option<Vec<_>>>()
+                    .map(|rows| rows.concat());
+                let logits = logits.ok_or_else(|| {
+                    candle_core::Error::Msg(
+                        "distillation needs the teacher's logits for every example".into(),
+                    )
+                })?;
+                Some((Tensor::from_vec(logits, (train.len(), classes), device)?, d))
+            }
+            None => None,
+        };
+        Ok(Self {
+            targets: smoothed_targets(train, classes, options.label_smoothing, device)?,
+            weights: class_weights(train, classes, options.balance_classes, device)?,
+            teacher,
+        })
+    }
+
+    /// The [`loss`] of `logits`, the outputs for the examples at `index`.
+    pub(super) fn loss(&self, logits: &Tensor, index: &Tensor) -> candle_core::Result<Tensor> {
+        let teacher = match &self.teacher {
+            Some((t, d)) => Some((t.index_select(index, 0)?, *d)),
+            None => None,
+        };
+        loss(
+            logits,
+            &self.targets.index_select(index, 0)?,
+            &self.weights.index_select(index, 0)?,
+            teacher.as_ref().map(|(t, d)| (t, *d)),
+        )
+    }
 }
 
 /// One-hot rows of the true classes, with `smoothing` spread evenly over all classes.

@@ -16,8 +16,8 @@ use half::f16;
 use serde::Serialize;
 
 use super::fit::{
-    class_weights, cosine_learning_rate, dense_layers, loss, smoothed_targets, EarlyStopping,
-    Epoch, Example, FitOptions, Network, Standardization,
+    cosine_learning_rate, dense_layers, EarlyStopping, Epoch, Example, FitOptions, LossTargets,
+    Network, Standardization,
 };
 use crate::model::{Dense, LastStage, SplitMix};
 
@@ -130,32 +130,15 @@ pub(super) fn fine_tune(
         Ok(layers)
     };
 
-    let plain = |examples: &[MapExample]| -> Vec<Example<'static>> {
-        examples
-            .iter()
-            .map(|e| Example {
-                features: &[],
-                class: e.class,
-                teacher: None,
-            })
-            .collect()
-    };
-    let targets = smoothed_targets(&plain(train), classes, options.label_smoothing, &device)?;
-    let weights = class_weights(&plain(train), classes, options.balance_classes, &device)?;
-    let teacher = match options.distillation {
-        Some(d) => {
-            let rows: Option<Vec<f32>> = train
-                .iter()
-                .map(|e| e.teacher.map(<[f32]>::to_vec))
-                .collect::<Option<Vec<_>>>()
-                .map(|rows| rows.concat());
-            let rows = rows.ok_or_else(|| {
-                candle_core::Error::Msg("distillation needs the teacher's logits".into())
-            })?;
-            Some((Tensor::from_vec(rows, (train.len(), classes), &device)?, d))
-        }
-        None => None,
-    };
+    let plain: Vec<Example> = train
+        .iter()
+        .map(|e| Example {
+            features: &[],
+            class: e.class,
+            teacher: e.teacher,
+        })
+        .collect();
+    let loss_targets = LossTargets::new(&plain, classes, options, &device)?;
     let batch_maps = |examples: &[MapExample], ids: &[u32]| -> candle_core::Result<Tensor> {
         let (c, h, w) = shape;
         let mut values = Vec::with_capacity(ids.len() * c * h * w);
@@ -217,16 +200,7 @@ pub(super) fn fine_tune(
             let index = Tensor::from_slice(chunk, chunk.len(), &device)?;
             let pooled = standardize(trained_stage.forward(&batch_maps(train, chunk)?)?)?;
             let logits = head.forward(&pooled, Some(&mut rng))?;
-            let teacher_batch = match &teacher {
-                Some((t, d)) => Some((t.index_select(&index, 0)?, *d)),
-                None => None,
-            };
-            let batch_loss = loss(
-                &logits,
-                &targets.index_select(&index, 0)?,
-                &weights.index_select(&index, 0)?,
-                teacher_batch.as_ref().map(|(t, d)| (t, *d)),
-            )?;
+            let batch_loss = loss_targets.loss(&logits, &index)?;
             let grads: GradStore = batch_loss.backward()?;
             head_optimizer.step(&grads)?;
             stage_optimizer.step(&grads)?;
