@@ -147,9 +147,11 @@ pub fn run(
         };
         let mut same = 0;
         let mut max_shift: f32 = 0.0;
+        let (mut fast_p, mut exact_p) = (Vec::new(), Vec::new());
         for frame in &fast.frames {
-            let fast_p = probabilities(model, &mut fast.preprocessor, frame)?;
-            let exact_p = probabilities(model, &mut exact.preprocessor, frame)?;
+            // A frame's pass leaves its class probabilities in the logits buffer.
+            time_frame(model, &mut fast.preprocessor, frame, &mut fast_p)?;
+            time_frame(model, &mut exact.preprocessor, frame, &mut exact_p)?;
             let (fast_top, exact_top) = (top_k(&fast_p, 3), top_k(&exact_p, 3));
             same += usize::from(
                 fast_top
@@ -174,7 +176,7 @@ pub fn run(
     Ok(())
 }
 
-/// The four stage times of one frame.
+/// The four stage times of one frame; `logits` ends up holding its class probabilities.
 fn time_frame(
     model: &Model,
     preprocessor: &mut Preprocessor,
@@ -197,19 +199,6 @@ fn time_frame(
         inferred - normalized,
         done - inferred,
     ])
-}
-
-/// The class probabilities of `frame`.
-fn probabilities(
-    model: &Model,
-    preprocessor: &mut Preprocessor,
-    frame: &Frame,
-) -> anyhow::Result<Vec<f32>> {
-    preprocessor.load(frame)?;
-    let mut probabilities = Vec::new();
-    model.forward(preprocessor.normalize(), &mut probabilities)?;
-    softmax_in_place(&mut probabilities);
-    Ok(probabilities)
 }
 
 fn summarize(case: &mut Case) -> CaseResult {
